@@ -1,0 +1,28 @@
+# The two commands a fresh machine needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# cpu runtime + demo images + test tools; foolbox only for its bundled ImageNet photos (--no-deps)
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[cpu,demo,dev]'
+	$(BIN)/pip install -q --no-deps foolbox==3.3.4
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/onnx-nfi demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q
+
+clean:
+	rm -rf $(VENV) demo-output nfi.duckdb

@@ -1,0 +1,288 @@
+"""The pipeline verbs; the only place where stages are wired together.
+
+model -> instrumented graph -> batched scan -> top-N state -> NF / indexes -> DuckDB (+ FAISS)
+Each verb validates all user input before any long work, and writes the database in one
+transaction at the end, so a failure never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnx_nfi.config import AnalyzeConfig, parse_indexes
+from onnx_nfi.data.images import ImageFile, list_images, parse_label_option, read_class_names
+from onnx_nfi.data.loader import iter_decoded
+from onnx_nfi.data.preprocess import Preprocessing, from_dict, resolve
+from onnx_nfi.errors import ImageError
+from onnx_nfi.graph.layers import Layer, find_conv_layers, select_layers
+from onnx_nfi.graph.load import LoadedModel, load_model
+from onnx_nfi.graph.receptive_field import ReceptiveField, receptive_fields
+from onnx_nfi.graph.session import check_runtime_install
+from onnx_nfi.neurons.nf import crop_geometry, neuron_features
+from onnx_nfi.scan.scanner import ScanResult, scan
+from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store, check_writable
+
+#: progress(phase, done, total): phases are "scan", "nf", "index". The library never prints.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A conv layer with its receptive field, as listed by ``onnx-nfi layers``."""
+
+    layer: Layer
+    rf: ReceptiveField
+
+
+@dataclass(frozen=True)
+class AnalysisSummary:
+    """What ``analyze`` did, for the closing summary."""
+
+    model: str
+    db: Path
+    run_id: int
+    images_seen: int
+    images_skipped: int
+    layers: int
+    neurons: int
+    dead: int
+    provider: str
+    label_source: str
+    preprocessing: str
+    scan_seconds: float
+    nf_seconds: float
+    index_seconds: float
+    total_seconds: float
+
+
+def open_model(model_path: str | Path, preprocess: str | None = None) -> tuple[LoadedModel, Preprocessing]:
+    """Load a model and decide its preprocessing (dynamic input sizes take the preprocessing's size)."""
+    model_path = Path(model_path)
+    lm = load_model(model_path)
+    spec = lm.input
+    pre = resolve(preprocess, model_path, (spec.height, spec.width), spec.layout, spec.dtype)
+    if spec.height == 0 or spec.width == 0:
+        lm = load_model(model_path, pre.input_size)
+    return lm, pre
+
+
+def model_layers(lm: LoadedModel, patterns: Iterable[str] = ()) -> list[LayerInfo]:
+    """The model's conv layers (optionally selected) with their analytic receptive fields."""
+    layers = select_layers(find_conv_layers(lm), list(patterns))
+    rfs = receptive_fields(lm.proto, lm.input.name, (lm.input.height, lm.input.width), lm.input.layout, [l.tensor for l in layers])
+    return [LayerInfo(layer, rfs[layer.tensor]) for layer in layers]
+
+
+def layers(model_path: str | Path, patterns: Iterable[str] = (), preprocess: str | None = None) -> list[LayerInfo]:
+    """``onnx-nfi layers``: conv layers, aliases, op chains, shapes and receptive fields."""
+    lm, _ = open_model(model_path, preprocess)
+    return model_layers(lm, patterns)
+
+
+def analyze(
+    model_path: str | Path,
+    images: str | Path,
+    *,
+    db: str | Path = DEFAULT_DB,
+    name: str | None = None,
+    config: AnalyzeConfig = AnalyzeConfig(),
+    progress: Progress | None = None,
+) -> AnalysisSummary:
+    """Scan ``images`` with ``model_path`` and store every selected layer's neurons in ``db``."""
+    started = dt.datetime.now()
+    check_runtime_install()
+    indexes = parse_indexes(config.indexes)
+    lm, pre = open_model(model_path, config.preprocess)
+    infos = model_layers(lm, config.layers)
+    imageset = list_images(images, config.labels)
+    label_kind, label_arg = parse_label_option(config.labels)
+    class_names = read_class_names(label_arg) if label_kind == "predicted" and label_arg else None
+    check_writable(db)
+    name = name or Path(model_path).stem
+
+    scan_result = scan(
+        lm,
+        [i.layer for i in infos],
+        pre,
+        imageset.files,
+        top_n=config.top_n,
+        batch_size=config.batch_size,
+        provider=config.provider,
+        predict_labels=imageset.label_source == "predicted",
+        class_names=class_names,
+        progress=(lambda d, t: progress("scan", d, t)) if progress else None,
+    )
+    if not scan_result.images:
+        reasons = "; ".join(sorted({r for _, r in scan_result.skipped}))
+        raise ImageError(f"no readable image in {imageset.root} ({reasons}); check the files")
+
+    t_nf = dt.datetime.now()
+    nfs = compute_nfs(scan_result, infos, pre, config, progress) if config.nf else {}
+    t_index = dt.datetime.now()
+    # selectivity indexes are added by onnx_nfi.neurons.indexes (wired below once available)
+    finished = dt.datetime.now()
+
+    with Store.open(db) as store, store.transaction():
+        run_id = store.reserve_ids("runs", "run_id", 1)
+        store.delete_model(name)
+        skipped = [*imageset.rejected, *scan_result.skipped]
+        _write_analysis(store, name, lm, pre, infos, scan_result, skipped, nfs, imageset.label_source, config, run_id, started, finished)
+        dead = int(store.con.execute("SELECT count(*) FROM neurons WHERE model = ? AND dead", [name]).fetchone()[0])
+    return AnalysisSummary(
+        model=name,
+        db=Path(db).resolve(),
+        run_id=run_id,
+        images_seen=len(scan_result.images),
+        images_skipped=len(scan_result.skipped) + len(imageset.rejected),
+        layers=len(infos),
+        neurons=sum(i.layer.channels for i in infos),
+        dead=dead,
+        provider=scan_result.provider,
+        label_source=imageset.label_source,
+        preprocessing=pre.name,
+        scan_seconds=scan_result.seconds,
+        nf_seconds=(t_index - t_nf).total_seconds(),
+        index_seconds=(finished - t_index).total_seconds(),
+        total_seconds=(finished - started).total_seconds(),
+    )
+
+
+def load_display_images(
+    paths: dict[int, Path], pre: Preprocessing, progress: Progress | None = None, phase: str = "nf"
+) -> dict[int, np.ndarray]:
+    """Decode the given images once each (in parallel), as the network saw them before normalisation."""
+    ids = sorted(paths)
+    out: dict[int, np.ndarray] = {}
+    files = [ImageFile(paths[i], None) for i in ids]
+    for k, (image_id, decoded) in enumerate(zip(ids, iter_decoded(files, pre))):
+        if decoded.image is None:
+            raise ImageError(f"image {decoded.file.path} changed or vanished since the scan ({decoded.error}); analyse again")
+        out[image_id] = decoded.image
+        if progress and k % 64 == 0:
+            progress(phase, k, len(ids))
+    return out
+
+
+def compute_nfs(
+    result: ScanResult, infos: list[LayerInfo], pre: Preprocessing, config: AnalyzeConfig, progress: Progress | None
+) -> dict[str, np.ndarray]:
+    """NFs of every layer; each top image is decoded once for all layers."""
+    paths = {img.image_id: img.path for img in result.images}
+    needed = np.unique(np.concatenate([st.topn.ids[st.topn.ids >= 0] for st in result.stats.values()]))
+    images = load_display_images({int(i): paths[int(i)] for i in needed}, pre, progress)
+    nfs: dict[str, np.ndarray] = {}
+    for k, info in enumerate(infos):
+        geometry = crop_geometry(info.rf, pre.input_size, config.nf_max_size)
+        nfs[info.layer.tensor], _ = neuron_features(result.stats[info.layer.tensor].topn, images, geometry)
+        if progress:
+            progress("nf", k + 1, len(infos))
+    return nfs
+
+
+def _write_analysis(
+    store: Store,
+    name: str,
+    lm: LoadedModel,
+    pre: Preprocessing,
+    infos: list[LayerInfo],
+    result: ScanResult,
+    skipped: list[tuple[Path, str]],
+    nfs: dict[str, np.ndarray],
+    label_source: str,
+    config: AnalyzeConfig,
+    run_id: int,
+    started: dt.datetime,
+    finished: dt.datetime,
+) -> None:
+    n_neurons = sum(i.layer.channels for i in infos)
+    first_id = store.reserve_ids("neurons", "neuron_id", n_neurons)
+    store.con.execute(
+        "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [name, str(lm.path), lm.sha256, pre.input_size[0], pre.input_size[1], pre.layout, pre.to_json(), lm.opset, len(infos), run_id, finished],
+    )
+    imgs = result.images
+    store.insert("images", {
+        "model": np.full(len(imgs), name, dtype=object),
+        "image_id": np.array([i.image_id for i in imgs], np.int64),
+        "path": np.array([str(i.path) for i in imgs], dtype=object),
+        "sha256": np.array([i.sha256 for i in imgs], dtype=object),
+        "label": np.array([i.label for i in imgs], dtype=object),
+        "label_source": np.full(len(imgs), label_source, dtype=object),
+    })
+    depths = [i.layer.depth for i in infos]
+    lo, hi = min(depths), max(depths)
+    store.insert("layers", {
+        "model": np.full(len(infos), name, dtype=object),
+        "layer": np.array([i.layer.tensor for i in infos], dtype=object),
+        "alias": np.array([i.layer.alias for i in infos], dtype=object),
+        "op_type": np.array([i.layer.op_type for i in infos], dtype=object),
+        "depth": np.array(depths, np.int32),
+        "relative_depth": np.array([(d - lo) / (hi - lo) if hi > lo else 0.0 for d in depths]),
+        "channels": np.array([i.layer.channels for i in infos], np.int32),
+        "height": np.array([i.layer.height for i in infos], np.int32),
+        "width": np.array([i.layer.width for i in infos], np.int32),
+        **{
+            f"rf_{part}_{axis}": np.array([getattr(i.rf, part)[k] for i in infos], np.int32)
+            for part in ("size", "stride", "offset")
+            for k, axis in enumerate("yx")
+        },
+        "rf_global": np.array([i.rf.is_global for i in infos]),
+    })
+    next_id = first_id
+    for info in infos:
+        layer, st = info.layer, result.stats[info.layer.tensor]
+        c = layer.channels
+        top = st.topn
+        best = top.scores[:, 0]
+        nf = nfs.get(layer.tensor)
+        nf_col = np.empty(c, dtype=object)
+        has_nf = np.zeros(c, bool)
+        if nf is not None:
+            has_nf = ~np.isnan(nf).any(axis=(1, 2, 3))
+            for u in np.flatnonzero(has_nf):
+                nf_col[u] = nf[u].reshape(-1)
+        nf_h, nf_w = nf.shape[1:3] if nf is not None else (0, 0)
+        store.insert("neurons", {
+            "model": np.full(c, name, dtype=object),
+            "layer": np.full(c, layer.tensor, dtype=object),
+            "unit": np.arange(c, dtype=np.int32),
+            "neuron_id": np.arange(next_id, next_id + c, dtype=np.int64),
+            "max_activation": best.astype(np.float32),
+            "mean_activation": st.moments.mean,
+            "std_activation": st.moments.std,
+            "active_fraction": st.moments.active_fraction,
+            "dead": best <= 0,
+            "nf": nf_col,
+            "nf_height": np.where(has_nf, nf_h, np.nan),
+            "nf_width": np.where(has_nf, nf_w, np.nan),
+        })
+        next_id += c
+        filled = top.ids >= 0
+        units, ranks = np.nonzero(filled)
+        store.insert("top_activations", {
+            "model": np.full(units.size, name, dtype=object),
+            "layer": np.full(units.size, layer.tensor, dtype=object),
+            "unit": units.astype(np.int32),
+            "rank": (ranks + 1).astype(np.int32),
+            "image_id": top.ids[filled],
+            "y": top.ys[filled],
+            "x": top.xs[filled],
+            "activation": top.scores[filled],
+        })
+    store.con.execute(
+        "INSERT INTO runs VALUES (?, ?, 'analyze', ?, ?, ?, ?, ?, ?, ?)",
+        [run_id, name, started, finished, len(result.images), len(skipped), config.top_n, result.provider, config.to_json()],
+    )
+    if skipped:
+        store.insert("skipped_images", {
+            "run_id": np.full(len(skipped), run_id, np.int32),
+            "path": np.array([str(p) for p, _ in skipped], dtype=object),
+            "reason": np.array([r for _, r in skipped], dtype=object),
+        })

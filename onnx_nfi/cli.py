@@ -1,0 +1,175 @@
+"""``onnx-nfi``: a thin typer layer over ``onnx_nfi.api``.
+
+Each command parses options, makes one API call, renders the result, and turns ``NfiError``
+into one ``Error: …`` line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from onnx_nfi import api
+from onnx_nfi.config import HELP, AnalyzeConfig, parse_indexes
+from onnx_nfi.errors import NfiError
+from onnx_nfi.store.duckdb_store import DEFAULT_DB
+
+app = typer.Typer(
+    help="Index the neurons of any ONNX CNN by the images that excite them (Rafegas et al., PRL 2020).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+out = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+DB_OPTION = typer.Option(DEFAULT_DB, "--db", help="DuckDB database file.")
+
+
+def user_errors(fn: F) -> F:
+    """Print library errors as one line and exit 2; anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NfiError as exc:
+            console.print(f"[red]Error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("Interrupted; nothing was written.")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ProgressBars:
+    """Rich progress bars for the library's ``progress(phase, done, total)`` callback."""
+
+    LABELS = {"scan": "Scanning images", "nf": "Neuron features", "index": "Selectivity indexes", "probe": "Probe images"}
+
+    def __init__(self, silent: bool = False) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description:<20}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=silent,
+            transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> ProgressBars:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase not in self.tasks:
+            self.tasks[phase] = self.progress.add_task(self.LABELS.get(phase, phase), total=total, rate="")
+        task = self.tasks[phase]
+        elapsed = self.progress.tasks[task].elapsed or 0
+        rate = f"{done / elapsed:6.1f} it/s" if elapsed > 0 and done else ""
+        if phase == "scan" and rate:
+            rate = rate.replace("it/s", "img/s")
+        self.progress.update(task, completed=done, total=total, rate=rate)
+
+
+@app.command()
+@user_errors
+def analyze(
+    model: Path = typer.Argument(..., help="ONNX model file."),
+    images: Path = typer.Argument(..., help="Image folder (recursive; sub-folders name classes)."),
+    db: Path = DB_OPTION,
+    name: str = typer.Option(None, "--name", help="Model name in the database (default: file stem)."),
+    layers: list[str] = typer.Option(None, "--layers", help=HELP["layers"]),
+    top_n: int = typer.Option(AnalyzeConfig.top_n, "--top-n", min=1, help=HELP["top_n"]),
+    batch_size: int = typer.Option(AnalyzeConfig.batch_size, "--batch-size", min=1, help=HELP["batch_size"]),
+    preprocess: str = typer.Option(None, "--preprocess", help=HELP["preprocess"]),
+    labels: str = typer.Option(AnalyzeConfig.labels, "--labels", help=HELP["labels"]),
+    provider: str = typer.Option(AnalyzeConfig.provider, "--provider", help=HELP["provider"]),
+    nf: bool = typer.Option(AnalyzeConfig.nf, "--nf/--no-nf", help=HELP["nf"]),
+    nf_max_size: int = typer.Option(AnalyzeConfig.nf_max_size, "--nf-max-size", min=0, help=HELP["nf_max_size"]),
+    indexes: str = typer.Option(",".join(AnalyzeConfig.indexes), "--indexes", help=HELP["indexes"]),
+    color_mode: str = typer.Option(AnalyzeConfig.color_mode, "--color-mode", help=HELP["color_mode"]),
+    rho: float = typer.Option(AnalyzeConfig.rho, "--rho", min=0.0, max=1.0, help=HELP["rho"]),
+    silent: bool = typer.Option(False, "--silent", help="No progress bars."),
+) -> None:
+    """Scan IMAGES with MODEL and index every neuron of every conv layer into the database."""
+    config = AnalyzeConfig(
+        top_n=top_n, batch_size=batch_size, provider=provider, preprocess=preprocess, labels=labels,
+        layers=tuple(layers or ()), nf=nf, nf_max_size=nf_max_size, indexes=parse_indexes(indexes),
+        color_mode=color_mode, rho=rho,
+    )
+    with ProgressBars(silent) as bars:
+        summary = api.analyze(model, images, db=db, name=name, config=config, progress=bars)
+    print_summary(summary)
+
+
+def print_summary(s: api.AnalysisSummary) -> None:
+    """The closing summary of an analysis."""
+    out.print(
+        f"Analysed [bold]{s.model}[/bold]: {s.layers} layers, {s.neurons} neurons ({s.dead} dead) "
+        f"over {s.images_seen} images ({s.images_skipped} skipped) on {s.provider}.",
+        highlight=False,
+    )
+    rate = s.images_seen / s.scan_seconds if s.scan_seconds else 0
+    out.print(
+        f"Preprocessing: {s.preprocessing}; labels: {s.label_source}. Scan {s.scan_seconds:.1f} s ({rate:.1f} img/s), "
+        f"NF {s.nf_seconds:.1f} s, indexes {s.index_seconds:.1f} s, total {s.total_seconds:.1f} s.",
+        highlight=False,
+    )
+    out.print(f"Results: {s.db} (run {s.run_id})", highlight=False)
+
+
+@app.command("layers")
+@user_errors
+def layers_cmd(
+    model: Path = typer.Argument(..., help="ONNX model file."),
+    preprocess: str = typer.Option(None, "--preprocess", help=HELP["preprocess"]),
+    verify_rf: bool = typer.Option(False, "--verify-rf", help="Also measure each RF empirically and report differences."),
+) -> None:
+    """List the conv layers: alias, tensor, op chain, channels, output size, receptive field."""
+    infos = api.layers(model, preprocess=preprocess)
+    mismatches = api.verify_receptive_fields(model, preprocess=preprocess) if verify_rf else None
+    table = Table("alias", "tensor", "ops", "channels", "output", "rf size", "rf stride", "rf offset", box=None)
+    for info in infos:
+        rf = info.rf
+        table.add_row(
+            info.layer.alias, info.layer.tensor, info.layer.op_type, str(info.layer.channels),
+            f"{info.layer.height}x{info.layer.width}",
+            "global" if rf.is_global else f"{rf.size[0]}x{rf.size[1]}",
+            f"{rf.stride[0]}x{rf.stride[1]}", f"{rf.offset[0]},{rf.offset[1]}",
+        )
+    out.print(table)
+    if mismatches is not None:
+        if mismatches:
+            for layer, problems in mismatches.items():
+                out.print(f"RF mismatch in {layer}: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+            raise typer.Exit(1)
+        out.print(f"Receptive fields verified empirically for all {len(infos)} layers.")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="onnx-nfi")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Image sources and their labels.
+
+Images are every file under a folder (recursively) in deterministic order: sorted relative POSIX
+paths, so the same folder gives the same image ids on every machine. Labels come from the
+first-level sub-folder (ImageFolder), a CSV, the model's own prediction, or nowhere.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from onnx_nfi.errors import ImageError
+
+#: Extensions OpenCV decodes (imread); other files are reported as skipped, not silently lost.
+IMAGE_EXTENSIONS = frozenset(
+    ".bmp .dib .jpeg .jpg .jpe .jp2 .png .webp .avif .pbm .pgm .ppm .pxm .pnm .pfm .sr .ras .tiff .tif .exr .hdr .pic".split()
+)
+LABEL_SOURCES = ("auto", "folder", "csv", "predicted", "none")
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One candidate image: absolute path and label (None when unlabelled)."""
+
+    path: Path
+    label: str | None
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """The files to scan, those rejected up front, and where the labels came from."""
+
+    root: Path
+    files: tuple[ImageFile, ...]
+    rejected: tuple[tuple[Path, str], ...]
+    label_source: str  # "folder" | "csv" | "predicted" | "none"
+
+
+def parse_label_option(option: str) -> tuple[str, Path | None]:
+    """``folder`` | ``csv:FILE`` | ``predicted`` | ``predicted:CLASSNAMES`` | ``none`` | ``auto``."""
+    kind, _, arg = option.partition(":")
+    if kind not in LABEL_SOURCES:
+        raise ImageError(f"unknown --labels {option!r}; use folder, csv:FILE, predicted[:NAMES.txt], none or auto")
+    if kind == "csv" and not arg:
+        raise ImageError("--labels csv needs a file: --labels csv:labels.csv (columns path,label)")
+    return kind, Path(arg) if arg else None
+
+
+def list_images(root: str | Path, labels: str = "auto") -> ImageSet:
+    """Walk ``root`` and attach labels; raises ImageError when there is nothing to scan."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageError(f"image folder {root} does not exist or is not a folder")
+    kind, arg = parse_label_option(labels)
+    root = root.resolve()
+    paths = sorted(
+        (p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+    candidates = [p for p in paths if p.suffix.lower() in IMAGE_EXTENSIONS]
+    rejected = tuple((p, f"unsupported file type '{p.suffix or '(none)'}'") for p in paths if p.suffix.lower() not in IMAGE_EXTENSIONS)
+    if not candidates:
+        raise ImageError(
+            f"no image files under {root}; put .jpg/.png/… files there (sub-folders name their class)"
+        )
+    if kind == "auto":
+        kind = "folder" if any(p.parent != root for p in candidates) else "none"
+    if kind == "folder":
+        files = tuple(ImageFile(p, p.relative_to(root).parts[0] if p.parent != root else None) for p in candidates)
+    elif kind == "csv":
+        assert arg is not None
+        table = _read_csv_labels(arg, root)
+        files = tuple(ImageFile(p, table.get(p)) for p in candidates)
+    else:
+        files = tuple(ImageFile(p, None) for p in candidates)
+    return ImageSet(root=root, files=files, rejected=rejected, label_source=kind)
+
+
+def _read_csv_labels(path: Path, root: Path) -> dict[Path, str]:
+    """``path,label`` rows; relative paths are relative to the image root. A header row is allowed."""
+    if not path.is_file():
+        raise ImageError(f"label file {path} does not exist")
+    table: dict[Path, str] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for row in csv.reader(fh):
+                if not row or (len(table) == 0 and [c.strip().lower() for c in row[:2]] == ["path", "label"]):
+                    continue
+                if len(row) < 2:
+                    raise ImageError(f"label file {path} has a row without a label: {row}; use 'path,label' rows")
+                p = Path(row[0].strip())
+                table[(p if p.is_absolute() else root / p).resolve()] = row[1].strip()
+    except UnicodeDecodeError:
+        raise ImageError(f"label file {path} is not UTF-8 text; save it as UTF-8 CSV") from None
+    return table
+
+
+def read_class_names(path: Path) -> list[str]:
+    """One class name per line (index = line number); used to name predicted labels."""
+    if not path.is_file():
+        raise ImageError(f"class-names file {path} does not exist; give one name per line")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

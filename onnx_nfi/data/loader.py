@@ -1,0 +1,112 @@
+"""Decode images in a background pool and hand out fixed-size batches in file order.
+
+OpenCV releases the GIL while decoding and resizing, so a thread pool keeps the runtime fed
+without extra processes. Futures are consumed in submission order, so image ids stay
+deterministic however the threads interleave. Unreadable files are reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from onnx_nfi.data.images import ImageFile
+from onnx_nfi.data.preprocess import Preprocessing
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One file after decoding: the display image (None when unreadable) and why it failed."""
+
+    file: ImageFile
+    image: np.ndarray | None  # RGB uint8 [H, W, 3] at the input size
+    sha256: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Consecutive readable images: ids are positions among readable images, from 0."""
+
+    ids: np.ndarray  # int64 [B]
+    images: np.ndarray  # uint8 [B, H, W, 3]
+    files: tuple[ImageFile, ...]
+    sha256: tuple[str, ...]
+
+
+def decode(file: ImageFile, pre: Preprocessing) -> Decoded:
+    """Read, hash and preprocess one file; failures become a reason string."""
+    try:
+        data = Path(file.path).read_bytes()
+    except OSError as exc:
+        return Decoded(file, None, "", f"cannot read file ({exc.strerror or exc})")
+    digest = hashlib.sha256(data).hexdigest()
+    if not data:
+        return Decoded(file, None, digest, "empty file")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return Decoded(file, None, digest, "not a decodable image (corrupt, truncated or another format)")
+    return Decoded(file, pre.to_display(image), digest, None)
+
+
+def default_workers() -> int:
+    """Decoder threads: enough to hide decoding behind inference without starving it of cores."""
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+def iter_decoded(
+    files: Sequence[ImageFile], pre: Preprocessing, workers: int | None = None, prefetch: int = 64
+) -> Iterator[Decoded]:
+    """Decoded files in order, ``prefetch`` files ahead of the consumer."""
+    with ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="nfi-decode") as pool:
+        pending: deque[Future[Decoded]] = deque()
+        it = iter(files)
+        for file in it:
+            pending.append(pool.submit(decode, file, pre))
+            if len(pending) >= prefetch:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(decode, nxt, pre))
+            yield result
+
+
+def iter_batches(
+    files: Sequence[ImageFile],
+    pre: Preprocessing,
+    batch_size: int,
+    on_skip: Callable[[Path, str], None] | None = None,
+    workers: int | None = None,
+) -> Iterator[Batch]:
+    """Batches of readable images; each unreadable file goes to ``on_skip(path, reason)``."""
+    buf: list[Decoded] = []
+    next_id = 0
+
+    def flush() -> Batch:
+        nonlocal next_id
+        ids = np.arange(next_id, next_id + len(buf), dtype=np.int64)
+        next_id += len(buf)
+        batch = Batch(ids, np.stack([d.image for d in buf]), tuple(d.file for d in buf), tuple(d.sha256 for d in buf))
+        buf.clear()
+        return batch
+
+    for item in iter_decoded(files, pre, workers, prefetch=max(2 * batch_size, 16)):
+        if item.image is None:
+            if on_skip is not None:
+                on_skip(item.file.path, item.error or "unreadable")
+            continue
+        buf.append(item)
+        if len(buf) == batch_size:
+            yield flush()
+    if buf:
+        yield flush()

@@ -1,0 +1,253 @@
+"""Preprocessing as explicit, stored data.
+
+A run is only reproducible if the exact pixels fed to the network are known, so preprocessing is
+a plain record (``Preprocessing``) that is read from JSON, written into the database, and applied
+in two steps:
+
+1. ``to_display``: decode result (BGR uint8 from OpenCV) -> resized, cropped RGB uint8 image of the
+   network's input size. This is "the image as fed to the network before normalisation" of
+   ALGORITHMS.md §4: NF crops and grey images are cut from it.
+2. ``to_tensor``: a batch of such RGB images (uint8 or float, 0-255) -> the model's input tensor,
+   ``x = (pixel * pixel_scale - mean) / std`` per channel in ``channel_order``, in ``layout``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from onnx_nfi.errors import PreprocessError
+
+_INTERPOLATION = {
+    "bilinear": cv2.INTER_LINEAR,
+    "area": cv2.INTER_AREA,
+    "bicubic": cv2.INTER_CUBIC,
+    "nearest": cv2.INTER_NEAREST,
+}
+_REQUIRED_KEYS = ("layout", "channel_order", "input_size", "resize", "crop", "pixel_scale", "mean", "std")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image file becomes the network's input; see the module docstring for the formula."""
+
+    layout: str  # "NCHW" | "NHWC"
+    channel_order: str  # "RGB" | "BGR"
+    input_size: tuple[int, int]  # (height, width) fed to the network
+    resize: dict[str, Any]  # {"mode": "shorter_side", "size": s} | {"mode": "exact", "height", "width"} | {"mode": "none"}
+    crop: dict[str, Any]  # {"mode": "center", "height", "width"} | {"mode": "none"}
+    pixel_scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    dtype: str = "float32"
+    name: str = "custom"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> str:
+        """The stored form: the documented keys plus ``dtype``, ``name`` and any extra keys."""
+        data = asdict(self)
+        extra = data.pop("extra")
+        return json.dumps({**extra, **data}, sort_keys=True)
+
+    def to_display(self, bgr: np.ndarray) -> np.ndarray:
+        """Resize and crop a decoded BGR image to the RGB uint8 image of ``input_size``.
+
+        An image that already has the input size is returned pixel for pixel (no resampling),
+        so synthetic test images and pre-cropped datasets are fed exactly.
+        """
+        if bgr.ndim == 2:
+            bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
+        elif bgr.shape[2] == 4:
+            bgr = cv2.cvtColor(bgr, cv2.COLOR_BGRA2BGR)
+        height, width = self.input_size
+        if bgr.shape[:2] != (height, width):
+            bgr = self._crop(self._resize(bgr))
+            if bgr.shape[:2] != (height, width):
+                # resize/crop settings that do not land on the input size: force it, as the network needs it
+                bgr = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(bgr[:, :, ::-1])
+
+    def to_tensor(self, rgb: np.ndarray) -> np.ndarray:
+        """Normalise a batch ``[B, H, W, 3]`` of RGB images (0-255, uint8 or float) into the input tensor."""
+        x = rgb.astype(np.float32, copy=False)
+        if self.channel_order == "BGR":
+            x = x[..., ::-1]
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        x = (x * np.float32(self.pixel_scale) - mean) / std
+        if self.layout == "NCHW":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x, dtype=np.dtype(self.dtype))
+
+    def _resize(self, img: np.ndarray) -> np.ndarray:
+        mode = self.resize.get("mode", "none")
+        interp = _INTERPOLATION[self.resize.get("interpolation", "bilinear")]
+        h, w = img.shape[:2]
+        if mode == "shorter_side":
+            size = int(self.resize["size"])
+            scale = size / min(h, w)
+            new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+            if h <= w:
+                new_h = size
+            else:
+                new_w = size
+        elif mode == "exact":
+            new_h, new_w = int(self.resize["height"]), int(self.resize["width"])
+        else:
+            return img
+        if (new_h, new_w) == (h, w):
+            return img
+        return cv2.resize(img, (new_w, new_h), interpolation=interp)
+
+    def _crop(self, img: np.ndarray) -> np.ndarray:
+        if self.crop.get("mode", "none") != "center":
+            return img
+        ch, cw = int(self.crop["height"]), int(self.crop["width"])
+        h, w = img.shape[:2]
+        if h < ch or w < cw:
+            return img
+        top, left = (h - ch) // 2, (w - cw) // 2
+        return img[top : top + ch, left : left + cw]
+
+
+def _preset(name: str, mean: tuple, std: tuple, pixel_scale: float, order: str) -> dict[str, Any]:
+    return {"name": name, "mean": mean, "std": std, "pixel_scale": pixel_scale, "channel_order": order}
+
+
+#: Named normalisations. Geometry (input size, resize, crop) comes from the model.
+PRESETS: dict[str, dict[str, Any]] = {
+    "torchvision": _preset("torchvision", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255, "RGB"),
+    "inception": _preset("inception", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5), 1.0, "RGB"),
+    "caffe": _preset("caffe", (103.939, 116.779, 123.68), (1.0, 1.0, 1.0), 1.0, "BGR"),
+    "raw": _preset("raw", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1.0, "RGB"),
+}
+
+
+def preset(name: str, input_size: tuple[int, int], layout: str, dtype: str = "float32") -> Preprocessing:
+    """A named preset at the model's input size: resize shorter side to 256/224 of it, centre crop."""
+    if name not in PRESETS:
+        raise PreprocessError(
+            f"unknown preprocessing preset {name!r}; use one of {', '.join(PRESETS)} or a JSON file"
+        )
+    p = PRESETS[name]
+    h, w = input_size
+    short = round(min(h, w) * 256 / 224)
+    # the preset's channel order refers to the normalisation (caffe means are BGR-ordered)
+    mean = tuple(p["mean"])
+    std = tuple(p["std"])
+    return Preprocessing(
+        layout=layout,
+        channel_order=p["channel_order"],
+        input_size=(h, w),
+        resize={"mode": "shorter_side", "size": short, "interpolation": "bilinear"},
+        crop={"mode": "center", "height": h, "width": w},
+        pixel_scale=float(p["pixel_scale"]),
+        mean=mean,  # type: ignore[arg-type]
+        std=std,  # type: ignore[arg-type]
+        dtype=dtype,
+        name=name,
+    )
+
+
+def from_dict(data: dict[str, Any], source: str, dtype: str = "float32") -> Preprocessing:
+    """Validate a preprocessing mapping (the JSON file format) into a ``Preprocessing``."""
+    missing = [k for k in _REQUIRED_KEYS if k not in data]
+    if missing:
+        raise PreprocessError(
+            f"preprocessing {source} is missing key(s) {', '.join(missing)}; "
+            f"it needs {', '.join(_REQUIRED_KEYS)}"
+        )
+    try:
+        layout = str(data["layout"]).upper()
+        order = str(data["channel_order"]).upper()
+        h, w = (int(v) for v in data["input_size"])
+        mean = tuple(float(v) for v in data["mean"])
+        std = tuple(float(v) for v in data["std"])
+        resize, crop = dict(data["resize"]), dict(data["crop"])
+        pixel_scale = float(data["pixel_scale"])
+    except (TypeError, ValueError) as exc:
+        raise PreprocessError(f"preprocessing {source} has a malformed value ({exc}); see README 'Preprocessing'") from exc
+    problems = []
+    if layout not in ("NCHW", "NHWC"):
+        problems.append("layout must be NCHW or NHWC")
+    if order not in ("RGB", "BGR"):
+        problems.append("channel_order must be RGB or BGR")
+    if len(mean) != 3 or len(std) != 3 or any(s == 0 for s in std):
+        problems.append("mean and std need 3 values each, std non-zero")
+    if resize.get("mode", "none") not in ("shorter_side", "exact", "none"):
+        problems.append("resize.mode must be shorter_side, exact or none")
+    if resize.get("mode") == "shorter_side" and "size" not in resize:
+        problems.append("resize.size is required with mode shorter_side")
+    if resize.get("mode") == "exact" and not {"height", "width"} <= resize.keys():
+        problems.append("resize.height and resize.width are required with mode exact")
+    if resize.get("interpolation", "bilinear") not in _INTERPOLATION:
+        problems.append(f"resize.interpolation must be one of {', '.join(_INTERPOLATION)}")
+    if crop.get("mode", "none") not in ("center", "none"):
+        problems.append("crop.mode must be center or none")
+    if crop.get("mode") == "center" and not {"height", "width"} <= crop.keys():
+        problems.append("crop.height and crop.width are required with mode center")
+    if problems:
+        raise PreprocessError(f"preprocessing {source}: {'; '.join(problems)}")
+    extra = {k: v for k, v in data.items() if k not in _REQUIRED_KEYS and k not in ("dtype", "name")}
+    return Preprocessing(
+        layout=layout,
+        channel_order=order,
+        input_size=(h, w),
+        resize=resize,
+        crop=crop,
+        pixel_scale=pixel_scale,
+        mean=mean,  # type: ignore[arg-type]
+        std=std,  # type: ignore[arg-type]
+        dtype=str(data.get("dtype", dtype)),
+        name=str(data.get("name", Path(source).name)),
+        extra=extra,
+    )
+
+
+def load_file(path: str | Path, dtype: str = "float32") -> Preprocessing:
+    """Read a preprocessing JSON file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PreprocessError(f"preprocessing file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PreprocessError(f"preprocessing file {path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise PreprocessError(f"preprocessing file {path} must hold a JSON object")
+    return from_dict(data, str(path), dtype)
+
+
+def resolve(
+    spec: str | None, model_path: Path, input_size: tuple[int, int], layout: str, dtype: str
+) -> Preprocessing:
+    """Pick the preprocessing for a model: a preset name, a JSON file, the sidecar, or torchvision.
+
+    The sidecar ``MODEL.json`` beside ``MODEL.onnx`` wins when no spec is given, because the
+    exporter knows best how its model was trained.
+    """
+    if spec:
+        if spec in PRESETS:
+            return preset(spec, input_size, layout, dtype)
+        if spec.endswith(".json") or Path(spec).exists():
+            return _checked(load_file(spec, dtype), input_size, layout)
+        raise PreprocessError(f"unknown preprocessing {spec!r}; use one of {', '.join(PRESETS)} or a .json file")
+    sidecar = model_path.with_suffix(".json")
+    if sidecar.exists():
+        return _checked(load_file(sidecar, dtype), input_size, layout)
+    return preset("torchvision", input_size, layout, dtype)
+
+
+def _checked(pre: Preprocessing, input_size: tuple[int, int], layout: str) -> Preprocessing:
+    if pre.layout != layout:
+        raise PreprocessError(f"preprocessing says layout {pre.layout} but the model's input is {layout}; fix 'layout'")
+    if any(s > 0 for s in input_size) and tuple(pre.input_size) != tuple(input_size):
+        raise PreprocessError(
+            f"preprocessing input_size {list(pre.input_size)} differs from the model's {list(input_size)}; fix 'input_size'"
+        )
+    return pre

@@ -1,0 +1,309 @@
+"""Empirical receptive fields: perturb input rows/columns, see which output rows/columns change.
+
+This is the check on receptive_field.py demanded by ALGORITHMS.md §3 (nefesi's analytic windows
+drift by a pixel per strided layer in ResNet/MobileNet-style nets; a probe catches that). The
+requested tensors become extra outputs of a copy of the graph, run with onnxruntime on CPU on a
+random base image and on copies with one input row (column) replaced, all rows of a chunk in one
+batch. Output row ``i`` belongs to the window of input row ``r`` if any value in row ``i`` (any
+channel, any column) changes. ReLUs and max pools can hide a change, so the influence is the union
+over two base images and both signs of the perturbation.
+
+Only bookkeeping comes from the analytic walk: which tensor axes hold image y and x, and which
+tensors are global-pooling summaries. Those summaries (the squeeze of a squeeze-excitation block)
+are held at their base-image values, so the probe measures the window that matters for a neuron's
+location; the decision and its reasons are in receptive_field.py. A tensor that then depends on no
+pixel at all (a classifier head after global pooling) is measured again with the summaries free.
+
+The measurement is of windows clipped to the image; ``fit_receptive_field`` finds the linear form
+``(r, j, o)`` that reproduces them, and ``compare`` lists where two fields' clipped windows differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from fractions import Fraction
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
+from onnx import helper
+
+from onnx_nfi.graph.receptive_field import (
+    GraphTrace,
+    ReceptiveField,
+    clipped_windows,
+    global_field,
+    trace_graph,
+    without_stale_shapes,
+)
+
+CHUNK = 32  # perturbed images per onnxruntime call (outputs of all probed tensors are held per chunk)
+_MAX_DENOMINATOR = 8  # fractional jumps the fit considers (Resize ×2…×8 below the input's resolution)
+
+# per tensor: (y windows, x windows), each an (n, 2) int array of clipped half-open input intervals
+Windows = tuple[np.ndarray, np.ndarray]
+
+
+def probe_receptive_fields(
+    model: onnx.ModelProto,
+    input_name: str,
+    input_hw: tuple[int, int],
+    layout: str,
+    tensors: Sequence[str],
+    seed: int = 0,
+) -> dict[str, ReceptiveField]:
+    """Empirical receptive field of each tensor: the linear form that explains the measured windows."""
+    measured = measure_windows(model, input_name, input_hw, layout, tensors, seed)
+    return {name: fit_receptive_field(windows, input_hw) for name, windows in measured.items()}
+
+
+def measure_windows(
+    model: onnx.ModelProto,
+    input_name: str,
+    input_hw: tuple[int, int],
+    layout: str,
+    tensors: Sequence[str],
+    seed: int = 0,
+    freeze_summaries: bool = True,
+    repeats: int = 2,
+) -> dict[str, Windows]:
+    """Per tensor and image axis, the clipped input interval that influences each output index.
+
+    A tensor with no image axes (after global pooling, Gemm…) has one index per axis. With
+    ``freeze_summaries=False`` global-pooling summaries respond to the perturbation too.
+    ``repeats`` base images are each perturbed with both signs (cost: ``2·repeats·(H + W)`` images).
+    """
+    trace = trace_graph(model, input_name, input_hw, layout)
+    prober = _Prober(model, trace, input_name, input_hw, layout, seed, repeats)
+    frozen = bool(trace.summaries) and freeze_summaries
+    result = prober.measure(list(tensors), frozen)
+    blind = [name for name, (wy, wx) in result.items() if not (wy[:, 1] > wy[:, 0]).any()]
+    if frozen and blind:
+        result.update(prober.measure(blind, frozen=False))
+    return result
+
+
+def fit_receptive_field(windows: Windows, input_hw: tuple[int, int]) -> ReceptiveField:
+    """The ``(r, j, o)`` per axis whose clipped windows reproduce ``windows`` (tightest cover if none does)."""
+    if len(windows[0]) == 1 and len(windows[1]) == 1 and _whole(windows, input_hw):
+        return global_field(input_hw)
+    (ry, jy, oy), (rx, jx, ox) = (_fit_axis(w, extent) for w, extent in zip(windows, input_hw))
+    return ReceptiveField(size=(ry, rx), stride=(jy, jx), offset=(oy, ox))
+
+
+def compare(
+    analytic: ReceptiveField, measured: ReceptiveField, input_hw: tuple[int, int], out_hw: tuple[int, int]
+) -> list[str]:
+    """Human-readable differences of the clipped windows at every output index; ``[]`` when they agree."""
+    return compare_windows(clipped_windows(analytic, input_hw, out_hw), clipped_windows(measured, input_hw, out_hw))
+
+
+def compare_windows(analytic: Windows, measured: Windows) -> list[str]:
+    """Differences of exact per-index windows, e.g. ``GraphTrace.windows`` against ``measure_windows``."""
+    problems = []
+    for axis, a, m in zip("yx", analytic, measured):
+        for i in np.flatnonzero((a != m).any(axis=1)):
+            problems.append(f"{axis}[{i}]: analytic [{a[i, 0]}, {a[i, 1]}) vs measured [{m[i, 0]}, {m[i, 1]})")
+    return problems
+
+
+# ----------------------------------------------------------------------------------- measurement
+class _Prober:
+    """Runs the perturbed batches; one onnxruntime session per (tensor set, frozen) request."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        trace: GraphTrace,
+        input_name: str,
+        input_hw: tuple[int, int],
+        layout: str,
+        seed: int,
+        repeats: int,
+    ):
+        self.model, self.trace, self.input_name = model, trace, input_name
+        self.input_hw, self.layout = tuple(input_hw), layout
+        self.y_axis, self.x_axis = (2, 3) if layout == "NCHW" else (1, 2)
+        value = next(v for v in model.graph.input if v.name == input_name)
+        c_axis = 1 if layout == "NCHW" else 3
+        channels = value.type.tensor_type.shape.dim[c_axis].dim_value or 3
+        shape = [1, 0, 0, 0]
+        shape[c_axis], shape[self.y_axis], shape[self.x_axis] = channels, *self.input_hw
+        self.dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        rng = np.random.default_rng(seed)
+        # several base images, each perturbed with both signs: a ReLU or max pool rarely hides a change from all
+        self.bases = [rng.uniform(0.0, 1.0, shape).astype(self.dtype) for _ in range(repeats)]
+        self.deltas = [rng.uniform(0.5, 1.0, shape).astype(self.dtype) for _ in range(repeats)]
+        self.batched = True
+
+    def measure(self, tensors: list[str], frozen: bool) -> dict[str, Windows]:
+        session, summaries = self._session(tensors, frozen)
+        influence = {name: [None, None] for name in tensors}
+        for base, delta in zip(self.bases, self.deltas):
+            fixed = self._summaries(base, summaries) if frozen else {}
+            reference = self._run(session, base, fixed)
+            # batching must not change the numbers; if a kernel does, changes below its noise are not counted
+            copies = self._run(session, np.repeat(base, CHUNK, axis=0), fixed)
+            noise = [np.abs(c.astype(np.float64) - r).max() for c, r in zip(copies, reference)]
+            for sign in (1, -1):
+                for axis_index, image_axis in enumerate((self.y_axis, self.x_axis)):
+                    for rows, batch in self._perturbed(base, sign * delta, image_axis):
+                        outs = self._run(session, batch, fixed)
+                        for name, out, ref, tol in zip(tensors, outs, reference, noise):
+                            changed = self._changed_rows(name, np.abs(out.astype(np.float64) - ref) > tol, axis_index)
+                            acc = influence[name][axis_index]
+                            if acc is None:
+                                acc = influence[name][axis_index] = np.zeros((self.input_hw[axis_index], changed.shape[1]), bool)
+                            acc[rows] |= changed
+        return {name: (_windows(inf[0]), _windows(inf[1])) for name, inf in influence.items()}
+
+    def _changed_rows(self, name: str, diff: np.ndarray, axis_index: int) -> np.ndarray:
+        """``(batch, n)``: which output indices along image axis ``axis_index`` have a changed value."""
+        axes = self.trace.spatial_axes(name)
+        if axes is None:
+            return diff.reshape(len(diff), -1).any(axis=1)[:, None]
+        keep = axes[axis_index]
+        diff = np.moveaxis(diff, keep, 1)
+        return diff.reshape(diff.shape[0], diff.shape[1], -1).any(axis=2)
+
+    def _perturbed(self, base: np.ndarray, delta: np.ndarray, image_axis: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        extent = base.shape[image_axis]
+        for start in range(0, extent, CHUNK):
+            rows = np.arange(start, min(start + CHUNK, extent))
+            batch = np.repeat(base, len(rows), axis=0)
+            moved = np.moveaxis(batch, image_axis, 1)  # view: (batch, rows, …)
+            moved[np.arange(len(rows)), rows] += np.moveaxis(delta, image_axis, 1)[0, rows]
+            yield rows, batch
+
+    def _run(self, session: ort.InferenceSession, batch: np.ndarray, fixed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs for a batch; image by image if the graph fixes its batch (e.g. ``Reshape`` to ``[1, -1]``)."""
+        if self.batched and len(batch) > 1:
+            try:
+                return session.run(None, self._feeds(batch, fixed))
+            except (_ort_errors.RuntimeException, _ort_errors.Fail, _ort_errors.InvalidArgument):
+                self.batched = False
+        runs = [session.run(None, self._feeds(batch[k : k + 1], fixed)) for k in range(len(batch))]
+        return [np.concatenate(outs) for outs in zip(*runs)]
+
+    def _feeds(self, batch: np.ndarray, fixed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {self.input_name: batch}
+        feeds.update({name: np.repeat(value, len(batch), axis=0) for name, value in fixed.items()})
+        return feeds
+
+    def _summaries(self, base: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        session = _session(_exposing(self._sized(self.model), names))
+        return dict(zip(names, session.run(None, {self.input_name: base})))
+
+    def _session(self, tensors: list[str], frozen: bool) -> tuple[ort.InferenceSession, list[str]]:
+        model = self._sized(self.model)
+        summaries: list[str] = []
+        if frozen:
+            summaries = list(self.trace.summaries)
+            model = _frozen(model, summaries)
+        return _session(_exposing(model, tensors)), summaries
+
+    def _sized(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """A copy with a symbolic batch and the probe's H, W on the image input."""
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        dims = next(v for v in model.graph.input if v.name == self.input_name).type.tensor_type.shape.dim
+        for axis, size in ((self.y_axis, self.input_hw[0]), (self.x_axis, self.input_hw[1])):
+            dims[axis].Clear()
+            dims[axis].dim_value = size
+        dims[0].Clear()
+        dims[0].dim_param = "batch"
+        return without_stale_shapes(model)
+
+
+def _exposing(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """The model with ``tensors`` (and only them) as outputs; a graph input is passed through Identity."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    graph_inputs = {v.name for v in model.graph.input}
+    del model.graph.output[:]
+    for name in tensors:
+        out_name = name
+        if name in graph_inputs:
+            out_name = f"{name}__rf_probe"
+            model.graph.node.append(helper.make_node("Identity", [name], [out_name]))
+        model.graph.output.append(helper.make_tensor_value_info(out_name, types.get(name, onnx.TensorProto.FLOAT), None))
+    return model
+
+
+def _frozen(model: onnx.ModelProto, summaries: Sequence[str]) -> onnx.ModelProto:
+    """The model with each summary-producing node removed and its output fed as a graph input."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = {v.name: v for v in inferred.graph.value_info}
+    keep = [node for node in model.graph.node if not set(node.output) & set(summaries)]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    for name in summaries:
+        value = onnx.ValueInfoProto()
+        value.CopyFrom(values[name])
+        dims = value.type.tensor_type.shape.dim
+        dims[0].Clear()
+        dims[0].dim_param = "batch"
+        model.graph.input.append(value)
+    return model
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # unused initializers of removed nodes are expected
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _windows(influence: np.ndarray) -> np.ndarray:
+    """``(n_out, 2)`` half-open span of influencing input rows per output index; ``(0, 0)`` if none."""
+    hit = influence.any(axis=0)
+    first = np.argmax(influence, axis=0)
+    last = influence.shape[0] - np.argmax(influence[::-1], axis=0)
+    return np.stack([np.where(hit, first, 0), np.where(hit, last, 0)], axis=1)
+
+
+# ----------------------------------------------------------------------------------- fitting
+def _fit_axis(windows: np.ndarray, extent: int) -> tuple[int, int | Fraction, int | Fraction]:
+    """Tightest linear cover of one axis' measured windows.
+
+    Every candidate ``j`` gives a cover (offset and size from the starts and ends the image border
+    did not clip); the best covers the fewest pixels outside the measured windows, then has the
+    smallest ``r``, then the simplest ``j``. Pixels a layer never reads at the border only shrink
+    windows, so they do not move the cover away from §3's field.
+    """
+    n = len(windows)
+    i = np.arange(n, dtype=np.int64)
+    hit = windows[:, 1] > windows[:, 0]
+    start, end = windows[:, 0].astype(np.int64), windows[:, 1].astype(np.int64) - 1
+    free_start, free_end = hit & (start > 0), hit & (end < extent - 1)
+    estimate = _slope(i, start, free_start) or _slope(i, end, free_end) or Fraction(extent, n)
+    best = None
+    for q in range(1, _MAX_DENOMINATOR + 1):
+        for p in range(max(0, int((estimate - 1) * q)), int((estimate + 1) * q) + 2):
+            # offset O / q: the largest with i·j + o at or before every unclipped start; else all starts clip
+            big_o = int((q * start[free_start] - p * i[free_start]).min()) if free_start.any() else int(-(p * i).max())
+            starts = (p * i + big_o) // q
+            ends_at = free_end if free_end.any() else hit
+            ends = end[ends_at] if free_end.any() else np.full(int(hit.sum()), extent - 1)
+            r = max(int((ends - starts[ends_at]).max()) + 1, 1) if ends_at.any() else 1
+            excess = int((np.clip(starts + r, 0, extent) - np.clip(starts, 0, extent)).sum() - (windows[:, 1] - windows[:, 0]).sum())
+            key = (excess, r, q, abs(Fraction(p, q) - estimate))
+            if best is None or key < best[0]:
+                best = (key, r, Fraction(p, q), Fraction(big_o, q))
+    _, r, j, o = best
+    return r, _num(j), _num(o)
+
+
+def _slope(i: np.ndarray, values: np.ndarray, mask: np.ndarray) -> Fraction | None:
+    idx = np.flatnonzero(mask)
+    if len(idx) < 2:
+        return None
+    a, b = idx[0], idx[-1]
+    return Fraction(int(values[b] - values[a]), int(b - a))
+
+
+def _whole(windows: Windows, input_hw: tuple[int, int]) -> bool:
+    return all(tuple(w[0]) == (0, extent) for w, extent in zip(windows, input_hw))
+
+
+def _num(value: Fraction) -> int | Fraction:
+    return int(value) if value.denominator == 1 else value

@@ -1,0 +1,88 @@
+"""onnxruntime sessions: provider choice and a small ``Runner`` used by every pass.
+
+CUDA is used when the installed onnxruntime offers it (the ``gpu`` extra installs onnxruntime-gpu);
+there, inputs and outputs go through IO binding so the only device-to-host copy is the small
+reduced outputs. The provider actually used is recorded with each run.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnx_nfi.errors import NfiError
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = ("auto", "cpu", "cuda")
+
+
+def available_providers() -> list[str]:
+    """What this onnxruntime build can run on."""
+    return list(ort.get_available_providers())
+
+
+def check_runtime_install() -> None:
+    """Warn when both onnxruntime and onnxruntime-gpu are installed: they overwrite each other's files."""
+    names = {d.metadata["Name"].lower() for d in importlib.metadata.distributions() if d.metadata["Name"]}
+    if "onnxruntime" in names and "onnxruntime-gpu" in names:
+        warnings.warn(
+            "both onnxruntime and onnxruntime-gpu are installed; uninstall both and reinstall only one "
+            "(pip install 'onnx-nfi[gpu]' for CUDA)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _providers(choice: str) -> list[str]:
+    available = available_providers()
+    if choice not in PROVIDERS:
+        raise NfiError(f"unknown provider {choice!r}; use one of {', '.join(PROVIDERS)}")
+    if choice == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise NfiError(
+                "the CUDA provider is not available in this onnxruntime; install the GPU extra "
+                "(pip install 'onnx-nfi[gpu]') or use --provider cpu"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if choice == "auto" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class Runner:
+    """One inference session over an (instrumented) model; ``run`` maps a batch to named outputs."""
+
+    def __init__(self, proto: onnx.ModelProto, provider: str = "auto", threads: int | None = None) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        elif os.environ.get("ONNX_NFI_THREADS"):
+            options.intra_op_num_threads = int(os.environ["ONNX_NFI_THREADS"])
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=_providers(provider))
+        self.provider = self.session.get_providers()[0]
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._binding = self.session.io_binding() if self.provider == "CUDAExecutionProvider" else None
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs by name for one input batch."""
+        if self._binding is None:
+            values = self.session.run(self.output_names, {self.input_name: batch})
+            return dict(zip(self.output_names, values))
+        binding = self._binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        binding.bind_cpu_input(self.input_name, batch)
+        for name in self.output_names:
+            binding.bind_output(name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))

@@ -1,0 +1,129 @@
+"""Neuron Features: activation-weighted means of each neuron's top-N receptive-field crops (§4).
+
+Crops are cut from the display images (resized/cropped RGB, 0-255) at each top-N location.
+Out-of-image pixels do not count; where the valid weight is below 10 % of the total the pixel is
+mid-grey 127. The canvas is the RF size centre-cropped to the input size.
+
+**Deviation, recorded as ``nf_max_size``**: a canvas larger than ``nf_max_size`` pixels is
+computed on images scaled down by ``nf_max_size / canvas`` (area interpolation), with crop
+positions rounded to the scaled grid. Deep layers' canvases are the whole 224×224 image; at full
+size Lite0's NFs would take ~9 GB in the database and minutes of CPU per few hundred images,
+while a person looks at them at thumbnail size anyway. ``nf_max_size = 0`` computes the exact
+full-size NF. Layers whose canvas fits are always exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from onnx_nfi.graph.receptive_field import ReceptiveField
+from onnx_nfi.scan.topn import TopN
+
+GREY = 127.0
+MIN_VALID_WEIGHT = 0.1
+_CHUNK_BYTES = 192 * 2**20
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """Where a neuron's crop lies for an output location, in (possibly scaled) image pixels."""
+
+    canvas: tuple[int, int]  # NF (crop) size (y, x)
+    image_size: tuple[int, int]  # size of the image the crops are cut from
+    scale: float  # image scale factor; 1.0 = exact full resolution
+    stride: tuple[float, float]
+    first: tuple[float, float]  # crop start of output index 0 at full resolution
+    is_global: bool
+
+    def starts(self, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-left crop corners for output locations, in the crop image's pixels."""
+        if self.is_global:
+            return np.zeros_like(ys), np.zeros_like(xs)
+        # strides/offsets are Fractions after upsampling: floor, as ReceptiveField.window does
+        ty = np.floor(ys * float(self.stride[0]) + float(self.first[0]))
+        tx = np.floor(xs * float(self.stride[1]) + float(self.first[1]))
+        if self.scale != 1.0:
+            ty, tx = np.round(ty * self.scale), np.round(tx * self.scale)
+        return ty.astype(np.int64), tx.astype(np.int64)
+
+
+def crop_geometry(rf: ReceptiveField, input_hw: tuple[int, int], max_size: int = 0) -> CropGeometry:
+    """The canvas of a layer: RF size centre-cropped to the input, scaled to ``max_size`` when set."""
+    h, w = input_hw
+    if rf.is_global:
+        canvas, first = (h, w), (0, 0)
+    else:
+        canvas = (min(rf.size[0], h), min(rf.size[1], w))
+        first = (rf.offset[0] + (rf.size[0] - canvas[0]) // 2, rf.offset[1] + (rf.size[1] - canvas[1]) // 2)
+    scale = 1.0
+    if max_size and max(canvas) > max_size:
+        scale = max_size / max(canvas)
+        canvas = (max(1, round(canvas[0] * scale)), max(1, round(canvas[1] * scale)))
+    image_size = (round(h * scale), round(w * scale)) if scale != 1.0 else (h, w)
+    return CropGeometry(canvas, image_size, scale, tuple(rf.stride), first, rf.is_global)  # type: ignore[arg-type]
+
+
+def scaled(image: np.ndarray, geometry: CropGeometry) -> np.ndarray:
+    """The image crops are cut from (the display image, or its area-scaled copy)."""
+    if geometry.scale == 1.0:
+        return image
+    return cv2.resize(image, geometry.image_size[::-1], interpolation=cv2.INTER_AREA)
+
+
+def neuron_features(
+    topn: TopN, images: Mapping[int, np.ndarray], geometry: CropGeometry
+) -> tuple[np.ndarray, np.ndarray]:
+    """NFs ``float32 [C, cy, cx, 3]`` (RGB 0-255) and a ``bool [C]`` mask of neurons that have one (not dead).
+
+    ``images`` maps image id -> display image (uint8 [H, W, 3]); every id in ``topn`` must be
+    there. Crops are strided views into one zero-padded stack of the layer's top images, so
+    cutting a crop is a block copy; the weighted sum is a batched matrix product. Out-of-image
+    pixels are zero in the padding, so they add nothing to the numerator, and the valid weight
+    is separable (rows × columns), so the denominator is a small product too.
+    """
+    channels, n = topn.scores.shape
+    cy, cx = geometry.canvas
+    hs, ws = geometry.image_size
+    weights = np.where((topn.scores > 0) & (topn.ids >= 0), topn.scores, 0).astype(np.float64)
+    total = weights.sum(axis=1)
+    alive = total > 0
+    weights = (weights / np.where(alive, total, 1)[:, None]).astype(np.float32)  # normalised: sums stay <= 255
+    nfs = np.full((channels, cy, cx, 3), np.nan, np.float32)
+    if not alive.any():
+        return nfs, alive
+    live = weights > 0
+    used = np.unique(topn.ids[live])
+    sy, sx = geometry.starts(topn.ys, topn.xs)
+    pad_y = int(max(0, -sy[live].min(), sy[live].max() + cy - hs))
+    pad_x = int(max(0, -sx[live].min(), sx[live].max() + cx - ws))
+    stack = np.zeros((used.size, hs + 2 * pad_y, ws + 2 * pad_x, 3), np.float32)
+    for k, image_id in enumerate(used):
+        stack[k, pad_y : pad_y + hs, pad_x : pad_x + ws] = scaled(images[int(image_id)], geometry)
+    su, sh, sw, sc = stack.strides
+    windows = np.lib.stride_tricks.as_strided(
+        stack,
+        shape=(used.size, stack.shape[1] - cy + 1, stack.shape[2] - cx + 1, cy, cx, 3),
+        strides=(su, sh, sw, sh, sw, sc),
+        writeable=False,
+    )
+    slot = np.clip(np.searchsorted(used, topn.ids), 0, used.size - 1)  # weight-0 entries: any slot
+    ty, tx = np.clip(sy + pad_y, 0, stack.shape[1] - cy), np.clip(sx + pad_x, 0, stack.shape[2] - cx)
+    valid_y = ((sy[..., None] + np.arange(cy)) >= 0) & ((sy[..., None] + np.arange(cy)) < hs)  # [C, n, cy]
+    valid_x = ((sx[..., None] + np.arange(cx)) >= 0) & ((sx[..., None] + np.arange(cx)) < ws)  # [C, n, cx]
+    step = max(1, _CHUNK_BYTES // (n * cy * cx * 3 * 4))
+    for lo in range(0, channels, step):
+        units = np.arange(lo, min(channels, lo + step))
+        units = units[alive[units]]
+        if units.size == 0:
+            continue
+        w = weights[units]  # [u, n]
+        crops = windows[slot[units], ty[units], tx[units]]  # [u, n, cy, cx, 3]
+        num = np.matmul(w[:, None, :], crops.reshape(units.size, n, -1)).reshape(units.size, cy, cx, 3)
+        den = np.matmul((valid_y[units] * w[..., None]).transpose(0, 2, 1), valid_x[units].astype(np.float32))
+        ok = den >= MIN_VALID_WEIGHT
+        nfs[units] = np.where(ok[..., None], num / np.where(ok, den, 1)[..., None], GREY)
+    return nfs, alive

@@ -1,0 +1,114 @@
+"""The batched scan: images -> instrumented model -> per-layer TopN and Moments.
+
+Only ``[B, C]`` max/argmax arrays come back from the runtime per layer; they update the
+streaming states and are dropped, so memory stays flat however many images are scanned.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from onnx_nfi.data.images import ImageFile
+from onnx_nfi.data.loader import iter_batches
+from onnx_nfi.data.preprocess import Preprocessing
+from onnx_nfi.graph.instrument import instrument
+from onnx_nfi.graph.layers import Layer
+from onnx_nfi.graph.load import LoadedModel
+from onnx_nfi.graph.session import Runner
+from onnx_nfi.scan.topn import Moments, TopN
+
+#: progress(images_done, images_total) — the library never prints; the CLI draws the bar.
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ScannedImage:
+    """A readable image as scanned: id, absolute path, content hash, label."""
+
+    image_id: int
+    path: Path
+    sha256: str
+    label: str | None
+
+
+@dataclass
+class LayerStats:
+    """Streaming results for one layer."""
+
+    layer: Layer
+    topn: TopN
+    moments: Moments
+
+
+@dataclass
+class ScanResult:
+    """Everything the scan learnt; probe scores are ``[P, C]`` per layer, NaN where a probe was not seen."""
+
+    stats: dict[str, LayerStats]
+    images: list[ScannedImage]
+    skipped: list[tuple[Path, str]]
+    provider: str
+    seconds: float
+    probe_scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def scan(
+    model: LoadedModel,
+    layers: Sequence[Layer],
+    pre: Preprocessing,
+    files: Sequence[ImageFile],
+    *,
+    top_n: int = 100,
+    batch_size: int = 32,
+    provider: str = "auto",
+    predict_labels: bool = False,
+    class_names: Sequence[str] | None = None,
+    probe_sha256: Sequence[str] = (),
+    progress: Progress | None = None,
+) -> ScanResult:
+    """Scan ``files`` once, keeping per-neuron top-N, moments and scores on the probe images."""
+    proto, outputs = instrument(model, list(layers), keep_model_outputs=predict_labels)
+    runner = Runner(proto, provider)
+    stats = {
+        layer.tensor: LayerStats(layer, TopN.empty(layer.channels, top_n), Moments.empty(layer.channels))
+        for layer in layers
+    }
+    probe_index = {sha: i for i, sha in enumerate(probe_sha256)}
+    probe_scores = {
+        layer.tensor: np.full((len(probe_index), layer.channels), np.nan, np.float32) for layer in layers
+    }
+    images: list[ScannedImage] = []
+    skipped: list[tuple[Path, str]] = []
+    started = time.perf_counter()
+    done = 0
+    if progress:
+        progress(0, len(files))
+    for batch in iter_batches(files, pre, batch_size, on_skip=lambda p, r: skipped.append((p, r))):
+        result = runner.run(pre.to_tensor(batch.images))
+        labels = [f.label for f in batch.files]
+        if predict_labels:
+            logits = result[outputs.model_outputs[0]].reshape(len(batch.ids), -1)
+            top1 = logits.argmax(axis=1)
+            labels = [class_names[k] if class_names and k < len(class_names) else str(int(k)) for k in top1]
+        probe_rows = [(row, probe_index[sha]) for row, sha in enumerate(batch.sha256) if sha in probe_index]
+        for tensor, st in stats.items():
+            scores = result[outputs.max[tensor]]
+            flat = result[outputs.argmax[tensor]]
+            width = st.layer.width
+            st.topn.update(batch.ids, scores, flat // width, flat % width)
+            st.moments.update(scores)
+            for row, p in probe_rows:
+                probe_scores[tensor][p] = scores[row]
+        images.extend(
+            ScannedImage(int(i), Path(f.path), sha, label)
+            for i, f, sha, label in zip(batch.ids, batch.files, batch.sha256, labels)
+        )
+        done += len(batch.ids)
+        if progress:
+            progress(done + len(skipped), len(files))
+    return ScanResult(stats, images, skipped, runner.provider, time.perf_counter() - started, probe_scores)

@@ -1,0 +1,134 @@
+"""Streaming, mergeable per-neuron statistics (ALGORITHMS.md §2).
+
+``TopN`` keeps, per neuron, the N best (score, image, location) triples sorted by score
+descending and, on ties, by image id ascending ("the image seen first wins"). ``Moments`` keeps
+count, mean, M2 (for the ddof=0 std) and the number of positive scores. Both have ``update`` for
+a batch and ``merge`` for another shard, so memory is independent of the number of images and
+shards combine exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _sort_rows(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per-row order: score descending, then image id ascending."""
+    return np.lexsort((ids, -scores), axis=1)
+
+
+@dataclass
+class TopN:
+    """The N highest-scoring images per neuron, one location each."""
+
+    scores: np.ndarray  # float32 [C, N], -inf where empty
+    ids: np.ndarray  # int64 [C, N], -1 where empty
+    ys: np.ndarray  # int32 [C, N]
+    xs: np.ndarray  # int32 [C, N]
+
+    @classmethod
+    def empty(cls, channels: int, n: int) -> TopN:
+        """A state that has seen no image."""
+        return cls(
+            np.full((channels, n), -np.inf, np.float32),
+            np.full((channels, n), -1, np.int64),
+            np.zeros((channels, n), np.int32),
+            np.zeros((channels, n), np.int32),
+        )
+
+    @property
+    def n(self) -> int:
+        return self.scores.shape[1]
+
+    def update(self, ids: np.ndarray, scores: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> None:
+        """Add a batch: ``ids`` [B] (larger than any id seen so far), ``scores``/``ys``/``xs`` [B, C].
+
+        Within a stream ids only grow, so a batch score equal to the current N-th best loses the
+        tie and only strictly better scores can enter: rows without such a score are skipped,
+        which makes the steady state almost free.
+        """
+        s = scores.T
+        rows = np.flatnonzero((s > self.scores[:, -1:]).any(axis=1))
+        if rows.size == 0:
+            return
+        b = ids.shape[0]
+        cat_s = np.concatenate([self.scores[rows], s[rows].astype(np.float32)], axis=1)
+        cat_i = np.concatenate([self.ids[rows], np.broadcast_to(ids, (rows.size, b))], axis=1)
+        cat_y = np.concatenate([self.ys[rows], ys.T[rows].astype(np.int32)], axis=1)
+        cat_x = np.concatenate([self.xs[rows], xs.T[rows].astype(np.int32)], axis=1)
+        self._take(rows, cat_s, cat_i, cat_y, cat_x)
+
+    def merge(self, other: TopN) -> TopN:
+        """Top-N of the union of the images behind ``self`` and ``other`` (disjoint image ids)."""
+        merged = TopN(self.scores.copy(), self.ids.copy(), self.ys.copy(), self.xs.copy())
+        rows = np.arange(self.scores.shape[0])
+        merged._take(
+            rows,
+            np.concatenate([self.scores, other.scores], axis=1),
+            np.concatenate([self.ids, other.ids], axis=1),
+            np.concatenate([self.ys, other.ys], axis=1),
+            np.concatenate([self.xs, other.xs], axis=1),
+        )
+        return merged
+
+    def _take(self, rows: np.ndarray, s: np.ndarray, i: np.ndarray, y: np.ndarray, x: np.ndarray) -> None:
+        # empty slots (-inf, id -1) must sort after every real entry, so give them the largest id
+        order = _sort_rows(s, np.where(i < 0, np.iinfo(np.int64).max, i))[:, : self.n]
+        self.scores[rows] = np.take_along_axis(s, order, 1)
+        self.ids[rows] = np.take_along_axis(i, order, 1)
+        self.ys[rows] = np.take_along_axis(y, order, 1)
+        self.xs[rows] = np.take_along_axis(x, order, 1)
+
+    def count(self) -> int:
+        """How many ranks are filled (the same for every neuron)."""
+        return int((self.ids[0] >= 0).sum()) if self.ids.size else 0
+
+
+@dataclass
+class Moments:
+    """Count, mean, M2 and positive count per neuron, merged with Chan's parallel formula."""
+
+    count: int
+    mean: np.ndarray  # float64 [C]
+    m2: np.ndarray  # float64 [C]
+    active: np.ndarray  # int64 [C]
+
+    @classmethod
+    def empty(cls, channels: int) -> Moments:
+        """Statistics of no image."""
+        return cls(0, np.zeros(channels), np.zeros(channels), np.zeros(channels, np.int64))
+
+    def update(self, scores: np.ndarray) -> None:
+        """Add a batch of per-image scores ``[B, C]``."""
+        s = scores.astype(np.float64)
+        batch_mean = s.mean(axis=0)
+        other = Moments(s.shape[0], batch_mean, ((s - batch_mean) ** 2).sum(axis=0), (s > 0).sum(axis=0))
+        self._absorb(other)
+
+    def merge(self, other: Moments) -> Moments:
+        """Statistics of the union of both shards."""
+        merged = Moments(self.count, self.mean.copy(), self.m2.copy(), self.active.copy())
+        merged._absorb(other)
+        return merged
+
+    def _absorb(self, other: Moments) -> None:
+        total = self.count + other.count
+        if other.count == 0:
+            return
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (other.count / total)
+        self.m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / total)
+        self.active = self.active + other.active
+        self.count = total
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation (ddof = 0)."""
+        return np.sqrt(self.m2 / max(self.count, 1))
+
+    @property
+    def active_fraction(self) -> np.ndarray:
+        """Fraction of images with a positive score."""
+        return self.active / max(self.count, 1)

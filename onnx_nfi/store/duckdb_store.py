@@ -1,0 +1,174 @@
+"""DuckDB access: open with clear errors, write a model's results atomically, read them back.
+
+Tables are filled from dicts of numpy columns (DuckDB scans them without copies through Python
+objects); NaN in float columns becomes NULL, which is how undefined indexes are stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from onnx_nfi.errors import NotFoundError, StoreError
+from onnx_nfi.store.schema import SCHEMA_VERSION, TABLES, layer_summary_sql
+
+DEFAULT_DB = "nfi.duckdb"
+#: Tables whose rows belong to one model (replaced together).
+MODEL_TABLES = ("models", "images", "layers", "neurons", "top_activations", "class_frequencies")
+
+Frame = Mapping[str, np.ndarray]
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            raise StoreError(f"database {path} is locked by another process; close it or use another --db") from None
+        if "not a valid" in text.lower() or "database file" in text.lower() or "header" in text.lower():
+            raise StoreError(f"{path} is not a DuckDB database; pass another --db path") from None
+        raise StoreError(f"cannot open database {path}: {text.splitlines()[0]}") from None
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail early (before a long scan) when the database cannot be written."""
+    path = Path(path)
+    if path.exists():
+        _connect(path, read_only=False).close()
+    elif not path.parent.exists():
+        raise StoreError(f"folder {path.parent} for database {path} does not exist; create it first")
+
+
+class Store:
+    """An open database; use ``with Store.open(path) as store``."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path) -> None:
+        self.con = con
+        self.path = path
+
+    @classmethod
+    @contextmanager
+    def open(cls, path: str | Path = DEFAULT_DB, read_only: bool = False) -> Iterator[Store]:
+        """Open (creating the schema when writable) and always close."""
+        path = Path(path)
+        if read_only and not path.exists():
+            raise StoreError(f"database {path} does not exist; run 'onnx-nfi analyze' first or pass --db")
+        con = _connect(path, read_only)
+        store = cls(con, path)
+        try:
+            if not read_only:
+                store._ensure_schema()
+            elif not store._has_table("models"):
+                raise StoreError(f"{path} is not an onnx-nfi database (no 'models' table)")
+            yield store
+        finally:
+            con.close()
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+        ).fetchone()[0])
+
+    def _ensure_schema(self) -> None:
+        self.con.execute(TABLES)
+        self.con.execute(layer_summary_sql())
+        self.con.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+        )
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All or nothing: a failure inside rolls every statement back."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    def insert(self, table: str, frame: Frame) -> None:
+        """Append the rows of a dict of equal-length numpy columns (column names must exist)."""
+        columns = ", ".join(frame)
+        self.con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM frame")
+
+    def delete_model(self, model: str) -> None:
+        """Remove every row of ``model`` (inside the caller's transaction)."""
+        for table in MODEL_TABLES:
+            self.con.execute(f"DELETE FROM {table} WHERE model = ?", [model])
+
+    def update_neurons(self, model: str, frame: Frame) -> None:
+        """Set columns of existing neurons from a frame keyed by ``layer`` and ``unit``."""
+        columns = [c for c in frame if c not in ("layer", "unit")]
+        assignments = ", ".join(f"{c} = frame.{c}" for c in columns)
+        self.con.execute(
+            f"UPDATE neurons SET {assignments} FROM frame "
+            "WHERE neurons.model = ? AND neurons.layer = frame.layer AND neurons.unit = frame.unit",
+            [model],
+        )
+
+    def next_id(self, table: str, column: str) -> int:
+        """One past the largest id ever stored in ``table.column`` (ids are never reused)."""
+        key = f"next_{table}_{column}"
+        stored = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        current = self.con.execute(f"SELECT coalesce(max({column}) + 1, 0) FROM {table}").fetchone()[0]
+        return max(int(current), int(stored[0]) if stored else 0)
+
+    def reserve_ids(self, table: str, column: str, count: int) -> int:
+        """First of ``count`` fresh ids; remembered in ``meta`` so deleted ids stay retired."""
+        first = self.next_id(table, column)
+        self.con.execute(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)", [f"next_{table}_{column}", str(first + count)]
+        )
+        return first
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        """Model names in the database."""
+        return [r[0] for r in self.con.execute("SELECT model FROM models ORDER BY model").fetchall()]
+
+    def model_row(self, model: str) -> dict[str, Any]:
+        """The ``models`` row of ``model``; NotFoundError names the models that exist."""
+        cur = self.con.execute("SELECT * FROM models WHERE model = ?", [model])
+        row = cur.fetchone()
+        if row is None:
+            known = ", ".join(self.models()) or "none yet"
+            raise NotFoundError(f"model {model!r} is not in {self.path} (models: {known})")
+        names = [d[0] for d in cur.description]
+        data = dict(zip(names, row))
+        data["preprocessing"] = json.loads(data["preprocessing"])
+        return data
+
+    def layer_rows(self, model: str) -> list[dict[str, Any]]:
+        """The model's layers in depth order."""
+        return self.rows("SELECT * FROM layers WHERE model = ? ORDER BY depth", [model])
+
+    def resolve_layer(self, model: str, name: str) -> dict[str, Any]:
+        """A layer by tensor name or alias."""
+        rows = self.rows("SELECT * FROM layers WHERE model = ? AND (layer = ? OR alias = ?)", [model, name, name])
+        if not rows:
+            self.model_row(model)
+            raise NotFoundError(
+                f"layer {name!r} is not in model {model!r}; list them with: onnx-nfi sql \"SELECT alias, layer FROM layers WHERE model = '{model}'\""
+            )
+        return rows[0]
+
+    def rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Query results as dicts."""
+        cur = self.con.execute(sql, params or [])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def columns(self, sql: str, params: list[Any] | None = None) -> dict[str, np.ndarray]:
+        """Query results as numpy columns (fast path for large reads)."""
+        return {k: np.asarray(v) for k, v in self.con.execute(sql, params or []).fetchnumpy().items()}

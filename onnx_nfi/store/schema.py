@@ -1,0 +1,82 @@
+"""The DuckDB schema: one file holds any number of models.
+
+Every per-model table carries ``model`` so re-analysing one model replaces exactly its rows.
+``neuron_id`` is a database-wide integer that is never reused, so a vector index can never
+return a neuron that was replaced. Columns that later passes fill (NF, indexes) are created up
+front and stay NULL until computed.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+#: Selectivity columns of ``neurons`` that ``layer_summary`` summarises.
+INDEX_COLUMNS = (
+    "color_selectivity",
+    "class_selectivity",
+    "orientation_selectivity",
+    "symmetry_selectivity",
+    "shape_selectivity",
+)
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS models (
+    model VARCHAR PRIMARY KEY, path VARCHAR, sha256 VARCHAR, input_height INTEGER, input_width INTEGER,
+    layout VARCHAR, preprocessing JSON, opset INTEGER, n_layers INTEGER, run_id INTEGER, analyzed_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS images (
+    model VARCHAR, image_id BIGINT, path VARCHAR, sha256 VARCHAR, label VARCHAR, label_source VARCHAR,
+    PRIMARY KEY (model, image_id)
+);
+CREATE TABLE IF NOT EXISTS layers (
+    model VARCHAR, layer VARCHAR, alias VARCHAR, op_type VARCHAR, depth INTEGER, relative_depth DOUBLE,
+    channels INTEGER, height INTEGER, width INTEGER,
+    rf_size_y INTEGER, rf_size_x INTEGER, rf_stride_y INTEGER, rf_stride_x INTEGER,
+    rf_offset_y INTEGER, rf_offset_x INTEGER, rf_global BOOLEAN,
+    PRIMARY KEY (model, layer)
+);
+CREATE TABLE IF NOT EXISTS neurons (
+    model VARCHAR, layer VARCHAR, unit INTEGER, neuron_id BIGINT UNIQUE,
+    max_activation FLOAT, mean_activation DOUBLE, std_activation DOUBLE, active_fraction DOUBLE, dead BOOLEAN,
+    nf FLOAT[], nf_height INTEGER, nf_width INTEGER,
+    color_selectivity DOUBLE, class_selectivity DOUBLE, top_class VARCHAR, top_class_frequency DOUBLE,
+    population_code INTEGER, orientation_selectivity DOUBLE, orientation_by_angle DOUBLE[],
+    symmetry_selectivity DOUBLE, symmetry_by_axis DOUBLE[], shape_selectivity DOUBLE,
+    PRIMARY KEY (model, layer, unit)
+);
+CREATE TABLE IF NOT EXISTS top_activations (
+    model VARCHAR, layer VARCHAR, unit INTEGER, rank INTEGER, image_id BIGINT, y INTEGER, x INTEGER,
+    activation FLOAT
+);
+CREATE TABLE IF NOT EXISTS class_frequencies (
+    model VARCHAR, layer VARCHAR, unit INTEGER, label VARCHAR, frequency DOUBLE
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY, model VARCHAR, kind VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP,
+    images_seen BIGINT, images_skipped BIGINT, top_n INTEGER, provider VARCHAR, params JSON
+);
+CREATE TABLE IF NOT EXISTS skipped_images (run_id INTEGER, path VARCHAR, reason VARCHAR);
+CREATE TABLE IF NOT EXISTS probe_images (probe_index INTEGER PRIMARY KEY, sha256 VARCHAR UNIQUE, path VARCHAR);
+"""
+
+VIEWS = """
+CREATE OR REPLACE VIEW layer_summary AS
+SELECT
+    l.model, l.layer, l.alias, l.depth, l.relative_depth, l.channels,
+    count(n.unit) AS neurons,
+    count(*) FILTER (WHERE n.dead) AS dead,
+    {aggregates}
+FROM layers l JOIN neurons n USING (model, layer)
+GROUP BY ALL
+ORDER BY l.model, l.depth;
+"""
+
+
+def layer_summary_sql() -> str:
+    """``layer_summary``: per model and layer, counts and mean/median/p90 of every index column."""
+    aggregates = ",\n    ".join(
+        f"avg({c}) AS {c}_mean, median({c}) AS {c}_median, quantile_cont({c}, 0.9) AS {c}_p90"
+        for c in INDEX_COLUMNS
+    )
+    return VIEWS.format(aggregates=aggregates)

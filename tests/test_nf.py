@@ -1,0 +1,114 @@
+"""Neuron Features against a brute-force crop-and-average written independently here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import LITE0, TINY
+
+from onnx_nfi.api import compute_nfs, model_layers, open_model
+from onnx_nfi.config import AnalyzeConfig
+from onnx_nfi.data.images import list_images
+from onnx_nfi.data.loader import iter_decoded
+from onnx_nfi.graph.receptive_field import ReceptiveField
+from onnx_nfi.neurons.nf import crop_geometry, neuron_features
+from onnx_nfi.scan.scanner import scan
+from onnx_nfi.scan.topn import TopN
+
+
+def brute_force_nf(scores, ids, ys, xs, images, size, stride, offset, input_hw):
+    """§4 literally: canvas = RF centre-cropped to the input; per pixel mean over in-image crops."""
+    canvas = (min(size[0], input_hw[0]), min(size[1], input_hw[1]))
+    start = ((size[0] - canvas[0]) // 2, (size[1] - canvas[1]) // 2)
+    keep = scores > 0
+    total = scores[keep].sum()
+    if not keep.any():
+        return None
+    num = np.zeros((*canvas, 3))
+    den = np.zeros(canvas)
+    for a, image_id, y, x in zip(scores[keep], ids[keep], ys[keep], xs[keep]):
+        top = y * stride[0] + offset[0] + start[0]
+        left = x * stride[1] + offset[1] + start[1]
+        # the part of the crop that lies inside the image, in image and in canvas coordinates
+        y0, y1 = max(top, 0), min(top + canvas[0], input_hw[0])
+        x0, x1 = max(left, 0), min(left + canvas[1], input_hw[1])
+        if y0 >= y1 or x0 >= x1:
+            continue
+        num[y0 - top : y1 - top, x0 - left : x1 - left] += a * images[image_id][y0:y1, x0:x1]
+        den[y0 - top : y1 - top, x0 - left : x1 - left] += a
+    out = np.full((*canvas, 3), 127.0)
+    ok = den >= 0.1 * total
+    out[ok] = num[ok] / den[ok][:, None]
+    return out
+
+
+def check_nfs(model: Path, photo_dir: Path, pick, top_n: int, unit_step: int) -> None:
+    lm, pre = open_model(model)
+    chosen = pick(model_layers(lm))
+    files = list_images(photo_dir).files
+    result = scan(lm, [i.layer for i in chosen], pre, files, top_n=top_n, provider="cpu")
+    nfs = compute_nfs(result, chosen, pre, AnalyzeConfig(nf_max_size=0), None)
+    images = {k: d.image.astype(np.float64) for k, d in enumerate(x for x in iter_decoded(files, pre) if x.image is not None)}
+    assert any(i.rf.offset[0] < 0 for i in chosen), "some crops must reach outside the image"
+    for info in chosen:
+        top = result.stats[info.layer.tensor].topn
+        for unit in range(0, info.layer.channels, unit_step):
+            expected = brute_force_nf(
+                top.scores[unit], top.ids[unit], top.ys[unit], top.xs[unit], images,
+                info.rf.size, info.rf.stride, info.rf.offset, pre.input_size,
+            )
+            got = nfs[info.layer.tensor][unit]
+            if expected is None:
+                assert np.isnan(got).all()
+            else:
+                np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=f"{info.layer.alias}:{unit}")
+
+
+def test_tiny_nfs_match_brute_force(photo_dir: Path) -> None:
+    check_nfs(TINY, photo_dir, lambda infos: [infos[0], infos[3], infos[-1]], top_n=6, unit_step=5)
+
+
+@pytest.mark.slow
+def test_lite0_nfs_match_brute_force(photo_dir: Path) -> None:
+    """Deep Lite0 layers: receptive fields far larger than the 224 input, canvas = the whole image."""
+    check_nfs(LITE0, photo_dir, lambda infos: [infos[20], infos[-1]], top_n=5, unit_step=97)
+
+
+def test_grey_fill_and_dead_neurons() -> None:
+    """A crop mostly outside the image gets grey where under 10 % of the weight is valid; dead -> NaN."""
+    image = np.full((8, 8, 3), 200, np.uint8)
+    rf = ReceptiveField(size=(4, 4), stride=(1, 1), offset=(-3, -3))
+    top = TopN.empty(2, 2)
+    top.update(np.array([0]), np.array([[1.0, -1.0]], np.float32), np.zeros((1, 2), int), np.zeros((1, 2), int))
+    nfs, alive = neuron_features(top, {0: image}, crop_geometry(rf, (8, 8)))
+    assert alive.tolist() == [True, False]
+    assert np.isnan(nfs[1]).all()
+    # window rows/cols -3..0: only the last row and column are inside the image
+    np.testing.assert_array_equal(nfs[0][3, 3], [200, 200, 200])
+    np.testing.assert_array_equal(nfs[0][0, 0], [127, 127, 127])
+
+
+def test_reduced_resolution_nf_approximates_full(photo_dir: Path) -> None:
+    """The ``nf_max_size`` deviation: a scaled NF is close to the area-downscaled exact NF."""
+    import cv2
+
+    lm, pre = open_model(TINY)
+    info = model_layers(lm)[-1]
+    files = list_images(photo_dir).files
+    result = scan(lm, [info.layer], pre, files, top_n=8, provider="cpu")
+    full = compute_nfs(result, [info], pre, AnalyzeConfig(nf_max_size=0), None)[info.layer.tensor]
+    small = compute_nfs(result, [info], pre, AnalyzeConfig(nf_max_size=16), None)[info.layer.tensor]
+    assert small.shape[1:3] == (16, 16) and full.shape[1:3] == (19, 19)
+    alive = ~np.isnan(full).any(axis=(1, 2, 3))
+    down = np.stack([cv2.resize(f, (16, 16), interpolation=cv2.INTER_AREA) for f in full[alive]])
+    assert np.abs(down - small[alive]).mean() < 4.0  # grey levels out of 255
+
+
+@pytest.mark.parametrize("offset", [(0, 0), (-2, 1)])
+def test_crop_geometry_centre_crops_large_fields(offset) -> None:
+    geometry = crop_geometry(ReceptiveField(size=(100, 40), stride=(4, 4), offset=offset), (64, 64))
+    assert geometry.canvas == (64, 40)
+    ty, tx = geometry.starts(np.array([2]), np.array([3]))
+    assert (ty[0], tx[0]) == (2 * 4 + offset[0] + 18, 3 * 4 + offset[1])
