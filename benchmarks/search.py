@@ -53,16 +53,20 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def single_query_latency_ms(index: VectorIndex, queries: np.ndarray, warmup: int = 10) -> np.ndarray:
-    """Wall time of search() with a batch of one, query after query."""
+def single_query_latency_ms(index: VectorIndex, queries: np.ndarray, warmup: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Wall and CPU time of search() with a batch of one, query after query.
+
+    CPU time is reported beside wall time because a shared machine's other work inflates wall
+    time only; a single query runs on one thread, so unloaded wall time ~ CPU time.
+    """
     for query in queries[:warmup]:
         index.search(query[None, :], K)
-    times = np.empty(len(queries))
+    wall, cpu = np.empty(len(queries)), np.empty(len(queries))
     for i, query in enumerate(queries):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         index.search(query[None, :], K)
-        times[i] = time.perf_counter() - start
-    return times * 1e3
+        wall[i], cpu[i] = time.perf_counter() - start, time.process_time() - start_cpu
+    return wall * 1e3, cpu * 1e3
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -72,6 +76,7 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 def run(n: int, d: int, n_queries: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     vectors = unit_rows(rng, n, d)
     ids = np.arange(n, dtype=np.int64)
     queries = make_queries(rng, vectors, n_queries)
@@ -86,11 +91,11 @@ def run(n: int, d: int, n_queries: int, seed: int) -> dict:
     build_s = time.perf_counter() - start
     index_mb = (rss_bytes() - rss_before) / 2**20
 
-    auto_ms = single_query_latency_ms(auto, queries)
+    auto_ms, auto_cpu_ms = single_query_latency_ms(auto, queries)
     start = time.perf_counter()
     found = auto.search(queries, K)[1]
     auto_batch_s = time.perf_counter() - start
-    exact_ms = single_query_latency_ms(exact, queries)
+    exact_ms, exact_cpu_ms = single_query_latency_ms(exact, queries)
     start = time.perf_counter()
     exact.search(queries, K)
     exact_batch_s = time.perf_counter() - start
@@ -115,11 +120,14 @@ def run(n: int, d: int, n_queries: int, seed: int) -> dict:
         "recall_at_10_random": recall(found[half:], truth[half:]),
         "auto_p50_ms": float(np.percentile(auto_ms, 50)),
         "auto_p99_ms": float(np.percentile(auto_ms, 99)),
+        "auto_cpu_p50_ms": float(np.percentile(auto_cpu_ms, 50)),
         "auto_batch_qps": n_queries / auto_batch_s,
         "exact_p50_ms": float(np.percentile(exact_ms, 50)),
         "exact_p99_ms": float(np.percentile(exact_ms, 99)),
+        "exact_cpu_p50_ms": float(np.percentile(exact_cpu_ms, 50)),
         "exact_batch_qps": n_queries / exact_batch_s,
         "total_s": time.perf_counter() - started,
+        "load_avg_1min": [load_before, os.getloadavg()[0]],
     }
 
 
@@ -129,7 +137,8 @@ def markdown(r: dict) -> str:
             f"## search: {r['n']:,} random unit vectors, d={r['d']}, {r['queries']} queries, k={r['k']}",
             "",
             f"Host `{r['host']}`, {r['cpus']} CPUs, faiss {r['faiss']}; automatic index `{r['kind']}`, "
-            f"refine factor {r['refine_factor']}; whole run {r['total_s']:.0f} s.",
+            f"refine factor {r['refine_factor']}; whole run {r['total_s']:.0f} s; "
+            f"1-minute load average {r['load_avg_1min'][0]:.1f} at start, {r['load_avg_1min'][1]:.1f} at end.",
             "",
             "| | automatic index | exact (IndexFlatIP) |",
             "|---|---|---|",
@@ -139,6 +148,7 @@ def markdown(r: dict) -> str:
             f"{r['recall_at_10_perturbed']:.4f} / {r['recall_at_10_random']:.4f} | 1 |",
             f"| single-query latency p50 | {r['auto_p50_ms']:.2f} ms | {r['exact_p50_ms']:.2f} ms |",
             f"| single-query latency p99 | {r['auto_p99_ms']:.2f} ms | {r['exact_p99_ms']:.2f} ms |",
+            f"| single-query CPU time p50 | {r['auto_cpu_p50_ms']:.2f} ms | {r['exact_cpu_p50_ms']:.2f} ms |",
             f"| batch throughput ({r['queries']} queries) | {r['auto_batch_qps']:.0f} q/s | {r['exact_batch_qps']:.0f} q/s |",
             "",
             f"Peak RSS of the whole run (data, exact index and automatic index): {r['peak_rss_mb']:.0f} MiB.",

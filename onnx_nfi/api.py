@@ -25,6 +25,7 @@ from onnx_nfi.graph.layers import Layer, find_conv_layers, select_layers
 from onnx_nfi.graph.load import LoadedModel, load_model
 from onnx_nfi.graph.receptive_field import ReceptiveField, receptive_fields
 from onnx_nfi.graph.session import check_runtime_install
+from onnx_nfi.neurons.indexes import IndexLayer, IndexResult, compute_indexes
 from onnx_nfi.neurons.nf import crop_geometry, neuron_features
 from onnx_nfi.scan.scanner import ScanResult, scan
 from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store, check_writable
@@ -124,17 +125,30 @@ def analyze(
         raise ImageError(f"no readable image in {imageset.root} ({reasons}); check the files")
 
     t_nf = dt.datetime.now()
-    nfs = compute_nfs(scan_result, infos, pre, config, progress) if config.nf else {}
+    images_needed = top_images(scan_result) if (config.nf or indexes) else {}
+    display = load_display_images(images_needed, pre, progress) if images_needed else {}
+    nfs = compute_nfs(scan_result, infos, display, pre, config, progress) if config.nf else {}
     t_index = dt.datetime.now()
-    # selectivity indexes are added by onnx_nfi.neurons.indexes (wired below once available)
+    index_result = compute_indexes(
+        lm, pre, [IndexLayer(i.layer, i.rf, scan_result.stats[i.layer.tensor].topn) for i in infos], display,
+        {img.image_id: img.label for img in scan_result.images}, indexes,
+        color_mode=config.color_mode, rho=config.rho, population_threshold=config.population_threshold,
+        batch_size=max(1, config.batch_size // 2), provider=config.provider, seed=config.seed,
+        progress=(lambda d, t: progress("index", d, t)) if progress else None,
+    ) if indexes else None
     finished = dt.datetime.now()
 
-    with Store.open(db) as store, store.transaction():
-        run_id = store.reserve_ids("runs", "run_id", 1)
-        store.delete_model(name)
-        skipped = [*imageset.rejected, *scan_result.skipped]
-        _write_analysis(store, name, lm, pre, infos, scan_result, skipped, nfs, imageset.label_source, config, run_id, started, finished)
-        dead = int(store.con.execute("SELECT count(*) FROM neurons WHERE model = ? AND dead", [name]).fetchone()[0])
+    created = not Path(db).exists()
+    try:
+        run_id, dead = _store_analysis(
+            db, name, lm, pre, infos, scan_result, [*imageset.rejected, *scan_result.skipped], nfs, index_result,
+            imageset.label_source, config, started, finished,
+        )
+    except BaseException:
+        if created:  # never leave an empty or half-made database behind
+            Path(db).unlink(missing_ok=True)
+            Path(f"{db}.wal").unlink(missing_ok=True)
+        raise
     return AnalysisSummary(
         model=name,
         db=Path(db).resolve(),
@@ -154,6 +168,32 @@ def analyze(
     )
 
 
+def _store_analysis(
+    db: str | Path,
+    name: str,
+    lm: LoadedModel,
+    pre: Preprocessing,
+    infos: list[LayerInfo],
+    scan_result: ScanResult,
+    skipped: list[tuple[Path, str]],
+    nfs: dict[str, np.ndarray],
+    index_result: IndexResult | None,
+    label_source: str,
+    config: AnalyzeConfig,
+    started: dt.datetime,
+    finished: dt.datetime,
+) -> tuple[int, int]:
+    """Replace the model's rows in one transaction; returns (run id, dead neurons)."""
+    with Store.open(db) as store, store.transaction():
+        run_id = store.reserve_ids("runs", "run_id", 1)
+        store.delete_model(name)
+        _write_analysis(store, name, lm, pre, infos, scan_result, skipped, nfs, label_source, config, run_id, started, finished)
+        if index_result is not None:
+            write_indexes(store, name, index_result)
+        dead = int(store.con.execute("SELECT count(*) FROM neurons WHERE model = ? AND dead", [name]).fetchone()[0])
+    return run_id, dead
+
+
 def load_display_images(
     paths: dict[int, Path], pre: Preprocessing, progress: Progress | None = None, phase: str = "nf"
 ) -> dict[int, np.ndarray]:
@@ -170,13 +210,22 @@ def load_display_images(
     return out
 
 
-def compute_nfs(
-    result: ScanResult, infos: list[LayerInfo], pre: Preprocessing, config: AnalyzeConfig, progress: Progress | None
-) -> dict[str, np.ndarray]:
-    """NFs of every layer; each top image is decoded once for all layers."""
+def top_images(result: ScanResult) -> dict[int, Path]:
+    """Paths of the union of all neurons' top-N images: decoded once for NFs and indexes."""
     paths = {img.image_id: img.path for img in result.images}
     needed = np.unique(np.concatenate([st.topn.ids[st.topn.ids >= 0] for st in result.stats.values()]))
-    images = load_display_images({int(i): paths[int(i)] for i in needed}, pre, progress)
+    return {int(i): paths[int(i)] for i in needed}
+
+
+def compute_nfs(
+    result: ScanResult,
+    infos: list[LayerInfo],
+    images: dict[int, np.ndarray],
+    pre: Preprocessing,
+    config: AnalyzeConfig,
+    progress: Progress | None,
+) -> dict[str, np.ndarray]:
+    """NFs of every layer from the decoded top images (id -> display image)."""
     nfs: dict[str, np.ndarray] = {}
     for k, info in enumerate(infos):
         geometry = crop_geometry(info.rf, pre.input_size, config.nf_max_size)
@@ -184,6 +233,24 @@ def compute_nfs(
         if progress:
             progress("nf", k + 1, len(infos))
     return nfs
+
+
+def write_indexes(store: Store, name: str, result: IndexResult) -> None:
+    """Store index columns and class frequencies of a model (inside the caller's transaction)."""
+    for layer, columns in result.columns.items():
+        if not columns:
+            continue
+        units = len(next(iter(columns.values())))
+        store.update_neurons(name, {
+            "layer": np.full(units, layer, dtype=object), "unit": np.arange(units, dtype=np.int32), **columns,
+        })
+    if result.class_frequencies:
+        store.con.execute("DELETE FROM class_frequencies WHERE model = ?", [name])
+    for layer, (units, labels, freqs) in result.class_frequencies.items():
+        store.insert("class_frequencies", {
+            "model": np.full(units.size, name, dtype=object), "layer": np.full(units.size, layer, dtype=object),
+            "unit": units.astype(np.int32), "label": labels.astype(object), "frequency": freqs,
+        })
 
 
 def _write_analysis(
@@ -286,3 +353,53 @@ def _write_analysis(
             "path": np.array([str(p) for p, _ in skipped], dtype=object),
             "reason": np.array([r for _, r in skipped], dtype=object),
         })
+
+
+def verify_receptive_fields(model_path: str | Path, preprocess: str | None = None) -> dict[str, list[str]]:
+    """Analytic vs empirically probed receptive field per layer; only layers that differ are returned."""
+    from onnx_nfi.graph.rf_probe import compare, probe_receptive_fields
+
+    lm, _ = open_model(model_path, preprocess)
+    infos = model_layers(lm)
+    hw = (lm.input.height, lm.input.width)
+    measured = probe_receptive_fields(lm.proto, lm.input.name, hw, lm.input.layout, [i.layer.tensor for i in infos])
+    problems = {
+        i.layer.alias: compare(i.rf, measured[i.layer.tensor], hw, (i.layer.height, i.layer.width)) for i in infos
+    }
+    return {alias: p for alias, p in problems.items() if p}
+
+
+SQL_FORMATS = ("table", "csv", "json", "parquet")
+
+
+def sql(query: str, db: str | Path = DEFAULT_DB, *, write: bool = False) -> tuple[list[str], list[tuple]]:
+    """Run SQL on the database (read-only unless ``write``); returns column names and rows."""
+    import duckdb
+
+    from onnx_nfi.errors import StoreError
+
+    with Store.open(db, read_only=not write) as store:
+        try:
+            cur = store.con.execute(query)
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0]
+            hint = " (the database is opened read-only; pass --write to modify it)" if "read-only" in first.lower() else ""
+            raise StoreError(f"SQL error: {first}{hint}") from None
+        if cur.description is None:
+            return [], []
+        return [d[0] for d in cur.description], cur.fetchall()
+
+
+def export_parquet(query: str, target: str | Path, db: str | Path = DEFAULT_DB) -> Path:
+    """Write a query's result to a Parquet file (DuckDB's own writer)."""
+    import duckdb
+
+    from onnx_nfi.errors import StoreError
+
+    target = Path(target)
+    with Store.open(db, read_only=True) as store:
+        try:
+            store.con.execute(f"COPY ({query}) TO '{target.as_posix()}' (FORMAT parquet)")
+        except duckdb.Error as exc:
+            raise StoreError(f"SQL error: {str(exc).strip().splitlines()[0]}") from None
+    return target

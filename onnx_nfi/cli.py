@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -28,8 +29,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+#: stdout; not a terminal (pipes, tests): wide, so tensor names and paths are never cut or wrapped
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 400)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DB_OPTION = typer.Option(DEFAULT_DB, "--db", help="DuckDB database file.")
@@ -43,7 +45,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except NfiError as exc:
-            console.print(f"[red]Error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            console.print(f"[red]Error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             console.print("Interrupted; nothing was written.")
@@ -58,6 +60,7 @@ class ProgressBars:
     LABELS = {"scan": "Scanning images", "nf": "Neuron features", "index": "Selectivity indexes", "probe": "Probe images"}
 
     def __init__(self, silent: bool = False) -> None:
+        silent = silent or not console.is_terminal  # no live bars in logs and pipes
         self.progress = Progress(
             TextColumn("{task.description:<20}"),
             BarColumn(),
@@ -78,6 +81,8 @@ class ProgressBars:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None and self.progress.live.is_started:
+            self.progress.live.transient = True  # an error line should not sit under a half-drawn bar
         self.progress.__exit__(*exc)  # type: ignore[arg-type]
 
     def __call__(self, phase: str, done: int, total: int) -> None:
@@ -166,10 +171,70 @@ def layers_cmd(
         out.print(f"Receptive fields verified empirically for all {len(infos)} layers.")
 
 
+@app.command("sql")
+@user_errors
+def sql_cmd(
+    query: str = typer.Argument(..., help="SQL to run, e.g. \"SELECT * FROM layer_summary\"."),
+    db: Path = DB_OPTION,
+    fmt: str = typer.Option("table", "--format", help="table, csv, json or parquet (parquet needs -o)."),
+    output: Path = typer.Option(None, "-o", "--output", help="Write to this file instead of stdout."),
+    write: bool = typer.Option(False, "--write", help="Open the database writable (default read-only)."),
+) -> None:
+    """Run SQL against the database (tables: models, images, layers, neurons, top_activations, …)."""
+    if fmt not in api.SQL_FORMATS:
+        raise typer.BadParameter(f"use one of {', '.join(api.SQL_FORMATS)}", param_hint="--format")
+    if fmt == "parquet":
+        if output is None:
+            raise typer.BadParameter("parquet output needs a file: -o result.parquet", param_hint="--format")
+        out.print(f"Wrote {api.export_parquet(query, output, db)}")
+        return
+    columns, rows = api.sql(query, db, write=write)
+    text = render_rows(columns, rows, fmt)
+    if output:
+        output.write_text(text if fmt != "table" else _plain_table(columns, rows))
+    elif fmt == "table":
+        table = Table(*columns, box=None)
+        for row in rows:
+            table.add_row(*(_cell(v) for v in row))
+        out.print(table)
+    else:
+        sys.stdout.write(text)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list) and len(value) > 6:
+        return f"[{len(value)} values]"
+    return "NULL" if value is None else str(value)
+
+
+def _plain_table(columns: list[str], rows: list[tuple]) -> str:
+    return "\t".join(columns) + "\n" + "".join("\t".join(_cell(v) for v in r) + "\n" for r in rows)
+
+
+def render_rows(columns: list[str], rows: list[tuple], fmt: str) -> str:
+    """csv / json text of query rows (json: a list of objects)."""
+    import csv
+    import io
+    import json
+
+    if fmt == "json":
+        return json.dumps([dict(zip(columns, r)) for r in rows], default=str, indent=1) + "\n"
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="onnx-nfi")
 
+
+# Commands of the picture and search verbs live beside this module; importing them registers them.
+from onnx_nfi import cli_report, cli_search  # noqa: E402,F401  (after ``app`` exists)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -62,7 +62,8 @@ class NetBuilder:
         """Conv with He-scaled random weights and bias 0.1; ``alias`` records the tensor as a layer."""
         kh, kw = (k, k) if isinstance(k, int) else k
         group = attrs.get("group", 1)
-        w = self.rng.normal(0, np.sqrt(2 / (c_in // group * kh * kw)), (c_out, c_in // group, kh, kw)).astype(np.float32)
+        fan_in = c_in // group * kh * kw
+        w = self.rng.normal(0, np.sqrt(2 / fan_in), (c_out, c_in // group, kh, kw)).astype(np.float32)
         b = np.full(c_out, 0.1, np.float32)
         out = self.node("Conv", [x, self.const(w, "w"), self.const(b, "b")], **attrs)
         if alias:
@@ -204,7 +205,9 @@ def se_net(input_hw: tuple[int, int] = (40, 40)) -> BuiltNet:
     return b.build(x)
 
 
-def upsample_input_net(mode: str = "nearest", coordinates: str = "half_pixel", input_hw: tuple[int, int] = (30, 26)) -> BuiltNet:
+def upsample_input_net(
+    mode: str = "nearest", coordinates: str = "half_pixel", input_hw: tuple[int, int] = (30, 26)
+) -> BuiltNet:
     """Resize ×2 of the input itself (jump 1/2: windows repeat in pairs), then convs back to stride 2."""
     b = NetBuilder(3, input_hw)
     roi = b.const(np.zeros(0, np.float32), "roi")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import LITE0, TINY
 
-from onnx_nfi.api import compute_nfs, model_layers, open_model
+from onnx_nfi.api import compute_nfs, load_display_images, model_layers, open_model, top_images
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.images import list_images
 from onnx_nfi.data.loader import iter_decoded
@@ -49,7 +49,7 @@ def check_nfs(model: Path, photo_dir: Path, pick, top_n: int, unit_step: int) ->
     chosen = pick(model_layers(lm))
     files = list_images(photo_dir).files
     result = scan(lm, [i.layer for i in chosen], pre, files, top_n=top_n, provider="cpu")
-    nfs = compute_nfs(result, chosen, pre, AnalyzeConfig(nf_max_size=0), None)
+    nfs = compute_nfs(result, chosen, load_display_images(top_images(result), pre), pre, AnalyzeConfig(nf_max_size=0), None)
     images = {k: d.image.astype(np.float64) for k, d in enumerate(x for x in iter_decoded(files, pre) if x.image is not None)}
     assert any(i.rf.offset[0] < 0 for i in chosen), "some crops must reach outside the image"
     for info in chosen:
@@ -98,8 +98,9 @@ def test_reduced_resolution_nf_approximates_full(photo_dir: Path) -> None:
     info = model_layers(lm)[-1]
     files = list_images(photo_dir).files
     result = scan(lm, [info.layer], pre, files, top_n=8, provider="cpu")
-    full = compute_nfs(result, [info], pre, AnalyzeConfig(nf_max_size=0), None)[info.layer.tensor]
-    small = compute_nfs(result, [info], pre, AnalyzeConfig(nf_max_size=16), None)[info.layer.tensor]
+    images = load_display_images(top_images(result), pre)
+    full = compute_nfs(result, [info], images, pre, AnalyzeConfig(nf_max_size=0), None)[info.layer.tensor]
+    small = compute_nfs(result, [info], images, pre, AnalyzeConfig(nf_max_size=16), None)[info.layer.tensor]
     assert small.shape[1:3] == (16, 16) and full.shape[1:3] == (19, 19)
     alive = ~np.isnan(full).any(axis=(1, 2, 3))
     down = np.stack([cv2.resize(f, (16, 16), interpolation=cv2.INTER_AREA) for f in full[alive]])

@@ -59,9 +59,10 @@ def test_vgg_m_windows_stop_where_the_network_stops_reading():
     stands where rows 215… would be: the last windows really end at 215, not at the image border."""
     net = nets.vgg_m_like_net()
     trace = trace_graph(net.model, net.input_name, net.input_hw, net.layout)
-    seen_y, _ = trace.windows(net.layers["conv5"])
+    seen_y, _ = trace.windows(net.layers["conv5"])  # measured by the probe in the test above
     assert seen_y[-1].tolist() == [124, 215]
-    clipped_y, _ = clipped_windows(trace.receptive_field(net.layers["conv5"]), (224, 224), trace.out_hw(net.layers["conv5"]))
+    conv5 = net.layers["conv5"]
+    clipped_y, _ = clipped_windows(trace.receptive_field(conv5), (224, 224), trace.out_hw(conv5))
     assert clipped_y[-1].tolist() == [124, 224]
 
 
@@ -107,7 +108,8 @@ def test_nearest_resize_divides_the_jump():
 
 
 @pytest.mark.parametrize(
-    "mode, coordinates", [("nearest", "half_pixel"), ("nearest", "asymmetric"), ("linear", "half_pixel"), ("linear", "align_corners")]
+    "mode, coordinates",
+    [("nearest", "half_pixel"), ("nearest", "asymmetric"), ("linear", "half_pixel"), ("linear", "align_corners")],
 )
 def test_resize_below_input_resolution_gives_fractional_jumps(mode, coordinates):
     fields = assert_analytic_matches_probe(nets.upsample_input_net(mode, coordinates))

@@ -52,7 +52,7 @@ def list_images(root: str | Path, labels: str = "auto") -> ImageSet:
     """Walk ``root`` and attach labels; raises ImageError when there is nothing to scan."""
     root = Path(root)
     if not root.is_dir():
-        raise ImageError(f"image folder {root} does not exist or is not a folder")
+        raise ImageError(f"image folder {root} does not exist or is not a folder; pass the folder that holds the images")
     kind, arg = parse_label_option(labels)
     root = root.resolve()
     paths = sorted(
@@ -81,7 +81,7 @@ def list_images(root: str | Path, labels: str = "auto") -> ImageSet:
 def _read_csv_labels(path: Path, root: Path) -> dict[Path, str]:
     """``path,label`` rows; relative paths are relative to the image root. A header row is allowed."""
     if not path.is_file():
-        raise ImageError(f"label file {path} does not exist")
+        raise ImageError(f"label file {path} does not exist; give --labels csv:FILE a CSV of path,label rows")
     table: dict[Path, str] = {}
     try:
         with open(path, newline="", encoding="utf-8") as fh:

@@ -215,9 +215,9 @@ def load_file(path: str | Path, dtype: str = "float32") -> Preprocessing:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise PreprocessError(f"preprocessing file {path} does not exist") from None
+        raise PreprocessError(f"preprocessing file {path} does not exist; pass a .json file or a preset name") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PreprocessError(f"preprocessing file {path} is not valid JSON ({exc})") from None
+        raise PreprocessError(f"preprocessing file {path} is not valid JSON ({exc}); fix it or pass a preset name") from None
     if not isinstance(data, dict):
         raise PreprocessError(f"preprocessing file {path} must hold a JSON object")
     return from_dict(data, str(path), dtype)

@@ -98,3 +98,8 @@ def _prune(graph: onnx.GraphProto) -> None:
     infos = [vi for vi in graph.value_info if vi.name in needed]
     del graph.value_info[:]
     graph.value_info.extend(infos)
+    # exporters that list weights as graph inputs (torch's keep_initializers_as_inputs, opset <= 9)
+    # would otherwise leave the pruned weights as inputs the runtime demands to be fed
+    inputs = [i for i in graph.input if i.name in needed]
+    del graph.input[:]
+    graph.input.extend(inputs)

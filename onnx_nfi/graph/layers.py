@@ -88,7 +88,6 @@ def _follow_chain(
     tensor, chain = conv.output[0], ["Conv"]
     while True:
         users = consumers.get(tensor, [])
-        ops = sorted(u.op_type for u in users)
         if len(users) == 1:
             user = users[0]
             if user.op_type in _NORM_OPS and user.input[0] == tensor:
@@ -100,9 +99,10 @@ def _follow_chain(
             if user.op_type in _ACTIVATIONS:
                 return user.output[0], chain + [user.op_type]
             return tensor, chain
-        if len(users) == 2 and ops[0] == "Mul" and ops[1] in _GATES:
-            gate = next(u for u in users if u.op_type in _GATES)
-            mul = next(u for u in users if u.op_type == "Mul")
+        gates = [u for u in users if u.op_type in _GATES]
+        muls = [u for u in users if u.op_type == "Mul"]
+        if len(users) == 2 and len(gates) == 1 and len(muls) == 1:  # x·Sigmoid(x), x·HardSigmoid(x)
+            gate, mul = gates[0], muls[0]
             if set(mul.input) == {tensor, gate.output[0]}:
                 return mul.output[0], chain + [gate.op_type, "Mul"]
         return tensor, chain

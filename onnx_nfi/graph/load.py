@@ -8,7 +8,7 @@ discovery and receptive fields can read shapes without running the model.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ class InputSpec:
     width: int
     channels: int
     dtype: str  # numpy dtype name
+    batch: int = 0  # batch size fixed by the exporter (0 = dynamic); a head reshaping to it cannot run batched
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def load_model(path: str | Path, input_size: tuple[int, int] | None = None) -> L
         raise ModelError(f"{path} is not a valid ONNX model: {first}") from None
     spec = _find_input(proto, path)
     if (spec.height == 0 or spec.width == 0) and input_size:
-        spec = InputSpec(spec.name, spec.layout, int(input_size[0]), int(input_size[1]), spec.channels, spec.dtype)
+        spec = replace(spec, height=int(input_size[0]), width=int(input_size[1]))
     proto = _with_input_shape(proto, spec)
     try:
         proto = shape_inference.infer_shapes(proto, data_prop=True)
@@ -122,7 +123,7 @@ def _find_input(proto: onnx.ModelProto, path: Path) -> InputSpec:
         raise ModelError(f"{path} takes {channels}-channel images; onnx-nfi analyses RGB (3-channel) models")
     elem = inp.type.tensor_type.elem_type
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).name
-    return InputSpec(inp.name, layout, h, w, channels, dtype)
+    return InputSpec(inp.name, layout, h, w, channels, dtype, batch=dims[0])
 
 
 def _with_input_shape(proto: onnx.ModelProto, spec: InputSpec) -> onnx.ModelProto:

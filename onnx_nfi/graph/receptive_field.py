@@ -345,7 +345,8 @@ class _Tracer:
                 if name:
                     self.states[name] = state
         if self.unknown:
-            log.warning("Receptive fields: ops taken as point-wise without knowing them: %s", ", ".join(sorted(self.unknown)))
+            unknown = ", ".join(sorted(self.unknown))
+            log.warning("Receptive fields: ops taken as point-wise without knowing them: %s", unknown)
         return GraphTrace(dict(self.states), tuple(self.summaries), self.input_hw)
 
     # -- helpers
@@ -497,7 +498,8 @@ class _Tracer:
             coord, mode, nearest = "asymmetric", _str_attr(node, "mode", "nearest"), "floor"
         else:
             scales = self._const(node, 2) if self.opset >= 11 else self._const(node, 1)
-            coord = _str_attr(node, "coordinate_transformation_mode", "half_pixel" if self.opset >= 11 else "asymmetric")
+            default = "half_pixel" if self.opset >= 11 else "asymmetric"
+            coord = _str_attr(node, "coordinate_transformation_mode", default)
             mode = _str_attr(node, "mode", "nearest")
             nearest = _str_attr(node, "nearest_mode", "round_prefer_floor" if self.opset >= 11 else "floor")
         scale = None
@@ -751,7 +753,9 @@ def _str_attr(node: onnx.NodeProto, name: str, default: str) -> str:
     return default if value is None else value.decode()
 
 
-def _with_input_size(model: onnx.ModelProto, input_name: str, input_hw: tuple[int, int], layout: str) -> onnx.ModelProto:
+def _with_input_size(
+    model: onnx.ModelProto, input_name: str, input_hw: tuple[int, int], layout: str
+) -> onnx.ModelProto:
     """A copy whose image input has batch 1 and the given H, W, so shape inference gives every size."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     value = next((v for v in model.graph.input if v.name == input_name), None)

@@ -145,17 +145,18 @@ class _Prober:
             reference = self._run(session, base, fixed)
             # batching must not change the numbers; if a kernel does, changes below its noise are not counted
             copies = self._run(session, np.repeat(base, CHUNK, axis=0), fixed)
-            noise = [np.abs(c.astype(np.float64) - r).max() for c, r in zip(copies, reference)]
+            noise = [float(np.abs(c - r).max()) if c.dtype.kind == "f" else 0.0 for c, r in zip(copies, reference)]
             for sign in (1, -1):
                 for axis_index, image_axis in enumerate((self.y_axis, self.x_axis)):
                     for rows, batch in self._perturbed(base, sign * delta, image_axis):
                         outs = self._run(session, batch, fixed)
                         for name, out, ref, tol in zip(tensors, outs, reference, noise):
-                            changed = self._changed_rows(name, np.abs(out.astype(np.float64) - ref) > tol, axis_index)
-                            acc = influence[name][axis_index]
-                            if acc is None:
-                                acc = influence[name][axis_index] = np.zeros((self.input_hw[axis_index], changed.shape[1]), bool)
-                            acc[rows] |= changed
+                            diff = (out != ref) if tol == 0 else (np.abs(out - ref) > tol)
+                            changed = self._changed_rows(name, diff, axis_index)
+                            if influence[name][axis_index] is None:
+                                shape = (self.input_hw[axis_index], changed.shape[1])
+                                influence[name][axis_index] = np.zeros(shape, bool)
+                            influence[name][axis_index][rows] |= changed
         return {name: (_windows(inf[0]), _windows(inf[1])) for name, inf in influence.items()}
 
     def _changed_rows(self, name: str, diff: np.ndarray, axis_index: int) -> np.ndarray:
@@ -167,7 +168,10 @@ class _Prober:
         diff = np.moveaxis(diff, keep, 1)
         return diff.reshape(diff.shape[0], diff.shape[1], -1).any(axis=2)
 
-    def _perturbed(self, base: np.ndarray, delta: np.ndarray, image_axis: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _perturbed(
+        self, base: np.ndarray, delta: np.ndarray, image_axis: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Chunks of copies of ``base``, copy ``k`` with input row ``rows[k]`` moved by ``delta``."""
         extent = base.shape[image_axis]
         for start in range(0, extent, CHUNK):
             rows = np.arange(start, min(start + CHUNK, extent))
@@ -218,7 +222,8 @@ class _Prober:
 def _exposing(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
     """The model with ``tensors`` (and only them) as outputs; a graph input is passed through Identity."""
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    types = {v.name: v.type.tensor_type.elem_type for v in values}
     graph_inputs = {v.name for v in model.graph.input}
     del model.graph.output[:]
     for name in tensors:
@@ -226,7 +231,8 @@ def _exposing(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto
         if name in graph_inputs:
             out_name = f"{name}__rf_probe"
             model.graph.node.append(helper.make_node("Identity", [name], [out_name]))
-        model.graph.output.append(helper.make_tensor_value_info(out_name, types.get(name, onnx.TensorProto.FLOAT), None))
+        elem_type = types.get(name, onnx.TensorProto.FLOAT)
+        model.graph.output.append(helper.make_tensor_value_info(out_name, elem_type, None))
     return model
 
 
@@ -285,7 +291,8 @@ def _fit_axis(windows: np.ndarray, extent: int) -> tuple[int, int | Fraction, in
             ends_at = free_end if free_end.any() else hit
             ends = end[ends_at] if free_end.any() else np.full(int(hit.sum()), extent - 1)
             r = max(int((ends - starts[ends_at]).max()) + 1, 1) if ends_at.any() else 1
-            excess = int((np.clip(starts + r, 0, extent) - np.clip(starts, 0, extent)).sum() - (windows[:, 1] - windows[:, 0]).sum())
+            covered = np.clip(starts + r, 0, extent) - np.clip(starts, 0, extent)
+            excess = int(covered.sum() - (windows[:, 1] - windows[:, 0]).sum())
             key = (excess, r, q, abs(Fraction(p, q) - estimate))
             if best is None or key < best[0]:
                 best = (key, r, Fraction(p, q), Fraction(big_o, q))

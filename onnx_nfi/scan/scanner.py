@@ -72,6 +72,8 @@ def scan(
     progress: Progress | None = None,
 ) -> ScanResult:
     """Scan ``files`` once, keeping per-neuron top-N, moments and scores on the probe images."""
+    if predict_labels and model.input.batch == 1:
+        batch_size = 1  # the exporter fixed batch 1 in the head (e.g. Reshape([1, -1])), which predictions need
     proto, outputs = instrument(model, list(layers), keep_model_outputs=predict_labels)
     runner = Runner(proto, provider)
     stats = {

@@ -34,9 +34,9 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
             raise StoreError(f"database {path} is locked by another process; close it or use another --db") from None
         if "not a valid" in text.lower() or "database file" in text.lower() or "header" in text.lower():
             raise StoreError(f"{path} is not a DuckDB database; pass another --db path") from None
-        raise StoreError(f"cannot open database {path}: {text.splitlines()[0]}") from None
+        raise StoreError(f"cannot open database {path}: {text.splitlines()[0]}; pass another --db file") from None
     except duckdb.Error as exc:
-        raise StoreError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+        raise StoreError(f"cannot open database {path}: {str(exc).splitlines()[0]}; pass another --db file") from None
 
 
 def check_writable(path: str | Path) -> None:

@@ -41,6 +41,8 @@ _FORMAT_VERSION = 1
 # Below this many queries per call, faiss runs on one thread: a single query cannot be split
 # across threads by these indexes, and OpenMP fan-out/join alone cost 3-4x the latency
 # (measured 3.3 ms with 1 thread vs 12 ms with 2 for one PQ128x4fs query over 1M vectors).
+# PQ training (many tiny k-means) is also single-threaded: on 2 busy cores OpenMP barriers
+# turned its 1.2 s into 7-31 s.
 _PARALLEL_MIN_QUERIES = 16
 # Training the 16-centroid sub-quantisers needs few points (faiss uses 256 per centroid).
 _PQ_TRAIN_SAMPLE = 65_536
@@ -82,10 +84,10 @@ def refine_factor(n: int) -> int:
 
 
 @contextmanager
-def _faiss_threads(n_queries: int) -> Iterator[None]:
-    """Run small batches on one thread and restore the caller's faiss thread count after."""
+def _faiss_threads(parallel: bool) -> Iterator[None]:
+    """Use the caller's faiss thread count, or one thread, and restore the count after."""
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1 if n_queries < _PARALLEL_MIN_QUERIES else before)
+    faiss.omp_set_num_threads(before if parallel else 1)
     try:
         yield
     finally:
@@ -206,7 +208,8 @@ class _RefinedPQBackend:
         n, d = vectors.shape
         pq = faiss.IndexPQFastScan(d, plan.pq_m, 4, faiss.METRIC_INNER_PRODUCT)
         sample = np.random.default_rng(seed).choice(n, min(n, _PQ_TRAIN_SAMPLE), replace=False)
-        pq.train(vectors[np.sort(sample)])
+        with _faiss_threads(parallel=False):
+            pq.train(vectors[np.sort(sample)])
         pq.add(vectors)
         return cls(ids, vectors, pq, trained_n=n)
 
@@ -325,8 +328,7 @@ class VectorIndex:
         plan = plan_for(len(ids), vectors.shape[1], exact_limit)
         if plan.pq_m:  # the PQ backend keeps this array for re-ranking; faiss's flat index copies
             vectors = vectors.copy()
-        with _faiss_threads(len(ids)):
-            backend = cls._make_backend(plan, ids.copy(), vectors, seed)
+        backend = cls._make_backend(plan, ids.copy(), vectors, seed)
         return cls(backend, vectors.shape[1], exact_limit=exact_limit, seed=seed)
 
     @staticmethod
@@ -365,7 +367,7 @@ class VectorIndex:
         allowed = None if allowed_ids is None else np.unique(_check_ids(allowed_ids))
         if len(self) == 0 or (allowed is not None and len(allowed) == 0):
             return (np.full((len(queries), k), -np.inf, dtype=np.float32), np.full((len(queries), k), -1, dtype=np.int64))
-        with _faiss_threads(len(queries)):
+        with _faiss_threads(parallel=len(queries) >= _PARALLEL_MIN_QUERIES):
             scores, ids = self._backend.search(queries, k, allowed)
         scores = np.asarray(scores, dtype=np.float32)
         scores[ids < 0] = -np.inf
@@ -388,13 +390,12 @@ class VectorIndex:
         stale = plan.kind != backend.kind or (
             isinstance(backend, _RefinedPQBackend) and n_after > 2 * backend.trained_n
         )
-        with _faiss_threads(n_after):
-            if stale:
-                all_ids = np.concatenate([backend.ids(), ids])
-                all_vectors = np.concatenate([backend.vectors(), vectors])
-                self._backend = self._make_backend(plan, all_ids, all_vectors, self._seed)
-            else:
-                backend.add(ids, vectors)  # both backends copy what they keep
+        if stale:
+            all_ids = np.concatenate([backend.ids(), ids])
+            all_vectors = np.concatenate([backend.vectors(), vectors])
+            self._backend = self._make_backend(plan, all_ids, all_vectors, self._seed)
+        else:
+            backend.add(ids, vectors)  # both backends copy what they keep
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove the vectors of ``ids`` (unknown ids are ignored); returns how many were removed.

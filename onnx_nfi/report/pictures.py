@@ -1,0 +1,336 @@
+"""PNG pictures of neurons: one NF, labelled NF grids, neuron cards, selectivity by depth.
+
+Pure rendering: numpy arrays and small records in, an RGB ``uint8`` image out (``write_png``
+saves it). Tiles are composed pixel by pixel in numpy, so each lands in a known box (returned with
+the picture; the tests read the PNG back there) and an enlarged NF keeps its stored values exactly
+(nearest-neighbour, integer factor). Text is rasterised with matplotlib's FreeType fonts and
+blended into the margins; matplotlib's ``Figure`` on the Agg canvas (no GUI backend, no pyplot
+state) draws only the summary plots. ALGORITHMS.md §4 allows scaling one layer's NFs to a common size
+for display; NFs are never resampled otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from matplotlib import colormaps, font_manager
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font, LoadFlags
+from matplotlib.lines import Line2D
+
+from onnx_nfi.errors import NfiError
+
+DPI = 100
+PT_PER_PX = 72 / DPI
+BACKGROUND = 255
+DEAD_FILL = 127
+DEAD_CROSS = 70
+#: Default longest side of an enlarged single NF.
+NF_MIN_SIDE = 256
+CAPTION_PX = 12
+LINE_PX = 16
+MARGIN = 12
+GAP = 8
+TITLE_PX = 16
+
+
+class OutputError(NfiError):
+    """A picture cannot be written where the user asked."""
+
+
+Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), half-open, in picture pixels
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a grid: an RGB image (0-255, any size) or ``None`` for a crossed grey tile."""
+
+    image: np.ndarray | None
+    caption: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A rendered picture and where each tile's pixels are (in the order the tiles were given)."""
+
+    image: np.ndarray  # uint8 [H, W, 3] RGB
+    boxes: tuple[Box, ...] = ()
+
+
+@dataclass(frozen=True)
+class Series:
+    """One model's values of one index, per layer, in depth order."""
+
+    model: str
+    relative_depth: np.ndarray  # float [L]
+    values: tuple[np.ndarray, ...]  # per layer, finite values only
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One index's panel of the summary: every model's per-layer distributions."""
+
+    index: str
+    series: tuple[Series, ...]
+
+
+@dataclass(frozen=True)
+class _Text:
+    x: float
+    y: float  # top of the text, picture pixels
+    text: str
+    size: int = CAPTION_PX
+    bold: bool = False
+    ha: str = "center"
+
+
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """Stored NF values (float 0-255) as display pixels: rounded and clipped."""
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def enlarge(rgb: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement by an integer factor: each pixel becomes a factor×factor block."""
+    return np.repeat(np.repeat(to_uint8(rgb), factor, axis=0), factor, axis=1)
+
+
+def fit(rgb: np.ndarray, side: int) -> np.ndarray:
+    """An image scaled to fit a ``side``×``side`` cell: small ones enlarged by an integer factor
+    (exact pixels), larger ones reduced by area averaging (keeps fine detail readable)."""
+    h, w = rgb.shape[:2]
+    if max(h, w) <= side:
+        return enlarge(rgb, side // max(h, w))
+    k = side / max(h, w)
+    return cv2.resize(to_uint8(rgb), (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+
+
+def nf_picture(nf: np.ndarray, scale: int | None = None) -> Picture:
+    """One NF enlarged for viewing: by ``scale``, or by the smallest factor reaching ``NF_MIN_SIDE`` px."""
+    factor = scale or max(1, math.ceil(NF_MIN_SIDE / max(nf.shape[:2])))
+    image = enlarge(nf, factor)
+    return Picture(image, ((0, 0, image.shape[0], image.shape[1]),))
+
+
+def grid(tiles: Sequence[Tile], title: str = "", *, cell: int = 96, columns: int | None = None) -> Picture:
+    """Tiles in a grid, each fitted into a ``cell`` px square with its caption lines under it."""
+    columns = columns or max(1, math.ceil(math.sqrt(len(tiles))))
+    top = MARGIN + (TITLE_PX + GAP if title else 0)
+    canvas, boxes, texts = _grid_canvas(tiles, cell, columns)
+    height, width = (
+        canvas.shape[0] + top + MARGIN,
+        max(canvas.shape[1], _text_width(title, TITLE_PX, True)) + 2 * MARGIN,
+    )
+    page = np.full((height, width, 3), BACKGROUND, np.uint8)
+    page[top : top + canvas.shape[0], MARGIN : MARGIN + canvas.shape[1]] = canvas
+    texts = [_Text(t.x + MARGIN, t.y + top, t.text, t.size, t.bold, t.ha) for t in texts]
+    if title:
+        texts.append(_Text(MARGIN, MARGIN, title, TITLE_PX, True, "left"))
+    return Picture(_draw_text(page, texts), tuple(_shift(b, top, MARGIN) for b in boxes))
+
+
+def card(
+    nf: np.ndarray,
+    crops: Sequence[Tile],
+    header: Sequence[str],
+    *,
+    nf_side: int = 256,
+    cell: int = 120,
+    columns: int = 5,
+) -> Picture:
+    """A neuron card (Rafegas et al., figure 1): the NF large beside its top crops.
+
+    ``boxes`` holds the NF's box first, then the crops' boxes in order.
+    """
+    header_h = MARGIN + TITLE_PX + GAP + (len(header) - 1) * (LINE_PX + 2)
+    nf_img = fit(nf, nf_side)
+    crops_canvas, crop_boxes, crop_texts = _grid_canvas(crops, cell, min(columns, max(1, len(crops))))
+    left_w = max(nf_side, nf_img.shape[1])
+    body_h = max(nf_img.shape[0] + GAP + LINE_PX, crops_canvas.shape[0])
+    width = MARGIN + left_w + 3 * GAP + crops_canvas.shape[1] + MARGIN
+    text_w = max([_text_width(header[0], TITLE_PX, True), *(_text_width(h, CAPTION_PX + 1) for h in header[1:])])
+    width = max(width, text_w + 2 * MARGIN)
+    page = np.full((header_h + GAP + body_h + MARGIN, width, 3), BACKGROUND, np.uint8)
+    y0, x0 = header_h + GAP, MARGIN + (left_w - nf_img.shape[1]) // 2
+    page[y0 : y0 + nf_img.shape[0], x0 : x0 + nf_img.shape[1]] = nf_img
+    cx = MARGIN + left_w + 3 * GAP
+    page[y0 : y0 + crops_canvas.shape[0], cx : cx + crops_canvas.shape[1]] = crops_canvas
+    texts = [_Text(MARGIN, MARGIN, header[0], TITLE_PX, True, "left")]
+    texts += [
+        _Text(MARGIN, MARGIN + TITLE_PX + GAP + k * (LINE_PX + 2), line, CAPTION_PX + 1, False, "left")
+        for k, line in enumerate(header[1:])
+    ]
+    texts.append(_Text(MARGIN + left_w / 2, y0 + nf_img.shape[0] + GAP // 2, "neuron feature", CAPTION_PX))
+    texts += [_Text(t.x + cx, t.y + y0, t.text, t.size, t.bold, t.ha) for t in crop_texts]
+    boxes = ((y0, x0, y0 + nf_img.shape[0], x0 + nf_img.shape[1]), *(_shift(b, y0, cx) for b in crop_boxes))
+    return Picture(_draw_text(page, texts), boxes)
+
+
+def selectivity_plot(panels: Sequence[Panel], title: str = "", footnote: str = "") -> Picture:
+    """Per-layer distributions of each index against relative depth, one panel per index.
+
+    Each model gets one colour: the median per layer as a line, the 25-75 % band shaded, and
+    every neuron as a faint jittered dot, as in the paper's per-layer figures.
+    """
+    if not panels:
+        raise ValueError("selectivity_plot needs at least one panel")
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    fig = Figure(figsize=(5.2 * columns, 3.8 * rows + 0.9), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    models = sorted({s.model for p in panels for s in p.series})
+    colours = {m: colormaps["tab10"](k % 10) for k, m in enumerate(models)}
+    rng = np.random.default_rng(0)
+    for ax, panel in zip(axes.flat, panels):
+        for s in panel.series:
+            _plot_series(ax, s, colours[s.model], rng)
+        ax.axhline(0, color="0.6", lw=0.6, zorder=0)
+        ax.set_title(panel.index.replace("_", " "), fontsize=12)
+        ax.set_xlabel("relative depth (first conv layer = 0, last = 1)", fontsize=9)
+        ax.set_ylabel("index value", fontsize=9)
+        ax.set_xlim(-0.04, 1.04)
+        ax.grid(alpha=0.3, lw=0.5)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    handles = [Line2D([], [], color=colours[m], lw=2, label=m) for m in models]
+    fig.legend(handles=handles, loc="outside upper right", ncol=min(len(models), 5), fontsize=10, frameon=False)
+    fig.suptitle(
+        title or "Selectivity by depth: per-layer median, 25-75 % band, one dot per neuron",
+        x=0.01,
+        ha="left",
+        fontsize=12,
+    )
+    if footnote:
+        fig.supxlabel(footnote, x=0.01, ha="left", fontsize=9, color="0.35")
+    return Picture(_figure_pixels(fig))
+
+
+def write_png(path: str | Path, image: np.ndarray) -> Path:
+    """Save an RGB picture as PNG (lossless, so tests can read exact pixels back)."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise OutputError(f"pictures are written as PNG; name the output file *.png (got {path.name})")
+    if not path.parent.exists():
+        raise OutputError(f"folder {path.parent} does not exist; create it first or choose another -o")
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
+    if not ok:
+        raise OutputError(f"could not encode the picture for {path}")
+    try:
+        path.write_bytes(data.tobytes())
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+    return path
+
+
+# ---- internals -------------------------------------------------------------------------------
+
+
+def _grid_canvas(tiles: Sequence[Tile], cell: int, columns: int) -> tuple[np.ndarray, list[Box], list[_Text]]:
+    """Tiles laid out row by row; each tile is centred in its cell, captions under it."""
+    lines = max((len(t.caption) for t in tiles), default=0)
+    cell_h, cell_w = cell + (GAP // 2 + lines * LINE_PX if lines else 0) + GAP, cell + GAP
+    rows = max(1, math.ceil(len(tiles) / columns))
+    canvas = np.full((rows * cell_h - GAP, columns * cell_w - GAP, 3), BACKGROUND, np.uint8)
+    boxes: list[Box] = []
+    texts: list[_Text] = []
+    for k, tile in enumerate(tiles):
+        top, left = (k // columns) * cell_h, (k % columns) * cell_w
+        img = _dead_tile(cell) if tile.image is None else fit(tile.image, cell)
+        y0, x0 = top + (cell - img.shape[0]) // 2, left + (cell - img.shape[1]) // 2
+        canvas[y0 : y0 + img.shape[0], x0 : x0 + img.shape[1]] = img
+        boxes.append((y0, x0, y0 + img.shape[0], x0 + img.shape[1]))
+        for n, line in enumerate(tile.caption):
+            texts.append(
+                _Text(left + cell / 2, top + cell + GAP // 2 + n * LINE_PX, _truncate(line, cell + GAP), CAPTION_PX)
+            )
+    return canvas, boxes, texts
+
+
+def _dead_tile(side: int) -> np.ndarray:
+    """A grey tile crossed out: the neuron never fired, so it has no NF."""
+    tile = np.full((side, side, 3), DEAD_FILL, np.uint8)
+    cv2.line(tile, (0, 0), (side - 1, side - 1), (DEAD_CROSS,) * 3, 2)
+    cv2.line(tile, (0, side - 1), (side - 1, 0), (DEAD_CROSS,) * 3, 2)
+    return tile
+
+
+def _shift(box: Box, dy: int, dx: int) -> Box:
+    return (box[0] + dy, box[1] + dx, box[2] + dy, box[3] + dx)
+
+
+def _text_width(text: str, size: int, bold: bool = False) -> int:
+    font = _set_text(text, size, bold)
+    return math.ceil(font.get_width_height()[0] / 64)
+
+
+def _truncate(text: str, width: int, size: int = CAPTION_PX) -> str:
+    """Shorten a caption so it stays within its cell instead of running into the next one."""
+    if _text_width(text, size) <= width:
+        return text
+    while len(text) > 1 and _text_width(text + "…", size) > width:
+        text = text[:-1]
+    return text.rstrip() + "…"
+
+
+@functools.lru_cache(maxsize=2)
+def _font(bold: bool) -> FT2Font:
+    """DejaVu Sans (ships with matplotlib, so text looks the same on every machine)."""
+    return FT2Font(
+        font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans", weight="bold" if bold else "normal"))
+    )
+
+
+def _set_text(text: str, size: int, bold: bool) -> FT2Font:
+    font = _font(bold)
+    font.set_size(size * PT_PER_PX, DPI)
+    font.set_text(text, 0.0, flags=LoadFlags.FORCE_AUTOHINT)
+    return font
+
+
+def _draw_text(canvas: np.ndarray, texts: Sequence[_Text]) -> np.ndarray:
+    """The canvas with anti-aliased black text blended in; other pixels stay exactly as they were.
+
+    Glyphs are rasterised with FreeType (matplotlib's ``FT2Font``, as its Agg backend does) and
+    blended in numpy: a matplotlib figure round trip would resample the whole canvas, which
+    takes seconds for a 1,000-tile grid.
+    """
+    page = canvas.astype(np.float32)
+    h, w = page.shape[:2]
+    for t in texts:
+        font = _set_text(t.text, t.size, t.bold)
+        font.draw_glyphs_to_bitmap(antialiased=True)
+        alpha = np.asarray(font.get_image(), np.float32) / 255
+        bh, bw = alpha.shape
+        ascent = font.ascender / font.units_per_EM * t.size
+        y0 = round(t.y + ascent - (bh - font.get_descent() / 64))
+        x0 = round(t.x - {"left": 0, "center": bw / 2, "right": bw}[t.ha])
+        ya, yb, xa, xb = max(y0, 0), min(y0 + bh, h), max(x0, 0), min(x0 + bw, w)
+        if ya < yb and xa < xb:
+            a = alpha[ya - y0 : yb - y0, xa - x0 : xb - x0, None]
+            page[ya:yb, xa:xb] *= 1 - a
+    return np.rint(page).astype(np.uint8)
+
+
+def _figure_pixels(fig: Figure) -> np.ndarray:
+    fig.canvas.draw()
+    return np.array(fig.canvas.buffer_rgba())[:, :, :3]
+
+
+def _plot_series(ax, s: Series, colour, rng: np.random.Generator) -> None:  # type: ignore[no-untyped-def]
+    """One model on one panel: dots, 25-75 % band and median line over its layers."""
+    keep = [k for k, v in enumerate(s.values) if v.size]
+    if not keep:
+        return
+    depth = s.relative_depth[keep]
+    for d, v in zip(depth, (s.values[k] for k in keep)):
+        ax.scatter(d + rng.uniform(-0.006, 0.006, v.size), v, s=3, color=colour, alpha=0.12, linewidths=0)
+    q25, q50, q75 = np.array([np.percentile(s.values[k], [25, 50, 75]) for k in keep]).T
+    ax.fill_between(depth, q25, q75, color=colour, alpha=0.22, linewidth=0)
+    ax.plot(depth, q50, color=colour, lw=1.8, marker="o", ms=3)

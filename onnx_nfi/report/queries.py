@@ -1,0 +1,327 @@
+"""What the pictures need, read from the database as numpy arrays and frozen records.
+
+Every function takes an open ``Store`` (read-only is enough) and resolves the user's names the
+same way: the model by its name in the database, the layer by alias or tensor name, and fails
+with a ``NotFoundError`` that names what exists. A neuron is written ``model/alias:unit`` in
+messages, as everywhere in onnx-nfi.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from onnx_nfi.data.preprocess import Preprocessing, from_dict
+from onnx_nfi.errors import ImageError, NotFoundError, StoreError
+from onnx_nfi.graph.receptive_field import ReceptiveField
+from onnx_nfi.neurons.nf import GREY, crop_geometry
+from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.schema import INDEX_COLUMNS
+
+#: Columns shown in a card's header when they have a value.
+CARD_COLUMNS = (*INDEX_COLUMNS, "top_class", "top_class_frequency", "population_code")
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """A stored layer, resolved from the user's alias or tensor name."""
+
+    model: str
+    layer: str  # tensor name
+    alias: str
+    channels: int
+    rf: ReceptiveField
+    input_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class NeuronNF:
+    """One neuron's NF and, when the tiles are ordered by a column, that column's value."""
+
+    unit: int
+    nf: np.ndarray | None  # float32 [h, w, 3] RGB 0-255; None when dead or never computed
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class LayerNFs:
+    """NFs of (some of) a layer's neurons, in the order asked for."""
+
+    ref: LayerRef
+    column: str | None  # the ordering column, None when ordered by unit
+    neurons: tuple[NeuronNF, ...]
+
+
+@dataclass(frozen=True)
+class CardCrop:
+    """One of a neuron's top images: its crop as the network saw it, and why it is there."""
+
+    rank: int
+    image_id: int
+    label: str | None
+    activation: float
+    relative: float  # a_j / a_1
+    crop: np.ndarray  # uint8 [h, w, 3] RGB; out-of-image pixels grey 127
+
+
+@dataclass(frozen=True)
+class NeuronCard:
+    """Everything a neuron card shows."""
+
+    ref: LayerRef
+    unit: int
+    nf: np.ndarray
+    crops: tuple[CardCrop, ...]
+    values: dict[str, Any]  # non-NULL index columns, in CARD_COLUMNS order
+
+
+@dataclass(frozen=True)
+class IndexDistribution:
+    """One index's values per layer for one model, layers in depth order (NULLs dropped)."""
+
+    model: str
+    aliases: tuple[str, ...]
+    relative_depth: np.ndarray
+    values: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class SelectivityByDepth:
+    """Per index, every model's per-layer distributions; indexes with no value at all are ``missing``."""
+
+    indexes: dict[str, tuple[IndexDistribution, ...]]
+    missing: tuple[str, ...]
+
+
+def neuron_name(ref: LayerRef, unit: int) -> str:
+    """The short form used in messages: ``model/alias:unit``."""
+    return f"{ref.model}/{ref.alias}:{unit}"
+
+
+def layer_ref(store: Store, model: str, layer: str) -> LayerRef:
+    """Resolve a layer (alias or tensor name) with its receptive field and the model's input size."""
+    model_row = store.model_row(model)
+    row = store.resolve_layer(model, layer)
+    rf = ReceptiveField(
+        size=(row["rf_size_y"], row["rf_size_x"]),
+        stride=(row["rf_stride_y"], row["rf_stride_x"]),
+        offset=(row["rf_offset_y"], row["rf_offset_x"]),
+        is_global=bool(row["rf_global"]),
+    )
+    return LayerRef(
+        model,
+        row["layer"],
+        row["alias"],
+        int(row["channels"]),
+        rf,
+        (model_row["input_height"], model_row["input_width"]),
+    )
+
+
+def neuron_nf(store: Store, model: str, layer: str, unit: int) -> tuple[LayerRef, np.ndarray]:
+    """One neuron's stored NF; a dead neuron (or one analysed with ``--no-nf``) is an error that says so."""
+    ref = layer_ref(store, model, layer)
+    row = _neuron_row(store, ref, unit)
+    return ref, _nf_of(row, ref, unit)
+
+
+def layer_nfs(
+    store: Store,
+    model: str,
+    layer: str,
+    *,
+    order_by: str = "unit",
+    descending: bool | None = None,
+    limit: int | None = None,
+    only_valued: bool = False,
+) -> LayerNFs:
+    """A layer's NFs ordered by unit or by any scalar ``neurons`` column (NULLs last).
+
+    ``descending`` defaults to ascending for ``unit`` and descending for a column (the most
+    selective first). ``only_valued`` drops neurons whose column is NULL.
+    """
+    ref = layer_ref(store, model, layer)
+    column = None if order_by == "unit" else check_column(store, order_by, "--order-by")
+    if descending is None:
+        descending = column is not None
+    key = column or "unit"
+    where = f" AND {column} IS NOT NULL" if only_valued and column else ""
+    sql = (
+        f"SELECT unit, nf, nf_height, nf_width{', ' + column + ' AS value' if column else ''} FROM neurons "
+        f"WHERE model = ? AND layer = ?{where} ORDER BY {key} {'DESC' if descending else 'ASC'} NULLS LAST, unit"
+        + (f" LIMIT {int(limit)}" if limit else "")
+    )
+    data = store.con.execute(sql, [ref.model, ref.layer]).fetchnumpy()  # masked arrays keep NULLs
+    neurons = tuple(
+        NeuronNF(
+            int(data["unit"][k]),
+            _nf_array(data["nf"][k], data["nf_height"][k], data["nf_width"][k]),
+            _plain(data["value"][k]) if column else None,
+        )
+        for k in range(len(data["unit"]))
+    )
+    if only_valued and column and not neurons:
+        raise NotFoundError(
+            f"no neuron of {ref.model}/{ref.alias} has a {column} value; "
+            f"compute it with: onnx-nfi index {ref.model} --indexes …"
+        )
+    return LayerNFs(ref, column, neurons)
+
+
+def neuron_card(store: Store, model: str, layer: str, unit: int, top: int = 20) -> NeuronCard:
+    """A neuron's NF, its ``top`` crops (cut from its top images as the network saw them) and indexes."""
+    ref = layer_ref(store, model, layer)
+    row = _neuron_row(store, ref, unit)
+    nf = _nf_of(row, ref, unit)
+    pre = from_dict(store.model_row(model)["preprocessing"], f"stored preprocessing of {model}")
+    tops = store.rows(
+        "SELECT t.rank, t.image_id, t.y, t.x, t.activation, i.path, i.label FROM top_activations t "
+        "JOIN images i ON i.model = t.model AND i.image_id = t.image_id "
+        "WHERE t.model = ? AND t.layer = ? AND t.unit = ? ORDER BY t.rank LIMIT ?",
+        [ref.model, ref.layer, unit, top],
+    )
+    geometry = crop_geometry(ref.rf, ref.input_size, 0)
+    ys, xs = geometry.starts(np.array([t["y"] for t in tops], np.int64), np.array([t["x"] for t in tops], np.int64))
+    best = float(tops[0]["activation"]) if tops else 1.0
+    crops = tuple(
+        CardCrop(
+            rank=int(t["rank"]),
+            image_id=int(t["image_id"]),
+            label=t["label"],
+            activation=float(t["activation"]),
+            relative=float(t["activation"]) / best,
+            crop=cut_crop(_display_image(Path(t["path"]), pre), int(y), int(x), geometry.canvas),
+        )
+        for t, y, x in zip(tops, ys, xs)
+    )
+    values = {c: _plain(row[c]) for c in CARD_COLUMNS if row.get(c) is not None}
+    return NeuronCard(ref, unit, nf, crops, values)
+
+
+def cut_crop(image: np.ndarray, y0: int, x0: int, size: tuple[int, int]) -> np.ndarray:
+    """The ``size`` window at ``(y0, x0)`` of ``image``; parts outside the image are grey 127 (§4)."""
+    h, w = image.shape[:2]
+    out = np.full((*size, 3), int(GREY), np.uint8)
+    ya, yb, xa, xb = max(y0, 0), min(y0 + size[0], h), max(x0, 0), min(x0 + size[1], w)
+    if ya < yb and xa < xb:
+        out[ya - y0 : yb - y0, xa - x0 : xb - x0] = image[ya:yb, xa:xb]
+    return out
+
+
+def selectivity_by_depth(store: Store, models: Sequence[str], indexes: Sequence[str]) -> SelectivityByDepth:
+    """Each index's non-NULL values per layer of each model (all models when ``models`` is empty)."""
+    models = list(models) or store.models()
+    if not models:
+        raise NotFoundError(f"{store.path} holds no model yet; run 'onnx-nfi analyze' first")
+    for m in models:
+        store.model_row(m)
+    columns = [check_column(store, i, "--indexes", numeric=True) for i in indexes]
+    layers = {m: store.layer_rows(m) for m in models}
+    found: dict[str, tuple[IndexDistribution, ...]] = {}
+    for column in dict.fromkeys(columns):
+        per_model = []
+        for m in models:
+            data = store.columns(
+                f"SELECT layer, CAST({column} AS DOUBLE) AS v FROM neurons WHERE model = ? AND {column} IS NOT NULL",
+                [m],
+            )
+            values = data["v"].astype(np.float64)
+            keep = np.isfinite(values)
+            by_layer = tuple(values[keep & (data["layer"] == row["layer"])] for row in layers[m])
+            if any(v.size for v in by_layer):
+                per_model.append(
+                    IndexDistribution(
+                        m,
+                        tuple(r["alias"] for r in layers[m]),
+                        np.array([r["relative_depth"] for r in layers[m]], np.float64),
+                        by_layer,
+                    )
+                )
+        if per_model:
+            found[column] = tuple(per_model)
+    missing = tuple(c for c in dict.fromkeys(columns) if c not in found)
+    if not found:
+        raise NotFoundError(
+            f"no value of {', '.join(missing)} for {', '.join(models)}; "
+            "compute indexes with: onnx-nfi index MODEL --indexes …"
+        )
+    return SelectivityByDepth(found, missing)
+
+
+def check_column(store: Store, name: str, option: str, numeric: bool = False) -> str:
+    """A ``neurons`` column the user named (``color`` is short for ``color_selectivity``); arrays are refused."""
+    types = {r["column_name"]: r["column_type"] for r in store.rows("DESCRIBE neurons")}
+    usable = {c: t for c, t in types.items() if not t.endswith("]") and (not numeric or _is_numeric(t))}
+    for candidate in (name, f"{name}_selectivity"):
+        if candidate in usable:
+            return candidate
+    kind = "numeric neurons column" if numeric else "neurons column"
+    raise StoreError(f"{option}: {name!r} is not a {kind}; use one of: {', '.join(usable)}")
+
+
+# ---- internals -------------------------------------------------------------------------------
+
+
+def _is_numeric(duck_type: str) -> bool:
+    return duck_type in (
+        "FLOAT",
+        "DOUBLE",
+        "INTEGER",
+        "BIGINT",
+        "SMALLINT",
+        "TINYINT",
+        "HUGEINT",
+    ) or duck_type.startswith("DECIMAL")
+
+
+def _neuron_row(store: Store, ref: LayerRef, unit: int) -> dict[str, Any]:
+    rows = store.rows("SELECT * FROM neurons WHERE model = ? AND layer = ? AND unit = ?", [ref.model, ref.layer, unit])
+    if not rows:
+        raise NotFoundError(
+            f"neuron {neuron_name(ref, unit)} does not exist; layer {ref.alias} has units 0-{ref.channels - 1}"
+        )
+    return rows[0]
+
+
+def _nf_of(row: dict[str, Any], ref: LayerRef, unit: int) -> np.ndarray:
+    nf = _nf_array(row["nf"], row["nf_height"], row["nf_width"])
+    if nf is not None:
+        return nf
+    if row["dead"]:
+        raise NotFoundError(
+            f"neuron is dead: {neuron_name(ref, unit)} never fired on the analysed images, so it has no NF"
+        )
+    raise NotFoundError(
+        f"no NF stored for {neuron_name(ref, unit)}; the model was analysed with --no-nf, analyse it again with --nf"
+    )
+
+
+def _nf_array(values: Any, height: Any, width: Any) -> np.ndarray | None:
+    """The stored flat ``FLOAT[]`` as ``[h, w, 3]``, or None when NULL."""
+    if any(v is None or v is np.ma.masked for v in (values, height, width)):
+        return None
+    return np.asarray(values, np.float32).reshape(int(height), int(width), 3)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python values, NULL / NaN as None."""
+    if value is None or np.ma.is_masked(value):
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
+def _display_image(path: Path, pre: Preprocessing) -> np.ndarray:
+    """The image as the network saw it (resized, cropped RGB), decoded with the stored preprocessing."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageError(f"top image {path} cannot be read any more (moved or deleted); analyse the model again")
+    return pre.to_display(bgr)
