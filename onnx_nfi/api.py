@@ -16,18 +16,20 @@ from typing import Any
 
 import numpy as np
 
+from onnx_nfi import search
 from onnx_nfi.config import AnalyzeConfig, parse_indexes
 from onnx_nfi.data.images import ImageFile, list_images, parse_label_option, read_class_names
 from onnx_nfi.data.loader import iter_decoded
 from onnx_nfi.data.preprocess import Preprocessing, from_dict, resolve
-from onnx_nfi.errors import ImageError
+from onnx_nfi.errors import ImageError, ModelError
 from onnx_nfi.graph.layers import Layer, find_conv_layers, select_layers
-from onnx_nfi.graph.load import LoadedModel, load_model
+from onnx_nfi.graph.load import LoadedModel, file_sha256, load_model
 from onnx_nfi.graph.receptive_field import ReceptiveField, receptive_fields
 from onnx_nfi.graph.session import check_runtime_install
 from onnx_nfi.neurons.indexes import IndexLayer, IndexResult, compute_indexes
 from onnx_nfi.neurons.nf import crop_geometry, neuron_features
 from onnx_nfi.scan.scanner import ScanResult, scan
+from onnx_nfi.scan.topn import TopN
 from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store, check_writable
 
 #: progress(phase, done, total): phases are "scan", "nf", "index". The library never prints.
@@ -107,6 +109,7 @@ def analyze(
     class_names = read_class_names(label_arg) if label_kind == "predicted" and label_arg else None
     check_writable(db)
     name = name or Path(model_path).stem
+    probe = search.probe_for_analysis(db, imageset.files, config.probe_size)
 
     scan_result = scan(
         lm,
@@ -118,11 +121,16 @@ def analyze(
         provider=config.provider,
         predict_labels=imageset.label_source == "predicted",
         class_names=class_names,
+        probe_sha256=probe.sha256,
         progress=(lambda d, t: progress("scan", d, t)) if progress else None,
     )
     if not scan_result.images:
         reasons = "; ".join(sorted({r for _, r in scan_result.skipped}))
         raise ImageError(f"no readable image in {imageset.root} ({reasons}); check the files")
+    probe, probe_scores = search.complete_probe_scores(
+        probe, scan_result, lm, pre, [i.layer for i in infos], batch_size=config.batch_size, provider=config.provider,
+        progress=progress,
+    )
 
     t_nf = dt.datetime.now()
     images_needed = top_images(scan_result) if (config.nf or indexes) else {}
@@ -142,13 +150,14 @@ def analyze(
     try:
         run_id, dead = _store_analysis(
             db, name, lm, pre, infos, scan_result, [*imageset.rejected, *scan_result.skipped], nfs, index_result,
-            imageset.label_source, config, started, finished,
+            imageset.label_source, config, started, finished, probe, probe_scores,
         )
     except BaseException:
         if created:  # never leave an empty or half-made database behind
             Path(db).unlink(missing_ok=True)
             Path(f"{db}.wal").unlink(missing_ok=True)
         raise
+    search.sync_indexes(db)  # after the commit: FAISS follows DuckDB (and repairs itself if this is cut short)
     return AnalysisSummary(
         model=name,
         db=Path(db).resolve(),
@@ -182,6 +191,8 @@ def _store_analysis(
     config: AnalyzeConfig,
     started: dt.datetime,
     finished: dt.datetime,
+    probe: search.ProbeSet,
+    probe_scores: dict[str, np.ndarray],
 ) -> tuple[int, int]:
     """Replace the model's rows in one transaction; returns (run id, dead neurons)."""
     with Store.open(db) as store, store.transaction():
@@ -190,6 +201,7 @@ def _store_analysis(
         _write_analysis(store, name, lm, pre, infos, scan_result, skipped, nfs, label_source, config, run_id, started, finished)
         if index_result is not None:
             write_indexes(store, name, index_result)
+        search.store_vectors(store, name, probe, probe_scores, nfs)
         dead = int(store.con.execute("SELECT count(*) FROM neurons WHERE model = ? AND dead", [name]).fetchone()[0])
     return run_id, dead
 
@@ -403,3 +415,79 @@ def export_parquet(query: str, target: str | Path, db: str | Path = DEFAULT_DB) 
         except duckdb.Error as exc:
             raise StoreError(f"SQL error: {str(exc).strip().splitlines()[0]}") from None
     return target
+
+
+@dataclass(frozen=True)
+class IndexSummary:
+    """What ``index`` recomputed."""
+
+    model: str
+    indexes: tuple[str, ...]
+    layers: int
+    neurons: int
+    seconds: float
+
+
+def stored_topn(store: Store, model: str, layer: str, channels: int) -> TopN:
+    """A layer's top-N state rebuilt from ``top_activations``."""
+    cols = store.columns(
+        "SELECT unit, rank, image_id, y, x, activation FROM top_activations WHERE model = ? AND layer = ?",
+        [model, layer],
+    )
+    n = int(cols["rank"].max()) if cols["rank"].size else 1
+    top = TopN.empty(channels, n)
+    u, r = cols["unit"].astype(np.int64), cols["rank"].astype(np.int64) - 1
+    top.scores[u, r], top.ids[u, r] = cols["activation"], cols["image_id"]
+    top.ys[u, r], top.xs[u, r] = cols["y"], cols["x"]
+    return top
+
+
+def index(
+    model: str,
+    db: str | Path = DEFAULT_DB,
+    *,
+    config: AnalyzeConfig = AnalyzeConfig(),
+    progress: Progress | None = None,
+) -> IndexSummary:
+    """(Re)compute selectivity indexes of a model already in the database, without a new scan."""
+    started = dt.datetime.now()
+    indexes = parse_indexes(config.indexes)
+    with Store.open(db, read_only=True) as store:
+        row = store.model_row(model)
+        layer_rows = store.layer_rows(model)
+        topns = {r["layer"]: stored_topn(store, model, r["layer"], r["channels"]) for r in layer_rows}
+        image_rows = store.rows("SELECT image_id, path, label FROM images WHERE model = ?", [model])
+    path = Path(row["path"])
+    if not path.is_file():
+        raise ModelError(f"model file {path} of {model!r} is gone; analyse it again from its new place")
+    if file_sha256(path) != row["sha256"]:
+        raise ModelError(f"model file {path} changed since {model!r} was analysed; run 'onnx-nfi analyze' again")
+    pre = from_dict(row["preprocessing"], f"stored preprocessing of {model}")
+    lm = load_model(path, pre.input_size)
+    by_tensor = {layer.tensor: layer for layer in find_conv_layers(lm)}
+    items = [
+        IndexLayer(by_tensor[r["layer"]], _stored_rf(r), topns[r["layer"]]) for r in layer_rows if r["layer"] in by_tensor
+    ]
+    paths = {int(r["image_id"]): Path(r["path"]) for r in image_rows}
+    needed = np.unique(np.concatenate([t.ids[t.ids >= 0] for t in topns.values()]))
+    display = load_display_images({int(i): paths[int(i)] for i in needed}, pre, progress, phase="index")
+    result = compute_indexes(
+        lm, pre, items, display, {int(r["image_id"]): r["label"] for r in image_rows}, indexes,
+        color_mode=config.color_mode, rho=config.rho, population_threshold=config.population_threshold,
+        batch_size=max(1, config.batch_size // 2), provider=config.provider, seed=config.seed,
+        progress=(lambda d, t: progress("index", d, t)) if progress else None,
+    )
+    with Store.open(db) as store, store.transaction():
+        write_indexes(store, model, result)
+    return IndexSummary(
+        model, indexes, len(items), sum(i.layer.channels for i in items), (dt.datetime.now() - started).total_seconds()
+    )
+
+
+def _stored_rf(row: dict[str, Any]) -> ReceptiveField:
+    return ReceptiveField(
+        size=(row["rf_size_y"], row["rf_size_x"]),
+        stride=(row["rf_stride_y"], row["rf_stride_x"]),
+        offset=(row["rf_offset_y"], row["rf_offset_x"]),
+        is_global=bool(row["rf_global"]),
+    )

@@ -117,6 +117,7 @@ def analyze(
     silent: bool = typer.Option(False, "--silent", help="No progress bars."),
 ) -> None:
     """Scan IMAGES with MODEL and index every neuron of every conv layer into the database."""
+    _check_color_mode(color_mode)
     config = AnalyzeConfig(
         top_n=top_n, batch_size=batch_size, provider=provider, preprocess=preprocess, labels=labels,
         layers=tuple(layers or ()), nf=nf, nf_max_size=nf_max_size, indexes=parse_indexes(indexes),
@@ -141,6 +142,31 @@ def print_summary(s: api.AnalysisSummary) -> None:
         highlight=False,
     )
     out.print(f"Results: {s.db} (run {s.run_id})", highlight=False)
+
+
+@app.command("index")
+@user_errors
+def index_cmd(
+    model: str = typer.Argument(..., help="Model name in the database."),
+    db: Path = DB_OPTION,
+    indexes: str = typer.Option(",".join(AnalyzeConfig.indexes), "--indexes", help=HELP["indexes"]),
+    color_mode: str = typer.Option(AnalyzeConfig.color_mode, "--color-mode", help=HELP["color_mode"]),
+    rho: float = typer.Option(AnalyzeConfig.rho, "--rho", min=0.0, max=1.0, help=HELP["rho"]),
+    batch_size: int = typer.Option(AnalyzeConfig.batch_size, "--batch-size", min=1, help=HELP["batch_size"]),
+    provider: str = typer.Option(AnalyzeConfig.provider, "--provider", help=HELP["provider"]),
+    silent: bool = typer.Option(False, "--silent", help="No progress bars."),
+) -> None:
+    """(Re)compute selectivity indexes of a model already in the database, without a new scan."""
+    _check_color_mode(color_mode)
+    config = AnalyzeConfig(indexes=parse_indexes(indexes), color_mode=color_mode, rho=rho, batch_size=batch_size, provider=provider)
+    with ProgressBars(silent) as bars:
+        s = api.index(model, db, config=config, progress=bars)
+    out.print(f"Indexed {s.model}: {', '.join(s.indexes) or 'nothing'} for {s.neurons} neurons in {s.layers} layers ({s.seconds:.1f} s).")
+
+
+def _check_color_mode(mode: str) -> None:
+    if mode not in ("image", "region"):
+        raise typer.BadParameter("use image or region", param_hint="--color-mode")
 
 
 @app.command("layers")
@@ -226,6 +252,69 @@ def render_rows(columns: list[str], rows: list[tuple], fmt: str) -> str:
     writer.writerow(columns)
     writer.writerows(rows)
     return buf.getvalue()
+
+
+BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
+DEMO_QUERIES = (
+    ("Most colour-selective neurons of Lite0's conv20",
+     "SELECT unit, color_selectivity, top_class FROM neurons n JOIN layers l USING (model, layer) "
+     "WHERE model = 'efficientnet_lite0' AND alias = 'conv20' ORDER BY color_selectivity DESC LIMIT 5"),
+    ("Colour and class selectivity by relative depth, both models",
+     "SELECT model, alias, round(relative_depth, 2) AS depth, round(color_selectivity_median, 3) AS color, "
+     "round(class_selectivity_median, 3) AS class FROM layer_summary WHERE alias IN ('conv1', 'conv10', 'conv25', 'conv40', 'conv49', 'conv52') "
+     "ORDER BY model, depth"),
+)
+
+
+@app.command()
+@user_errors
+def demo(
+    output: Path = typer.Option(Path("demo-output"), "-o", "--output", help="Folder for the images, database and pictures."),
+    silent: bool = typer.Option(False, "--silent", help="No progress bars."),
+) -> None:
+    """Analyse the bundled EfficientNet-Lite0 and MobileNetV2 on the bundled demo photos and draw the results."""
+    from onnx_nfi.cli_report import card_cmd, nf_cmd, summary_cmd
+    from onnx_nfi.data.demo_images import build_demo_images
+
+    output.mkdir(parents=True, exist_ok=True)
+    images = build_demo_images(output / "images")
+    db = output / "nfi.duckdb"
+    pictures = output / "pictures"
+    pictures.mkdir(exist_ok=True)
+    for model in ("efficientnet_lite0", "mobilenetv2_deepsort"):
+        out.print(f"[bold]Analysing {model}[/bold] on {images}", highlight=False)
+        with ProgressBars(silent) as bars:
+            print_summary(api.analyze(BUNDLED_MODELS / f"{model}.onnx", images, db=db, progress=bars))
+    for layer in ("conv1", "conv40"):
+        nf_cmd("efficientnet_lite0", layer, None, grid=True, output=pictures / f"lite0_{layer}_nfs.png", db=db,
+               order_by="unit", desc=None, limit=64, scale=None)
+    card_cmd("efficientnet_lite0", "conv40", _most_class_selective(db, "efficientnet_lite0", "conv40"),
+             output=pictures / "lite0_conv40_card.png", db=db, top=20)
+    summary_cmd(["efficientnet_lite0", "mobilenetv2_deepsort"], output=pictures / "selectivity.png", db=db,
+                indexes="color_selectivity,class_selectivity")
+    out.print(f"\nResults: {db.resolve()}\nPictures: {pictures.resolve()}\nTry:", highlight=False)
+    for title, query in DEMO_QUERIES:
+        out.print(f"  # {title}\n  onnx-nfi sql --db {db} \"{query}\"", highlight=False)
+    for title, query in DEMO_QUERIES[:1]:
+        columns, rows = api.sql(query, db)
+        out.print(f"\n{title}:", highlight=False)
+        table = Table(*columns, box=None)
+        for row in rows:
+            table.add_row(*(_cell(v) for v in row))
+        out.print(table)
+
+
+def _most_class_selective(db: Path, model: str, layer: str) -> int:
+    """The unit whose top images are most dominated by one class: a good neuron card."""
+    from onnx_nfi.store.duckdb_store import Store
+
+    with Store.open(db, read_only=True) as store:
+        rows = store.rows(
+            "SELECT unit FROM neurons n JOIN layers l USING (model, layer) WHERE model = ? AND alias = ? AND NOT dead "
+            "ORDER BY top_class_frequency DESC NULLS LAST, unit LIMIT 1",
+            [model, layer],
+        )
+    return int(rows[0]["unit"])
 
 
 def main() -> None:

@@ -197,6 +197,7 @@ def selectivity_plot(panels: Sequence[Panel], title: str = "", footnote: str = "
         ax.set_ylabel("index value", fontsize=9)
         ax.set_xlim(-0.04, 1.04)
         ax.grid(alpha=0.3, lw=0.5)
+        _robust_ylim(ax, np.concatenate([v for s in panel.series for v in s.values]))
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     handles = [Line2D([], [], color=colours[m], lw=2, label=m) for m in models]
@@ -321,6 +322,27 @@ def _draw_text(canvas: np.ndarray, texts: Sequence[_Text]) -> np.ndarray:
 def _figure_pixels(fig: Figure) -> np.ndarray:
     fig.canvas.draw()
     return np.array(fig.canvas.buffer_rgba())[:, :, :3]
+
+
+def _robust_ylim(ax, values: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    """Y range covering [0, 1] and the central 99 % of values, so a few extreme neurons (the colour
+    index is unbounded below) do not flatten everyone else; how many are left out is written."""
+    if values.size == 0:
+        return
+    lo, hi = min(0.0, float(np.percentile(values, 0.5))), max(1.0, float(np.percentile(values, 99.5)))
+    pad = 0.04 * (hi - lo)
+    ax.set_ylim(lo - pad, hi + pad)
+    outside = int(((values < lo - pad) | (values > hi + pad)).sum())
+    if outside:
+        ax.text(
+            0.01,
+            0.01,
+            f"{outside} of {values.size} values outside the shown range",
+            transform=ax.transAxes,
+            fontsize=8,
+            color="0.35",
+            va="bottom",
+        )
 
 
 def _plot_series(ax, s: Series, colour, rng: np.random.Generator) -> None:  # type: ignore[no-untyped-def]

@@ -58,6 +58,12 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS skipped_images (run_id INTEGER, path VARCHAR, reason VARCHAR);
 CREATE TABLE IF NOT EXISTS probe_images (probe_index INTEGER PRIMARY KEY, sha256 VARCHAR UNIQUE, path VARCHAR);
+CREATE TABLE IF NOT EXISTS nf_vectors (neuron_id BIGINT PRIMARY KEY, vector FLOAT[768]);
+CREATE TABLE IF NOT EXISTS index_vectors (neuron_id BIGINT PRIMARY KEY, vector FLOAT[5]);
+CREATE TABLE IF NOT EXISTS neuron_matches (
+    model_a VARCHAR, layer_a VARCHAR, unit_a INTEGER, model_b VARCHAR, layer_b VARCHAR, unit_b INTEGER,
+    score FLOAT, one_to_one BOOLEAN
+);
 """
 
 VIEWS = """
@@ -80,3 +86,17 @@ def layer_summary_sql() -> str:
         for c in INDEX_COLUMNS
     )
     return VIEWS.format(aggregates=aggregates)
+
+
+#: Search vector tables by kind (ALGORITHMS.md §8), keyed by ``neurons.neuron_id``. Dead or
+#: constant neurons have no row. ``response_vectors`` is created by :func:`response_vectors_sql`
+#: once the probe set, and so the array length, is known.
+VECTOR_TABLES = {"response": "response_vectors", "nf": "nf_vectors", "indexes": "index_vectors"}
+
+
+def response_vectors_sql(probe_size: int) -> str:
+    """``response_vectors``: one ``FLOAT[P]`` profile per neuron over the database's P probe images.
+
+    A fixed-size array (not ``FLOAT[]``) so that SQL users can call ``array_cosine_similarity``.
+    """
+    return f"CREATE TABLE IF NOT EXISTS response_vectors (neuron_id BIGINT PRIMARY KEY, vector FLOAT[{int(probe_size)}]);"
