@@ -477,8 +477,12 @@ def index(
         batch_size=max(1, config.batch_size // 2), provider=config.provider, seed=config.seed,
         progress=(lambda d, t: progress("index", d, t)) if progress else None,
     )
+    from onnx_nfi import search
+
     with Store.open(db) as store, store.transaction():
         write_indexes(store, model, result)
+        search.store_index_vectors(store, model)
+    search.sync_indexes(db)
     return IndexSummary(
         model, indexes, len(items), sum(i.layer.channels for i in items), (dt.datetime.now() - started).total_seconds()
     )

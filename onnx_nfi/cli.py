@@ -292,6 +292,13 @@ def demo(
              output=pictures / "lite0_conv40_card.png", db=db, top=20)
     summary_cmd(["efficientnet_lite0", "mobilenetv2_deepsort"], output=pictures / "selectivity.png", db=db,
                 indexes="color_selectivity,class_selectivity")
+    from onnx_nfi import search
+
+    matched = search.match(db, "efficientnet_lite0", "mobilenetv2_deepsort", pictures / "match.png")
+    out.print(
+        f"Wrote {matched.picture}: mean best correlation of a Lite0 neuron with a MobileNetV2 neuron {matched.mean_best:.3f}",
+        highlight=False,
+    )
     out.print(f"\nResults: {db.resolve()}\nPictures: {pictures.resolve()}\nTry:", highlight=False)
     for title, query in DEMO_QUERIES:
         out.print(f"  # {title}\n  onnx-nfi sql --db {db} \"{query}\"", highlight=False)

@@ -21,7 +21,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -406,7 +406,10 @@ def _in_step(store: Store, db: Path, kind: str) -> VectorIndex | None:
         for p in (ids_path, path):
             p.unlink(missing_ok=True)
         return None
+    dim = int(store.con.execute(f"SELECT len(vector) FROM {table} LIMIT 1").fetchone()[0])
     index, held = _load_index(path, ids_path)
+    if index is not None and index.dim != dim:  # the probe set was replaced
+        index = None
     if index is not None and held is not None and np.array_equal(held, db_ids) and len(index) == len(held):
         return index
     index = _updated(store, table, index, held, db_ids)
@@ -501,54 +504,105 @@ def similar(
     hit. ``models`` / ``layers`` (names, aliases or globs) restrict the candidates, and
     ``other_models`` leaves out the query's own model.
     """
+    return similar_many(db, [query], by=by, k=k, models=models, layers=layers, other_models=other_models)[0]
+
+
+def similar_many(
+    db: str | Path,
+    queries: Sequence[str],
+    *,
+    by: str = "response",
+    k: int = 10,
+    models: Sequence[str] = (),
+    layers: Sequence[str] = (),
+    other_models: bool = False,
+) -> list[SimilarResult]:
+    """:func:`similar` for many queries at once: one database visit and one batched search."""
     _check_kind(by)
     if k < 1:
         raise SearchError(f"-k must be at least 1, got {k}")
-    model, layer_name, unit = parse_neuron(query)
+    parsed = [parse_neuron(q) for q in queries]
     table = VECTOR_TABLES[by]
     with Store.open(db, read_only=True) as store:
-        layer = store.resolve_layer(model, layer_name)
-        if not 0 <= unit < int(layer["channels"]):
-            raise NotFoundError(
-                f"unit {unit} is not in layer {layer['alias']} of {model!r}; it has units 0-{int(layer['channels']) - 1}"
-            )
         known = set(store.models())
         unknown = [m for m in models if m not in known]
         if unknown:
             raise NotFoundError(f"model {unknown[0]!r} is not in {db} (models: {', '.join(sorted(known))})")
-        qrow = store.rows(_NEURON_SQL + " WHERE n.model = ? AND n.layer = ? AND n.unit = ?", [model, layer["layer"], unit])[0]
-        qid = int(qrow["neuron_id"])
-        qids, qvec = _read_vectors(store, table, np.array([qid])) if _has_table(store, table) else (np.empty(0), None)
-        if not len(qids):
-            raise SearchError(
-                f"neuron {model}:{layer['alias']}:{unit} has no {by} vector ({_MISSING_REASON[by]}); try another --by"
-            )
-        allowed = _candidates(store, qid, model, models, layers, other_models)
+        neurons = _NeuronTable(store)
+        qids = np.array([neurons.resolve(store, *q) for q in parsed], np.int64)
+        found, qvecs = _read_vectors(store, table, np.unique(qids)) if _has_table(store, table) else (np.empty(0, np.int64), None)
+        missing = np.setdiff1d(qids, found)
+        if len(missing):
+            name = neurons.name(int(missing[0]))
+            raise SearchError(f"neuron {name} has no {by} vector ({_MISSING_REASON[by]}); try another --by")
+        vectors = qvecs[np.searchsorted(found, qids)]
         index = _in_step(store, Path(db), by)
-        hits: list[Neuron] = []
-        if index is not None and len(allowed):
-            scores, ids = index.search(qvec, k, allowed_ids=allowed)
-            found = {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
-            if found:
-                rows = store.rows(_NEURON_SQL + " WHERE n.neuron_id IN (SELECT unnest(?::BIGINT[]))", [list(found)])
-                hits = sorted((_neuron(r, found[int(r["neuron_id"])]) for r in rows), key=lambda h: (-h.score, h.neuron_id))
-    return SimilarResult(query=_neuron(qrow, 1.0), by=by, hits=tuple(hits))
+        hit_lists: list[list[tuple[int, float]]] = [[] for _ in parsed]
+        for model in sorted({m for m, _, _ in parsed}) if other_models else [None]:
+            rows = [i for i, (m, _, _) in enumerate(parsed) if model is None or m == model]
+            allowed = neurons.candidates(models, layers, model)
+            if index is None or not len(allowed):
+                continue
+            scores, ids = index.search(vectors[rows], k + 1, allowed_ids=allowed)  # +1: the query itself may come back
+            for row, s_row, i_row in zip(rows, scores, ids):
+                hit_lists[row] = [(int(i), float(s)) for s, i in zip(s_row, i_row) if i >= 0 and i != qids[row]][:k]
+        wanted = sorted(set(qids.tolist()) | {i for hits in hit_lists for i, _ in hits})
+        by_id = {int(r["neuron_id"]): r for r in store.rows(_NEURON_SQL + " WHERE n.neuron_id IN (SELECT unnest(?::BIGINT[]))", [wanted])}
+    template = {i: _neuron(row, 1.0) for i, row in by_id.items()}  # each NF decoded once, however many hits share it
+    return [
+        SimilarResult(
+            query=template[int(qid)], by=by,
+            hits=tuple(replace(template[i], score=score) for i, score in hits if i in template),
+        )
+        for qid, hits in zip(qids, hit_lists)
+    ]
 
 
-def _candidates(
-    store: Store, qid: int, model: str, models: Sequence[str], layers: Sequence[str], other_models: bool
-) -> np.ndarray:
-    """Neuron ids that may be returned: present in DuckDB now, matching the filters, not the query."""
-    cols = store.columns("SELECT n.neuron_id, n.model, n.layer, l.alias FROM neurons n JOIN layers l USING (model, layer)")
-    keep = cols["neuron_id"] != qid
-    if models:
-        keep &= np.isin(cols["model"], list(models))
-    if other_models:
-        keep &= cols["model"] != model
-    if layers:
-        names = [(str(t), str(a)) for t, a in zip(cols["layer"], cols["alias"])]
-        keep &= np.array([any(fnmatch.fnmatchcase(t, p) or fnmatch.fnmatchcase(a, p) for p in layers) for t, a in names], bool)
-    return np.asarray(cols["neuron_id"][keep], np.int64)
+class _NeuronTable:
+    """Every neuron's id, model, layer, alias and unit, read once: resolves queries, filters candidates.
+
+    Candidates come from here, i.e. from DuckDB as it is now, so a neuron that was replaced or
+    removed cannot be returned even by an index that was not yet brought in step.
+    """
+
+    def __init__(self, store: Store) -> None:
+        cols = store.columns(
+            "SELECT n.neuron_id, n.model, n.layer, l.alias, n.unit FROM neurons n JOIN layers l USING (model, layer)"
+        )
+        self.ids = np.asarray(cols["neuron_id"], np.int64)
+        self.model, self.layer, self.alias = cols["model"].astype(str), cols["layer"].astype(str), cols["alias"].astype(str)
+        self.unit = np.asarray(cols["unit"], np.int64)
+        self._by_name = {(m, l, int(u)): int(i) for m, l, u, i in zip(self.model, self.layer, self.unit, self.ids)}
+        self._by_id = {int(i): k for k, i in enumerate(self.ids)}
+        self._layers = {(r["model"], r["layer"]): r for r in store.rows("SELECT model, layer, alias, channels FROM layers")}
+        self._layers.update({(r["model"], r["alias"]): r for r in self._layers.copy().values()})
+
+    def resolve(self, store: Store, model: str, layer: str, unit: int) -> int:
+        """The neuron id of ``model:layer:unit`` (layer by tensor name or alias); NotFoundError says why not."""
+        row = self._layers.get((model, layer)) or store.resolve_layer(model, layer)  # raises the right error
+        if not 0 <= unit < int(row["channels"]):
+            raise NotFoundError(
+                f"unit {unit} is not in layer {row['alias']} of {model!r}; it has units 0-{int(row['channels']) - 1}"
+            )
+        return self._by_name[(model, row["layer"], unit)]
+
+    def name(self, neuron_id: int) -> str:
+        k = self._by_id[neuron_id]
+        return f"{self.model[k]}:{self.alias[k]}:{self.unit[k]}"
+
+    def candidates(self, models: Sequence[str], layers: Sequence[str], not_model: str | None) -> np.ndarray:
+        """Ids allowed as hits: in ``models`` and ``layers`` (globs) when given, not of ``not_model``."""
+        keep = np.ones(len(self.ids), bool)
+        if models:
+            keep &= np.isin(self.model, list(models))
+        if not_model is not None:
+            keep &= self.model != not_model
+        if layers:
+            keep &= np.array(
+                [any(fnmatch.fnmatchcase(t, p) or fnmatch.fnmatchcase(a, p) for p in layers) for t, a in zip(self.layer, self.alias)],
+                bool,
+            )
+        return self.ids[keep]
 
 
 # ---- match -------------------------------------------------------------------------------------

@@ -83,28 +83,56 @@ def partner(layer: str, unit: int, perm: np.ndarray) -> int:
     return int(np.argsort(perm)[unit]) if layer in PERMUTED_LAYERS else unit
 
 
+def profiles(db: Path, model: str) -> tuple[list[tuple[str, int]], np.ndarray]:
+    """(layer, unit) and response vector of every neuron of ``model`` that has one."""
+    with Store.open(db, read_only=True) as store:
+        rows = store.con.execute(
+            "SELECT n.layer, n.unit, r.vector FROM neurons n JOIN response_vectors r USING (neuron_id) "
+            "WHERE n.model = ? ORDER BY n.neuron_id", [model]
+        ).fetchall()
+    return [(r[0], r[1]) for r in rows], np.array([r[2] for r in rows], np.float64)
+
+
+def twins_within(db: Path) -> dict[tuple[str, int], set[tuple[str, int]]]:
+    """Neurons of the original whose profile another neuron of the original shares (correlation ~1).
+
+    Clip (ReLU6) saturates: a neuron at 6 on every probe image but one has the same profile as any
+    other such neuron with the same exception. No search can tell those apart, so for them the
+    partner must be among the equally scored hits rather than first.
+    """
+    keys, vectors = profiles(db, "orig")
+    corr = vectors @ vectors.T
+    np.fill_diagonal(corr, 0)
+    return {keys[i]: {keys[j] for j in np.flatnonzero(corr[i] > 0.9999)} for i in range(len(keys)) if (corr[i] > 0.9999).any()}
+
+
 def test_top1_similar_neuron_in_the_twin_is_the_permuted_partner(twin_db: tuple[Path, np.ndarray]) -> None:
     db, perm = twin_db
-    with Store.open(db, read_only=True) as store:
-        rows = store.rows(
-            "SELECT n.layer, n.unit FROM neurons n JOIN response_vectors USING (neuron_id) WHERE n.model = 'orig' "
-            "ORDER BY n.neuron_id"
-        )
-        layers = {r[0] for r in store.con.execute("SELECT layer FROM neurons").fetchall()}
-    assert set(PERMUTED_LAYERS) <= layers
-    assert len(rows) > 400  # dead and constant neurons (no vector) are the only ones skipped
+    keys, _ = profiles(db, "orig")
+    assert {layer for layer, _ in keys} >= set(PERMUTED_LAYERS)
+    assert len(keys) > 400  # dead and constant neurons (no vector) are the only ones skipped
+    ambiguous = twins_within(db)
+    assert len(ambiguous) < len(keys) // 10
     checked_permuted = 0
-    for row in rows:
-        result = search.similar(db, f"orig:{row['layer']}:{row['unit']}", by="response", k=1, other_models=True)
-        hit = result.hits[0]
-        assert (hit.model, hit.layer, hit.unit) == ("twin", row["layer"], partner(row["layer"], row["unit"], perm)), row
-        assert hit.score > 0.999
-        checked_permuted += row["layer"] in PERMUTED_LAYERS
+    k = 1 + max(map(len, ambiguous.values()), default=0)
+    results = search.similar_many(db, [f"orig:{layer}:{unit}" for layer, unit in keys], by="response", k=k, other_models=True)
+    assert search.similar(db, f"orig:{keys[0][0]}:{keys[0][1]}", k=k, other_models=True) == results[0]
+    for (layer, unit), result in zip(keys, results):
+        twins = ambiguous.get((layer, unit), set())
+        want = ("twin", layer, partner(layer, unit, perm))
+        hits = [(h.model, h.layer, h.unit) for h in result.hits]
+        assert result.hits[0].score > 0.999
+        if twins:  # equally good: the partner is among the perfect hits
+            assert want in [hit for hit, h in zip(hits, result.hits) if h.score > 0.999], (layer, unit)
+        else:
+            assert hits[0] == want, (layer, unit)
+            checked_permuted += layer in PERMUTED_LAYERS
     assert checked_permuted > 20
 
 
 def test_match_recovers_the_permutation(twin_db: tuple[Path, np.ndarray], tmp_path: Path) -> None:
     db, perm = twin_db
+    ambiguous = twins_within(db)
     result = CliRunner().invoke(app, ["match", "orig", "twin", "--db", str(db), "-o", str(tmp_path / "heat.png")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "heat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -121,11 +149,15 @@ def test_match_recovers_the_permutation(twin_db: tuple[Path, np.ndarray], tmp_pa
                 ).fetchall()
             }
             assert len(pairs) == len(with_vectors) > 10
+            exact = 0
             for unit_a, unit_b, score in pairs:
-                assert unit_b == partner(layer, unit_a, perm)
+                twins = {u for l, u in ambiguous.get((layer, unit_a), set()) if l == layer}
+                assert unit_b in {partner(layer, u, perm) for u in {unit_a} | twins}
+                exact += unit_b == partner(layer, unit_a, perm)
                 assert score > 0.999
-        diagonal = store.con.execute(
+            assert exact >= len(pairs) - sum(1 for (l, _) in ambiguous if l == layer)
+        best = store.con.execute(
             "SELECT min(score) FROM neuron_matches WHERE model_a = 'orig' AND NOT one_to_one"
         ).fetchone()[0]
-    assert diagonal > 0.999  # every neuron's best match anywhere in the twin is perfect
+    assert best > 0.999  # every neuron's best match anywhere in the twin is perfect
     np.testing.assert_allclose(np.diag(search.match(db, "orig", "twin").heat), 1.0, atol=1e-3)

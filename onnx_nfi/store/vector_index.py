@@ -11,7 +11,7 @@ the number of vectors:
 
 Why not IVF or HNSW: both rely on neighbours being much closer than the rest of the data. For
 1M random unit vectors in 256-d the true top-10 have cosine ~0.3 while the bulk is 0 +- 0.06,
-and on this 2-core machine IVF4096 needed 30 % of the lists for recall@10 0.68 (26 ms) and HNSW32
+and on this 2-core machine IVF1024 needed 30 % of the lists for recall@10 0.68 (26 ms) and HNSW32
 reached 0.51 at efSearch 512 already at 200k vectors. A quantised scan of every vector does not
 depend on that structure: 64-byte codes (PQ128x4fs at d=256) estimate each inner product with an
 error of ~0.02, so the true neighbours always land among a few hundred candidates, and the exact
@@ -287,6 +287,9 @@ class _RefinedPQBackend:
         return {"pq": faiss.serialize_index(self.pq), "trained_n": np.int64(self.trained_n)}
 
 
+_Backend = _FlatBackend | _RefinedPQBackend
+
+
 def _check_ids(ids: np.ndarray) -> np.ndarray:
     ids = np.asarray(ids)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
@@ -312,7 +315,7 @@ class VectorIndex:
     caller may reuse its arrays.
     """
 
-    def __init__(self, backend: _FlatBackend | _RefinedPQBackend, dim: int, *, exact_limit: int, seed: int) -> None:
+    def __init__(self, backend: _Backend, dim: int, *, exact_limit: int, seed: int) -> None:
         self._backend = backend
         self._dim = dim
         self._exact_limit = exact_limit
@@ -332,7 +335,7 @@ class VectorIndex:
         return cls(backend, vectors.shape[1], exact_limit=exact_limit, seed=seed)
 
     @staticmethod
-    def _make_backend(plan: IndexPlan, ids: np.ndarray, vectors: np.ndarray, seed: int) -> _FlatBackend | _RefinedPQBackend:
+    def _make_backend(plan: IndexPlan, ids: np.ndarray, vectors: np.ndarray, seed: int) -> _Backend:
         if plan.pq_m == 0:
             return _FlatBackend(ids, vectors)
         return _RefinedPQBackend.train(ids, vectors, plan, seed)
@@ -366,7 +369,7 @@ class VectorIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         allowed = None if allowed_ids is None else np.unique(_check_ids(allowed_ids))
         if len(self) == 0 or (allowed is not None and len(allowed) == 0):
-            return (np.full((len(queries), k), -np.inf, dtype=np.float32), np.full((len(queries), k), -1, dtype=np.int64))
+            return _top_k(np.empty((len(queries), 0), dtype=np.float32), k)
         with _faiss_threads(parallel=len(queries) >= _PARALLEL_MIN_QUERIES):
             scores, ids = self._backend.search(queries, k, allowed)
         scores = np.asarray(scores, dtype=np.float32)
@@ -405,7 +408,7 @@ class VectorIndex:
         ids = np.unique(_check_ids(ids))
         removed = self._backend.remove(ids)
         if plan_for(len(self), self._dim, self._exact_limit).kind != self.kind:
-            self._backend = _FlatBackend(self._backend.ids().copy(), self._backend.vectors())
+            self._backend = _FlatBackend(self._backend.ids(), self._backend.vectors())
         return removed
 
     def save(self, path: str | Path) -> None:
@@ -447,7 +450,7 @@ class VectorIndex:
                 raise ValueError(f"ids {ids.shape} and vectors {vectors.shape} do not match dimension {dim}")
             if "pq" in arrays:
                 pq = faiss.deserialize_index(arrays["pq"])
-                backend: _FlatBackend | _RefinedPQBackend = _RefinedPQBackend(ids, vectors, pq, int(arrays["trained_n"]))
+                backend: _Backend = _RefinedPQBackend(ids, vectors, pq, int(arrays["trained_n"]))
             else:
                 backend = _FlatBackend(ids, vectors)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
