@@ -8,9 +8,8 @@ transaction at the end, so a failure never leaves a half-written model behind.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -457,13 +456,7 @@ def index(
         layer_rows = store.layer_rows(model)
         topns = {r["layer"]: stored_topn(store, model, r["layer"], r["channels"]) for r in layer_rows}
         image_rows = store.rows("SELECT image_id, path, label FROM images WHERE model = ?", [model])
-    path = Path(row["path"])
-    if not path.is_file():
-        raise ModelError(f"model file {path} of {model!r} is gone; analyse it again from its new place")
-    if file_sha256(path) != row["sha256"]:
-        raise ModelError(f"model file {path} changed since {model!r} was analysed; run 'onnx-nfi analyze' again")
-    pre = from_dict(row["preprocessing"], f"stored preprocessing of {model}")
-    lm = load_model(path, pre.input_size)
+    lm, pre = reopen_model(model, row)
     by_tensor = {layer.tensor: layer for layer in find_conv_layers(lm)}
     items = [
         IndexLayer(by_tensor[r["layer"]], _stored_rf(r), topns[r["layer"]]) for r in layer_rows if r["layer"] in by_tensor
@@ -477,8 +470,6 @@ def index(
         batch_size=max(1, config.batch_size // 2), provider=config.provider, seed=config.seed,
         progress=(lambda d, t: progress("index", d, t)) if progress else None,
     )
-    from onnx_nfi import search
-
     with Store.open(db) as store, store.transaction():
         write_indexes(store, model, result)
         search.store_index_vectors(store, model)
@@ -486,6 +477,17 @@ def index(
     return IndexSummary(
         model, indexes, len(items), sum(i.layer.channels for i in items), (dt.datetime.now() - started).total_seconds()
     )
+
+
+def reopen_model(model: str, row: dict[str, Any]) -> tuple[LoadedModel, Preprocessing]:
+    """The ONNX file and preprocessing of a stored model, refusing a file that moved or changed."""
+    path = Path(row["path"])
+    if not path.is_file():
+        raise ModelError(f"model file {path} of {model!r} is gone; analyse it again from its new place, or remove it")
+    if file_sha256(path) != row["sha256"]:
+        raise ModelError(f"model file {path} changed since {model!r} was analysed; analyse it again, or remove it")
+    pre = from_dict(row["preprocessing"], f"stored preprocessing of {model}")
+    return load_model(path, pre.input_size), pre
 
 
 def _stored_rf(row: dict[str, Any]) -> ReceptiveField:

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from onnx_nfi.data.images import ImageFile, list_images
-from onnx_nfi.errors import ImageError, ModelError, NfiError, NotFoundError, StoreError
+from onnx_nfi.errors import ImageError, NfiError, NotFoundError, StoreError
 from onnx_nfi.neurons import similarity
 from onnx_nfi.neurons.matching import best_matches, layer_similarity, one_to_one
 from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store
@@ -831,16 +831,9 @@ def _rescore(
     progress: Progress | None,
 ) -> dict[str, np.ndarray]:
     """Probe scores of a stored model, from its ONNX file and stored preprocessing."""
-    from onnx_nfi.data.preprocess import from_dict
+    from onnx_nfi.api import reopen_model
     from onnx_nfi.graph.layers import find_conv_layers
-    from onnx_nfi.graph.load import file_sha256, load_model
 
-    path = Path(row["path"])
-    if not path.is_file():
-        raise ModelError(f"model file {path} of {model!r} is gone; analyse it again, or remove it first")
-    if file_sha256(path) != row["sha256"]:
-        raise ModelError(f"model file {path} changed since {model!r} was analysed; analyse it again, or remove it first")
-    pre = from_dict(row["preprocessing"], f"stored preprocessing of {model}")
-    lm = load_model(path, pre.input_size)
+    lm, pre = reopen_model(model, row)
     layers = [layer for layer in find_conv_layers(lm) if layer.tensor in set(layer_names)]
     return _probe_pass(lm, pre, layers, probe, np.arange(len(probe)), batch_size, provider, progress)
