@@ -14,7 +14,10 @@ full-size NF. Layers whose canvas fits are always exact.
 
 from __future__ import annotations
 
+import os
+import weakref
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -25,7 +28,10 @@ from onnx_nfi.scan.topn import TopN
 
 GREY = 127.0
 MIN_VALID_WEIGHT = 0.1
-_CHUNK_BYTES = 192 * 2**20
+#: float32 crops per work item: small enough to stay in the core's cache between the gather and
+#: the matrix product (a cache-missing gather made NFs as slow as the scan), large enough that
+#: Python's per-chunk overhead is noise.
+_CHUNK_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -74,14 +80,53 @@ def scaled(image: np.ndarray, geometry: CropGeometry) -> np.ndarray:
     return cv2.resize(image, geometry.image_size[::-1], interpolation=cv2.INTER_AREA)
 
 
+class _ScaledCache:
+    """Scaled copies of display images for the most recent image size.
+
+    Consecutive layers of a block usually share a scale, and re-scaling every top image for
+    every layer cost as much as the crops themselves. Only one size is kept (memory stays at one
+    scaled set), and entries are keyed by the source array's identity, held weakly, so a new or
+    freed image is never confused with an old one.
+    """
+
+    def __init__(self) -> None:
+        self.size: tuple[int, int] | None = None
+        self.entries: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+    def get(self, image: np.ndarray, geometry: CropGeometry) -> np.ndarray:
+        if geometry.scale == 1.0:
+            return image
+        if self.size != geometry.image_size:
+            self.size, self.entries = geometry.image_size, {}
+        hit = self.entries.get(id(image))
+        if hit is not None and hit[0]() is image:
+            return hit[1]
+        out = scaled(image, geometry)
+        self.entries[id(image)] = (weakref.ref(image), out)
+        return out
+
+
+_SCALED = _ScaledCache()
+
+
+def compute_threads() -> int:
+    """Worker threads for NF crops: ``ONNX_NFI_THREADS`` (as for onnxruntime), else every core.
+
+    numpy's fancy indexing, dtype conversion and matmul release the GIL, so threads scale.
+    """
+    env = os.environ.get("ONNX_NFI_THREADS")
+    return max(1, int(env)) if env else max(1, os.cpu_count() or 1)
+
+
 def neuron_features(
     topn: TopN, images: Mapping[int, np.ndarray], geometry: CropGeometry
 ) -> tuple[np.ndarray, np.ndarray]:
     """NFs ``float32 [C, cy, cx, 3]`` (RGB 0-255) and a ``bool [C]`` mask of neurons that have one (not dead).
 
     ``images`` maps image id -> display image (uint8 [H, W, 3]); every id in ``topn`` must be
-    there. Crops are strided views into one zero-padded stack of the layer's top images, so
-    cutting a crop is a block copy; the weighted sum is a batched matrix product. Out-of-image
+    there. Crops are strided views into one zero-padded uint8 stack of the layer's top images, so
+    cutting a crop is a block copy (a quarter of the bytes of float32); the weighted sum is a
+    batched matrix product over cache-sized chunks of units, spread over threads. Out-of-image
     pixels are zero in the padding, so they add nothing to the numerator, and the valid weight
     is separable (rows × columns), so the denominator is a small product too.
     """
@@ -100,9 +145,12 @@ def neuron_features(
     sy, sx = geometry.starts(topn.ys, topn.xs)
     pad_y = int(max(0, -sy[live].min(), sy[live].max() + cy - hs))
     pad_x = int(max(0, -sx[live].min(), sx[live].max() + cx - ws))
-    stack = np.zeros((used.size, hs + 2 * pad_y, ws + 2 * pad_x, 3), np.float32)
-    for k, image_id in enumerate(used):
-        stack[k, pad_y : pad_y + hs, pad_x : pad_x + ws] = scaled(images[int(image_id)], geometry)
+    stack = np.zeros((used.size, hs + 2 * pad_y, ws + 2 * pad_x, 3), np.uint8)
+    sources = [images[int(image_id)] for image_id in used]
+
+    def fill(k: int) -> None:
+        stack[k, pad_y : pad_y + hs, pad_x : pad_x + ws] = _SCALED.get(sources[k], geometry)
+
     su, sh, sw, sc = stack.strides
     windows = np.lib.stride_tricks.as_strided(
         stack,
@@ -114,16 +162,19 @@ def neuron_features(
     ty, tx = np.clip(sy + pad_y, 0, stack.shape[1] - cy), np.clip(sx + pad_x, 0, stack.shape[2] - cx)
     valid_y = ((sy[..., None] + np.arange(cy)) >= 0) & ((sy[..., None] + np.arange(cy)) < hs)  # [C, n, cy]
     valid_x = ((sx[..., None] + np.arange(cx)) >= 0) & ((sx[..., None] + np.arange(cx)) < ws)  # [C, n, cx]
-    step = max(1, _CHUNK_BYTES // (n * cy * cx * 3 * 4))
-    for lo in range(0, channels, step):
-        units = np.arange(lo, min(channels, lo + step))
-        units = units[alive[units]]
-        if units.size == 0:
-            continue
+
+    def chunk(units: np.ndarray) -> None:
         w = weights[units]  # [u, n]
-        crops = windows[slot[units], ty[units], tx[units]]  # [u, n, cy, cx, 3]
-        num = np.matmul(w[:, None, :], crops.reshape(units.size, n, -1)).reshape(units.size, cy, cx, 3)
+        crops = windows[slot[units], ty[units], tx[units]].reshape(units.size, n, -1).astype(np.float32)
+        num = np.matmul(w[:, None, :], crops).reshape(units.size, cy, cx, 3)
         den = np.matmul((valid_y[units] * w[..., None]).transpose(0, 2, 1), valid_x[units].astype(np.float32))
         ok = den >= MIN_VALID_WEIGHT
         nfs[units] = np.where(ok[..., None], num / np.where(ok, den, 1)[..., None], GREY)
+
+    step = max(1, _CHUNK_BYTES // (n * cy * cx * 3 * 4))
+    live_units = np.flatnonzero(alive)
+    chunks = [live_units[lo : lo + step] for lo in range(0, live_units.size, step)]
+    with ThreadPoolExecutor(compute_threads(), thread_name_prefix="nfi-nf") as pool:
+        list(pool.map(fill, range(used.size)))
+        list(pool.map(chunk, chunks))  # chunks write disjoint rows of ``nfs``
     return nfs, alive
