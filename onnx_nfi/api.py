@@ -64,6 +64,26 @@ class AnalysisSummary:
     total_seconds: float
 
 
+@dataclass
+class Analysis:
+    """Everything one ``analyze`` computed, on its way into the database in one transaction."""
+
+    name: str
+    model: LoadedModel
+    pre: Preprocessing
+    infos: list[LayerInfo]
+    scan: ScanResult
+    skipped: list[tuple[Path, str]]
+    label_source: str
+    config: AnalyzeConfig
+    probe: search.ProbeSet
+    probe_scores: dict[str, np.ndarray]
+    nfs: dict[str, np.ndarray]
+    indexes: IndexResult | None
+    started: dt.datetime
+    finished: dt.datetime
+
+
 def open_model(model_path: str | Path, preprocess: str | None = None) -> tuple[LoadedModel, Preprocessing]:
     """Load a model and decide its preprocessing (dynamic input sizes take the preprocessing's size)."""
     model_path = Path(model_path)
@@ -136,21 +156,18 @@ def analyze(
     display = load_display_images(images_needed, pre, progress) if images_needed else {}
     nfs = compute_nfs(scan_result, infos, display, pre, config, progress) if config.nf else {}
     t_index = dt.datetime.now()
-    index_result = compute_indexes(
+    index_result = _compute_indexes(
         lm, pre, [IndexLayer(i.layer, i.rf, scan_result.stats[i.layer.tensor].topn) for i in infos], display,
-        {img.image_id: img.label for img in scan_result.images}, indexes,
-        color_mode=config.color_mode, rho=config.rho, population_threshold=config.population_threshold,
-        batch_size=max(1, config.batch_size // 2), provider=config.provider, seed=config.seed,
-        progress=(lambda d, t: progress("index", d, t)) if progress else None,
+        {img.image_id: img.label for img in scan_result.images}, config, progress,
     ) if indexes else None
-    finished = dt.datetime.now()
+    analysis = Analysis(
+        name, lm, pre, infos, scan_result, [*imageset.rejected, *scan_result.skipped], imageset.label_source, config,
+        probe, probe_scores, nfs, index_result, started, dt.datetime.now(),
+    )
 
     created = not Path(db).exists()
     try:
-        run_id, dead = _store_analysis(
-            db, name, lm, pre, infos, scan_result, [*imageset.rejected, *scan_result.skipped], nfs, index_result,
-            imageset.label_source, config, started, finished, probe, probe_scores,
-        )
+        run_id, dead = _store_analysis(db, analysis)
     except BaseException:
         if created:  # never leave an empty or half-made database behind
             Path(db).unlink(missing_ok=True)
@@ -171,38 +188,41 @@ def analyze(
         preprocessing=pre.name,
         scan_seconds=scan_result.seconds,
         nf_seconds=(t_index - t_nf).total_seconds(),
-        index_seconds=(finished - t_index).total_seconds(),
-        total_seconds=(finished - started).total_seconds(),
+        index_seconds=(analysis.finished - t_index).total_seconds(),
+        total_seconds=(analysis.finished - started).total_seconds(),
     )
 
 
-def _store_analysis(
-    db: str | Path,
-    name: str,
-    lm: LoadedModel,
-    pre: Preprocessing,
-    infos: list[LayerInfo],
-    scan_result: ScanResult,
-    skipped: list[tuple[Path, str]],
-    nfs: dict[str, np.ndarray],
-    index_result: IndexResult | None,
-    label_source: str,
-    config: AnalyzeConfig,
-    started: dt.datetime,
-    finished: dt.datetime,
-    probe: search.ProbeSet,
-    probe_scores: dict[str, np.ndarray],
-) -> tuple[int, int]:
+def _store_analysis(db: str | Path, analysis: Analysis) -> tuple[int, int]:
     """Replace the model's rows in one transaction; returns (run id, dead neurons)."""
+    name = analysis.name
     with Store.open(db) as store, store.transaction():
         run_id = store.reserve_ids("runs", "run_id", 1)
         store.delete_model(name)
-        _write_analysis(store, name, lm, pre, infos, scan_result, skipped, nfs, label_source, config, run_id, started, finished)
-        if index_result is not None:
-            write_indexes(store, name, index_result)
-        search.store_vectors(store, name, probe, probe_scores, nfs)
+        _write_analysis(store, analysis, run_id)
+        if analysis.indexes is not None:
+            write_indexes(store, name, analysis.indexes)
+        search.store_vectors(store, name, analysis.probe, analysis.probe_scores, analysis.nfs)
         dead = int(store.con.execute("SELECT count(*) FROM neurons WHERE model = ? AND dead", [name]).fetchone()[0])
     return run_id, dead
+
+
+def _compute_indexes(
+    lm: LoadedModel,
+    pre: Preprocessing,
+    items: list[IndexLayer],
+    display: dict[int, np.ndarray],
+    labels: dict[int, str | None],
+    config: AnalyzeConfig,
+    progress: Progress | None,
+) -> IndexResult:
+    """The configured selectivity indexes (analysis and ``index`` share this)."""
+    return compute_indexes(
+        lm, pre, items, display, labels, parse_indexes(config.indexes),
+        color_mode=config.color_mode, rho=config.rho, population_threshold=config.population_threshold,
+        batch_size=max(1, config.batch_size // 2), provider=config.provider, seed=config.seed,
+        progress=(lambda d, t: progress("index", d, t)) if progress else None,
+    )
 
 
 def load_display_images(
@@ -264,26 +284,15 @@ def write_indexes(store: Store, name: str, result: IndexResult) -> None:
         })
 
 
-def _write_analysis(
-    store: Store,
-    name: str,
-    lm: LoadedModel,
-    pre: Preprocessing,
-    infos: list[LayerInfo],
-    result: ScanResult,
-    skipped: list[tuple[Path, str]],
-    nfs: dict[str, np.ndarray],
-    label_source: str,
-    config: AnalyzeConfig,
-    run_id: int,
-    started: dt.datetime,
-    finished: dt.datetime,
-) -> None:
+def _write_analysis(store: Store, analysis: Analysis, run_id: int) -> None:
+    """Insert the model's rows (inside the caller's transaction)."""
+    name, lm, pre, infos, result = analysis.name, analysis.model, analysis.pre, analysis.infos, analysis.scan
+    skipped, nfs, config = analysis.skipped, analysis.nfs, analysis.config
     n_neurons = sum(i.layer.channels for i in infos)
     first_id = store.reserve_ids("neurons", "neuron_id", n_neurons)
     store.con.execute(
         "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [name, str(lm.path), lm.sha256, pre.input_size[0], pre.input_size[1], pre.layout, pre.to_json(), lm.opset, len(infos), run_id, finished],
+        [name, str(lm.path), lm.sha256, pre.input_size[0], pre.input_size[1], pre.layout, pre.to_json(), lm.opset, len(infos), run_id, analysis.finished],
     )
     imgs = result.images
     store.insert("images", {
@@ -292,7 +301,7 @@ def _write_analysis(
         "path": np.array([str(i.path) for i in imgs], dtype=object),
         "sha256": np.array([i.sha256 for i in imgs], dtype=object),
         "label": np.array([i.label for i in imgs], dtype=object),
-        "label_source": np.full(len(imgs), label_source, dtype=object),
+        "label_source": np.full(len(imgs), analysis.label_source, dtype=object),
     })
     depths = [i.layer.depth for i in infos]
     lo, hi = min(depths), max(depths)
@@ -356,7 +365,7 @@ def _write_analysis(
         })
     store.con.execute(
         "INSERT INTO runs VALUES (?, ?, 'analyze', ?, ?, ?, ?, ?, ?, ?)",
-        [run_id, name, started, finished, len(result.images), len(skipped), config.top_n, result.provider, config.to_json()],
+        [run_id, name, analysis.started, analysis.finished, len(result.images), len(skipped), config.top_n, result.provider, config.to_json()],
     )
     if skipped:
         store.insert("skipped_images", {
@@ -464,12 +473,7 @@ def index(
     paths = {int(r["image_id"]): Path(r["path"]) for r in image_rows}
     needed = np.unique(np.concatenate([t.ids[t.ids >= 0] for t in topns.values()]))
     display = load_display_images({int(i): paths[int(i)] for i in needed}, pre, progress, phase="index")
-    result = compute_indexes(
-        lm, pre, items, display, {int(r["image_id"]): r["label"] for r in image_rows}, indexes,
-        color_mode=config.color_mode, rho=config.rho, population_threshold=config.population_threshold,
-        batch_size=max(1, config.batch_size // 2), provider=config.provider, seed=config.seed,
-        progress=(lambda d, t: progress("index", d, t)) if progress else None,
-    )
+    result = _compute_indexes(lm, pre, items, display, {int(r["image_id"]): r["label"] for r in image_rows}, config, progress)
     with Store.open(db) as store, store.transaction():
         write_indexes(store, model, result)
         search.store_index_vectors(store, model)

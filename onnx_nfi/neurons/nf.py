@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import cv2
 import numpy as np
 
 from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.scan.topn import TopN
+
+T = TypeVar("T")
 
 GREY = 127.0
 MIN_VALID_WEIGHT = 0.1
@@ -174,7 +177,17 @@ def neuron_features(
     step = max(1, _CHUNK_BYTES // (n * cy * cx * 3 * 4))
     live_units = np.flatnonzero(alive)
     chunks = [live_units[lo : lo + step] for lo in range(0, live_units.size, step)]
-    with ThreadPoolExecutor(compute_threads(), thread_name_prefix="nfi-nf") as pool:
-        list(pool.map(fill, range(used.size)))
-        list(pool.map(chunk, chunks))  # chunks write disjoint rows of ``nfs``
+    _run(fill, range(used.size))
+    _run(chunk, chunks)  # chunks write disjoint rows of ``nfs``
     return nfs, alive
+
+
+def _run(task: Callable[[T], None], items: Iterable[T]) -> None:
+    """``task`` on every item, over ``compute_threads()`` threads (inline when there is one)."""
+    threads = compute_threads()
+    if threads == 1:
+        for item in items:
+            task(item)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="nfi-nf") as pool:
+        list(pool.map(task, items))
