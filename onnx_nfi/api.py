@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 
 from onnx_nfi import search
@@ -20,10 +21,11 @@ from onnx_nfi.config import AnalyzeConfig, parse_indexes
 from onnx_nfi.data.images import ImageFile, list_images, parse_label_option, read_class_names
 from onnx_nfi.data.loader import iter_decoded
 from onnx_nfi.data.preprocess import Preprocessing, from_dict, resolve
-from onnx_nfi.errors import ImageError, ModelError
+from onnx_nfi.errors import ImageError, ModelError, StoreError
 from onnx_nfi.graph.layers import Layer, find_conv_layers, select_layers
 from onnx_nfi.graph.load import LoadedModel, file_sha256, load_model
 from onnx_nfi.graph.receptive_field import ReceptiveField, receptive_fields
+from onnx_nfi.graph.rf_probe import compare, probe_receptive_fields
 from onnx_nfi.graph.session import check_runtime_install
 from onnx_nfi.neurons.indexes import IndexLayer, IndexResult, compute_indexes
 from onnx_nfi.neurons.nf import crop_geometry, neuron_features
@@ -377,8 +379,6 @@ def _write_analysis(store: Store, analysis: Analysis, run_id: int) -> None:
 
 def verify_receptive_fields(model_path: str | Path, preprocess: str | None = None) -> dict[str, list[str]]:
     """Analytic vs empirically probed receptive field per layer; only layers that differ are returned."""
-    from onnx_nfi.graph.rf_probe import compare, probe_receptive_fields
-
     lm, _ = open_model(model_path, preprocess)
     infos = model_layers(lm)
     hw = (lm.input.height, lm.input.width)
@@ -394,10 +394,6 @@ SQL_FORMATS = ("table", "csv", "json", "parquet")
 
 def sql(query: str, db: str | Path = DEFAULT_DB, *, write: bool = False) -> tuple[list[str], list[tuple]]:
     """Run SQL on the database (read-only unless ``write``); returns column names and rows."""
-    import duckdb
-
-    from onnx_nfi.errors import StoreError
-
     with Store.open(db, read_only=not write) as store:
         try:
             cur = store.con.execute(query)
@@ -412,10 +408,6 @@ def sql(query: str, db: str | Path = DEFAULT_DB, *, write: bool = False) -> tupl
 
 def export_parquet(query: str, target: str | Path, db: str | Path = DEFAULT_DB) -> Path:
     """Write a query's result to a Parquet file (DuckDB's own writer)."""
-    import duckdb
-
-    from onnx_nfi.errors import StoreError
-
     target = Path(target)
     with Store.open(db, read_only=True) as store:
         try:

@@ -6,7 +6,10 @@ into one ``Error: …`` line on stderr with exit code 2.
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -241,10 +244,6 @@ def _plain_table(columns: list[str], rows: list[tuple]) -> str:
 
 def render_rows(columns: list[str], rows: list[tuple], fmt: str) -> str:
     """csv / json text of query rows (json: a list of objects)."""
-    import csv
-    import io
-    import json
-
     if fmt == "json":
         return json.dumps([dict(zip(columns, r)) for r in rows], default=str, indent=1) + "\n"
     buf = io.StringIO()
@@ -257,8 +256,9 @@ def render_rows(columns: list[str], rows: list[tuple], fmt: str) -> str:
 BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
 DEMO_QUERIES = (
     ("Most colour-selective neurons of Lite0's conv20",
-     "SELECT unit, color_selectivity, top_class FROM neurons n JOIN layers l USING (model, layer) "
-     "WHERE model = 'efficientnet_lite0' AND alias = 'conv20' ORDER BY color_selectivity DESC LIMIT 5"),
+     "SELECT unit, round(color_selectivity, 3) AS color, round(active_fraction, 2) AS active, top_class "
+     "FROM neurons n JOIN layers l USING (model, layer) WHERE model = 'efficientnet_lite0' AND alias = 'conv20' "
+     "AND active_fraction > 0.2 ORDER BY color_selectivity DESC LIMIT 5"),
     ("Colour and class selectivity by relative depth, both models",
      "SELECT model, alias, round(relative_depth, 2) AS depth, round(color_selectivity_median, 3) AS color, "
      "round(class_selectivity_median, 3) AS class FROM layer_summary WHERE alias IN ('conv1', 'conv10', 'conv25', 'conv40', 'conv49', 'conv52') "

@@ -163,14 +163,13 @@ def neuron_features(
     )
     slot = np.clip(np.searchsorted(used, topn.ids), 0, used.size - 1)  # weight-0 entries: any slot
     ty, tx = np.clip(sy + pad_y, 0, stack.shape[1] - cy), np.clip(sx + pad_x, 0, stack.shape[2] - cx)
-    valid_y = ((sy[..., None] + np.arange(cy)) >= 0) & ((sy[..., None] + np.arange(cy)) < hs)  # [C, n, cy]
-    valid_x = ((sx[..., None] + np.arange(cx)) >= 0) & ((sx[..., None] + np.arange(cx)) < ws)  # [C, n, cx]
 
     def chunk(units: np.ndarray) -> None:
         w = weights[units]  # [u, n]
         crops = windows[slot[units], ty[units], tx[units]].reshape(units.size, n, -1).astype(np.float32)
         num = np.matmul(w[:, None, :], crops).reshape(units.size, cy, cx, 3)
-        den = np.matmul((valid_y[units] * w[..., None]).transpose(0, 2, 1), valid_x[units].astype(np.float32))
+        valid_y, valid_x = _inside(sy[units], cy, hs), _inside(sx[units], cx, ws)  # [u, n, cy], [u, n, cx]
+        den = np.matmul((valid_y * w[..., None]).transpose(0, 2, 1), valid_x.astype(np.float32))
         ok = den >= MIN_VALID_WEIGHT
         nfs[units] = np.where(ok[..., None], num / np.where(ok, den, 1)[..., None], GREY)
 
@@ -180,6 +179,12 @@ def neuron_features(
     _run(fill, range(used.size))
     _run(chunk, chunks)  # chunks write disjoint rows of ``nfs``
     return nfs, alive
+
+
+def _inside(starts: np.ndarray, size: int, limit: int) -> np.ndarray:
+    """``[..., size]`` mask of the crop pixels along one axis that fall inside ``[0, limit)``."""
+    pos = starts[..., None] + np.arange(size)
+    return (pos >= 0) & (pos < limit)
 
 
 def _run(task: Callable[[T], None], items: Iterable[T]) -> None:
