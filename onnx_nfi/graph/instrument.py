@@ -43,26 +43,93 @@ def instrument(
     graph.output.extend(kept_outputs)
     maxes: dict[str, str] = {}
     argmaxes: dict[str, str] = {}
+    reduce = _row_first_reduction if opset >= 11 else _flat_reduction
     for i, layer in enumerate(layers):
-        base = f"{_PREFIX}{i}"
-        flat, shape_name = f"{base}_flat", f"{base}_shape"
-        graph.initializer.append(numpy_helper.from_array(np.array([0, layer.channels, -1], dtype=np.int64), shape_name))
-        graph.node.append(helper.make_node("Reshape", [layer.tensor, shape_name], [flat], name=f"{base}_reshape"))
-        max_raw = f"{base}_max_raw"
-        if opset >= 18:
-            axes_name = f"{base}_axes"
-            graph.initializer.append(numpy_helper.from_array(np.array([2], dtype=np.int64), axes_name))
-            graph.node.append(helper.make_node("ReduceMax", [flat, axes_name], [max_raw], keepdims=0, name=f"{base}_rmax"))
-        else:
-            graph.node.append(helper.make_node("ReduceMax", [flat], [max_raw], axes=[2], keepdims=0, name=f"{base}_rmax"))
-        max_out, arg_out = f"{base}_max", f"{base}_argmax"
-        graph.node.append(helper.make_node("Cast", [max_raw], [max_out], to=TensorProto.FLOAT, name=f"{base}_cast"))
-        graph.node.append(helper.make_node("ArgMax", [flat], [arg_out], axis=2, keepdims=0, name=f"{base}_argmax"))
+        nodes, inits, max_out, arg_out = reduce(layer, f"{_PREFIX}{i}", opset)
+        graph.node.extend(nodes)
+        graph.initializer.extend(inits)
         graph.output.append(helper.make_tensor_value_info(max_out, TensorProto.FLOAT, [BATCH_DIM, layer.channels]))
         graph.output.append(helper.make_tensor_value_info(arg_out, TensorProto.INT64, [BATCH_DIM, layer.channels]))
         maxes[layer.tensor], argmaxes[layer.tensor] = max_out, arg_out
     _prune(graph)
     return proto, Outputs(maxes, argmaxes, model_outputs)
+
+
+Reduction = tuple[list[onnx.NodeProto], list[onnx.TensorProto], str, str]
+
+
+def _const(name: str, values: list[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+def _reduce_max(data: str, out: str, axes: list[int], base: str, opset: int) -> Reduction:
+    """``ReduceMax`` without keepdims, in the form of the model's opset (axes an input from 18)."""
+    if opset >= 18:
+        return [helper.make_node("ReduceMax", [data, f"{base}_axes"], [out], keepdims=0, name=f"{base}_rmax")], [
+            _const(f"{base}_axes", axes)
+        ], out, ""
+    return [helper.make_node("ReduceMax", [data], [out], axes=axes, keepdims=0, name=f"{base}_rmax")], [], out, ""
+
+
+def _row_first_reduction(layer: Layer, base: str, opset: int) -> Reduction:
+    """Max and first row-major argmax through the per-row maxima.
+
+    ``rows = MaxPool(A, kernel 1×W)`` runs on onnxruntime's blocked (NCHWc) layout, where the
+    convolutions leave their outputs; the max is the max of the rows, the first row holding it is
+    ``ArgMax(rows)``, and only that row (W values per channel, one ``Gather`` of contiguous rows)
+    is searched for the column. The first maximum of the first row that has one is the first
+    maximum in row-major order. An ``ArgMax`` over each flattened map cost more than the whole
+    convolution stack of a depthwise-separable net; this reads the map once for the rows and once
+    to convert its layout for the gather.
+    """
+    h, w, c = layer.height, layer.width, layer.channels
+
+    def name(part: str) -> str:
+        return f"{base}_{part}"
+
+    nodes, inits, max_raw, _ = _reduce_max(name("rows"), name("max_raw"), [2, 3], base, opset)
+    nodes = [
+        helper.make_node("MaxPool", [layer.tensor], [name("rows")], kernel_shape=[1, w], name=name("rowmax")),
+        *nodes,
+        helper.make_node("Cast", [max_raw], [name("max")], to=TensorProto.FLOAT, name=name("cast")),
+        # y: first row holding the max, one per (image, channel), flattened to N*C
+        helper.make_node("ArgMax", [name("rows")], [name("y_nc")], axis=2, keepdims=0, name=name("argmax_y")),
+        helper.make_node("Reshape", [name("y_nc"), name("minus1")], [name("y")], name=name("y_flat")),
+        # that row's index among the N*C*H rows of the map: (n*C + c)*H + y
+        helper.make_node("Size", [name("y")], [name("nc")], name=name("size")),
+        helper.make_node("Range", [name("zero"), name("nc"), name("one")], [name("channel")], name=name("range")),
+        helper.make_node("Mul", [name("channel"), name("height")], [name("row0")], name=name("row0")),
+        helper.make_node("Add", [name("row0"), name("y")], [name("row_index")], name=name("row_index")),
+        helper.make_node("Reshape", [layer.tensor, name("row_shape")], [name("map_rows")], name=name("map_rows")),
+        helper.make_node("Gather", [name("map_rows"), name("row_index")], [name("row")], axis=0, name=name("gather")),
+        helper.make_node("ArgMax", [name("row")], [name("x")], axis=1, keepdims=0, name=name("argmax_x")),
+        helper.make_node("Mul", [name("y"), name("width")], [name("yw")], name=name("yw")),
+        helper.make_node("Add", [name("yw"), name("x")], [name("flat")], name=name("flat")),
+        helper.make_node("Reshape", [name("flat"), name("shape")], [name("argmax")], name=name("reshape")),
+    ]
+    inits += [
+        _const(name("minus1"), [-1]),
+        numpy_helper.from_array(np.array(0, np.int64), name("zero")),
+        numpy_helper.from_array(np.array(1, np.int64), name("one")),
+        _const(name("height"), [h]),
+        _const(name("width"), [w]),
+        _const(name("row_shape"), [-1, w]),
+        _const(name("shape"), [-1, c]),
+    ]
+    return nodes, inits, name("max"), name("argmax")
+
+
+def _flat_reduction(layer: Layer, base: str, opset: int) -> Reduction:
+    """Max and first argmax over the flattened map (opsets before 11 have no GatherElements)."""
+    flat, out_max, out_arg = f"{base}_flat", f"{base}_max", f"{base}_argmax"
+    nodes, inits, max_raw, _ = _reduce_max(flat, f"{base}_max_raw", [2], base, opset)
+    nodes = [
+        helper.make_node("Reshape", [layer.tensor, f"{base}_shape"], [flat], name=f"{base}_reshape"),
+        *nodes,
+        helper.make_node("Cast", [max_raw], [out_max], to=TensorProto.FLOAT, name=f"{base}_cast"),
+        helper.make_node("ArgMax", [flat], [out_arg], axis=2, keepdims=0, name=f"{base}_argmax"),
+    ]
+    return nodes, [*inits, _const(f"{base}_shape", [0, layer.channels, -1])], out_max, out_arg
 
 
 def with_outputs(model: LoadedModel, tensors: list[str]) -> onnx.ModelProto:

@@ -96,11 +96,14 @@ class _ScaledCache:
         self.size: tuple[int, int] | None = None
         self.entries: dict[int, tuple[weakref.ref, np.ndarray]] = {}
 
+    def use(self, geometry: CropGeometry) -> None:
+        """Start a layer (before its threads): another image size drops the kept set."""
+        if self.size != geometry.image_size:
+            self.size, self.entries = geometry.image_size, {}
+
     def get(self, image: np.ndarray, geometry: CropGeometry) -> np.ndarray:
         if geometry.scale == 1.0:
             return image
-        if self.size != geometry.image_size:
-            self.size, self.entries = geometry.image_size, {}
         hit = self.entries.get(id(image))
         if hit is not None and hit[0]() is image:
             return hit[1]
@@ -176,6 +179,7 @@ def neuron_features(
     step = max(1, _CHUNK_BYTES // (n * cy * cx * 3 * 4))
     live_units = np.flatnonzero(alive)
     chunks = [live_units[lo : lo + step] for lo in range(0, live_units.size, step)]
+    _SCALED.use(geometry)
     _run(fill, range(used.size))
     _run(chunk, chunks)  # chunks write disjoint rows of ``nfs``
     return nfs, alive

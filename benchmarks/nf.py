@@ -1,0 +1,101 @@
+"""Benchmark of the Neuron Feature phase against the scan, for one model on one image folder.
+
+In one run: the analyse scan (every conv layer, top-N 100) and then the NF phase as ``analyze``
+runs it: decode the union of all neurons' top images once, then every layer's NFs at the default
+``nf_max_size`` of ``onnx_nfi.config.AnalyzeConfig``. The scan + NF pair is repeated
+``--repeats`` times and the median of NF time / scan time is reported; the goal is <= 0.25.
+
+Usage: python benchmarks/nf.py [--model M.onnx] [--images DIR] [--repeats 3]
+Writes benchmarks/results/nf-<hostname>.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import LITE0, demo_photos, load_average, machine, machine_line, write_results  # noqa: E402
+
+from onnx_nfi.api import compute_nfs, load_display_images, model_layers, open_model, top_images  # noqa: E402
+from onnx_nfi.config import AnalyzeConfig  # noqa: E402
+from onnx_nfi.data.images import list_images  # noqa: E402
+from onnx_nfi.neurons import nf as nf_module  # noqa: E402
+from onnx_nfi.scan.scanner import scan  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=LITE0)
+    parser.add_argument("--images", type=Path, default=None, help="image folder (default: the demo photos)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--provider", default="cpu")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    config = AnalyzeConfig(provider=args.provider)
+    started, load_start = time.perf_counter(), load_average()
+    lm, pre = open_model(args.model)
+    infos = model_layers(lm)
+    files = list_images(args.images or demo_photos()).files
+    rows = []
+    for r in range(args.repeats):
+        result = scan(lm, [i.layer for i in infos], pre, files, top_n=config.top_n, batch_size=config.batch_size, provider=config.provider)
+        t0 = time.perf_counter()
+        needed = top_images(result)
+        display = load_display_images(needed, pre)
+        t1 = time.perf_counter()
+        nfs = compute_nfs(result, infos, display, pre, config, None)
+        t2 = time.perf_counter()
+        rows.append(
+            {"scan_s": result.seconds, "decode_s": t1 - t0, "nf_s": t2 - t1, "phase_s": t2 - t0, "top_images": len(needed)}
+        )
+        print(
+            f"repeat {r + 1}/{args.repeats}: scan {result.seconds:.2f} s, NF phase {t2 - t0:.2f} s "
+            f"(decode {t1 - t0:.2f} s), fraction {(t2 - t0) / result.seconds:.3f}",
+            file=sys.stderr,
+        )
+    fraction = statistics.median(r["phase_s"] / r["scan_s"] for r in rows)
+    canvases = sorted({nf.shape[1:3] for nf in nfs.values()})
+    data = {
+        "machine": machine(),
+        "model": args.model.name,
+        "images": len(result.images),
+        "layers": len(infos),
+        "neurons": sum(i.layer.channels for i in infos),
+        "top_n": config.top_n,
+        "nf_max_size": config.nf_max_size,
+        "nf_threads": getattr(nf_module, "compute_threads", lambda: 1)(),
+        "canvases": [list(c) for c in canvases],
+        "repeats": rows,
+        "fraction_median": fraction,
+        "load_average": [load_start, load_average()],
+        "seconds": time.perf_counter() - started,
+    }
+    table = "\n".join(
+        [
+            "| repeat | scan s | NF phase s | of which decode s | NF / scan |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {k + 1} | {r['scan_s']:.2f} | {r['phase_s']:.2f} | {r['decode_s']:.2f} | {r['phase_s'] / r['scan_s']:.3f} |"
+                for k, r in enumerate(rows)
+            ),
+        ]
+    )
+    md = (
+        f"# nf.py: NF phase vs scan\n\n{machine_line(data['machine'])}\n\n"
+        f"`{data['model']}`, {data['images']} images, {data['layers']} layers, {data['neurons']} neurons, "
+        f"top-N {config.top_n}, nf_max_size {config.nf_max_size} (NF sides {', '.join(f'{h}x{w}' for h, w in canvases)}), "
+        f"{rows[-1]['top_images']} distinct top images decoded, {data['nf_threads']} NF threads; "
+        f"1-minute load average {load_start} at start, {data['load_average'][1]} at end.\n\n{table}\n\n"
+        f"- **NF phase / scan = {fraction:.3f}** (median; goal <= 0.25)\n"
+    )
+    print(md)
+    print(f"written to {write_results('nf', md, data, args.out)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Benchmark of the analyse scan against plain onnxruntime inference of the same model.
+
+In one run, with the same model, batch size, provider and session options, images/s of:
+  (a) plain inference of the unmodified model on already-preprocessed tensors;
+  (b) plain inference including decoding and preprocessing (onnx-nfi's loader: background
+      OpenCV decode, resize, crop; then normalise), i.e. "inference over an image folder";
+  (c) the analyse scan (``onnx_nfi.scan.scanner.scan``: every conv layer, top-N 100);
+  (d) for diagnosis, the instrumented model's pure inference on the tensors of (a).
+Warm-up is excluded; the modes run round-robin ``--repeats`` times, so a busy machine slows all
+of them alike, and the median is reported. The goal is (c)/(a) >= 0.9.
+
+Usage: python benchmarks/scan.py [--model M.onnx] [--images DIR] [--batch-size 32] [--repeats 3]
+Writes benchmarks/results/scan-<hostname>.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import LITE0, demo_photos, load_average, machine, machine_line, write_results  # noqa: E402
+
+from onnx_nfi.api import model_layers, open_model  # noqa: E402
+from onnx_nfi.data.images import list_images  # noqa: E402
+from onnx_nfi.data.loader import iter_batches  # noqa: E402
+from onnx_nfi.graph.instrument import instrument  # noqa: E402
+from onnx_nfi.graph.session import Runner  # noqa: E402
+from onnx_nfi.scan.scanner import scan  # noqa: E402
+
+MODES = {
+    "a": "plain inference, preprocessed tensors",
+    "b": "plain inference + decode/preprocess",
+    "c": "analyse scan (all layers, top-N)",
+    "d": "instrumented model, preprocessed tensors",
+}
+
+
+def timed(fn: Callable[[], int]) -> tuple[float, float, int]:
+    """Wall seconds, process CPU seconds and images of one call."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    images = fn()
+    return time.perf_counter() - t0, time.process_time() - c0, images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=LITE0)
+    parser.add_argument("--images", type=Path, default=None, help="image folder (default: the demo photos)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--top-n", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--provider", default="cpu")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    started, load_start = time.perf_counter(), load_average()
+    lm, pre = open_model(args.model)
+    layers = [info.layer for info in model_layers(lm)]
+    files = list_images(args.images or demo_photos()).files
+    tensors = [pre.to_tensor(b.images) for b in iter_batches(files, pre, args.batch_size)]
+    n_images = sum(len(t) for t in tensors)
+    plain = Runner(lm.proto, args.provider)
+    instrumented = Runner(instrument(lm, layers)[0], args.provider)
+
+    def run_a() -> int:
+        for t in tensors:
+            plain.run(t)
+        return n_images
+
+    def run_b() -> int:
+        done = 0
+        for batch in iter_batches(files, pre, args.batch_size):
+            plain.run(pre.to_tensor(batch.images))
+            done += len(batch.ids)
+        return done
+
+    def run_c() -> int:
+        return len(scan(lm, layers, pre, files, top_n=args.top_n, batch_size=args.batch_size, provider=args.provider).images)
+
+    def run_d() -> int:
+        for t in tensors:
+            instrumented.run(t)
+        return n_images
+
+    runs = {"a": run_a, "b": run_b, "c": run_c, "d": run_d}
+    # warm-up: sessions' first runs allocate their arenas; the scan's session is new each call
+    plain.run(tensors[0])
+    instrumented.run(tensors[0])
+    scan(lm, layers, pre, files[: 2 * args.batch_size], top_n=args.top_n, batch_size=args.batch_size, provider=args.provider)
+    samples: dict[str, list[tuple[float, float, int]]] = {m: [] for m in runs}
+    for r in range(args.repeats):
+        for mode, fn in runs.items():
+            samples[mode].append(timed(fn))
+            wall, cpu, n = samples[mode][-1]
+            print(f"repeat {r + 1}/{args.repeats} ({mode}) {MODES[mode]}: {n / wall:.1f} images/s", file=sys.stderr)
+
+    rate = {m: statistics.median(n / w for w, _, n in s) for m, s in samples.items()}
+    cpu_ms = {m: statistics.median(1000 * c / n for _, c, n in s) for m, s in samples.items()}
+    data = {
+        "machine": machine(),
+        "model": str(args.model.name),
+        "images": n_images,
+        "batch_size": args.batch_size,
+        "top_n": args.top_n,
+        "provider": plain.provider,
+        "layers": len(layers),
+        "neurons": sum(layer.channels for layer in layers),
+        "repeats": args.repeats,
+        "intra_op_threads": os.environ.get("ONNX_NFI_THREADS", "onnxruntime default"),
+        "images_per_s": rate,
+        "images_per_s_all": {m: [n / w for w, _, n in s] for m, s in samples.items()},
+        "cpu_ms_per_image": cpu_ms,
+        "ratio_c_a": rate["c"] / rate["a"],
+        "ratio_c_b": rate["c"] / rate["b"],
+        "ratio_d_a": rate["d"] / rate["a"],
+        "load_average": [load_start, load_average()],
+        "seconds": time.perf_counter() - started,
+    }
+    table = "\n".join(
+        [
+            "| mode | images/s (median) | runs (images/s) | CPU ms / image |",
+            "|---|---|---|---|",
+            *(
+                f"| ({m}) {MODES[m]} | {rate[m]:.1f} | {', '.join(f'{x:.1f}' for x in data['images_per_s_all'][m])} "
+                f"| {cpu_ms[m]:.1f} |"
+                for m in runs
+            ),
+        ]
+    )
+    md = (
+        f"# scan.py: analyse scan vs plain inference\n\n{machine_line(data['machine'])}\n\n"
+        f"`{data['model']}`, {n_images} images ({data['layers']} layers, {data['neurons']} neurons), "
+        f"batch {args.batch_size}, top-N {args.top_n}, provider {plain.provider}, "
+        f"intra-op threads: {data['intra_op_threads']}; median of {args.repeats} round-robin repeats; "
+        f"1-minute load average {load_start} at start, {data['load_average'][1]} at end.\n\n{table}\n\n"
+        f"- **(c)/(a) = {data['ratio_c_a']:.2f}** (goal >= 0.9)\n"
+        f"- (c)/(b) = {data['ratio_c_b']:.2f}\n"
+        f"- (d)/(a) = {data['ratio_d_a']:.2f}: the in-graph max/argmax alone\n"
+    )
+    print(md)
+    print(f"written to {write_results('scan', md, data, args.out)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
