@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import replace
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--provider", default="cpu")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--nf-max-size", type=int, nargs="+", default=[AnalyzeConfig.nf_max_size, 16],
+                        help="NF sizes to time against the same scan (the first is the default)")
     args = parser.parse_args()
 
     config = AnalyzeConfig(provider=args.provider)
@@ -48,18 +51,23 @@ def main() -> None:
         needed = top_images(result)
         display = load_display_images(needed, pre)
         t1 = time.perf_counter()
-        nfs = compute_nfs(result, infos, display, pre, config, None)
-        t2 = time.perf_counter()
-        rows.append(
-            {"scan_s": result.seconds, "decode_s": t1 - t0, "nf_s": t2 - t1, "phase_s": t2 - t0, "top_images": len(needed)}
-        )
-        print(
-            f"repeat {r + 1}/{args.repeats}: scan {result.seconds:.2f} s, NF phase {t2 - t0:.2f} s "
-            f"(decode {t1 - t0:.2f} s), fraction {(t2 - t0) / result.seconds:.3f}",
-            file=sys.stderr,
-        )
-    fraction = statistics.median(r["phase_s"] / r["scan_s"] for r in rows)
-    canvases = sorted({nf.shape[1:3] for nf in nfs.values()})
+        for size in args.nf_max_size:
+            t2 = time.perf_counter()
+            compute_nfs(result, infos, display, pre, replace(config, nf_max_size=size), None)
+            t3 = time.perf_counter()
+            phase = (t1 - t0) + (t3 - t2)
+            rows.append({"nf_max_size": size, "scan_s": result.seconds, "decode_s": t1 - t0, "nf_s": t3 - t2,
+                         "phase_s": phase, "top_images": len(needed)})
+            print(
+                f"repeat {r + 1}/{args.repeats}, nf_max_size {size}: scan {result.seconds:.2f} s, NF phase {phase:.2f} s "
+                f"(decode {t1 - t0:.2f} s), fraction {phase / result.seconds:.3f}",
+                file=sys.stderr,
+            )
+    fraction = statistics.median(r["phase_s"] / r["scan_s"] for r in rows if r["nf_max_size"] == args.nf_max_size[0])
+    fraction_by_size = {
+        size: statistics.median(r["phase_s"] / r["scan_s"] for r in rows if r["nf_max_size"] == size)
+        for size in args.nf_max_size
+    }
     data = {
         "machine": machine(),
         "model": args.model.name,
@@ -67,9 +75,9 @@ def main() -> None:
         "layers": len(infos),
         "neurons": sum(i.layer.channels for i in infos),
         "top_n": config.top_n,
-        "nf_max_size": config.nf_max_size,
+        "nf_max_size": args.nf_max_size,
+        "fraction_by_nf_max_size": fraction_by_size,
         "nf_threads": getattr(nf_module, "compute_threads", lambda: 1)(),
-        "canvases": [list(c) for c in canvases],
         "repeats": rows,
         "fraction_median": fraction,
         "load_average": [load_start, load_average()],
@@ -77,10 +85,11 @@ def main() -> None:
     }
     table = "\n".join(
         [
-            "| repeat | scan s | NF phase s | of which decode s | NF / scan |",
-            "|---|---|---|---|---|",
+            "| repeat | nf_max_size | scan s | NF phase s | of which decode s | NF / scan |",
+            "|---|---|---|---|---|---|",
             *(
-                f"| {k + 1} | {r['scan_s']:.2f} | {r['phase_s']:.2f} | {r['decode_s']:.2f} | {r['phase_s'] / r['scan_s']:.3f} |"
+                f"| {k // len(args.nf_max_size) + 1} | {r['nf_max_size']} | {r['scan_s']:.2f} | {r['phase_s']:.2f} "
+                f"| {r['decode_s']:.2f} | {r['phase_s'] / r['scan_s']:.3f} |"
                 for k, r in enumerate(rows)
             ),
         ]
@@ -88,10 +97,11 @@ def main() -> None:
     md = (
         f"# nf.py: NF phase vs scan\n\n{machine_line(data['machine'])}\n\n"
         f"`{data['model']}`, {data['images']} images, {data['layers']} layers, {data['neurons']} neurons, "
-        f"top-N {config.top_n}, nf_max_size {config.nf_max_size} (NF sides {', '.join(f'{h}x{w}' for h, w in canvases)}), "
+        f"top-N {config.top_n}, default nf_max_size {config.nf_max_size}, "
         f"{rows[-1]['top_images']} distinct top images decoded, {data['nf_threads']} NF threads; "
         f"1-minute load average {load_start} at start, {data['load_average'][1]} at end.\n\n{table}\n\n"
-        f"- **NF phase / scan = {fraction:.3f}** (median; goal <= 0.25)\n"
+        f"- **NF phase / scan = {fraction:.3f}** at the default nf_max_size {args.nf_max_size[0]} (median; goal <= 0.25)\n"
+        + "".join(f"- at nf_max_size {k}: {v:.3f}\n" for k, v in fraction_by_size.items() if k != args.nf_max_size[0])
     )
     print(md)
     print(f"written to {write_results('nf', md, data, args.out)}", file=sys.stderr)

@@ -30,6 +30,7 @@ class Decoded:
     image: np.ndarray | None  # RGB uint8 [H, W, 3] at the input size
     sha256: str
     error: str | None
+    tensor: np.ndarray | None = None  # the normalised model input [C, H, W] / [H, W, C], when asked for
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,13 @@ class Batch:
     """Consecutive readable images: ids are positions among readable images, from 0."""
 
     ids: np.ndarray  # int64 [B]
-    images: np.ndarray  # uint8 [B, H, W, 3]
+    tensor: np.ndarray  # the model's input batch, normalised in the decode threads
     files: tuple[ImageFile, ...]
     sha256: tuple[str, ...]
 
 
-def decode(file: ImageFile, pre: Preprocessing) -> Decoded:
-    """Read, hash and preprocess one file; failures become a reason string."""
+def decode(file: ImageFile, pre: Preprocessing, normalise: bool = False) -> Decoded:
+    """Read, hash and preprocess one file (and normalise it: off the main thread); failures become a reason."""
     try:
         data = Path(file.path).read_bytes()
     except OSError as exc:
@@ -54,7 +55,8 @@ def decode(file: ImageFile, pre: Preprocessing) -> Decoded:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         return Decoded(file, None, digest, "not a decodable image (corrupt, truncated or another format)")
-    return Decoded(file, pre.to_display(image), digest, None)
+    display = pre.to_display(image)
+    return Decoded(file, display, digest, None, pre.to_tensor(display[None])[0] if normalise else None)
 
 
 def default_workers() -> int:
@@ -63,21 +65,25 @@ def default_workers() -> int:
 
 
 def iter_decoded(
-    files: Sequence[ImageFile], pre: Preprocessing, workers: int | None = None, prefetch: int = 64
+    files: Sequence[ImageFile],
+    pre: Preprocessing,
+    workers: int | None = None,
+    prefetch: int = 64,
+    normalise: bool = False,
 ) -> Iterator[Decoded]:
     """Decoded files in order, ``prefetch`` files ahead of the consumer."""
     with ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="nfi-decode") as pool:
         pending: deque[Future[Decoded]] = deque()
         it = iter(files)
         for file in it:
-            pending.append(pool.submit(decode, file, pre))
+            pending.append(pool.submit(decode, file, pre, normalise))
             if len(pending) >= prefetch:
                 break
         while pending:
             result = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(decode, nxt, pre))
+                pending.append(pool.submit(decode, nxt, pre, normalise))
             yield result
 
 
@@ -88,7 +94,7 @@ def iter_batches(
     on_skip: Callable[[Path, str], None] | None = None,
     workers: int | None = None,
 ) -> Iterator[Batch]:
-    """Batches of readable images; each unreadable file goes to ``on_skip(path, reason)``."""
+    """Batches of readable images as model input; each unreadable file goes to ``on_skip(path, reason)``."""
     buf: list[Decoded] = []
     next_id = 0
 
@@ -96,11 +102,11 @@ def iter_batches(
         nonlocal next_id
         ids = np.arange(next_id, next_id + len(buf), dtype=np.int64)
         next_id += len(buf)
-        batch = Batch(ids, np.stack([d.image for d in buf]), tuple(d.file for d in buf), tuple(d.sha256 for d in buf))
+        batch = Batch(ids, np.stack([d.tensor for d in buf]), tuple(d.file for d in buf), tuple(d.sha256 for d in buf))
         buf.clear()
         return batch
 
-    for item in iter_decoded(files, pre, workers, prefetch=max(2 * batch_size, 16)):
+    for item in iter_decoded(files, pre, workers, prefetch=max(2 * batch_size, 16), normalise=True):
         if item.image is None:
             if on_skip is not None:
                 on_skip(item.file.path, item.error or "unreadable")

@@ -135,7 +135,7 @@ def scan(
     with ThreadPoolExecutor(1, thread_name_prefix="nfi-infer") as infer:
         pending: tuple[Batch, Future[dict[str, np.ndarray]]] | None = None
         for batch in iter_batches(files, pre, batch_size, on_skip=lambda p, r: skipped.append((p, r))):
-            running = infer.submit(runner.run, pre.to_tensor(batch.images))
+            running = infer.submit(runner.run, batch.tensor)
             if pending is not None:
                 absorb(pending[0], pending[1].result())
             pending = (batch, running)
