@@ -1,0 +1,187 @@
+"""The probe set (ALGORITHMS.md §8): chosen by the first analysis or ``onnx-nfi probe DIR``, scored by every model."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from onnx_nfi.data.images import ImageFile, list_images
+from onnx_nfi.errors import ImageError
+from onnx_nfi.neurons import similarity
+from onnx_nfi.search.records import ProbeSet, ProbeSummary, Progress, SearchError
+from onnx_nfi.search.vectors import ids_by_layer, insert_vectors, read_probe, save_probe, sync_indexes
+from onnx_nfi.store.duckdb_store import Store
+
+if TYPE_CHECKING:
+    from onnx_nfi.data.preprocess import Preprocessing
+    from onnx_nfi.graph.layers import Layer
+    from onnx_nfi.graph.load import LoadedModel
+    from onnx_nfi.scan.scanner import ScanResult
+
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def choose_probe(files: Sequence[ImageFile], size: int, *, check_decodable: bool = False) -> ProbeSet:
+    """Up to ``size`` of ``files`` evenly spaced over the (sorted) list, hashed, duplicates dropped.
+
+    Evenly spaced rather than the first ``size``: a sorted ImageFolder lists class by class, and the
+    probe set should span every class. ``check_decodable`` also drops files OpenCV cannot decode
+    (during an analysis the scan itself finds those).
+    """
+    n, m = len(files), min(max(size, 0), len(files))
+    chosen: dict[str, Path] = {}
+    for i in range(m):
+        path = Path(files[(i * n) // m].path)
+        digest = _sha256(path)
+        if digest is None or digest in chosen:
+            continue
+        if check_decodable and cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR) is None:
+            continue
+        chosen[digest] = path
+    return ProbeSet(tuple(chosen), tuple(chosen.values()), stored=False)
+
+
+def probe_for_analysis(db: str | Path, files: Sequence[ImageFile], size: int) -> ProbeSet:
+    """The probe set an analysis into ``db`` must score: the stored one, else chosen from ``files``."""
+    if Path(db).exists():
+        with Store.open(db) as store:
+            stored = read_probe(store)
+        if stored is not None:
+            return stored
+    return choose_probe(files, size)
+
+
+def complete_probe_scores(
+    probe: ProbeSet,
+    result: ScanResult,
+    model: LoadedModel,
+    pre: Preprocessing,
+    layers: Sequence[Layer],
+    *,
+    batch_size: int = 32,
+    provider: str = "auto",
+    progress: Progress | None = None,
+) -> tuple[ProbeSet, dict[str, np.ndarray]]:
+    """Probe scores ``[P, C]`` per layer with no gap, and the probe set they belong to.
+
+    A new probe set keeps only the images the scan could read. A stored one must be scored
+    whole: its images missing from this image set are scanned in an extra pass from their stored
+    paths, and one that vanished or changed is an error (the profiles of different models must
+    cover the same images to be comparable).
+    """
+    if not len(probe) or not result.probe_scores:
+        return probe, {}
+    scores = {tensor: s.copy() for tensor, s in result.probe_scores.items()}
+    missing = np.isnan(next(iter(scores.values()))).any(axis=1)
+    if not probe.stored:
+        keep = np.flatnonzero(~missing)
+        kept = ProbeSet(tuple(probe.sha256[i] for i in keep), tuple(probe.paths[i] for i in keep), stored=False)
+        return kept, {tensor: s[keep] for tensor, s in scores.items()}
+    if missing.any():
+        extra = _probe_pass(model, pre, layers, probe, np.flatnonzero(missing), batch_size, provider, progress)
+        for tensor, s in scores.items():
+            s[missing] = extra[tensor]
+    return probe, scores
+
+
+def _probe_pass(
+    model: LoadedModel,
+    pre: Preprocessing,
+    layers: Sequence[Layer],
+    probe: ProbeSet,
+    rows: np.ndarray,
+    batch_size: int,
+    provider: str,
+    progress: Progress | None,
+) -> dict[str, np.ndarray]:
+    """Scores of probe images ``rows`` (read from their stored paths): ``[len(rows), C]`` per layer."""
+    from onnx_nfi.scan.scanner import scan
+
+    files = [ImageFile(probe.paths[i], None) for i in rows]
+    result = scan(
+        model, list(layers), pre, files, top_n=1, batch_size=batch_size, provider=provider,
+        probe_sha256=[probe.sha256[i] for i in rows],
+        progress=(lambda d, t: progress("probe", d, t)) if progress else None,
+    )
+    scores = result.probe_scores
+    lost = np.isnan(next(iter(scores.values()))).any(axis=1) if scores else np.ones(len(rows), bool)
+    if lost.any():
+        i = int(rows[np.flatnonzero(lost)[0]])
+        raise ImageError(
+            f"probe image {probe.paths[i]} (sha256 {probe.sha256[i][:12]}…) and {int(lost.sum()) - 1} more vanished or "
+            "changed since the database's probe set was chosen; restore them, include them in the image folder, or "
+            "set a new probe set with 'onnx-nfi probe DIR --force'"
+        )
+    return scores
+
+
+def set_probe(
+    db: str | Path,
+    images_dir: str | Path,
+    *,
+    size: int = 1024,
+    force: bool = False,
+    batch_size: int = 32,
+    provider: str = "auto",
+    progress: Progress | None = None,
+) -> ProbeSummary:
+    """Make up to ``size`` images of ``images_dir`` (evenly spaced, decodable) the database's probe set.
+
+    **Decision**: with models already in the database the probe set changes only with ``force``,
+    and then every model's response profiles are recomputed from its ONNX file (which must be
+    unchanged, checked by hash) over the new probe images, so all profiles stay comparable.
+    Everything is written in one transaction after all models are scored.
+    """
+    if size < 1:
+        raise SearchError(f"the probe set needs at least one image, got --size {size}")
+    probe = choose_probe(list_images(images_dir, "none").files, size, check_decodable=True)
+    if not len(probe):
+        raise ImageError(f"no decodable image in {images_dir}; the probe set needs real images")
+    with Store.open(db) as store:
+        current = read_probe(store)
+        if current is not None and current.sha256 == probe.sha256:
+            return ProbeSummary(len(current), changed=False, recomputed=())
+        models = store.models()
+        if models and not force:
+            raise SearchError(
+                f"{db} already holds {len(models)} model(s) ({', '.join(models)}) scored on "
+                f"{'its current probe set' if current else 'no probe set'}; pass --force to replace it and recompute "
+                "their response profiles from their ONNX files"
+            )
+        work = [(m, store.model_row(m), [r["layer"] for r in store.layer_rows(m)]) for m in models]
+    vectors = {m: _rescore(m, row, layer_names, probe, batch_size, provider, progress) for m, row, layer_names in work}
+    with Store.open(db) as store, store.transaction():
+        store.con.execute("DELETE FROM probe_images")
+        store.con.execute("DROP TABLE IF EXISTS response_vectors")
+        store.con.execute("DELETE FROM neuron_matches")
+        save_probe(store, ProbeSet(probe.sha256, probe.paths, stored=False))
+        for m, per_layer in vectors.items():
+            ids = ids_by_layer(store, m)
+            for tensor, scores in per_layer.items():
+                insert_vectors(store, "response", ids[tensor], similarity.response_vectors(scores))
+    sync_indexes(db)
+    return ProbeSummary(len(probe), changed=True, recomputed=tuple(vectors))
+
+
+def _rescore(
+    model: str, row: dict[str, Any], layer_names: list[str], probe: ProbeSet, batch_size: int, provider: str,
+    progress: Progress | None,
+) -> dict[str, np.ndarray]:
+    """Probe scores of a stored model, from its ONNX file and stored preprocessing."""
+    from onnx_nfi.api import reopen_model
+    from onnx_nfi.graph.layers import find_conv_layers
+
+    lm, pre = reopen_model(model, row)
+    layers = [layer for layer in find_conv_layers(lm) if layer.tensor in set(layer_names)]
+    return _probe_pass(lm, pre, layers, probe, np.arange(len(probe)), batch_size, provider, progress)

@@ -1,0 +1,117 @@
+"""Result records and errors of the search verbs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from onnx_nfi.errors import NfiError
+
+if TYPE_CHECKING:
+    pass
+
+
+#: progress(phase, done, total), as in ``onnx_nfi.api``; the probe pass reports phase "probe".
+Progress = Callable[[str, int, int], None]
+
+
+MISSING_REASON = {
+    "response": "dead or constant on the probe set, or analysed before the database had one",
+    "nf": "dead, or analysed with --no-nf",
+    "indexes": "dead, or analysed with --indexes none",
+}
+
+
+class SearchError(NfiError):
+    """A search, match or probe request cannot be carried out as asked."""
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """The database's probe images in probe order: content hashes, where they were found, stored yet."""
+
+    sha256: tuple[str, ...]
+    paths: tuple[Path, ...]
+    stored: bool
+
+    def __len__(self) -> int:
+        return len(self.sha256)
+
+
+@dataclass(frozen=True)
+class Neuron:
+    """A neuron as search results show it; ``score`` is its similarity to the query (1 for the query)."""
+
+    model: str
+    layer: str
+    alias: str
+    unit: int
+    neuron_id: int
+    score: float
+    top_class: str | None
+    indexes: dict[str, float | None]
+    nf: np.ndarray | None  # H x W x 3, 0-255; None for dead or no NF
+
+    @property
+    def name(self) -> str:
+        """``MODEL:ALIAS:UNIT``, the form ``similar`` accepts."""
+        return f"{self.model}:{self.alias}:{self.unit}"
+
+
+@dataclass(frozen=True)
+class SimilarResult:
+    """The query neuron and its nearest neighbours, best first."""
+
+    query: Neuron
+    by: str
+    hits: tuple[Neuron, ...]
+
+
+@dataclass(frozen=True)
+class LayerBest:
+    """For one layer of A: the layer of B that explains it best, and how well."""
+
+    layer: str
+    alias: str
+    neurons: int  # neurons with a response vector
+    best_layer: str | None
+    best_alias: str | None
+    mean_best: float  # NaN when the layer has no vectors
+    mean_one_to_one: float
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """``match``: the heat map of mean best correlation (A layers x B layers, depth order) and a summary."""
+
+    model_a: str
+    model_b: str
+    aliases_a: tuple[str, ...]
+    aliases_b: tuple[str, ...]
+    heat: np.ndarray  # float32 [La, Lb]; NaN where a layer has no response vectors
+    layers: tuple[LayerBest, ...]
+    mean_best: float  # over all neurons of A, best over all of B
+    best_rows: int
+    one_to_one_rows: int
+    picture: Path | None
+
+
+@dataclass(frozen=True)
+class RemoveSummary:
+    """What ``remove`` deleted."""
+
+    model: str
+    neurons: int
+
+
+@dataclass(frozen=True)
+class ProbeSummary:
+    """What ``set_probe`` did."""
+
+    images: int
+    changed: bool
+    recomputed: tuple[str, ...]

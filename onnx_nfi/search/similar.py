@@ -1,0 +1,175 @@
+"""``similar``: nearest neurons of a neuron by response, NF or index vector."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from onnx_nfi.errors import NotFoundError
+from onnx_nfi.neurons import similarity
+from onnx_nfi.search.records import MISSING_REASON, Neuron, SearchError, SimilarResult
+from onnx_nfi.search.vectors import has_table, in_step, read_vectors
+from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.schema import INDEX_COLUMNS, VECTOR_TABLES
+
+if TYPE_CHECKING:
+    pass
+
+
+
+def parse_neuron(text: str) -> tuple[str, str, int]:
+    """``MODEL:LAYER:UNIT`` -> (model, layer, unit); LAYER may itself contain ':' (tensor names)."""
+    parts = text.split(":")
+    unit = parts[-1].strip()
+    if len(parts) < 3 or not parts[0] or not ":".join(parts[1:-1]) or not unit.isdigit():
+        raise SearchError(f"bad neuron {text!r}; write MODEL:LAYER:UNIT, e.g. lite0:conv3:12 (LAYER: alias or tensor name)")
+    return parts[0], ":".join(parts[1:-1]), int(unit)
+
+
+def _check_kind(by: str) -> str:
+    if by not in similarity.KINDS:
+        raise SearchError(f"unknown vector {by!r}; use --by {', --by '.join(similarity.KINDS)}")
+    return by
+
+
+_NEURON_SQL = (
+    "SELECT n.model, n.layer, l.alias, n.unit, n.neuron_id, n.top_class, n.nf, n.nf_height, n.nf_width, "
+    + ", ".join(f"n.{c}" for c in INDEX_COLUMNS)
+    + " FROM neurons n JOIN layers l USING (model, layer)"
+)
+
+
+def _neuron(row: dict[str, Any], score: float) -> Neuron:
+    nf = None
+    if row["nf"] is not None and row["nf_height"]:
+        nf = np.asarray(row["nf"], np.float32).reshape(int(row["nf_height"]), int(row["nf_width"]), 3)
+    return Neuron(
+        model=row["model"], layer=row["layer"], alias=row["alias"], unit=int(row["unit"]),
+        neuron_id=int(row["neuron_id"]), score=float(score), top_class=row["top_class"],
+        indexes={c: (None if row[c] is None or (isinstance(row[c], float) and math.isnan(row[c])) else float(row[c]))
+                 for c in INDEX_COLUMNS},
+        nf=nf,
+    )
+
+
+def similar(
+    db: str | Path,
+    query: str,
+    *,
+    by: str = "response",
+    k: int = 10,
+    models: Sequence[str] = (),
+    layers: Sequence[str] = (),
+    other_models: bool = False,
+) -> SimilarResult:
+    """The ``k`` neurons whose ``by`` vector has the largest inner product with the query neuron's.
+
+    ``query`` is ``MODEL:LAYER:UNIT`` (LAYER: tensor name or alias); the query itself is never a
+    hit. ``models`` / ``layers`` (names, aliases or globs) restrict the candidates, and
+    ``other_models`` leaves out the query's own model.
+    """
+    return similar_many(db, [query], by=by, k=k, models=models, layers=layers, other_models=other_models)[0]
+
+
+def similar_many(
+    db: str | Path,
+    queries: Sequence[str],
+    *,
+    by: str = "response",
+    k: int = 10,
+    models: Sequence[str] = (),
+    layers: Sequence[str] = (),
+    other_models: bool = False,
+) -> list[SimilarResult]:
+    """:func:`similar` for many queries at once: one database visit and one batched search."""
+    _check_kind(by)
+    if k < 1:
+        raise SearchError(f"-k must be at least 1, got {k}")
+    parsed = [parse_neuron(q) for q in queries]
+    table = VECTOR_TABLES[by]
+    with Store.open(db, read_only=True) as store:
+        known = set(store.models())
+        unknown = [m for m in models if m not in known]
+        if unknown:
+            raise NotFoundError(f"model {unknown[0]!r} is not in {db} (models: {', '.join(sorted(known))})")
+        neurons = _NeuronTable(store)
+        qids = np.array([neurons.resolve(store, *q) for q in parsed], np.int64)
+        found, qvecs = read_vectors(store, table, np.unique(qids)) if has_table(store, table) else (np.empty(0, np.int64), None)
+        missing = np.setdiff1d(qids, found)
+        if len(missing):
+            name = neurons.name(int(missing[0]))
+            raise SearchError(f"neuron {name} has no {by} vector ({MISSING_REASON[by]}); try another --by")
+        vectors = qvecs[np.searchsorted(found, qids)]
+        index = in_step(store, Path(db), by)
+        hit_lists: list[list[tuple[int, float]]] = [[] for _ in parsed]
+        for model in sorted({m for m, _, _ in parsed}) if other_models else [None]:
+            rows = [i for i, (m, _, _) in enumerate(parsed) if model is None or m == model]
+            allowed = neurons.candidates(models, layers, model)
+            if index is None or not len(allowed):
+                continue
+            scores, ids = index.search(vectors[rows], k + 1, allowed_ids=allowed)  # +1: the query itself may come back
+            for row, s_row, i_row in zip(rows, scores, ids):
+                hit_lists[row] = [(int(i), float(s)) for s, i in zip(s_row, i_row) if i >= 0 and i != qids[row]][:k]
+        wanted = sorted(set(qids.tolist()) | {i for hits in hit_lists for i, _ in hits})
+        by_id = {int(r["neuron_id"]): r for r in store.rows(_NEURON_SQL + " WHERE n.neuron_id IN (SELECT unnest(?::BIGINT[]))", [wanted])}
+    template = {i: _neuron(row, 1.0) for i, row in by_id.items()}  # each NF decoded once, however many hits share it
+    return [
+        SimilarResult(
+            query=template[int(qid)], by=by,
+            hits=tuple(replace(template[i], score=score) for i, score in hits if i in template),
+        )
+        for qid, hits in zip(qids, hit_lists)
+    ]
+
+
+class _NeuronTable:
+    """Every neuron's id, model, layer, alias and unit, read once: resolves queries, filters candidates.
+
+    Candidates come from here, i.e. from DuckDB as it is now, so a neuron that was replaced or
+    removed cannot be returned even by an index that was not yet brought in step.
+    """
+
+    def __init__(self, store: Store) -> None:
+        cols = store.columns(
+            "SELECT n.neuron_id, n.model, n.layer, l.alias, n.unit FROM neurons n JOIN layers l USING (model, layer)"
+        )
+        self.ids = np.asarray(cols["neuron_id"], np.int64)
+        self.model, self.layer, self.alias = cols["model"].astype(str), cols["layer"].astype(str), cols["alias"].astype(str)
+        self.unit = np.asarray(cols["unit"], np.int64)
+        self._by_name = {(m, l, int(u)): int(i) for m, l, u, i in zip(self.model, self.layer, self.unit, self.ids)}
+        self._by_id = {int(i): k for k, i in enumerate(self.ids)}
+        self._layers = {(r["model"], r["layer"]): r for r in store.rows("SELECT model, layer, alias, channels FROM layers")}
+        self._layers.update({(r["model"], r["alias"]): r for r in self._layers.copy().values()})
+
+    def resolve(self, store: Store, model: str, layer: str, unit: int) -> int:
+        """The neuron id of ``model:layer:unit`` (layer by tensor name or alias); NotFoundError says why not."""
+        row = self._layers.get((model, layer)) or store.resolve_layer(model, layer)  # raises the right error
+        if not 0 <= unit < int(row["channels"]):
+            raise NotFoundError(
+                f"unit {unit} is not in layer {row['alias']} of {model!r}; it has units 0-{int(row['channels']) - 1}"
+            )
+        return self._by_name[(model, row["layer"], unit)]
+
+    def name(self, neuron_id: int) -> str:
+        k = self._by_id[neuron_id]
+        return f"{self.model[k]}:{self.alias[k]}:{self.unit[k]}"
+
+    def candidates(self, models: Sequence[str], layers: Sequence[str], not_model: str | None) -> np.ndarray:
+        """Ids allowed as hits: in ``models`` and ``layers`` (globs) when given, not of ``not_model``."""
+        keep = np.ones(len(self.ids), bool)
+        if models:
+            keep &= np.isin(self.model, list(models))
+        if not_model is not None:
+            keep &= self.model != not_model
+        if layers:
+            keep &= np.array(
+                [any(fnmatch.fnmatchcase(t, p) or fnmatch.fnmatchcase(a, p) for p in layers) for t, a in zip(self.layer, self.alias)],
+                bool,
+            )
+        return self.ids[keep]
