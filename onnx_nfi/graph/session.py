@@ -29,12 +29,17 @@ def available_providers() -> list[str]:
 
 
 def check_runtime_install() -> None:
-    """Warn when both onnxruntime and onnxruntime-gpu are installed: they overwrite each other's files."""
+    """Warn when CPU and GPU builds of onnxruntime or faiss are both installed: they overwrite each other's files."""
     names = {d.metadata["Name"].lower() for d in importlib.metadata.distributions() if d.metadata["Name"]}
-    if "onnxruntime" in names and "onnxruntime-gpu" in names:
+    clashes = [
+        f"{cpu} and {gpu}"
+        for cpu, gpu in (("onnxruntime", "onnxruntime-gpu"), ("faiss-cpu", "faiss-gpu-cu12"))
+        if cpu in names and gpu in names
+    ]
+    if clashes:
         warnings.warn(
-            "both onnxruntime and onnxruntime-gpu are installed; uninstall both and reinstall only one "
-            "(pip install 'onnx-nfi[gpu]' for CUDA)",
+            f"both {'; '.join(clashes)} are installed; uninstall them and reinstall one extra "
+            "(pip install 'onnx-nfi[cpu]' or 'onnx-nfi[gpu]')",
             RuntimeWarning,
             stacklevel=2,
         )
