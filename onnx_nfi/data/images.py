@@ -69,8 +69,7 @@ def list_images(root: str | Path, labels: str = "auto") -> ImageSet:
         kind = "folder" if any(p.parent != root for p in candidates) else "none"
     if kind == "folder":
         files = tuple(ImageFile(p, p.relative_to(root).parts[0] if p.parent != root else None) for p in candidates)
-    elif kind == "csv":
-        assert arg is not None
+    elif kind == "csv" and arg is not None:  # parse_label_option guarantees the file for csv
         table = _read_csv_labels(arg, root)
         files = tuple(ImageFile(p, table.get(p)) for p in candidates)
     else:
