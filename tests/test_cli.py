@@ -9,14 +9,13 @@ import json
 import shutil
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
+from cli_helpers import invoke, query, scalar
 from conftest import LITE0, TINY
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from onnx_nfi.api import open_model
-from onnx_nfi.cli import app
 from onnx_nfi.data.images import list_images
 from onnx_nfi.data.loader import iter_decoded
 from onnx_nfi.graph.layers import find_conv_layers
@@ -45,20 +44,7 @@ JUNK = {
 }
 
 
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
 
-
-def query(db: Path, sql: str, params: list | None = None) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
-
-
-def scalar(db: Path, sql: str, params: list | None = None):
-    return query(db, sql, params)[0][0]
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from cli_helpers import invoke
 from conftest import TINY
 from graphs import no_conv_net, two_input_net
-from typer.testing import CliRunner, Result
-
-from onnx_nfi.cli import app
+from typer.testing import Result
 
 ANALYZE_FAST = ["--no-nf", "--indexes", "none", "--top-n", "3"]
 
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def assert_clean_error(result: Result, hint: str) -> str:

@@ -16,11 +16,10 @@ import cv2
 import duckdb
 import numpy as np
 import pytest
+from cli_helpers import invoke, query
 from conftest import TINY
-from typer.testing import CliRunner, Result
 
 from onnx_nfi.api import analyze
-from onnx_nfi.cli import app
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.preprocess import from_dict
 from onnx_nfi.report import pictures
@@ -31,16 +30,6 @@ DEAD = ("conv1", 2)  # made dead in the fixture, as a dead neuron is stored
 GREY = 127
 
 
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "300"})
-
-
-def query(db: Path, sql: str, params: list | None = None) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def read_png(path: Path) -> np.ndarray:

@@ -8,33 +8,21 @@ import shutil
 from pathlib import Path
 
 import cv2
-import duckdb
 import numpy as np
 import pytest
+from cli_helpers import invoke, query
 from conftest import TINY
-from typer.testing import CliRunner, Result
 
 from onnx_nfi import search
-from onnx_nfi.cli import app
 
 KINDS = ("response", "nf", "indexes")
 
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
 
 
 def analyse(db: Path, images: Path, name: str) -> None:
     result = invoke("analyze", TINY, images, "--db", db, "--name", name, "--top-n", 3, "--silent")
     assert result.exit_code == 0, result.output
 
-
-def query(db: Path, sql: str, params: list | None = None) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def ids_of(db: Path, model: str) -> set[int]:
