@@ -11,7 +11,8 @@ from conftest import PLANTED, TINY
 from planted_data import COLOR_CLASSES, write_image_folder
 
 from onnx_nfi import api
-from onnx_nfi.config import AnalyzeConfig
+from onnx_nfi.config import INDEX_NAMES, AnalyzeConfig
+from onnx_nfi.neurons.transforms import ANGLES, AXES
 
 
 def neuron_table(db: Path, model: str) -> dict[str, np.ndarray]:
@@ -94,3 +95,25 @@ def test_planted_class_selectivity_rises_with_depth(planted_db: Path) -> None:
         ).fetchall())
     assert list(means) == sorted(means) and means[-1] > means[0] + 0.01, means
     assert top_freq[-1] > top_freq[0] + 0.1, top_freq
+
+
+def test_region_indexes_end_to_end_on_the_planted_edge_neuron(tmp_path: Path) -> None:
+    """``--indexes all`` fills every index column; the planted vertical-edge unit survives a top-bottom mirror
+    (symmetry about 0° is 1) but not a left-right one, and a 180° turn (which flips its sign) hurts more than 15°."""
+    write_image_folder(tmp_path / "images", n_per_class=20, seed=3)
+    db = tmp_path / "nfi.duckdb"
+    api.analyze(PLANTED, tmp_path / "images", db=db, config=AnalyzeConfig(top_n=20, nf=False, indexes=INDEX_NAMES))
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute(
+            "SELECT unit, dead, orientation_selectivity, orientation_by_angle, symmetry_selectivity, symmetry_by_axis, "
+            "shape_selectivity, color_selectivity, class_selectivity "
+            "FROM neurons n JOIN layers l USING (model, layer) WHERE alias = 'conv1' ORDER BY unit"
+        ).fetchall()
+    for unit, dead, *values in rows:
+        if not dead:
+            assert all(v is not None for v in values), unit
+            assert len(values[1]) == len(ANGLES) and len(values[3]) == len(AXES)
+    edge = rows[0]
+    by_angle, by_axis = dict(zip(ANGLES, edge[3])), dict(zip(AXES, edge[5]))
+    assert by_axis[0] > 0.95 and by_axis[90] < by_axis[0] - 0.3
+    assert by_angle[180] > by_angle[15] + 0.2
