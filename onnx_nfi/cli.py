@@ -18,7 +18,15 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from onnx_nfi import api
@@ -273,8 +281,8 @@ def demo(
     silent: bool = typer.Option(False, "--silent", help="No progress bars."),
 ) -> None:
     """Analyse the bundled EfficientNet-Lite0 and MobileNetV2 on the bundled demo photos and draw the results."""
-    from onnx_nfi.cli_report import card_cmd, nf_cmd, summary_cmd
     from onnx_nfi.data.demo_images import build_demo_images
+    from onnx_nfi.report import render
 
     output.mkdir(parents=True, exist_ok=True)
     images = build_demo_images(output / "images")
@@ -285,13 +293,14 @@ def demo(
         out.print(f"[bold]Analysing {model}[/bold] on {images}", highlight=False)
         with ProgressBars(silent) as bars:
             print_summary(api.analyze(BUNDLED_MODELS / f"{model}.onnx", images, db=db, progress=bars))
-    for layer in ("conv1", "conv40"):
-        nf_cmd("efficientnet_lite0", layer, None, grid=True, output=pictures / f"lite0_{layer}_nfs.png", db=db,
-               order_by="unit", desc=None, limit=64, scale=None)
-    card_cmd("efficientnet_lite0", "conv40", _most_class_selective(db, "efficientnet_lite0", "conv40"),
-             output=pictures / "lite0_conv40_card.png", db=db, top=20)
-    summary_cmd(["efficientnet_lite0", "mobilenetv2_deepsort"], output=pictures / "selectivity.png", db=db,
-                indexes="color_selectivity,class_selectivity")
+    written = [render.grid_png("efficientnet_lite0", layer, pictures / f"lite0_{layer}_nfs.png", db, limit=64)
+               for layer in ("conv1", "conv40")]
+    unit = _most_class_selective(db, "efficientnet_lite0", "conv40")
+    written.append(render.card_png("efficientnet_lite0", "conv40", unit, pictures / "lite0_conv40_card.png", db))
+    written.append(render.summary_png(["efficientnet_lite0", "mobilenetv2_deepsort"],
+                                      ["color_selectivity", "class_selectivity"], pictures / "selectivity.png", db)[0])
+    for path in written:
+        out.print(f"Wrote {path}", highlight=False)
     from onnx_nfi import search
 
     matched = search.match(db, "efficientnet_lite0", "mobilenetv2_deepsort", pictures / "match.png")

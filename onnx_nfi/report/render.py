@@ -1,0 +1,101 @@
+"""The picture verbs: read a database, draw, write a PNG. ``onnx-nfi nf/top/card/summary`` call these.
+
+Each function opens the store read-only, makes one ``queries`` call, lays the result out with
+``pictures`` and returns the path written (``summary`` also returns the indexes it left out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from onnx_nfi.report import pictures, queries
+from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store
+
+
+def nf_png(model: str, layer: str, unit: int, output: str | Path, db: str | Path = DEFAULT_DB, scale: int | None = None) -> Path:
+    """One neuron's NF, enlarged (nearest neighbour) for viewing."""
+    with Store.open(db, read_only=True) as store:
+        _, nf = queries.neuron_nf(store, model, layer, unit)
+    return pictures.write_png(output, pictures.nf_picture(nf, scale).image)
+
+
+def grid_png(
+    model: str,
+    layer: str,
+    output: str | Path,
+    db: str | Path = DEFAULT_DB,
+    *,
+    order_by: str = "unit",
+    descending: bool | None = None,
+    limit: int | None = None,
+) -> Path:
+    """A layer's NFs in a labelled grid, ordered by unit or by any neurons column."""
+    with Store.open(db, read_only=True) as store:
+        data = queries.layer_nfs(store, model, layer, order_by=order_by, descending=descending, limit=limit)
+    title = f"{data.ref.model} / {data.ref.alias} ({data.ref.layer}): NFs" + (f" by {data.column}" if data.column else "")
+    return pictures.write_png(output, pictures.grid(_tiles(data), title).image)
+
+
+def top_png(
+    model: str, layer: str, by: str, output: str | Path, db: str | Path = DEFAULT_DB, *, k: int = 16, lowest: bool = False
+) -> Path:
+    """The NFs of a layer's ``k`` most (or least) selective neurons by column ``by``, with their values."""
+    with Store.open(db, read_only=True) as store:
+        data = queries.layer_nfs(store, model, layer, order_by=by, descending=not lowest, limit=k, only_valued=True)
+    which = "lowest" if lowest else "highest"
+    title = f"{data.ref.model} / {data.ref.alias}: the {len(data.neurons)} neurons with the {which} {data.column}"
+    return pictures.write_png(output, pictures.grid(_tiles(data), title).image)
+
+
+def card_png(model: str, layer: str, unit: int, output: str | Path, db: str | Path = DEFAULT_DB, *, top: int = 20) -> Path:
+    """A neuron card (the paper's figure 1): the NF beside its top crops with rank, a/a1 and label."""
+    with Store.open(db, read_only=True) as store:
+        c = queries.neuron_card(store, model, layer, unit, top)
+    crops = [pictures.Tile(x.crop, (f"#{x.rank}  {x.relative:.2f}", x.label or "(no label)")) for x in c.crops]
+    header = [
+        f"{c.ref.model} / {c.ref.alias} ({c.ref.layer}) / unit {c.unit}",
+        _card_values(c.values),
+        f"top {len(c.crops)} crops (receptive field in the image as fed to the network); under each: rank, a/a1, label",
+    ]
+    return pictures.write_png(output, pictures.card(c.nf, crops, header).image)
+
+
+def summary_png(
+    models: Sequence[str], indexes: Sequence[str], output: str | Path, db: str | Path = DEFAULT_DB
+) -> tuple[Path, list[str]]:
+    """Per-layer distributions of each index against relative depth, models overlaid; and the indexes left out."""
+    with Store.open(db, read_only=True) as store:
+        data = queries.selectivity_by_depth(store, list(models), list(indexes))
+    panels = [
+        pictures.Panel(index, tuple(pictures.Series(d.model, d.relative_depth, d.values) for d in dists))
+        for index, dists in data.indexes.items()
+    ]
+    footnote = f"not computed for any of these models: {', '.join(data.missing)}" if data.missing else ""
+    return pictures.write_png(output, pictures.selectivity_plot(panels, footnote=footnote).image), list(data.missing)
+
+
+def _tiles(data: queries.LayerNFs) -> list[pictures.Tile]:
+    """Grid tiles: unit number, and the ordering column's value, under each."""
+    tiles = []
+    for n in data.neurons:
+        caption = [f"unit {n.unit}" + (" (dead)" if n.nf is None else "")]
+        if data.column:
+            caption.append(_value(n.value))
+        tiles.append(pictures.Tile(n.nf, tuple(caption)))
+    return tiles
+
+
+def _card_values(values: dict[str, Any]) -> str:
+    if not values:
+        return "no selectivity index computed yet"
+    return "   ".join(f"{k.replace('_selectivity', '').replace('_', ' ')}: {_value(v)}" for k, v in values.items())
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.4g}"
+    return str(value)
