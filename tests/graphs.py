@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnx_builders import UniqueNames
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class ProducerNet:
 
 
 @dataclass
-class GraphBuilder:
+class GraphBuilder(UniqueNames):
     """Appends nodes to a graph and records the expected conv layers; tensors get unique names."""
 
     opset: int
@@ -53,15 +54,6 @@ class GraphBuilder:
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
-
-    def name(self, prefix: str) -> str:
-        self._count += 1
-        return f"{prefix}_{self._count}"
-
-    def const(self, value: np.ndarray, prefix: str = "c") -> str:
-        name = self.name(prefix)
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
 
     def constant_node(self, value: np.ndarray) -> str:
         """A ``Constant`` node instead of an initializer (older PyTorch exports do this)."""

@@ -26,8 +26,24 @@ class BuiltNet:
     layers: dict[str, str]  # alias -> tensor name, in graph order
 
 
+class UniqueNames:
+    """Unique tensor names and initializers for a graph under construction (the class has ``inits`` and ``_count``)."""
+
+    inits: list[onnx.TensorProto]
+    _count: int
+
+    def name(self, prefix: str) -> str:
+        self._count += 1
+        return f"{prefix}_{self._count}"
+
+    def const(self, value: np.ndarray, prefix: str = "c") -> str:
+        name = self.name(prefix)
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+
 @dataclass
-class NetBuilder:
+class NetBuilder(UniqueNames):
     """Appends nodes to a graph whose input is ``input`` (NCHW unless ``layout='NHWC'``)."""
 
     channels: int
@@ -43,15 +59,6 @@ class NetBuilder:
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
-
-    def name(self, prefix: str) -> str:
-        self._count += 1
-        return f"{prefix}_{self._count}"
-
-    def const(self, value: np.ndarray, prefix: str = "c") -> str:
-        name = self.name(prefix)
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
 
     def node(self, op: str, inputs: Sequence[str], n_outputs: int = 1, **attrs) -> str | list[str]:
         outs = [self.name(op.lower()) for _ in range(n_outputs)]
