@@ -19,6 +19,9 @@ from onnx_nfi.errors import ModelError
 
 #: Batch dimension name written into instrumented models.
 BATCH_DIM = "batch"
+#: Metadata key, set on protos of external-data models, naming the folder onnxruntime reads the
+#: weights from: every session made from a derived proto (instrumented, pruned, probed) finds them.
+EXTERNAL_DATA_DIR = "onnx_nfi.external_data_dir"
 
 
 @dataclass(frozen=True)
@@ -62,20 +65,22 @@ def load_model(path: str | Path, input_size: tuple[int, int] | None = None) -> L
     """Read, check and shape-infer an ONNX file.
 
     ``input_size`` fixes a dynamic spatial size (needed for shapes and receptive fields); models
-    with a fixed size ignore it. External-data models are checked from their path so models over
-    2 GB work.
+    with a fixed size ignore it. Weights stored as external data are never loaded into the proto
+    (protobuf caps a message at 2 GB): the model is checked from its path and sessions read the
+    weights from its folder (``EXTERNAL_DATA_DIR``).
     """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist; pass the path of an .onnx file")
     try:
-        proto = onnx.load(str(path))
+        proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types for garbage input
         raise ModelError(f"{path} is not an ONNX model ({type(exc).__name__}); export your model to ONNX first") from None
     if not proto.graph.node:
         raise ModelError(f"{path} is not an ONNX model (it has no graph nodes); export your model to ONNX first")
+    external = _has_external_data(proto)
     try:
-        if proto.ByteSize() > 2_000_000_000 or _has_external_data(proto):
+        if external:
             onnx.checker.check_model(str(path))
         else:
             onnx.checker.check_model(proto)
@@ -86,6 +91,10 @@ def load_model(path: str | Path, input_size: tuple[int, int] | None = None) -> L
     if (spec.height == 0 or spec.width == 0) and input_size:
         spec = replace(spec, height=int(input_size[0]), width=int(input_size[1]))
     proto = _with_input_shape(proto, spec)
+    if external:
+        onnx.helper.set_model_props(
+            proto, {**{p.key: p.value for p in proto.metadata_props}, EXTERNAL_DATA_DIR: str(path.parent.resolve())}
+        )
     try:
         proto = shape_inference.infer_shapes(proto, data_prop=True)
     except Exception as exc:

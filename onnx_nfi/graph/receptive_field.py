@@ -800,7 +800,12 @@ def _shapes(graph: onnx.GraphProto) -> dict[str, list[int | None]]:
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    # weights kept as external data are never needed here (pads, scales and shapes are small, inline)
+    consts = {
+        init.name: numpy_helper.to_array(init)
+        for init in graph.initializer
+        if init.data_location != onnx.TensorProto.EXTERNAL
+    }
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute:
             attr = node.attribute[0]

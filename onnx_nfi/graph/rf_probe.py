@@ -26,8 +26,8 @@ from fractions import Fraction
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 from onnx import helper
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 
 from onnx_nfi.graph.receptive_field import (
     GraphTrace,
@@ -37,6 +37,7 @@ from onnx_nfi.graph.receptive_field import (
     trace_graph,
     without_stale_shapes,
 )
+from onnx_nfi.graph.session import session_options
 
 CHUNK = 32  # perturbed images per onnxruntime call (outputs of all probed tensors are held per chunk)
 _MAX_DENOMINATOR = 8  # fractional jumps the fit considers (Resize ×2…×8 below the input's resolution)
@@ -254,9 +255,7 @@ def _frozen(model: onnx.ModelProto, summaries: Sequence[str]) -> onnx.ModelProto
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # unused initializers of removed nodes are expected
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), session_options(model), providers=["CPUExecutionProvider"])
 
 
 def _windows(influence: np.ndarray) -> np.ndarray:

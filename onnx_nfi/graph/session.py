@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 
 from onnx_nfi.errors import NfiError
+from onnx_nfi.graph.load import EXTERNAL_DATA_DIR
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +62,25 @@ def _providers(choice: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def session_options(proto: onnx.ModelProto, threads: int | None = None) -> ort.SessionOptions:
+    """Options every session of ours uses; external-data models get the folder of their weights."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    threads = threads or (int(os.environ["ONNX_NFI_THREADS"]) if os.environ.get("ONNX_NFI_THREADS") else None)
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # unused initializers of pruned nodes are expected, not news
+    folder = next((p.value for p in proto.metadata_props if p.key == EXTERNAL_DATA_DIR), None)
+    if folder:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    return options
+
+
 class Runner:
     """One inference session over an (instrumented) model; ``run`` maps a batch to named outputs."""
 
     def __init__(self, proto: onnx.ModelProto, provider: str = "auto", threads: int | None = None) -> None:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        elif os.environ.get("ONNX_NFI_THREADS"):
-            options.intra_op_num_threads = int(os.environ["ONNX_NFI_THREADS"])
-        options.log_severity_level = 3
+        options = session_options(proto, threads)
         self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=_providers(provider))
         self.provider = self.session.get_providers()[0]
         self.input_name = self.session.get_inputs()[0].name
