@@ -24,6 +24,7 @@ from graphs import (
     pytorch_opset9_net,
     tf2onnx_nhwc_net,
 )
+from reference import reference_topn
 
 from onnx_nfi.data.images import list_images
 from onnx_nfi.data.preprocess import PRESETS, preset
@@ -82,22 +83,7 @@ def brute_force(net: ProducerNet, images: Path, top_n: int) -> dict[str, dict[st
             x = x.transpose(0, 3, 1, 2)
         for name, value in zip(names, sess.run(names, {"image": np.ascontiguousarray(x)})):
             maps[name].append(value[0])
-    expected = {}
-    for name in names:
-        full = np.stack(maps[name])
-        n_img, c, h, w = full.shape
-        flat = full.reshape(n_img, c, h * w)
-        score, loc = flat.max(axis=2), flat.argmax(axis=2)
-        order = np.argsort(-score, axis=0, kind="stable")[:top_n]
-        expected[name] = {
-            "ids": order.T,
-            "scores": np.take_along_axis(score, order, 0).T,
-            "ys": (np.take_along_axis(loc, order, 0) // w).T,
-            "xs": (np.take_along_axis(loc, order, 0) % w).T,
-            "mean": score.mean(axis=0),
-            "active": (score > 0).mean(axis=0),
-        }
-    return expected
+    return {name: reference_topn(maps[name], top_n) for name in names}
 
 
 def test_layers_found_with_their_chains(net_file: tuple[ProducerNet, Path]) -> None:

@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import LITE0, TINY
+from reference import reference_topn
 
 from onnx_nfi.api import open_model
 from onnx_nfi.data.images import list_images
@@ -33,24 +34,7 @@ def brute_force(model_path: Path, images_dir: Path, top_n: int, layer_names: lis
         outs = sess.run(layer_names, {lm.input.name: pre.to_tensor(rgb[i : i + 1])})
         for name, value in zip(layer_names, outs):
             maps[name].append(value[0])
-    expected = {}
-    for name in layer_names:
-        full = np.stack(maps[name])  # [I, C, H, W]
-        n_img, c, h, w = full.shape
-        flat = full.reshape(n_img, c, h * w)
-        score = flat.max(axis=2)  # [I, C]
-        loc = flat.argmax(axis=2)  # numpy: first occurrence
-        order = np.argsort(-score, axis=0, kind="stable")[:top_n]  # ties: lower image index first
-        expected[name] = {
-            "ids": order.T,
-            "scores": np.take_along_axis(score, order, 0).T,
-            "ys": (np.take_along_axis(loc, order, 0) // w).T,
-            "xs": (np.take_along_axis(loc, order, 0) % w).T,
-            "mean": score.mean(axis=0),
-            "std": score.std(axis=0),
-            "active": (score > 0).mean(axis=0),
-        }
-    return expected
+    return {name: reference_topn(maps[name], top_n) for name in layer_names}
 
 
 def check_against_brute_force(model_path: Path, images_dir: Path, top_n: int, batch_size: int, layers=None) -> None:
