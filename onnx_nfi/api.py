@@ -28,7 +28,7 @@ from onnx_nfi.graph.receptive_field import ReceptiveField, receptive_fields
 from onnx_nfi.graph.rf_probe import compare, probe_receptive_fields
 from onnx_nfi.graph.session import check_runtime_install
 from onnx_nfi.neurons.indexes import IndexLayer, IndexResult, compute_indexes
-from onnx_nfi.neurons.nf import crop_geometry, neuron_features
+from onnx_nfi.neurons.nf import crop_geometry, layers_features
 from onnx_nfi.scan.scanner import ScanResult, scan
 from onnx_nfi.scan.topn import TopN
 from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store, check_writable
@@ -259,13 +259,13 @@ def compute_nfs(
     progress: Progress | None,
 ) -> dict[str, np.ndarray]:
     """NFs of every layer from the decoded top images (id -> display image)."""
-    nfs: dict[str, np.ndarray] = {}
-    for k, info in enumerate(infos):
-        geometry = crop_geometry(info.rf, pre.input_size, config.nf_max_size)
-        nfs[info.layer.tensor], _ = neuron_features(result.stats[info.layer.tensor].topn, images, geometry)
-        if progress:
-            progress("nf", k + 1, len(infos))
-    return nfs
+    jobs = [
+        (result.stats[info.layer.tensor].topn, crop_geometry(info.rf, pre.input_size, config.nf_max_size))
+        for info in infos
+    ]
+    on_layer = (lambda k: progress("nf", k, len(infos))) if progress else None
+    features = layers_features(jobs, images, on_layer)
+    return {info.layer.tensor: nfs for info, (nfs, _) in zip(infos, features)}
 
 
 def write_indexes(store: Store, name: str, result: IndexResult) -> None:

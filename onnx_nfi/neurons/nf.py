@@ -14,9 +14,10 @@ full-size NF. Layers whose canvas fits are always exact.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import weakref
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -83,38 +84,6 @@ def scaled(image: np.ndarray, geometry: CropGeometry) -> np.ndarray:
     return cv2.resize(image, geometry.image_size[::-1], interpolation=cv2.INTER_AREA)
 
 
-class _ScaledCache:
-    """Scaled copies of display images for the most recent image size.
-
-    Consecutive layers of a block usually share a scale, and re-scaling every top image for
-    every layer cost as much as the crops themselves. Only one size is kept (memory stays at one
-    scaled set), and entries are keyed by the source array's identity, held weakly, so a new or
-    freed image is never confused with an old one.
-    """
-
-    def __init__(self) -> None:
-        self.size: tuple[int, int] | None = None
-        self.entries: dict[int, tuple[weakref.ref, np.ndarray]] = {}
-
-    def use(self, geometry: CropGeometry) -> None:
-        """Start a layer (before its threads): another image size drops the kept set."""
-        if self.size != geometry.image_size:
-            self.size, self.entries = geometry.image_size, {}
-
-    def get(self, image: np.ndarray, geometry: CropGeometry) -> np.ndarray:
-        if geometry.scale == 1.0:
-            return image
-        hit = self.entries.get(id(image))
-        if hit is not None and hit[0]() is image:
-            return hit[1]
-        out = scaled(image, geometry)
-        self.entries[id(image)] = (weakref.ref(image), out)
-        return out
-
-
-_SCALED = _ScaledCache()
-
-
 def compute_threads() -> int:
     """Worker threads for NF crops: ``ONNX_NFI_THREADS`` (as for onnxruntime), else every core.
 
@@ -124,79 +93,199 @@ def compute_threads() -> int:
     return max(1, int(env)) if env else max(1, os.cpu_count() or 1)
 
 
+#: Upper bound of one shared crop stack (uint8). Layers with the same crop image size share a
+#: stack while it stays under this; a layer whose own stack is larger gets it alone, as before.
+_STACK_BYTES = 512 * 2**20
+
+
+@dataclass
+class _LayerPlan:
+    """One layer's weights, crop corners and the padding its crops need."""
+
+    topn: TopN
+    geometry: CropGeometry
+    weights: np.ndarray  # float32 [C, N], each live row sums to 1
+    alive: np.ndarray  # bool [C]
+    sy: np.ndarray  # crop corners in the crop image [C, N]
+    sx: np.ndarray
+    used: np.ndarray  # image ids with positive weight
+    pad: tuple[int, int]
+
+    @classmethod
+    def of(cls, topn: TopN, geometry: CropGeometry) -> _LayerPlan:
+        weights = np.where((topn.scores > 0) & (topn.ids >= 0), topn.scores, 0).astype(np.float64)
+        total = weights.sum(axis=1)
+        alive = total > 0
+        weights = (weights / np.where(alive, total, 1)[:, None]).astype(np.float32)  # sums stay <= 255
+        live = weights > 0
+        sy, sx = geometry.starts(topn.ys, topn.xs)
+        (cy, cx), (hs, ws) = geometry.canvas, geometry.image_size
+        pad = (0, 0)
+        if live.any():
+            pad = (
+                int(max(0, -sy[live].min(), sy[live].max() + cy - hs)),
+                int(max(0, -sx[live].min(), sx[live].max() + cx - ws)),
+            )
+        return cls(topn, geometry, weights, alive, sy, sx, np.unique(topn.ids[live]), pad)
+
+
+class _Stack:
+    """The crop images of a group of layers, zero-padded and stacked in one uint8 array.
+
+    Crops are strided windows into it, so cutting one is a block copy; out-of-image pixels read
+    the zero padding and add nothing to an NF's numerator.
+    """
+
+    def __init__(self, ids: np.ndarray, images: Mapping[int, np.ndarray], geometry: CropGeometry,
+                 pad: tuple[int, int], pool: ThreadPoolExecutor | None) -> None:
+        hs, ws = geometry.image_size
+        self.ids, self.pad = ids, pad
+        self.array = np.zeros((ids.size, hs + 2 * pad[0], ws + 2 * pad[1], 3), np.uint8)
+
+        def fill(k: int) -> None:
+            self.array[k, pad[0] : pad[0] + hs, pad[1] : pad[1] + ws] = scaled(images[int(ids[k])], geometry)
+
+        _run(fill, range(ids.size), pool)
+
+    def windows(self, canvas: tuple[int, int]) -> np.ndarray:
+        """``[images, y, x, cy, cx, 3]`` view: every crop of the canvas size, by top-left corner."""
+        st, (cy, cx) = self.array, canvas
+        su, sh, sw, sc = st.strides
+        shape = (st.shape[0], st.shape[1] - cy + 1, st.shape[2] - cx + 1, cy, cx, 3)
+        return np.lib.stride_tricks.as_strided(st, shape=shape, strides=(su, sh, sw, sh, sw, sc), writeable=False)
+
+
 def neuron_features(
     topn: TopN, images: Mapping[int, np.ndarray], geometry: CropGeometry
 ) -> tuple[np.ndarray, np.ndarray]:
     """NFs ``float32 [C, cy, cx, 3]`` (RGB 0-255) and a ``bool [C]`` mask of neurons that have one (not dead).
 
     ``images`` maps image id -> display image (uint8 [H, W, 3]); every id in ``topn`` must be
-    there. Crops are strided views into one zero-padded uint8 stack of the layer's top images, so
-    cutting a crop is a block copy (a quarter of the bytes of float32); the weighted sum is a
-    batched matrix product over cache-sized chunks of units, spread over threads. Out-of-image
-    pixels are zero in the padding, so they add nothing to the numerator, and the valid weight
-    is separable (rows × columns), so the denominator is a small product too.
+    there. One layer of ``layers_features``.
     """
-    channels, n = topn.scores.shape
-    cy, cx = geometry.canvas
-    hs, ws = geometry.image_size
-    weights = np.where((topn.scores > 0) & (topn.ids >= 0), topn.scores, 0).astype(np.float64)
-    total = weights.sum(axis=1)
-    alive = total > 0
-    weights = (weights / np.where(alive, total, 1)[:, None]).astype(np.float32)  # normalised: sums stay <= 255
+    return layers_features([(topn, geometry)], images)[0]
+
+
+def layers_features(
+    layers: Sequence[tuple[TopN, CropGeometry]],
+    images: Mapping[int, np.ndarray],
+    on_layer: Callable[[int], None] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``neuron_features`` of several layers, in order; ``on_layer(k)`` after the k-th (from 1).
+
+    Consecutive layers whose crops come from images of the same size share one padded stack, so
+    each image is scaled and copied once per size, not once per layer (that cost as much as the
+    crops for Lite0). The weighted sums are matrix products over chunks of units, spread over
+    threads; the valid weight of each pixel comes from ``_valid_weight``.
+    """
+    plans = [_LayerPlan.of(topn, geometry) for topn, geometry in layers]
+    results: list[tuple[np.ndarray, np.ndarray]] = []
+    threads = compute_threads()
+    with ThreadPoolExecutor(threads, thread_name_prefix="nfi-nf") if threads > 1 else _no_pool() as pool:
+        for group in _stack_groups(plans):
+            first = group[0].geometry
+            pad = (max(p.pad[0] for p in group), max(p.pad[1] for p in group))
+            ids = np.unique(np.concatenate([p.used for p in group]))
+            stack = _Stack(ids, images, first, pad, pool)
+            for plan in group:
+                results.append(_layer_nfs(plan, stack, pool))
+                if on_layer:
+                    on_layer(len(results))
+    return results
+
+
+def _stack_groups(plans: list[_LayerPlan]) -> list[list[_LayerPlan]]:
+    """Runs of consecutive layers with one crop image size whose shared stack fits ``_STACK_BYTES``."""
+    groups: list[list[_LayerPlan]] = []
+    for plan in plans:
+        group = groups[-1] if groups else None
+        if group and group[0].geometry.image_size == plan.geometry.image_size:
+            hs, ws = plan.geometry.image_size
+            pad = (max(plan.pad[0], *(p.pad[0] for p in group)), max(plan.pad[1], *(p.pad[1] for p in group)))
+            n_ids = np.unique(np.concatenate([plan.used, *(p.used for p in group)])).size
+            if n_ids * (hs + 2 * pad[0]) * (ws + 2 * pad[1]) * 3 <= _STACK_BYTES:
+                group.append(plan)
+                continue
+        groups.append([plan])
+    return groups
+
+
+def _layer_nfs(plan: _LayerPlan, stack: _Stack, pool: ThreadPoolExecutor | None) -> tuple[np.ndarray, np.ndarray]:
+    """One layer's NFs from a stack that holds all its top images with at least its padding."""
+    channels, n = plan.weights.shape
+    cy, cx = plan.geometry.canvas
     nfs = np.full((channels, cy, cx, 3), np.nan, np.float32)
-    if not alive.any():
-        return nfs, alive
-    live = weights > 0
-    used = np.unique(topn.ids[live])
-    sy, sx = geometry.starts(topn.ys, topn.xs)
-    pad_y = int(max(0, -sy[live].min(), sy[live].max() + cy - hs))
-    pad_x = int(max(0, -sx[live].min(), sx[live].max() + cx - ws))
-    stack = np.zeros((used.size, hs + 2 * pad_y, ws + 2 * pad_x, 3), np.uint8)
-    sources = [images[int(image_id)] for image_id in used]
-
-    def fill(k: int) -> None:
-        stack[k, pad_y : pad_y + hs, pad_x : pad_x + ws] = _SCALED.get(sources[k], geometry)
-
-    su, sh, sw, sc = stack.strides
-    windows = np.lib.stride_tricks.as_strided(
-        stack,
-        shape=(used.size, stack.shape[1] - cy + 1, stack.shape[2] - cx + 1, cy, cx, 3),
-        strides=(su, sh, sw, sh, sw, sc),
-        writeable=False,
-    )
-    slot = np.clip(np.searchsorted(used, topn.ids), 0, used.size - 1)  # weight-0 entries: any slot
-    ty, tx = np.clip(sy + pad_y, 0, stack.shape[1] - cy), np.clip(sx + pad_x, 0, stack.shape[2] - cx)
+    if not plan.alive.any():
+        return nfs, plan.alive
+    windows = stack.windows((cy, cx))
+    slot = np.clip(np.searchsorted(stack.ids, plan.topn.ids), 0, stack.ids.size - 1)  # weight-0 entries: any slot
+    ty = np.clip(plan.sy + stack.pad[0], 0, windows.shape[1] - 1)
+    tx = np.clip(plan.sx + stack.pad[1], 0, windows.shape[2] - 1)
+    den = _valid_weight(plan.weights, plan.sy, plan.sx, plan.geometry)
+    weights = plan.weights
 
     def chunk(units: np.ndarray) -> None:
-        w = weights[units]  # [u, n]
-        crops = windows[slot[units], ty[units], tx[units]].reshape(units.size, n, -1).astype(np.float32)
-        num = np.matmul(w[:, None, :], crops).reshape(units.size, cy, cx, 3)
-        valid_y, valid_x = _inside(sy[units], cy, hs), _inside(sx[units], cx, ws)  # [u, n, cy], [u, n, cx]
-        den = np.matmul((valid_y * w[..., None]).transpose(0, 2, 1), valid_x.astype(np.float32))
-        ok = den >= MIN_VALID_WEIGHT
-        nfs[units] = np.where(ok[..., None], num / np.where(ok, den, 1)[..., None], GREY)
+        crops = _scratch("crops", (units.size, n, cy * cx * 3))
+        np.copyto(crops, windows[slot[units], ty[units], tx[units]].reshape(units.size, n, -1))
+        num = np.matmul(weights[units, None, :], crops).reshape(units.size, cy, cx, 3)
+        d = den[units]
+        ok = d >= MIN_VALID_WEIGHT
+        nfs[units] = np.where(ok[..., None], num / np.where(ok, d, 1)[..., None], GREY)
 
     step = max(1, _CHUNK_BYTES // (n * cy * cx * 3 * 4))
-    live_units = np.flatnonzero(alive)
-    chunks = [live_units[lo : lo + step] for lo in range(0, live_units.size, step)]
-    _SCALED.use(geometry)
-    _run(fill, range(used.size))
-    _run(chunk, chunks)  # chunks write disjoint rows of ``nfs``
-    return nfs, alive
+    live_units = np.flatnonzero(plan.alive)
+    _run(chunk, [live_units[lo : lo + step] for lo in range(0, live_units.size, step)], pool)  # disjoint rows
+    return nfs, plan.alive
 
 
-def _inside(starts: np.ndarray, size: int, limit: int) -> np.ndarray:
-    """``[..., size]`` mask of the crop pixels along one axis that fall inside ``[0, limit)``."""
-    pos = starts[..., None] + np.arange(size)
-    return (pos >= 0) & (pos < limit)
+_SCRATCH = threading.local()
 
 
-def _run(task: Callable[[T], None], items: Iterable[T]) -> None:
-    """``task`` on every item, over ``compute_threads()`` threads (inline when there is one)."""
-    threads = compute_threads()
-    if threads == 1:
+def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 work array reused by the calling thread.
+
+    A fresh multi-MB array per chunk is page-faulted in by the kernel on first touch, and that
+    cost ~4x the conversion and the matrix product together; reusing one buffer per thread
+    removes it.
+    """
+    size = int(np.prod(shape))
+    buf = getattr(_SCRATCH, name, None)
+    if buf is None or buf.size < size:
+        buf = np.empty(size, np.float32)
+        setattr(_SCRATCH, name, buf)
+    return buf[:size].reshape(shape)
+
+
+def _valid_weight(weights: np.ndarray, sy: np.ndarray, sx: np.ndarray, geometry: CropGeometry) -> np.ndarray:
+    """``[C, cy, cx]``: per NF pixel, the summed weight of the crops that have that pixel inside the image.
+
+    A crop's inside part is a rectangle, so each weight is added at the rectangle's four corners
+    (2-D difference array, one ``bincount`` for the whole layer) and two cumulative sums spread
+    it; the cost is independent of the canvas area times N.
+    """
+    channels, n = weights.shape
+    cy, cx = geometry.canvas
+    hs, ws = geometry.image_size
+    y0, y1 = np.clip(-sy, 0, cy), np.clip(hs - sy, 0, cy)  # inside rows of each crop: [y0, y1)
+    x0, x1 = np.clip(-sx, 0, cx), np.clip(ws - sx, 0, cx)
+    w = np.where((y1 > y0) & (x1 > x0), weights, 0).astype(np.float64)
+    base = (np.arange(channels) * (cy + 1) * (cx + 1))[:, None]
+    corners = [(y0, x0, w), (y0, x1, -w), (y1, x0, -w), (y1, x1, w)]
+    index = np.concatenate([(base + y * (cx + 1) + x).ravel() for y, x, _ in corners])
+    diff = np.bincount(index, np.concatenate([v.ravel() for *_, v in corners]), channels * (cy + 1) * (cx + 1))
+    return diff.reshape(channels, cy + 1, cx + 1).cumsum(1).cumsum(2)[:, :cy, :cx].astype(np.float32)
+
+
+def _run(task: Callable[[T], None], items: Iterable[T], pool: ThreadPoolExecutor | None) -> None:
+    """``task`` on every item, over the pool's threads (inline without a pool)."""
+    if pool is None:
         for item in items:
             task(item)
         return
-    with ThreadPoolExecutor(threads, thread_name_prefix="nfi-nf") as pool:
-        list(pool.map(task, items))
+    list(pool.map(task, items))
+
+
+@contextlib.contextmanager
+def _no_pool() -> Iterator[None]:
+    """Stands in for the thread pool when one thread is configured."""
+    yield None

@@ -92,8 +92,8 @@ class _Text:
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
-    """Stored NF values (float 0-255) as display pixels: rounded and clipped."""
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    """Stored NF values (float 0-255) as display pixels: rounded half up, as image tools do, and clipped."""
+    return np.clip(np.floor(rgb + 0.5), 0, 255).astype(np.uint8)
 
 
 def enlarge(rgb: np.ndarray, factor: int) -> np.ndarray:
