@@ -39,7 +39,7 @@ def brute_force_nf(scores, ids, ys, xs, images, size, stride, offset, input_hw):
         num[y0 - top : y1 - top, x0 - left : x1 - left] += a * images[image_id][y0:y1, x0:x1]
         den[y0 - top : y1 - top, x0 - left : x1 - left] += a
     out = np.full((*canvas, 3), 127.0)
-    ok = den >= 0.1 * total
+    ok = 10 * den >= total  # 'not below 10 %', exact when equal weights put it on the line
     out[ok] = num[ok] / den[ok][:, None]
     return out
 
@@ -88,6 +88,19 @@ def test_grey_fill_and_dead_neurons() -> None:
     # window rows/cols -3..0: only the last row and column are inside the image
     np.testing.assert_array_equal(nfs[0][3, 3], [200, 200, 200])
     np.testing.assert_array_equal(nfs[0][0, 0], [127, 127, 127])
+
+
+def test_valid_weight_of_exactly_ten_percent_is_kept() -> None:
+    """§4 greys a pixel whose valid weight is *below* 10 %. 100 equal scores (a saturated ReLU6
+    neuron) with 10 crops covering the pixel sit exactly on the line; float rounding must not grey it."""
+    image = np.full((8, 8, 3), 200, np.uint8)
+    rf = ReceptiveField(size=(4, 4), stride=(1, 1), offset=(-3, -3))
+    top = TopN.empty(1, 100)
+    loc = np.where(np.arange(100) < 10, 4, 0)[:, None]  # location 4: crop starts at 1, fully inside
+    top.update(np.arange(100), np.full((100, 1), 6.0, np.float32), loc, loc)
+    nfs, _ = neuron_features(top, {i: image for i in range(100)}, crop_geometry(rf, (8, 8)))
+    np.testing.assert_allclose(nfs[0][0, 0], [200, 200, 200], atol=1e-3)  # 10 % valid: kept
+    np.testing.assert_allclose(nfs[0][3, 3], [200, 200, 200], atol=1e-3)
 
 
 def test_reduced_resolution_nf_approximates_full(photo_dir: Path) -> None:
