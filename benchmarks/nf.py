@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--provider", default="cpu")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--nf-max-size", type=int, nargs="+", default=[AnalyzeConfig.nf_max_size, 16],
+    parser.add_argument("--nf-max-size", type=int, nargs="+", default=[AnalyzeConfig.nf_max_size, 32, 16],
                         help="NF sizes to time against the same scan (the first is the default)")
     args = parser.parse_args()
 

@@ -28,7 +28,7 @@ class AnalyzeConfig:
     labels: str = "auto"
     layers: tuple[str, ...] = ()
     nf: bool = True
-    nf_max_size: int = 32
+    nf_max_size: int = 24
     indexes: tuple[str, ...] = DEFAULT_INDEXES
     color_mode: str = "image"
     rho: float = 1.0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import cv2
 import numpy as np
 
 from onnx_nfi.graph.receptive_field import ReceptiveField
+from onnx_nfi.neurons.nf_kernel import weighted_crops
 from onnx_nfi.scan.topn import TopN
 
 T = TypeVar("T")
@@ -35,10 +35,6 @@ MIN_VALID_WEIGHT = 0.1
 #: Relative allowance on that threshold for rounding: equal weights (a saturated ReLU6 neuron's
 #: top-N are often all 6.0) put the valid weight exactly on 10 %, which counts as not below.
 _THRESHOLD = MIN_VALID_WEIGHT * (1 - 1e-5)
-#: Units per thread-pool task: enough that the pool's overhead is noise.
-_UNITS_PER_TASK = 64
-#: float32 crops handled together: about a core's L2 cache.
-_CACHE_BYTES = 2 * 2**20
 #: Upper bound of one shared crop stack (uint8). Layers with the same crop image size share a
 #: stack while it stays under this; a layer whose own stack is larger gets one of its own.
 _STACK_BYTES = 512 * 2**20
@@ -102,7 +98,7 @@ def compute_threads() -> int:
 
 @dataclass
 class _LayerPlan:
-    """One layer's weights, crop corners and the padding its crops need."""
+    """One layer's weights, crop corners and top images."""
 
     topn: TopN
     geometry: CropGeometry
@@ -111,7 +107,6 @@ class _LayerPlan:
     sy: np.ndarray  # crop corners in the crop image [C, N]
     sx: np.ndarray
     used: np.ndarray  # image ids with positive weight
-    pad: tuple[int, int]
 
     @classmethod
     def of(cls, topn: TopN, geometry: CropGeometry) -> _LayerPlan:
@@ -119,33 +114,20 @@ class _LayerPlan:
         total = weights.sum(axis=1)
         alive = total > 0
         weights = (weights / np.where(alive, total, 1)[:, None]).astype(np.float32)  # sums stay <= 255
-        live = weights > 0
         sy, sx = geometry.starts(topn.ys, topn.xs)
-        (cy, cx), (hs, ws) = geometry.canvas, geometry.image_size
-        pad = (0, 0)
-        if live.any():
-            pad = (
-                int(max(0, -sy[live].min(), sy[live].max() + cy - hs)),
-                int(max(0, -sx[live].min(), sx[live].max() + cx - ws)),
-            )
-        return cls(topn, geometry, weights, alive, sy, sx, np.unique(topn.ids[live]), pad)
+        return cls(topn, geometry, weights, alive, sy, sx, np.unique(topn.ids[weights > 0]))
 
 
 class _Stack:
-    """The crop images of a group of layers, zero-padded and stacked in one uint8 array.
-
-    Crops are strided windows into it, so cutting one is a block copy; out-of-image pixels read
-    the zero padding and add nothing to an NF's numerator.
-    """
+    """The crop images of a group of layers (display images, scaled when the canvas is), in one uint8 array."""
 
     def __init__(self, ids: np.ndarray, images: Mapping[int, np.ndarray], geometry: CropGeometry,
-                 pad: tuple[int, int], pool: ThreadPoolExecutor | None) -> None:
-        hs, ws = geometry.image_size
-        self.ids, self.pad = ids, pad
-        self.array = np.zeros((ids.size, hs + 2 * pad[0], ws + 2 * pad[1], 3), np.uint8)
+                 pool: ThreadPoolExecutor | None) -> None:
+        self.ids = ids
+        self.array = np.empty((ids.size, *geometry.image_size, 3), np.uint8)
 
         def fill(k: int) -> None:
-            self.array[k, pad[0] : pad[0] + hs, pad[1] : pad[1] + ws] = scaled(images[int(ids[k])], geometry)
+            self.array[k] = scaled(images[int(ids[k])], geometry)
 
         _run(fill, range(ids.size), pool)
 
@@ -154,13 +136,6 @@ class _Stack:
         lookup = np.zeros(int(max(self.ids.max(initial=0), ids.max(initial=0))) + 1, np.int64)
         lookup[self.ids] = np.arange(self.ids.size)
         return lookup[np.maximum(ids, 0)]
-
-    def windows(self, canvas: tuple[int, int]) -> np.ndarray:
-        """``[images, y, x, cy, cx, 3]`` view: every crop of the canvas size, by top-left corner."""
-        st, (cy, cx) = self.array, canvas
-        su, sh, sw, sc = st.strides
-        shape = (st.shape[0], st.shape[1] - cy + 1, st.shape[2] - cx + 1, cy, cx, 3)
-        return np.lib.stride_tricks.as_strided(st, shape=shape, strides=(su, sh, sw, sh, sw, sc), writeable=False)
 
 
 def neuron_features(
@@ -181,22 +156,20 @@ def layers_features(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``neuron_features`` of several layers, in order; ``on_layer(k)`` after the k-th (from 1).
 
-    Consecutive layers whose crops come from images of the same size share one padded stack, so
+    Consecutive layers whose crops come from images of the same size share one stack, so
     each image is scaled and copied once per size, not once per layer (that cost as much as the
-    crops for Lite0). The weighted sums are matrix products over chunks of units, spread over
-    threads; the valid weight of each pixel comes from ``_valid_weight``.
+    crops for Lite0). The weighted sums run in the compiled ``nf_kernel``; the valid weight of
+    each pixel comes from ``_valid_weight``; image scaling runs on a thread pool.
     """
     plans = [_LayerPlan.of(topn, geometry) for topn, geometry in layers]
     results: list[tuple[np.ndarray, np.ndarray]] = []
     threads = compute_threads()
     with ThreadPoolExecutor(threads, thread_name_prefix="nfi-nf") if threads > 1 else _no_pool() as pool:
         for group in _stack_groups(plans):
-            first = group[0].geometry
-            pad = (max(p.pad[0] for p in group), max(p.pad[1] for p in group))
             ids = np.unique(np.concatenate([p.used for p in group]))
-            stack = _Stack(ids, images, first, pad, pool)
+            stack = _Stack(ids, images, group[0].geometry, pool)
             for plan in group:
-                results.append(_layer_nfs(plan, stack, pool))
+                results.append(_layer_nfs(plan, stack))
                 if on_layer:
                     on_layer(len(results))
     return results
@@ -209,67 +182,37 @@ def _stack_groups(plans: list[_LayerPlan]) -> list[list[_LayerPlan]]:
         group = groups[-1] if groups else None
         if group and group[0].geometry.image_size == plan.geometry.image_size:
             hs, ws = plan.geometry.image_size
-            pad = (max(plan.pad[0], *(p.pad[0] for p in group)), max(plan.pad[1], *(p.pad[1] for p in group)))
             n_ids = np.unique(np.concatenate([plan.used, *(p.used for p in group)])).size
-            if n_ids * (hs + 2 * pad[0]) * (ws + 2 * pad[1]) * 3 <= _STACK_BYTES:
+            if n_ids * hs * ws * 3 <= _STACK_BYTES:
                 group.append(plan)
                 continue
         groups.append([plan])
     return groups
 
 
-def _layer_nfs(plan: _LayerPlan, stack: _Stack, pool: ThreadPoolExecutor | None) -> tuple[np.ndarray, np.ndarray]:
-    """One layer's NFs from a stack that holds all its top images with at least its padding."""
+def _layer_nfs(plan: _LayerPlan, stack: _Stack) -> tuple[np.ndarray, np.ndarray]:
+    """One layer's NFs from a stack that holds all its top images."""
     channels, n = plan.weights.shape
     cy, cx = plan.geometry.canvas
-    nfs = np.full((channels, cy, cx, 3), np.nan, np.float32)
+    nfs = np.empty((channels, cy, cx, 3), np.float32)
+    nfs[~plan.alive] = np.nan
     if not plan.alive.any():
         return nfs, plan.alive
-    windows = stack.windows((cy, cx))
-    live_units = np.flatnonzero(plan.alive)
-    # per live unit, in unit order, so that a run of units is a slice (views, no index copies)
-    slot = stack.slots(plan.topn.ids[live_units])
-    ty = np.clip(plan.sy[live_units] + stack.pad[0], 0, windows.shape[1] - 1)
-    tx = np.clip(plan.sx[live_units] + stack.pad[1], 0, windows.shape[2] - 1)
-    weights = plan.weights[live_units, None, :]
-    den = _valid_weight(plan)[live_units]
-    size = cy * cx * 3
-    per_batch = max(1, _CACHE_BYTES // (n * size * 4))
-
-    def chunk(lo: int, hi: int) -> None:
-        # a few units at a time, so their N crops stay in the core's cache between the copy and
-        # the product: batching more spilled them to memory and ran ~2x slower
-        num = np.empty((hi - lo, 1, size), np.float32)
-        for a in range(lo, hi, per_batch):
-            b = min(a + per_batch, hi)
-            crops = _scratch("crops", (b - a, n, size))
-            np.copyto(crops, windows[slot[a:b], ty[a:b], tx[a:b]].reshape(b - a, n, size))
-            np.matmul(weights[a:b], crops, out=num[a - lo : b - lo])
-        ok = den[lo:hi] >= _THRESHOLD
-        value = num.reshape(-1, cy, cx, 3) / np.where(ok, den[lo:hi], 1)[..., None]
-        nfs[live_units[lo:hi]] = np.where(ok[..., None], value, GREY)
-
-    step = max(_UNITS_PER_TASK, per_batch)
-    _run(lambda lo: chunk(lo, min(lo + step, live_units.size)), range(0, live_units.size, step), pool)  # disjoint rows
+    live = np.flatnonzero(plan.alive)
+    weighted_crops(
+        stack.array,
+        stack.slots(plan.topn.ids[live]),
+        plan.sy[live],
+        plan.sx[live],
+        plan.weights[live],
+        _valid_weight(plan)[live],
+        _THRESHOLD,
+        GREY,
+        compute_threads(),
+        nfs,
+        live,
+    )
     return nfs, plan.alive
-
-
-_SCRATCH = threading.local()
-
-
-def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 work array reused by the calling thread.
-
-    A fresh multi-MB array per chunk is page-faulted in by the kernel on first touch, and that
-    cost ~4x the conversion and the matrix product together; reusing one buffer per thread
-    removes it.
-    """
-    size = int(np.prod(shape))
-    buf = getattr(_SCRATCH, name, None)
-    if buf is None or buf.size < size:
-        buf = np.empty(size, np.float32)
-        setattr(_SCRATCH, name, buf)
-    return buf[:size].reshape(shape)
 
 
 def _valid_weight(plan: _LayerPlan) -> np.ndarray:
