@@ -8,7 +8,7 @@ transaction at the end, so a failure never leaves a half-written model behind.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,9 @@ import numpy as np
 
 from onnx_nfi import search
 from onnx_nfi.config import AnalyzeConfig, parse_indexes
-from onnx_nfi.data.images import ImageFile, list_images, parse_label_option, read_class_names
-from onnx_nfi.data.loader import iter_decoded
+from onnx_nfi.data.display import BUDGET_BYTES as DISPLAY_BUDGET_BYTES
+from onnx_nfi.data.display import DisplayImages
+from onnx_nfi.data.images import list_images, parse_label_option, read_class_names
 from onnx_nfi.data.preprocess import Preprocessing, from_dict, resolve
 from onnx_nfi.errors import ImageError, ModelError, StoreError
 from onnx_nfi.graph.layers import Layer, find_conv_layers, select_layers
@@ -155,8 +156,8 @@ def analyze(
 
     t_nf = dt.datetime.now()
     images_needed = top_images(scan_result) if (config.nf or indexes) else {}
-    display = load_display_images(images_needed, pre, progress) if images_needed else {}
-    nfs = compute_nfs(scan_result, infos, display, pre, config, progress) if config.nf else {}
+    display = load_display_images(images_needed, pre)
+    nfs = compute_nfs(scan_result, infos, display, pre, config, progress, display.capacity // 2) if config.nf else {}
     t_index = dt.datetime.now()
     index_result = _compute_indexes(
         lm, pre, [IndexLayer(i.layer, i.rf, scan_result.stats[i.layer.tensor].topn) for i in infos], display,
@@ -213,7 +214,7 @@ def _compute_indexes(
     lm: LoadedModel,
     pre: Preprocessing,
     items: list[IndexLayer],
-    display: dict[int, np.ndarray],
+    display: Mapping[int, np.ndarray],
     labels: dict[int, str | None],
     config: AnalyzeConfig,
     progress: Progress | None,
@@ -228,19 +229,11 @@ def _compute_indexes(
 
 
 def load_display_images(
-    paths: dict[int, Path], pre: Preprocessing, progress: Progress | None = None, phase: str = "nf"
-) -> dict[int, np.ndarray]:
-    """Decode the given images once each (in parallel), as the network saw them before normalisation."""
-    ids = sorted(paths)
-    out: dict[int, np.ndarray] = {}
-    files = [ImageFile(paths[i], None) for i in ids]
-    for k, (image_id, decoded) in enumerate(zip(ids, iter_decoded(files, pre))):
-        if decoded.image is None:
-            raise ImageError(f"image {decoded.file.path} changed or vanished since the scan ({decoded.error}); analyse again")
-        out[image_id] = decoded.image
-        if progress and k % 64 == 0:
-            progress(phase, k, len(ids))
-    return out
+    paths: dict[int, Path], pre: Preprocessing, budget_bytes: int = DISPLAY_BUDGET_BYTES
+) -> DisplayImages:
+    """The given images as the network saw them before normalisation, decoded on demand (in parallel,
+    in id order) and kept within ``budget_bytes``."""
+    return DisplayImages(paths, pre, budget_bytes)
 
 
 def top_images(result: ScanResult) -> dict[int, Path]:
@@ -253,18 +246,19 @@ def top_images(result: ScanResult) -> dict[int, Path]:
 def compute_nfs(
     result: ScanResult,
     infos: list[LayerInfo],
-    images: dict[int, np.ndarray],
+    images: Mapping[int, np.ndarray],
     pre: Preprocessing,
     config: AnalyzeConfig,
     progress: Progress | None,
+    max_images: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """NFs of every layer from the decoded top images (id -> display image)."""
+    """NFs of every layer from the top images (id -> display image), ``max_images`` of them at a time."""
     jobs = [
         (result.stats[info.layer.tensor].topn, crop_geometry(info.rf, pre.input_size, config.nf_max_size))
         for info in infos
     ]
-    on_layer = (lambda k: progress("nf", k, len(infos))) if progress else None
-    features = layers_features(jobs, images, on_layer)
+    on_progress = (lambda done, total: progress("nf", done, total)) if progress else None
+    features = layers_features(jobs, images, on_progress, max_images)
     return {info.layer.tensor: nfs for info, (nfs, _) in zip(infos, features)}
 
 
@@ -464,7 +458,7 @@ def index(
     ]
     paths = {int(r["image_id"]): Path(r["path"]) for r in image_rows}
     needed = np.unique(np.concatenate([t.ids[t.ids >= 0] for t in topns.values()]))
-    display = load_display_images({int(i): paths[int(i)] for i in needed}, pre, progress, phase="index")
+    display = load_display_images({int(i): paths[int(i)] for i in needed}, pre)
     result = _compute_indexes(lm, pre, items, display, {int(r["image_id"]): r["label"] for r in image_rows}, config, progress)
     with Store.open(db) as store, store.transaction():
         write_indexes(store, model, result)

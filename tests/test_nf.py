@@ -10,6 +10,7 @@ from conftest import LITE0, TINY
 
 from onnx_nfi.api import compute_nfs, load_display_images, model_layers, open_model, top_images
 from onnx_nfi.config import AnalyzeConfig
+from onnx_nfi.data.display import DisplayImages
 from onnx_nfi.data.images import list_images
 from onnx_nfi.data.loader import iter_decoded
 from onnx_nfi.graph.receptive_field import ReceptiveField
@@ -126,3 +127,36 @@ def test_crop_geometry_centre_crops_large_fields(offset) -> None:
     assert geometry.canvas == (64, 40)
     ty, tx = geometry.starts(np.array([2]), np.array([3]))
     assert (ty[0], tx[0]) == (2 * 4 + offset[0] + 18, 3 * 4 + offset[1])
+
+
+def test_nfs_summed_over_image_chunks_equal_one_pass(photo_dir: Path) -> None:
+    """Memory stays bounded on large sets by adding crops a chunk of top images at a time; the NFs
+    must not depend on the chunking (7 images at a time against all at once, every tiny_lite0 layer)."""
+    lm, pre = open_model(TINY)
+    infos = model_layers(lm)
+    result = scan(lm, [i.layer for i in infos], pre, list_images(photo_dir).files, top_n=10, provider="cpu")
+    needed = top_images(result)
+    assert len(needed) > 20
+    whole = compute_nfs(result, infos, load_display_images(needed, pre), pre, AnalyzeConfig(), None)
+    lazy = load_display_images(needed, pre, budget_bytes=0)  # keeps at most 2 blocks
+    steps: list[tuple[int, int]] = []
+    chunked = compute_nfs(result, infos, lazy, pre, AnalyzeConfig(), lambda phase, d, t: steps.append((d, t)), 7)
+    for info in infos:
+        np.testing.assert_allclose(chunked[info.layer.tensor], whole[info.layer.tensor], atol=1e-3, err_msg=info.layer.alias)
+    chunks = -(-len(needed) // 7)
+    assert steps[-1] == (chunks * len(infos), chunks * len(infos))
+
+
+def test_display_images_decode_in_blocks_within_the_budget(photo_dir: Path) -> None:
+    """Lazy display images equal a direct decode, and no more than the capacity is held at any time."""
+    lm, pre = open_model(TINY)
+    files = list_images(photo_dir).files
+    paths = {k * 3 + 1: f.path for k, f in enumerate(files)}  # ids need not be dense
+    direct = {image_id: d.image for image_id, d in zip(sorted(paths), iter_decoded(files, pre))}
+    images = DisplayImages(paths, pre, budget_bytes=0, block=4)
+    assert images.capacity == 8 and len(images) == len(files) > 8
+    for image_id in images:
+        np.testing.assert_array_equal(images[image_id], direct[image_id])
+        assert images.kept() <= images.capacity
+    with pytest.raises(KeyError):
+        images[2]

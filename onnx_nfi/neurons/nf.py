@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from onnx_nfi.graph.receptive_field import ReceptiveField
-from onnx_nfi.neurons.nf_kernel import weighted_crops
+from onnx_nfi.neurons.nf_kernel import add_weighted_crops
 from onnx_nfi.scan.topn import TopN
 
 T = TypeVar("T")
@@ -35,9 +35,6 @@ MIN_VALID_WEIGHT = 0.1
 #: Relative allowance on that threshold for rounding: equal weights (a saturated ReLU6 neuron's
 #: top-N are often all 6.0) put the valid weight exactly on 10 %, which counts as not below.
 _THRESHOLD = MIN_VALID_WEIGHT * (1 - 1e-5)
-#: Upper bound of one shared crop stack (uint8). Layers with the same crop image size share a
-#: stack while it stays under this; a layer whose own stack is larger gets one of its own.
-_STACK_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -152,66 +149,66 @@ def neuron_features(
 def layers_features(
     layers: Sequence[tuple[TopN, CropGeometry]],
     images: Mapping[int, np.ndarray],
-    on_layer: Callable[[int], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    max_images: int | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``neuron_features`` of several layers, in order; ``on_layer(k)`` after the k-th (from 1).
+    """``neuron_features`` of several layers, in order.
 
-    Consecutive layers whose crops come from images of the same size share one stack, so
-    each image is scaled and copied once per size, not once per layer (that cost as much as the
-    crops for Lite0). The weighted sums run in the compiled ``nf_kernel``; the valid weight of
-    each pixel comes from ``_valid_weight``; image scaling runs on a thread pool.
+    The top images are read in ascending id order, ``max_images`` at a time (all at once when
+    None): an NF is a sum over crops, so each chunk adds its crops to every layer's numerator
+    and memory stays bounded however many top images there are (``images`` may decode lazily,
+    see ``onnx_nfi.data.display``). Within a chunk, consecutive layers whose crops come from
+    images of one size share one stack, so each image is scaled once per size, not once per
+    layer. The sums run in the compiled ``nf_kernel``; each pixel's valid weight comes from
+    ``_valid_weight``; ``on_progress(done, total)`` counts (chunk, layer) steps.
     """
     plans = [_LayerPlan.of(topn, geometry) for topn, geometry in layers]
-    results: list[tuple[np.ndarray, np.ndarray]] = []
+    sums = [np.zeros((p.weights.shape[0], *p.geometry.canvas, 3), np.float32) for p in plans]
+    used = np.unique(np.concatenate([p.used for p in plans])) if plans else np.zeros(0, np.int64)
+    step = max(1, max_images or used.size)
+    chunks = [used[lo : lo + step] for lo in range(0, used.size, step)]
     threads = compute_threads()
+    done = 0
     with ThreadPoolExecutor(threads, thread_name_prefix="nfi-nf") if threads > 1 else _no_pool() as pool:
-        for group in _stack_groups(plans):
-            ids = np.unique(np.concatenate([p.used for p in group]))
-            stack = _Stack(ids, images, group[0].geometry, pool)
-            for plan in group:
-                results.append(_layer_nfs(plan, stack))
-                if on_layer:
-                    on_layer(len(results))
-    return results
+        for chunk in chunks:
+            for group in _same_size_runs(plans):
+                ids = np.intersect1d(np.concatenate([plans[k].used for k in group]), chunk)
+                stack = _Stack(ids, images, plans[group[0]].geometry, pool)
+                for k in group:
+                    _add_layer_crops(plans[k], stack, sums[k], threads)
+                    done += 1
+                    if on_progress:
+                        on_progress(done, len(chunks) * len(plans))
+    return [_finish(plan, total) for plan, total in zip(plans, sums)]
 
 
-def _stack_groups(plans: list[_LayerPlan]) -> list[list[_LayerPlan]]:
-    """Runs of consecutive layers with one crop image size whose shared stack fits ``_STACK_BYTES``."""
-    groups: list[list[_LayerPlan]] = []
-    for plan in plans:
-        group = groups[-1] if groups else None
-        if group and group[0].geometry.image_size == plan.geometry.image_size:
-            hs, ws = plan.geometry.image_size
-            n_ids = np.unique(np.concatenate([plan.used, *(p.used for p in group)])).size
-            if n_ids * hs * ws * 3 <= _STACK_BYTES:
-                group.append(plan)
-                continue
-        groups.append([plan])
-    return groups
+def _same_size_runs(plans: list[_LayerPlan]) -> list[list[int]]:
+    """Indices of runs of consecutive layers whose crops come from images of one size."""
+    runs: list[list[int]] = []
+    for k, plan in enumerate(plans):
+        if runs and plans[runs[-1][0]].geometry.image_size == plan.geometry.image_size:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return runs
 
 
-def _layer_nfs(plan: _LayerPlan, stack: _Stack) -> tuple[np.ndarray, np.ndarray]:
-    """One layer's NFs from a stack that holds all its top images."""
-    channels, n = plan.weights.shape
-    cy, cx = plan.geometry.canvas
-    nfs = np.empty((channels, cy, cx, 3), np.float32)
-    nfs[~plan.alive] = np.nan
-    if not plan.alive.any():
-        return nfs, plan.alive
+def _add_layer_crops(plan: _LayerPlan, stack: _Stack, total: np.ndarray, threads: int) -> None:
+    """Add to ``total`` the weighted crops of the layer's entries whose image is in the stack."""
     live = np.flatnonzero(plan.alive)
-    weighted_crops(
-        stack.array,
-        stack.slots(plan.topn.ids[live]),
-        plan.sy[live],
-        plan.sx[live],
-        plan.weights[live],
-        _valid_weight(plan)[live],
-        _THRESHOLD,
-        GREY,
-        compute_threads(),
-        nfs,
-        live,
-    )
+    if live.size == 0 or stack.ids.size == 0:
+        return
+    ids = plan.topn.ids[live]
+    weights = np.where(np.isin(ids, stack.ids), plan.weights[live], 0)
+    add_weighted_crops(stack.array, stack.slots(ids), plan.sy[live], plan.sx[live], weights, threads, total, live)
+
+
+def _finish(plan: _LayerPlan, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NFs from the summed crops: divided by each pixel's valid weight, grey below 10 %, NaN when dead."""
+    den = _valid_weight(plan)
+    ok = den >= _THRESHOLD
+    nfs = np.where(ok[..., None], total / np.where(ok, den, 1)[..., None], np.float32(GREY)).astype(np.float32)
+    nfs[~plan.alive] = np.nan
     return nfs, plan.alive
 
 

@@ -19,7 +19,7 @@ _LOCK = threading.Lock()
 
 
 @numba.njit(parallel=True, cache=True, boundscheck=False, fastmath={"contract"})
-def _weighted_crops(
+def _add_weighted_crops(
     stack: np.ndarray,
     height: int,
     width: int,
@@ -27,9 +27,6 @@ def _weighted_crops(
     ty: np.ndarray,
     tx: np.ndarray,
     weights: np.ndarray,
-    den: np.ndarray,
-    threshold: float,
-    grey: float,
     cy: int,
     cx: int,
     rows: np.ndarray,
@@ -55,47 +52,37 @@ def _weighted_crops(
                 dst = np.uint64(a * row + x0 * 3)
                 for b in range(length):
                     acc[dst + b] += wk * np.float32(stack[src + b])
-        for a in range(cy):
-            for b in range(cx):
-                d = den[u, a, b]
-                p = (a * cx + b) * 3
-                for c in range(3):
-                    out[rows[u], p + c] = acc[p + c] / d if d >= threshold else grey
+        target = out[rows[u]]
+        for p in range(cy * row):
+            target[p] += acc[p]
 
 
-def weighted_crops(
+def add_weighted_crops(
     stack: np.ndarray,
     slot: np.ndarray,
     ty: np.ndarray,
     tx: np.ndarray,
     weights: np.ndarray,
-    den: np.ndarray,
-    threshold: float,
-    grey: float,
     threads: int,
     out: np.ndarray,
     rows: np.ndarray,
 ) -> None:
-    """``out[rows[u]] = Σ_k weights[u, k] · crop_k / den[u]`` per pixel, ``grey`` where ``den < threshold``.
+    """``out[rows[u]] += Σ_k weights[u, k] · crop_k``, summing only the part of each crop inside its image.
 
     ``stack`` is ``uint8 [S, H, W, 3]``; crop ``k`` of unit ``u`` has its top-left corner at
-    ``(ty, tx)`` (possibly outside) of image ``stack[slot]``, and only its part inside the image is
-    summed; zero-weight entries are skipped and may point anywhere. ``out`` is ``float32
-    [C, cy, cx, 3]``, C-contiguous, written in place so no per-layer copy is made.
+    ``(ty, tx)`` (possibly outside) of image ``stack[slot]``; zero-weight entries are skipped and
+    may point anywhere. ``out`` is ``float32 [C, cy, cx, 3]``, C-contiguous, added to in place.
     """
     _, h, w, _ = stack.shape
     cy, cx = out.shape[1:3]
     if out.dtype != np.float32 or not out.flags.c_contiguous or out.shape[3] != 3 or not stack.flags.c_contiguous:
         raise ValueError("stack and out must be C-contiguous, out float32 [C, cy, cx, 3]")
-    live = weights > 0
-    if ((slot < 0) | (slot >= stack.shape[0]))[live].any():
+    if ((slot < 0) | (slot >= stack.shape[0]))[weights > 0].any():
         raise ValueError("a weighted crop's image is not in the stack")
     with _LOCK:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        _weighted_crops(
+        _add_weighted_crops(
             stack.reshape(-1), h, w, slot.astype(np.int64, copy=False), ty.astype(np.int64, copy=False),
-            tx.astype(np.int64, copy=False), weights.astype(np.float32, copy=False),
-            den.astype(np.float32, copy=False), threshold, grey, cy, cx, rows.astype(np.int64, copy=False),
-            out.reshape(out.shape[0], -1),
+            tx.astype(np.int64, copy=False), weights.astype(np.float32, copy=False), cy, cx,
+            rows.astype(np.int64, copy=False), out.reshape(out.shape[0], -1),
         )
-
