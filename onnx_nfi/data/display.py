@@ -8,6 +8,7 @@ block at a time, in parallel, ahead of the reader, and the oldest are dropped pa
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -37,17 +38,19 @@ class DisplayImages(Mapping[int, np.ndarray]):
         self._pre = pre
         self._position = {image_id: k for k, image_id in enumerate(self.ids)}
         self._kept: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # readers on several threads decode each block once
         height, width = pre.input_size
         #: how many images the budget holds; readers that need a set at once take at most half
         self.capacity = max(2 * block, budget_bytes // (height * width * 3))
 
     def __getitem__(self, image_id: int) -> np.ndarray:
-        image = self._kept.get(image_id)
-        if image is None:
-            if image_id not in self._position:
-                raise KeyError(image_id)
-            self._decode_from(self._position[image_id])
-            image = self._kept[image_id]
+        if image_id not in self._position:
+            raise KeyError(image_id)
+        with self._lock:
+            image = self._kept.get(image_id)
+            if image is None:
+                self._decode_from(self._position[image_id])
+                image = self._kept[image_id]
         return image
 
     def __iter__(self) -> Iterator[int]:

@@ -122,9 +122,10 @@ class _Stack:
                  pool: ThreadPoolExecutor | None) -> None:
         self.ids = ids
         self.array = np.empty((ids.size, *geometry.image_size, 3), np.uint8)
+        sources = [images[int(i)] for i in ids]  # here, not in the pool: a lazy mapping decodes in order
 
         def fill(k: int) -> None:
-            self.array[k] = scaled(images[int(ids[k])], geometry)
+            self.array[k] = scaled(sources[k], geometry)
 
         _run(fill, range(ids.size), pool)
 
@@ -163,23 +164,25 @@ def layers_features(
     ``_valid_weight``; ``on_progress(done, total)`` counts (chunk, layer) steps.
     """
     plans = [_LayerPlan.of(topn, geometry) for topn, geometry in layers]
-    sums = [np.zeros((p.weights.shape[0], *p.geometry.canvas, 3), np.float32) for p in plans]
+    nfs = [np.zeros((p.weights.shape[0], *p.geometry.canvas, 3), np.float32) for p in plans]
     used = np.unique(np.concatenate([p.used for p in plans])) if plans else np.zeros(0, np.int64)
     step = max(1, max_images or used.size)
-    chunks = [used[lo : lo + step] for lo in range(0, used.size, step)]
+    chunks = [used[lo : lo + step] for lo in range(0, used.size, step)] or [used]
     threads = compute_threads()
     done = 0
     with ThreadPoolExecutor(threads, thread_name_prefix="nfi-nf") if threads > 1 else _no_pool() as pool:
-        for chunk in chunks:
+        for c, chunk in enumerate(chunks):
             for group in _same_size_runs(plans):
                 ids = np.intersect1d(np.concatenate([plans[k].used for k in group]), chunk)
                 stack = _Stack(ids, images, plans[group[0]].geometry, pool)
                 for k in group:
-                    _add_layer_crops(plans[k], stack, sums[k], threads)
+                    _add_layer_crops(plans[k], stack, nfs[k], threads, last=c == len(chunks) - 1)
                     done += 1
                     if on_progress:
                         on_progress(done, len(chunks) * len(plans))
-    return [_finish(plan, total) for plan, total in zip(plans, sums)]
+    for plan, out in zip(plans, nfs):
+        out[~plan.alive] = np.nan
+    return [(out, plan.alive) for plan, out in zip(plans, nfs)]
 
 
 def _same_size_runs(plans: list[_LayerPlan]) -> list[list[int]]:
@@ -193,23 +196,16 @@ def _same_size_runs(plans: list[_LayerPlan]) -> list[list[int]]:
     return runs
 
 
-def _add_layer_crops(plan: _LayerPlan, stack: _Stack, total: np.ndarray, threads: int) -> None:
-    """Add to ``total`` the weighted crops of the layer's entries whose image is in the stack."""
+def _add_layer_crops(plan: _LayerPlan, stack: _Stack, out: np.ndarray, threads: int, last: bool) -> None:
+    """Add to ``out`` the weighted crops of the layer's entries whose image is in the stack; after the
+    last image chunk, divide by each pixel's valid weight (grey below 10 %)."""
     live = np.flatnonzero(plan.alive)
-    if live.size == 0 or stack.ids.size == 0:
+    if live.size == 0:
         return
     ids = plan.topn.ids[live]
-    weights = np.where(np.isin(ids, stack.ids), plan.weights[live], 0)
-    add_weighted_crops(stack.array, stack.slots(ids), plan.sy[live], plan.sx[live], weights, threads, total, live)
-
-
-def _finish(plan: _LayerPlan, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """NFs from the summed crops: divided by each pixel's valid weight, grey below 10 %, NaN when dead."""
-    den = _valid_weight(plan)
-    ok = den >= _THRESHOLD
-    nfs = np.where(ok[..., None], total / np.where(ok, den, 1)[..., None], np.float32(GREY)).astype(np.float32)
-    nfs[~plan.alive] = np.nan
-    return nfs, plan.alive
+    weights = np.where(np.isin(ids, stack.ids), plan.weights[live], 0) if stack.ids.size else np.zeros_like(ids, np.float32)
+    finish = (_valid_weight(plan)[live], _THRESHOLD, GREY) if last else None
+    add_weighted_crops(stack.array, stack.slots(ids), plan.sy[live], plan.sx[live], weights, out, live, threads, finish)
 
 
 def _valid_weight(plan: _LayerPlan) -> np.ndarray:
