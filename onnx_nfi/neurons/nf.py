@@ -124,10 +124,14 @@ class _Stack:
         self.array = np.empty((ids.size, *geometry.image_size, 3), np.uint8)
         sources = [images[int(i)] for i in ids]  # here, not in the pool: a lazy mapping decodes in order
 
-        def fill(k: int) -> None:
-            self.array[k] = scaled(sources[k], geometry)
+        def fill(lo: int) -> None:  # a run of images per task: per-task overhead was a tenth of the scaling
+            for k in range(lo, min(lo + 16, ids.size)):
+                if geometry.scale == 1.0:
+                    self.array[k] = sources[k]
+                else:  # straight into the stack, no temporary
+                    cv2.resize(sources[k], geometry.image_size[::-1], dst=self.array[k], interpolation=cv2.INTER_AREA)
 
-        _run(fill, range(ids.size), pool)
+        _run(fill, range(0, ids.size, 16), pool)
 
     def slots(self, ids: np.ndarray) -> np.ndarray:
         """Stack positions of image ids; ids not in the stack (weight-0 entries) get slot 0."""
