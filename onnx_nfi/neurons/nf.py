@@ -76,18 +76,18 @@ def crop_geometry(rf: ReceptiveField, input_hw: tuple[int, int], max_size: int =
     return CropGeometry(canvas, image_size, scale, tuple(rf.stride), first, rf.is_global)  # type: ignore[arg-type]
 
 
-def scaled(image: np.ndarray, geometry: CropGeometry) -> np.ndarray:
-    """The image crops are cut from (the display image, or its area-scaled copy)."""
+def scale_into(image: np.ndarray, geometry: CropGeometry, out: np.ndarray) -> None:
+    """Write the image crops are cut from into ``out``: the display image, or its area-scaled copy."""
     if geometry.scale == 1.0:
-        return image
-    return cv2.resize(image, geometry.image_size[::-1], interpolation=cv2.INTER_AREA)
+        out[...] = image
+    else:  # OpenCV writes straight into ``out``, no temporary
+        cv2.resize(image, geometry.image_size[::-1], dst=out, interpolation=cv2.INTER_AREA)
 
 
 def compute_threads() -> int:
     """Worker threads for NF crops: ``ONNX_NFI_THREADS`` (as for onnxruntime), else every core.
 
-    numpy's fancy indexing, conversion and resizing release the GIL and scale with threads; the
-    small per-unit products do not (OpenBLAS serialises concurrent calls), so two threads give ~1.1-1.7x.
+    They run the compiled crop sums and the image scaling (OpenCV releases the GIL).
     """
     env = os.environ.get("ONNX_NFI_THREADS")
     return max(1, int(env)) if env else max(1, os.cpu_count() or 1)
@@ -126,10 +126,7 @@ class _Stack:
 
         def fill(lo: int) -> None:  # a run of images per task: per-task overhead was a tenth of the scaling
             for k in range(lo, min(lo + 16, ids.size)):
-                if geometry.scale == 1.0:
-                    self.array[k] = sources[k]
-                else:  # straight into the stack, no temporary
-                    cv2.resize(sources[k], geometry.image_size[::-1], dst=self.array[k], interpolation=cv2.INTER_AREA)
+                scale_into(sources[k], geometry, self.array[k])
 
         _run(fill, range(0, ids.size, 16), pool)
 
