@@ -179,20 +179,25 @@ def whole_image_responses(
     """``a'`` ``[C, N]`` per layer after transforming each whole top image once (NaN where unused)."""
     runner = Runner(with_outputs(model, [item.layer.tensor for item in layers]), provider)
     out = {item.layer.tensor: np.full(item.topn.scores.shape, np.nan, np.float32) for item in layers}
-    entries = {item.layer.tensor: _entries(item.topn) for item in layers}
-    ids = np.unique(np.concatenate([item.topn.ids[entries[item.layer.tensor]] for item in layers]))
+    # per layer, its entries ordered by image id: a batch of consecutive ids is then one slice
+    by_image = {}
+    for item in layers:
+        units, ranks = _entries(item.topn)
+        order = np.argsort(item.topn.ids[units, ranks], kind="stable")
+        units, ranks = units[order], ranks[order]
+        by_image[item.layer.tensor] = (item.topn.ids[units, ranks], units, ranks, item.topn.ys[units, ranks], item.topn.xs[units, ranks])
+    ids = np.unique(np.concatenate([v[0] for v in by_image.values()]))
     for lo in range(0, ids.size, batch_size):
         batch_ids = ids[lo : lo + batch_size]
         batch = transform(np.stack([images[int(i)] for i in batch_ids]))
         maps = runner.run(pre.to_tensor(batch))
         for item in layers:
-            units, ranks = entries[item.layer.tensor]
-            image_ids = item.topn.ids[units, ranks]
-            hit = np.isin(image_ids, batch_ids)
-            rows = np.searchsorted(batch_ids, image_ids[hit])
-            u, r = units[hit], ranks[hit]
-            fmap = maps[item.layer.tensor]
-            out[item.layer.tensor][u, r] = fmap[rows, u, item.topn.ys[u, r], item.topn.xs[u, r]]
+            image_ids, units, ranks, ys, xs = by_image[item.layer.tensor]
+            a = np.searchsorted(image_ids, batch_ids[0], side="left")
+            b = np.searchsorted(image_ids, batch_ids[-1], side="right")
+            rows = np.searchsorted(batch_ids, image_ids[a:b])
+            u = units[a:b]
+            out[item.layer.tensor][u, ranks[a:b]] = maps[item.layer.tensor][rows, u, ys[a:b], xs[a:b]]
         if progress:
             progress(min(lo + batch_size, ids.size), ids.size)
     return out
