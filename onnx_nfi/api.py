@@ -25,8 +25,9 @@ from onnx_nfi.data.preprocess import Preprocessing, from_dict, resolve
 from onnx_nfi.errors import ImageError, ModelError, StoreError
 from onnx_nfi.graph.layers import Layer, find_conv_layers, select_layers
 from onnx_nfi.graph.load import LoadedModel, file_sha256, load_model
-from onnx_nfi.graph.receptive_field import ReceptiveField, receptive_fields
+from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.graph.rf_probe import compare, probe_receptive_fields
+from onnx_nfi.graph.rf_walk import receptive_fields
 from onnx_nfi.graph.session import check_runtime_install
 from onnx_nfi.neurons.indexes import IndexLayer, IndexResult, compute_indexes
 from onnx_nfi.neurons.nf import crop_geometry, layers_features

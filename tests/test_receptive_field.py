@@ -17,7 +17,8 @@ import onnxruntime as ort
 import pytest
 
 from onnx_nfi.errors import LayerError, ModelError
-from onnx_nfi.graph.receptive_field import ReceptiveField, clipped_windows, receptive_fields, trace_graph
+from onnx_nfi.graph.receptive_field import ReceptiveField, clipped_windows
+from onnx_nfi.graph.rf_walk import receptive_fields, trace_graph
 from onnx_nfi.graph.rf_probe import (
     compare,
     compare_windows,
@@ -173,7 +174,7 @@ def test_squeeze_excitation_keeps_the_local_window():
 
 def test_fixed_batch_graph_and_unknown_op(caplog):
     net = nets.fixed_batch_head_net()
-    with caplog.at_level(logging.WARNING, logger="onnx_nfi.graph.receptive_field"):
+    with caplog.at_level(logging.WARNING, logger="onnx_nfi.graph.rf_walk"):
         fields = assert_analytic_matches_probe(net, repeats=1)
     assert "Shrink" in caplog.text
     assert fields["shrink"] == fields["conv1"]

@@ -1,6 +1,6 @@
 """Empirical receptive fields: perturb input rows/columns, see which output rows/columns change.
 
-This is the check on receptive_field.py demanded by ALGORITHMS.md §3 (nefesi's analytic windows
+This is the check on the analytic walk (rf_walk.py) demanded by ALGORITHMS.md §3 (nefesi's analytic windows
 drift by a pixel per strided layer in ResNet/MobileNet-style nets; a probe catches that). The
 requested tensors become extra outputs of a copy of the graph, run with onnxruntime on CPU on a
 random base image and on copies with one input row (column) replaced, all rows of a chunk in one
@@ -11,7 +11,7 @@ over two base images and both signs of the perturbation.
 Only bookkeeping comes from the analytic walk: which tensor axes hold image y and x, and which
 tensors are global-pooling summaries. Those summaries (the squeeze of a squeeze-excitation block)
 are held at their base-image values, so the probe measures the window that matters for a neuron's
-location; the decision and its reasons are in receptive_field.py. A tensor that then depends on no
+location; the decision and its reasons are in rf_walk.py. A tensor that then depends on no
 pixel at all (a classifier head after global pooling) is measured again with the summaries free.
 
 The measurement is of windows clipped to the image; ``fit_receptive_field`` finds the linear form
@@ -29,14 +29,8 @@ import onnxruntime as ort
 from onnx import helper
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 
-from onnx_nfi.graph.receptive_field import (
-    GraphTrace,
-    ReceptiveField,
-    clipped_windows,
-    global_field,
-    trace_graph,
-    without_stale_shapes,
-)
+from onnx_nfi.graph.receptive_field import GraphTrace, ReceptiveField, clipped_windows, global_field
+from onnx_nfi.graph.rf_walk import trace_graph, without_stale_shapes
 from onnx_nfi.graph.session import session_options
 
 CHUNK = 32  # perturbed images per onnxruntime call (outputs of all probed tensors are held per chunk)
