@@ -73,10 +73,12 @@ def random_stream(rng: np.random.Generator, n_images: int, channels: int, ties: 
     return scores, ys, xs
 
 
-@pytest.mark.parametrize("ties", [False, True])
-def test_topn_streaming_and_merge_equal_full_sort(ties: bool) -> None:
+@pytest.mark.parametrize("ties, nans", [(False, False), (True, False), (True, True)])
+def test_topn_streaming_and_merge_equal_full_sort(ties: bool, nans: bool) -> None:
     rng = np.random.default_rng(1)
     scores, ys, xs = random_stream(rng, 250, 6, ties)
+    if nans:  # a broken model's NaNs rank last, after every number
+        scores[rng.random(scores.shape) < 0.95] = np.nan  # fewer numbers than N: NaNs fill the tail
     ids = np.arange(250)
     order = np.argsort(-scores, axis=0, kind="stable")[:20].T  # ties: first seen wins
 
