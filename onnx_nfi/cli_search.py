@@ -5,6 +5,7 @@ Each is a translator over ``onnx_nfi.search``: parse, one call, render.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -123,4 +124,4 @@ def probe_cmd(
 
 
 def _num(value: float | None) -> str:
-    return "NULL" if value is None or value != value else f"{value:.3f}"
+    return "NULL" if value is None or math.isnan(value) else f"{value:.3f}"

@@ -17,7 +17,6 @@ import numpy as np
 
 from onnx_nfi.errors import LayerError
 
-
 Number = Union[int, Fraction]
 LAYOUTS = ("NCHW", "NHWC")
 

@@ -9,6 +9,7 @@ shards combine exactly.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numba
@@ -136,7 +137,7 @@ class Moments:
 @numba.njit(nogil=True, cache=True)
 def _before(s: float, t: float) -> bool:
     """``s`` ranks before ``t``: higher, and any number before NaN (NaN sorts last, as in ``_take``)."""
-    return s > t or (t != t and s == s)
+    return s > t or (math.isnan(t) and not math.isnan(s))
 
 
 @numba.njit(nogil=True, cache=True)

@@ -27,10 +27,10 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import faiss
 import numpy as np
