@@ -14,11 +14,13 @@ import threading
 import numba
 import numpy as np
 
+from onnx_nfi.jit import compiled
+
 # numba's default threading layer must not be entered from two Python threads at once
 _LOCK = threading.Lock()
 
 
-@numba.njit(parallel=True, cache=True, boundscheck=False, fastmath={"contract"})
+@compiled(parallel=True, boundscheck=False, fastmath={"contract"})
 def _add_weighted_crops(
     stack: np.ndarray,
     height: int,

@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numba
 import numpy as np
+
+from onnx_nfi.jit import compiled
 
 
 def _sort_rows(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -134,13 +135,13 @@ class Moments:
         return self.active / max(self.count, 1)
 
 
-@numba.njit(nogil=True, cache=True)
+@compiled(nogil=True)
 def _before(s: float, t: float) -> bool:
     """``s`` ranks before ``t``: higher, and any number before NaN (NaN sorts last, as in ``_take``)."""
     return s > t or (math.isnan(t) and not math.isnan(s))
 
 
-@numba.njit(nogil=True, cache=True)
+@compiled(nogil=True)
 def _insert_batch(
     scores: np.ndarray, ids: np.ndarray, ys: np.ndarray, xs: np.ndarray,
     new_ids: np.ndarray, new_scores: np.ndarray, new_ys: np.ndarray, new_xs: np.ndarray,
