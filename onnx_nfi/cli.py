@@ -43,6 +43,11 @@ app = typer.Typer(
 console = Console(stderr=True, soft_wrap=True)
 #: stdout; not a terminal (pipes, tests): wide, so tensor names and paths are never cut or wrapped
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 400)
+
+
+def wrote(path: object, stream: Console = out) -> None:
+    """The one line every picture or export command ends with."""
+    stream.print(f"Wrote {path}", highlight=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DB_OPTION = typer.Option(DEFAULT_DB, "--db", help="DuckDB database file.")
@@ -223,7 +228,7 @@ def sql_cmd(
     if fmt == "parquet":
         if output is None:
             raise typer.BadParameter("parquet output needs a file: -o result.parquet", param_hint="--format")
-        out.print(f"Wrote {api.export_parquet(query, output, db)}")
+        wrote(api.export_parquet(query, output, db))
         return
     columns, rows = api.sql(query, db, write=write)
     text = render_rows(columns, rows, fmt)
@@ -300,7 +305,7 @@ def demo(
     written.append(render.summary_png(["efficientnet_lite0", "mobilenetv2_deepsort"],
                                       ["color_selectivity", "class_selectivity"], pictures / "selectivity.png", db)[0])
     for path in written:
-        out.print(f"Wrote {path}", highlight=False)
+        wrote(path)
     from onnx_nfi import search
 
     matched = search.match(db, "efficientnet_lite0", "mobilenetv2_deepsort", pictures / "match.png")

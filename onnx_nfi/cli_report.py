@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from onnx_nfi.cli import DB_OPTION, app, out, user_errors
+from onnx_nfi.cli import DB_OPTION, app, out, user_errors, wrote
 from onnx_nfi.store.schema import INDEX_COLUMNS
 
 OUTPUT = typer.Option(..., "-o", "--output", help="PNG file to write.")
@@ -45,7 +45,7 @@ def nf_cmd(
         path = render.grid_png(model, layer, output, db, order_by=order_by, descending=desc, limit=limit)
     else:
         path = render.nf_png(model, layer, unit, output, db, scale)  # type: ignore[arg-type]
-    out.print(f"Wrote {path}", highlight=False)
+    wrote(path)
 
 
 @app.command("top")
@@ -62,7 +62,7 @@ def top_cmd(
     """Draw the NFs of a layer's most selective neurons with their values."""
     from onnx_nfi.report import render
 
-    out.print(f"Wrote {render.top_png(model, layer, by, output, db, k=k, lowest=asc)}", highlight=False)
+    wrote(render.top_png(model, layer, by, output, db, k=k, lowest=asc))
 
 
 @app.command("card")
@@ -78,7 +78,7 @@ def card_cmd(
     """Draw a neuron card: the NF beside its top image crops with rank, label and a_j/a_1 (paper's figure 1)."""
     from onnx_nfi.report import render
 
-    out.print(f"Wrote {render.card_png(model, layer, unit, output, db, top=top)}", highlight=False)
+    wrote(render.card_png(model, layer, unit, output, db, top=top))
 
 
 @app.command("summary")
@@ -100,4 +100,4 @@ def summary_cmd(
     path, missing = render.summary_png(models or [], names, output, db)
     for index in missing:
         out.print(f"Note: {index} has no value in any model; left out (compute it with onnx-nfi index).", highlight=False)
-    out.print(f"Wrote {path}", highlight=False)
+    wrote(path)

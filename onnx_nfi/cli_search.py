@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from onnx_nfi import search
-from onnx_nfi.cli import DB_OPTION, ProgressBars, app, console, out, render_rows, user_errors
+from onnx_nfi.cli import DB_OPTION, ProgressBars, app, console, out, render_rows, user_errors, wrote
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.neurons.similarity import KINDS
 from onnx_nfi.store.schema import INDEX_COLUMNS
@@ -62,8 +62,7 @@ def similar_cmd(
         ]
         picture = pictures.grid(tiles, f"{result.query.name} and its nearest neurons by {by}", columns=min(len(tiles), 6))
         path = pictures.write_png(output, picture.image)
-        stream = out if fmt == "table" else console  # json/csv on stdout stay parseable
-        stream.print(f"Wrote {path}", highlight=False)
+        wrote(path, out if fmt == "table" else console)  # json/csv on stdout stay parseable
 
 
 @app.command("match")
@@ -88,7 +87,7 @@ def match_cmd(
         highlight=False,
     )
     if result.picture is not None:
-        out.print(f"Wrote {result.picture}", highlight=False)
+        wrote(result.picture)
 
 
 @app.command("remove")
