@@ -51,7 +51,7 @@ def main() -> None:
             t0 = time.perf_counter()  # as analyze runs it: the top images are decoded on demand, once per run
             needed = top_images(result)
             display = load_display_images(needed, pre)
-            compute_nfs(result, infos, display, pre, replace(config, nf_max_size=size), None, display.capacity // 2)
+            compute_nfs(result, infos, display, pre, replace(config, nf_max_size=size), None, display.chunk)
             phase = time.perf_counter() - t0
             rows.append({"nf_max_size": size, "scan_s": result.seconds, "phase_s": phase, "top_images": len(needed)})
             print(

@@ -158,7 +158,7 @@ def analyze(
     t_nf = dt.datetime.now()
     images_needed = top_images(scan_result) if (config.nf or indexes) else {}
     display = load_display_images(images_needed, pre)
-    nfs = compute_nfs(scan_result, infos, display, pre, config, progress, display.capacity // 2) if config.nf else {}
+    nfs = compute_nfs(scan_result, infos, display, pre, config, progress, display.chunk) if config.nf else {}
     t_index = dt.datetime.now()
     index_result = _compute_indexes(
         lm, pre, [IndexLayer(i.layer, i.rf, scan_result.stats[i.layer.tensor].topn) for i in infos], display,

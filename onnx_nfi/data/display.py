@@ -40,8 +40,11 @@ class DisplayImages(Mapping[int, np.ndarray]):
         self._kept: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # readers on several threads decode each block once
         height, width = pre.input_size
-        #: how many images the budget holds; readers that need a set at once take at most half
+        #: how many images the budget holds
         self.capacity = max(2 * block, budget_bytes // (height * width * 3))
+        #: how many a reader may need at once (NFs take a chunk for several passes): half, so a
+        #: chunk stays decoded while the next block is read
+        self.chunk = self.capacity // 2
 
     def __getitem__(self, image_id: int) -> np.ndarray:
         if image_id not in self._position:

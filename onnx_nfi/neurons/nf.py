@@ -122,6 +122,8 @@ class _Stack:
                  pool: ThreadPoolExecutor | None) -> None:
         self.ids = ids
         self.array = np.empty((ids.size, *geometry.image_size, 3), np.uint8)
+        self._slot = np.full(int(ids.max(initial=0)) + 1, -1, np.int64)  # image id -> stack position
+        self._slot[ids] = np.arange(ids.size)
         sources = [images[int(i)] for i in ids]  # here, not in the pool: a lazy mapping decodes in order
 
         def fill(lo: int) -> None:  # a run of images per task: per-task overhead was a tenth of the scaling
@@ -131,10 +133,9 @@ class _Stack:
         _run(fill, range(0, ids.size, 16), pool)
 
     def slots(self, ids: np.ndarray) -> np.ndarray:
-        """Stack positions of image ids; ids not in the stack (weight-0 entries) get slot 0."""
-        lookup = np.zeros(int(max(self.ids.max(initial=0), ids.max(initial=0))) + 1, np.int64)
-        lookup[self.ids] = np.arange(self.ids.size)
-        return lookup[np.maximum(ids, 0)]
+        """Stack positions of image ids, -1 for ids not in the stack (and for -1, an empty rank)."""
+        inside = (ids >= 0) & (ids < self._slot.size)
+        return np.where(inside, self._slot[np.where(inside, ids, 0)], -1)
 
 
 def neuron_features(
@@ -203,10 +204,10 @@ def _add_layer_crops(plan: _LayerPlan, stack: _Stack, out: np.ndarray, threads: 
     live = np.flatnonzero(plan.alive)
     if live.size == 0:
         return
-    ids = plan.topn.ids[live]
-    weights = np.where(np.isin(ids, stack.ids), plan.weights[live], 0) if stack.ids.size else np.zeros_like(ids, np.float32)
+    slot = stack.slots(plan.topn.ids[live])
+    weights = np.where(slot >= 0, plan.weights[live], 0)  # entries whose image is in another chunk wait
     finish = (_valid_weight(plan)[live], _THRESHOLD, GREY) if last else None
-    add_weighted_crops(stack.array, stack.slots(ids), plan.sy[live], plan.sx[live], weights, out, live, threads, finish)
+    add_weighted_crops(stack.array, np.maximum(slot, 0), plan.sy[live], plan.sx[live], weights, out, live, threads, finish)
 
 
 def _valid_weight(plan: _LayerPlan) -> np.ndarray:
