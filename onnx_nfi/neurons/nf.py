@@ -120,7 +120,6 @@ class _Stack:
 
     def __init__(self, ids: np.ndarray, images: Mapping[int, np.ndarray], geometry: CropGeometry,
                  pool: ThreadPoolExecutor | None) -> None:
-        self.ids = ids
         self.array = np.empty((ids.size, *geometry.image_size, 3), np.uint8)
         self._slot = np.full(int(ids.max(initial=0)) + 1, -1, np.int64)  # image id -> stack position
         self._slot[ids] = np.arange(ids.size)
@@ -170,11 +169,12 @@ def layers_features(
     used = np.unique(np.concatenate([p.used for p in plans])) if plans else np.zeros(0, np.int64)
     step = max(1, max_images or used.size)
     chunks = [used[lo : lo + step] for lo in range(0, used.size, step)] or [used]
+    runs = _same_size_runs(plans)
     threads = compute_threads()
     done = 0
     with ThreadPoolExecutor(threads, thread_name_prefix="nfi-nf") if threads > 1 else _no_pool() as pool:
         for c, chunk in enumerate(chunks):
-            for group in _same_size_runs(plans):
+            for group in runs:
                 ids = np.intersect1d(np.concatenate([plans[k].used for k in group]), chunk)
                 stack = _Stack(ids, images, plans[group[0]].geometry, pool)
                 for k in group:
