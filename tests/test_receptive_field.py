@@ -18,7 +18,6 @@ import pytest
 
 from onnx_nfi.errors import LayerError, ModelError
 from onnx_nfi.graph.receptive_field import ReceptiveField, clipped_windows
-from onnx_nfi.graph.rf_walk import receptive_fields, trace_graph
 from onnx_nfi.graph.rf_probe import (
     compare,
     compare_windows,
@@ -26,6 +25,7 @@ from onnx_nfi.graph.rf_probe import (
     measure_windows,
     probe_receptive_fields,
 )
+from onnx_nfi.graph.rf_walk import receptive_fields, trace_graph
 from tests import onnx_builders as nets
 
 LITE0 = Path(__file__).resolve().parents[1] / "models" / "efficientnet_lite0.onnx"
