@@ -26,7 +26,8 @@ from common import LITE0, demo_photos, load_average, machine, machine_line, scra
 CHILD = """
 import json, resource, sys, time
 t0 = time.perf_counter()
-from onnx_nfi.api import model_layers, open_model
+from onnx_nfi.graph.model_layers import model_layers
+from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.data.images import list_images
 from onnx_nfi.scan.scanner import scan
 lm, pre = open_model(sys.argv[1])

@@ -21,7 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import LITE0, demo_photos, load_average, machine, machine_line, write_results  # noqa: E402
 
-from onnx_nfi.api import compute_nfs, load_display_images, model_layers, open_model, top_images  # noqa: E402
+from onnx_nfi.data.display import DisplayImages  # noqa: E402
+from onnx_nfi.graph.model_layers import model_layers  # noqa: E402
+from onnx_nfi.pipeline.features import compute_nfs, top_image_paths  # noqa: E402
+from onnx_nfi.pipeline.models import open_model  # noqa: E402
 from onnx_nfi.config import AnalyzeConfig  # noqa: E402
 from onnx_nfi.data.images import list_images  # noqa: E402
 from onnx_nfi.neurons import nf as nf_module  # noqa: E402
@@ -49,9 +52,10 @@ def main() -> None:
         result = scan(lm, [i.layer for i in infos], pre, files, top_n=config.top_n, batch_size=config.batch_size, provider=config.provider)
         for size in args.nf_max_size:
             t0 = time.perf_counter()  # as analyze runs it: the top images are decoded on demand, once per run
-            needed = top_images(result)
-            display = load_display_images(needed, pre)
-            compute_nfs(result, infos, display, pre, replace(config, nf_max_size=size), None, display.chunk)
+            topns = {tensor: st.topn for tensor, st in result.stats.items()}
+            needed = top_image_paths(topns.values(), {img.image_id: img.path for img in result.images})
+            display = DisplayImages(needed, pre)
+            compute_nfs(topns, infos, display, pre, replace(config, nf_max_size=size), None)
             phase = time.perf_counter() - t0
             rows.append({"nf_max_size": size, "scan_s": result.seconds, "phase_s": phase, "top_images": len(needed)})
             print(

@@ -30,7 +30,8 @@ from onnx import TensorProto, helper
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import LITE0, demo_photos, load_average, machine, machine_line, write_results  # noqa: E402
 
-from onnx_nfi.api import model_layers, open_model  # noqa: E402
+from onnx_nfi.graph.model_layers import model_layers  # noqa: E402
+from onnx_nfi.pipeline.models import open_model  # noqa: E402
 from onnx_nfi.data.images import list_images  # noqa: E402
 from onnx_nfi.data.loader import iter_batches  # noqa: E402
 from onnx_nfi.graph.instrument import instrument, with_outputs  # noqa: E402

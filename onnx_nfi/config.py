@@ -1,8 +1,9 @@
-"""Every parameter of an analysis, once: name, default and help.
+"""Every parameter of an analysis, once: name, default, help, and the check of its value.
 
 ``AnalyzeConfig`` is what the API takes and what is stored (as JSON, in ``runs.params``) with the
-results, so any run can be reproduced. The CLI builds its options from ``HELP``; a test checks
-that every field has help text and appears in the README.
+results, so any run can be reproduced. It validates itself when made, so a bad value fails before
+any long work, through the API as through the CLI. The CLI builds its options' help from ``HELP``;
+a test checks that every field has help text and appears in the README.
 """
 
 from __future__ import annotations
@@ -10,16 +11,18 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
-from onnx_nfi.errors import NfiError
+from onnx_nfi.errors import ConfigError
+from onnx_nfi.names import DEFAULT_INDEXES, INDEX_NAMES
 
-#: Index names understood by ``--indexes`` (``all`` means every one).
-INDEX_NAMES = ("color", "class", "orientation", "symmetry", "shape")
-DEFAULT_INDEXES = ("color", "class")
+#: Where the colour index's grey pass greys: the whole image, or only the receptive-field region.
+COLOR_MODES = ("image", "region")
+#: onnxruntime providers by the names users give.
+PROVIDERS = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
 class AnalyzeConfig:
-    """Options of ``analyze``; defaults follow ALGORITHMS.md."""
+    """Options of ``analyze``; defaults follow docs/method.md."""
 
     top_n: int = 100
     batch_size: int = 32
@@ -36,39 +39,74 @@ class AnalyzeConfig:
     probe_size: int = 1024
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # canonical forms first, so the stored parameters of equal runs are equal
+        object.__setattr__(self, "indexes", parse_indexes(self.indexes))
+        object.__setattr__(self, "layers", parse_list(self.layers))
+        _at_least("top_n", self.top_n, 1)
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("nf_max_size", self.nf_max_size, 0)
+        _at_least("probe_size", self.probe_size, 1)
+        if not 0 < self.rho <= 1:
+            raise ConfigError(f"rho must be in (0, 1], got {self.rho}; 1 counts every class of a neuron's top images")
+        if not 0 < self.population_threshold <= 1:
+            raise ConfigError(f"population_threshold must be in (0, 1], got {self.population_threshold}")
+        _one_of("color_mode", self.color_mode, COLOR_MODES)
+        _one_of("provider", self.provider, PROVIDERS)
+
     def to_json(self) -> str:
         """The stored form of the parameters."""
         return json.dumps(asdict(self), sort_keys=True, default=list)
 
 
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{_option(name)} must be an integer >= {low}, got {value!r}")
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{_option(name)} must be one of {', '.join(choices)}, got {value!r}")
+
+
 HELP: dict[str, str] = {
-    "top_n": "Images kept per neuron (N of ALGORITHMS.md §2).",
+    "top_n": "Images kept per neuron (N; docs/method.md, Top-N images).",
     "batch_size": "Images per forward pass.",
     "provider": "onnxruntime provider: auto (CUDA when available), cpu or cuda.",
     "preprocess": "Preset (torchvision, inception, caffe, raw) or a preprocessing JSON file; default: MODEL.json beside the model, else torchvision.",
     "labels": "Image labels: auto, folder (sub-folder names), csv:FILE, predicted[:CLASSNAMES.txt] or none.",
-    "layers": "Layers to analyse: aliases (conv3), tensor names or globs (conv1*); default all conv layers.",
-    "nf": "Compute Neuron Features (ALGORITHMS.md §4).",
+    "layers": "Layers to analyse: aliases (conv3), tensor names or globs (conv1*), comma-separated or repeated; default all conv layers.",
+    "nf": "Compute Neuron Features (docs/method.md, Neuron Feature).",
     "nf_max_size": "Largest NF side in pixels; larger receptive fields are averaged at reduced resolution (0 = full size).",
-    "indexes": "Selectivity indexes: color, class, orientation, symmetry, shape, all, or none.",
+    "indexes": "Selectivity indexes: color, class, orientation, symmetry, shape, all, or none (comma-separated).",
     "color_mode": "Colour index grey pass: image (whole image greyed, one pass) or region (RF region only, the paper's form).",
-    "rho": "Class selectivity threshold on cumulative class frequency (ALGORITHMS.md §6).",
+    "rho": "Class selectivity threshold on cumulative class frequency, in (0, 1] (docs/method.md, Class selectivity).",
     "population_threshold": "Class frequency counted in the population code.",
     "probe_size": "Images in the database's shared probe set for similarity search.",
     "seed": "Seed for randomised indexes (shape shuffling).",
 }
 
 
+def parse_list(values: list[str] | tuple[str, ...] | str | None) -> tuple[str, ...]:
+    """Repeated and comma-separated option values as one tuple: ``a,b`` + ``c`` -> (a, b, c)."""
+    parts = [values] if isinstance(values, str) else list(values or ())
+    return tuple(v.strip() for part in parts for v in part.split(",") if v.strip())
+
+
 def parse_indexes(values: list[str] | tuple[str, ...] | str) -> tuple[str, ...]:
     """``color,class`` / ``all`` / ``none`` -> a tuple of index names in canonical order."""
-    items = [v.strip() for part in ([values] if isinstance(values, str) else values) for v in part.split(",") if v.strip()]
+    items = list(parse_list(values))
     if "all" in items:
         return INDEX_NAMES
     if items in (["none"], []):
         return ()
     unknown = [v for v in items if v not in INDEX_NAMES]
     if unknown:
-        raise NfiError(f"unknown index {', '.join(unknown)}; use any of {', '.join(INDEX_NAMES)}, all or none")
+        raise ConfigError(f"unknown index {', '.join(unknown)}; use any of {', '.join(INDEX_NAMES)}, all or none")
     return tuple(n for n in INDEX_NAMES if n in items)
 
 

@@ -36,3 +36,19 @@ class StoreError(NfiError):
 
 class NotFoundError(NfiError):
     """A model, layer or neuron asked for is not in the database."""
+
+
+class ConfigError(NfiError):
+    """An analysis option is out of range or unknown (checked before any work starts)."""
+
+
+class SelectivityOptionError(ConfigError):
+    """A selectivity-index option is out of range (e.g. rho outside (0, 1])."""
+
+
+class SearchError(NfiError):
+    """A search, match or probe request cannot be carried out as asked."""
+
+
+class OutputError(NfiError):
+    """A picture or page cannot be written where the user asked."""

@@ -15,7 +15,7 @@ from cli_helpers import invoke, query, scalar
 from conftest import LITE0, TINY
 from typer.testing import Result
 
-from onnx_nfi.api import open_model
+from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.data.images import list_images
 from onnx_nfi.data.loader import iter_decoded
 from onnx_nfi.graph.layers import find_conv_layers

@@ -18,7 +18,8 @@ from conftest import LITE0
 
 CHILD = """
 import json, resource, sys
-from onnx_nfi.api import model_layers, open_model
+from onnx_nfi.graph.model_layers import model_layers
+from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.data.images import list_images
 from onnx_nfi.scan.scanner import scan
 lm, pre = open_model(sys.argv[1])

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from conftest import LITE0, TINY
 
-from onnx_nfi.api import compute_nfs, load_display_images, model_layers, open_model, top_images
+from onnx_nfi.graph.model_layers import model_layers
+from onnx_nfi.pipeline.features import compute_nfs, top_image_paths
+from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.display import DisplayImages
 from onnx_nfi.data.images import list_images
@@ -17,6 +19,14 @@ from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.neurons.nf import crop_geometry, neuron_features
 from onnx_nfi.scan.scanner import scan
 from onnx_nfi.scan.topn import TopN
+
+
+def topns(result) -> dict[str, TopN]:
+    return {tensor: st.topn for tensor, st in result.stats.items()}
+
+
+def top_images(result) -> dict[int, Path]:
+    return top_image_paths(topns(result).values(), {img.image_id: img.path for img in result.images})
 
 
 def brute_force_nf(scores, ids, ys, xs, images, size, stride, offset, input_hw):
@@ -50,7 +60,7 @@ def check_nfs(model: Path, photo_dir: Path, pick, top_n: int, unit_step: int) ->
     chosen = pick(model_layers(lm))
     files = list_images(photo_dir).files
     result = scan(lm, [i.layer for i in chosen], pre, files, top_n=top_n, provider="cpu")
-    nfs = compute_nfs(result, chosen, load_display_images(top_images(result), pre), pre, AnalyzeConfig(nf_max_size=0), None)
+    nfs = compute_nfs(topns(result), chosen, DisplayImages(top_images(result), pre), pre, AnalyzeConfig(nf_max_size=0), None)
     images = {k: d.image.astype(np.float64) for k, d in enumerate(x for x in iter_decoded(files, pre) if x.image is not None)}
     assert any(i.rf.offset[0] < 0 for i in chosen), "some crops must reach outside the image"
     for info in chosen:
@@ -112,9 +122,9 @@ def test_reduced_resolution_nf_approximates_full(photo_dir: Path) -> None:
     info = model_layers(lm)[-1]
     files = list_images(photo_dir).files
     result = scan(lm, [info.layer], pre, files, top_n=8, provider="cpu")
-    images = load_display_images(top_images(result), pre)
-    full = compute_nfs(result, [info], images, pre, AnalyzeConfig(nf_max_size=0), None)[info.layer.tensor]
-    small = compute_nfs(result, [info], images, pre, AnalyzeConfig(nf_max_size=16), None)[info.layer.tensor]
+    images = DisplayImages(top_images(result), pre)
+    full = compute_nfs(topns(result), [info], images, pre, AnalyzeConfig(nf_max_size=0), None)[info.layer.tensor]
+    small = compute_nfs(topns(result), [info], images, pre, AnalyzeConfig(nf_max_size=16), None)[info.layer.tensor]
     assert small.shape[1:3] == (16, 16) and full.shape[1:3] == (19, 19)
     alive = ~np.isnan(full).any(axis=(1, 2, 3))
     down = np.stack([cv2.resize(f, (16, 16), interpolation=cv2.INTER_AREA) for f in full[alive]])
@@ -137,10 +147,10 @@ def test_nfs_summed_over_image_chunks_equal_one_pass(photo_dir: Path) -> None:
     result = scan(lm, [i.layer for i in infos], pre, list_images(photo_dir).files, top_n=10, provider="cpu")
     needed = top_images(result)
     assert len(needed) > 20
-    whole = compute_nfs(result, infos, load_display_images(needed, pre), pre, AnalyzeConfig(), None)
-    lazy = load_display_images(needed, pre, budget_bytes=0)  # keeps at most 2 blocks
+    whole = compute_nfs(topns(result), infos, DisplayImages(needed, pre), pre, AnalyzeConfig(), None)
+    lazy = DisplayImages(needed, pre, budget_bytes=0)  # keeps at most 2 blocks
     steps: list[tuple[int, int]] = []
-    chunked = compute_nfs(result, infos, lazy, pre, AnalyzeConfig(), lambda phase, d, t: steps.append((d, t)), 7)
+    chunked = compute_nfs(topns(result), infos, lazy, pre, AnalyzeConfig(), lambda phase, d, t: steps.append((d, t)), 7)
     for info in infos:
         np.testing.assert_allclose(chunked[info.layer.tensor], whole[info.layer.tensor], atol=1e-3, err_msg=info.layer.alias)
     chunks = -(-len(needed) // 7)

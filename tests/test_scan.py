@@ -11,7 +11,7 @@ import pytest
 from conftest import LITE0, TINY
 from reference import reference_topn
 
-from onnx_nfi.api import open_model
+from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.data.images import list_images
 from onnx_nfi.data.loader import iter_decoded
 from onnx_nfi.graph.layers import find_conv_layers

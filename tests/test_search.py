@@ -14,6 +14,7 @@ from cli_helpers import invoke, query
 from conftest import TINY
 
 from onnx_nfi import search
+from onnx_nfi.store.vectors import index_dir
 
 KINDS = ("response", "nf", "indexes")
 
@@ -62,7 +63,7 @@ def check_in_step(db: Path) -> None:
     for kind, table in (("response", "response_vectors"), ("nf", "nf_vectors"), ("indexes", "index_vectors")):
         stored = {r[0] for r in query(db, f"SELECT neuron_id FROM {table}")}
         assert stored <= current  # no orphan vectors
-        held = set(np.load(search.index_dir(db) / f"{kind}.ids.npy").tolist())
+        held = set(np.load(index_dir(db) / f"{kind}.ids.npy").tolist())
         assert held == stored
         assert all_hits(db, kind) <= current
 
@@ -86,7 +87,7 @@ def test_remove_leaves_no_trace(two_models: Path) -> None:
 
 def test_reanalysis_and_a_crash_before_the_index_save_serve_no_stale_neuron(two_models: Path, photo_dir: Path, tmp_path: Path) -> None:
     db = two_models
-    folder = search.index_dir(db)
+    folder = index_dir(db)
     stale_copy = tmp_path / "stale"
     shutil.copytree(folder, stale_copy)
     old_a = ids_of(db, "a")

@@ -7,7 +7,6 @@ discovery and receptive fields can read shapes without running the model.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import onnx
 from onnx import TensorProto, shape_inference
 
 from onnx_nfi.errors import ModelError
+from onnx_nfi.files import file_sha256
 
 #: Batch dimension name written into instrumented models.
 BATCH_DIM = "batch"
@@ -50,15 +50,6 @@ class LoadedModel:
     def opset(self) -> int:
         """The default-domain opset, which decides the form of nodes we append."""
         return next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), 13)
-
-
-def file_sha256(path: Path) -> str:
-    """Content hash used to identify models and images across runs and databases."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_model(path: str | Path, input_size: tuple[int, int] | None = None) -> LoadedModel:

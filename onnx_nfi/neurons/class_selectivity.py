@@ -16,16 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnx_nfi.errors import NfiError
+from onnx_nfi.errors import SelectivityOptionError
 
 #: Tolerance for "cumulative frequency reaches rho", "f_c >= population threshold" and ties in
 #: the top class: frequencies are ratios of float sums, so an exact comparison would make
 #: e.g. ten classes of f = 0.1 miss rho = 1.0 by one ulp.
 TOLERANCE = 1e-9
-
-
-class SelectivityOptionError(NfiError):
-    """A selectivity-index option is out of range (e.g. rho outside (0, 1])."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -36,10 +36,9 @@ from onnx_nfi.neurons.transforms import (
     shuffle_region,
     symmetry_index,
 )
+from onnx_nfi.progress import StageProgress
 from onnx_nfi.scan.topn import TopN
 
-#: progress(done, total) of one index pass.
-Progress = Callable[[int, int], None]
 Variant = Callable[[np.ndarray, tuple[int, int, int, int]], np.ndarray]
 
 
@@ -74,7 +73,7 @@ def compute_indexes(
     batch_size: int = 16,
     provider: str = "auto",
     seed: int = 0,
-    progress: Progress | None = None,
+    progress: StageProgress | None = None,
 ) -> IndexResult:
     """The requested indexes for every layer; ``images`` are the display images of all top-N ids."""
     result = IndexResult({item.layer.tensor: {} for item in layers})
@@ -174,7 +173,7 @@ def whole_image_responses(
     transform: Callable[[np.ndarray], np.ndarray],
     batch_size: int,
     provider: str,
-    progress: Progress | None = None,
+    progress: StageProgress | None = None,
 ) -> dict[str, np.ndarray]:
     """``a'`` ``[C, N]`` per layer after transforming each whole top image once (NaN where unused)."""
     runner = Runner(with_outputs(model, [item.layer.tensor for item in layers]), provider)

@@ -151,7 +151,7 @@ def neuron_features(
 def layers_features(
     layers: Sequence[tuple[TopN, CropGeometry]],
     images: Mapping[int, np.ndarray],
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: StageProgress | None = None,
     max_images: int | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``neuron_features`` of several layers, in order.

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from onnx_nfi.neurons.matching import profile_vectors
-from onnx_nfi.store.schema import INDEX_COLUMNS
+from onnx_nfi.names import INDEX_COLUMNS
 
 #: NF embedding: NFs (any RF size) are resampled to this common side, RGB.
 NF_SIDE = 16
@@ -25,8 +25,6 @@ INDEX_DIM = len(INDEX_COLUMNS)
 #: The index vector is centred on this value so that "selective" (1) and "not selective" (0) point
 #: in opposite directions; an unmeasured (NULL) index sits at the centre and contributes nothing.
 INDEX_CENTRE = 0.5
-#: The search vectors by name (the ``--by`` choices).
-KINDS = ("response", "nf", "indexes")
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ft2font import FT2Font, LoadFlags
 from matplotlib.lines import Line2D
 
-from onnx_nfi.errors import NfiError
+from onnx_nfi.errors import OutputError
 
 DPI = 100
 PT_PER_PX = 72 / DPI
@@ -39,10 +39,6 @@ LINE_PX = 16
 MARGIN = 12
 GAP = 8
 TITLE_PX = 16
-
-
-class OutputError(NfiError):
-    """A picture cannot be written where the user asked."""
 
 
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), half-open, in picture pixels
@@ -213,13 +209,37 @@ def selectivity_plot(panels: Sequence[Panel], title: str = "", footnote: str = "
     return Picture(_figure_pixels(fig))
 
 
-def write_png(path: str | Path, image: np.ndarray) -> Path:
-    """Save an RGB picture as PNG (lossless, so tests can read exact pixels back)."""
+def heat_map(heat: np.ndarray, rows: Sequence[str], columns: Sequence[str], row_label: str, column_label: str,
+             title: str, colour_label: str) -> Picture:
+    """A matrix in [0, 1] with labelled rows and columns (e.g. mean best correlation, layer by layer)."""
+    la, lb = heat.shape
+    fig = Figure(figsize=(min(3 + 0.22 * lb, 24), min(2.5 + 0.22 * la, 24)), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(heat), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(lb), list(columns), rotation=90, fontsize=7)
+    ax.set_yticks(range(la), list(rows), fontsize=7)
+    ax.set_xlabel(column_label)
+    ax.set_ylabel(row_label)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label=colour_label)
+    fig.tight_layout()
+    return Picture(_figure_pixels(fig))
+
+
+def check_png(path: str | Path) -> Path:
+    """The path, if a PNG can be written there; checked before long work, not after it."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise OutputError(f"pictures are written as PNG; name the output file *.png (got {path.name})")
     if not path.parent.exists():
         raise OutputError(f"folder {path.parent} does not exist; create it first or choose another -o")
+    return path
+
+
+def write_png(path: str | Path, image: np.ndarray) -> Path:
+    """Save an RGB picture as PNG (lossless, so tests can read exact pixels back)."""
+    path = check_png(path)
     ok, data = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
     if not ok:
         raise OutputError(f"could not encode the picture for {path}")

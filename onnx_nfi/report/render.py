@@ -1,7 +1,8 @@
-"""The picture verbs: read a database, draw, write a PNG. ``onnx-nfi nf/top/card/summary`` call these.
+"""The picture verbs: read a database (or a search result), draw, write a PNG.
 
-Each function opens the store read-only, makes one ``queries`` call, lays the result out with
-``pictures`` and returns the path written (``summary`` also returns the indexes it left out).
+``onnx-nfi nf/top/card/summary`` call the first four: each opens the store read-only, makes one
+``queries`` call, lays the result out with ``pictures`` and returns the path written (``summary``
+also returns the indexes it left out). ``similar_png`` and ``match_png`` draw search results.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from onnx_nfi.report import pictures, queries
+from onnx_nfi.search.records import MatchResult, SimilarResult
 from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store
 
 
@@ -74,6 +76,26 @@ def summary_png(
     ]
     footnote = f"not computed for any of these models: {', '.join(data.missing)}" if data.missing else ""
     return pictures.write_png(output, pictures.selectivity_plot(panels, footnote=footnote).image), list(data.missing)
+
+
+def similar_png(result: SimilarResult, output: str | Path) -> Path:
+    """The query neuron's NF beside its nearest neighbours' NFs, each with its score."""
+    q = result.query
+    tiles = [pictures.Tile(q.nf, ("query", q.model, f"{q.alias}:{q.unit}"))] + [
+        pictures.Tile(h.nf, (f"{result.by} {h.score:.3f}", h.model, f"{h.alias}:{h.unit}")) for h in result.hits
+    ]
+    title = f"{q.name} and its nearest neurons by {result.by}"
+    return pictures.write_png(output, pictures.grid(tiles, title, columns=min(len(tiles), 6)).image)
+
+
+def match_png(result: MatchResult, output: str | Path) -> Path:
+    """Mean best correlation of A's layers (rows) in B's layers (columns), in depth order."""
+    a, b = result.model_a, result.model_b
+    picture = pictures.heat_map(
+        result.heat, result.aliases_a, result.aliases_b, f"{a} layer", f"{b} layer",
+        f"Mean best correlation of {a} neurons in {b} layers", "mean best correlation (Pearson, probe set)",
+    )
+    return pictures.write_png(output, picture.image)
 
 
 def _tiles(data: queries.LayerNFs) -> list[pictures.Tile]:

@@ -7,7 +7,7 @@ streaming states and are dropped, so memory stays flat however many images are s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +21,13 @@ from onnx_nfi.graph.instrument import instrument
 from onnx_nfi.graph.layers import Layer
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.session import Runner
+from onnx_nfi.progress import StageProgress
 from onnx_nfi.scan.topn import Moments, TopN
 
 #: Images whose per-layer outputs are merged into the top-N in one update (per-update work is
 #: 49 small compiled calls for Lite0 plus concatenations; the held outputs are ~0.3 MB an image).
 _STATS_EVERY = 128
 
-#: progress(images_done, images_total) — the library never prints; the CLI draws the bar.
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ def scan(
     predict_labels: bool = False,
     class_names: Sequence[str] | None = None,
     probe_sha256: Sequence[str] = (),
-    progress: Progress | None = None,
+    progress: StageProgress | None = None,
 ) -> ScanResult:
     """Scan ``files`` once, keeping per-neuron top-N, moments and scores on the probe images."""
     if predict_labels and model.input.batch == 1:

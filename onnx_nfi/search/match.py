@@ -1,28 +1,23 @@
-"""``match``: best and one-to-one neuron matches between two models, and the layer heat map."""
+"""``match``: best and one-to-one neuron matches between two models, and the layer heat map's values."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from onnx_nfi.errors import SearchError
 from onnx_nfi.neurons.matching import best_matches, layer_similarity, one_to_one
-from onnx_nfi.search.records import LayerBest, MatchResult, SearchError
-from onnx_nfi.search.vectors import has_table
+from onnx_nfi.search.records import LayerBest, MatchResult
 from onnx_nfi.store.duckdb_store import Store
-
-if TYPE_CHECKING:
-    pass
-
 
 
 def _profiles(store: Store, model: str) -> tuple[list[dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """The model's layers (depth order) and, per layer with any, (units, response vectors)."""
     layer_rows = store.layer_rows(model)
-    if not has_table(store, "response_vectors"):
+    if not store.has_table("response_vectors"):
         return layer_rows, {}
     cols = store.con.execute(
         "SELECT n.layer, n.unit, r.vector FROM neurons n JOIN response_vectors r USING (neuron_id) "
@@ -36,16 +31,14 @@ def _profiles(store: Store, model: str) -> tuple[list[dict[str, Any]], dict[str,
     return layer_rows, blocks
 
 
-def match(db: str | Path, model_a: str, model_b: str, out_png: str | Path | None = None) -> MatchResult:
+def match(db: str | Path, model_a: str, model_b: str) -> MatchResult:
     """Convergent-learning matching of ``model_a`` against ``model_b`` by response profiles.
 
     Stores in ``neuron_matches`` (replacing earlier rows of this ordered pair): for every neuron of
     A with a profile, its best-correlated neuron over all of B's layers (``one_to_one`` false), and
     for every pair of layers the one-to-one assignment maximising total correlation (``one_to_one``
-    true). ``out_png`` gets the heat map of mean best correlation, layer by layer.
+    true). ``onnx_nfi.report.render.match_png`` draws the result's heat map.
     """
-    if out_png is not None:
-        _check_png(Path(out_png))  # before the work, not after
     with Store.open(db) as store:
         store.model_row(model_a), store.model_row(model_b)  # NotFoundError names the models there are
         rows_a, blocks_a = _profiles(store, model_a)
@@ -79,10 +72,9 @@ def match(db: str | Path, model_a: str, model_b: str, out_png: str | Path | None
                 store.insert("neuron_matches", frame)
     aliases_a = tuple(r["alias"] for r in rows_a)
     aliases_b = tuple(r["alias"] for r in rows_b)
-    picture = _heatmap(Path(out_png), heat, aliases_a, aliases_b, model_a, model_b) if out_png is not None else None
     return MatchResult(
         model_a, model_b, aliases_a, aliases_b, heat, tuple(layer_best), float(best_score.mean()),
-        len(where_a), len(frame["unit_a"]), picture,
+        len(where_a), len(frame["unit_a"]),
     )
 
 
@@ -130,37 +122,3 @@ def _match_layers(
             mean_one_to_one=pair_mean.get((row["layer"], best_b), math.nan) if best_b else math.nan,
         ))
     return heat, summary, frame
-
-
-def _check_png(path: Path) -> None:
-    from onnx_nfi.report.pictures import OutputError
-
-    if path.suffix.lower() != ".png":
-        raise OutputError(f"pictures are written as PNG; name the output file *.png (got {path.name})")
-    if not path.parent.exists():
-        raise OutputError(f"folder {path.parent} does not exist; create it first or choose another -o")
-
-
-def _heatmap(
-    path: Path, heat: np.ndarray, aliases_a: Sequence[str], aliases_b: Sequence[str], model_a: str, model_b: str
-) -> Path:
-    """Mean best correlation, A's layers (rows) against B's (columns), in depth order."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from onnx_nfi.report.pictures import write_png
-
-    la, lb = heat.shape
-    fig = Figure(figsize=(min(3 + 0.22 * lb, 24), min(2.5 + 0.22 * la, 24)), dpi=100)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    image = ax.imshow(np.ma.masked_invalid(heat), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
-    ax.set_xticks(range(lb), list(aliases_b), rotation=90, fontsize=7)
-    ax.set_yticks(range(la), list(aliases_a), fontsize=7)
-    ax.set_xlabel(f"{model_b} layer")
-    ax.set_ylabel(f"{model_a} layer")
-    ax.set_title(f"Mean best correlation of {model_a} neurons in {model_b} layers", fontsize=10)
-    fig.colorbar(image, ax=ax, label="mean best correlation (Pearson, probe set)")
-    fig.tight_layout()
-    canvas.draw()
-    return write_png(path, np.asarray(canvas.buffer_rgba())[:, :, :3].copy())

@@ -1,45 +1,18 @@
-"""Result records and errors of the search verbs."""
+"""Result records of the search verbs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from onnx_nfi.errors import NfiError
-
-if TYPE_CHECKING:
-    pass
-
-
-#: progress(phase, done, total), as in ``onnx_nfi.api``; the probe pass reports phase "probe".
-Progress = Callable[[str, int, int], None]
-
-
+#: Why a neuron has no vector of a kind, for the error that says so.
 MISSING_REASON = {
     "response": "dead or constant on the probe set, or analysed before the database had one",
     "nf": "dead, or analysed with --no-nf",
     "indexes": "dead, or analysed with --indexes none",
 }
-
-
-class SearchError(NfiError):
-    """A search, match or probe request cannot be carried out as asked."""
-
-
-@dataclass(frozen=True)
-class ProbeSet:
-    """The database's probe images in probe order: content hashes, where they were found, stored yet."""
-
-    sha256: tuple[str, ...]
-    paths: tuple[Path, ...]
-    stored: bool
-
-    def __len__(self) -> int:
-        return len(self.sha256)
 
 
 @dataclass(frozen=True)
@@ -58,7 +31,7 @@ class Neuron:
 
     @property
     def name(self) -> str:
-        """``MODEL:ALIAS:UNIT``, the form ``similar`` accepts."""
+        """``MODEL:ALIAS:UNIT``, the form every command takes."""
         return f"{self.model}:{self.alias}:{self.unit}"
 
 
@@ -97,21 +70,4 @@ class MatchResult:
     mean_best: float  # over all neurons of A, best over all of B
     best_rows: int
     one_to_one_rows: int
-    picture: Path | None
-
-
-@dataclass(frozen=True)
-class RemoveSummary:
-    """What ``remove`` deleted."""
-
-    model: str
-    neurons: int
-
-
-@dataclass(frozen=True)
-class ProbeSummary:
-    """What ``set_probe`` did."""
-
-    images: int
-    changed: bool
-    recomputed: tuple[str, ...]
+    picture: Path | None = None

@@ -7,34 +7,20 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from onnx_nfi.errors import NotFoundError
-from onnx_nfi.neurons import similarity
-from onnx_nfi.search.records import MISSING_REASON, Neuron, SearchError, SimilarResult
-from onnx_nfi.search.vectors import has_table, in_step, read_vectors
+from onnx_nfi.errors import NotFoundError, SearchError
+from onnx_nfi.names import INDEX_COLUMNS, VECTOR_KINDS, VECTOR_TABLES, parse_neuron
+from onnx_nfi.search.records import MISSING_REASON, Neuron, SimilarResult
 from onnx_nfi.store.duckdb_store import Store
-from onnx_nfi.store.schema import INDEX_COLUMNS, VECTOR_TABLES
-
-if TYPE_CHECKING:
-    pass
-
-
-
-def parse_neuron(text: str) -> tuple[str, str, int]:
-    """``MODEL:LAYER:UNIT`` -> (model, layer, unit); LAYER may itself contain ':' (tensor names)."""
-    parts = text.split(":")
-    unit = parts[-1].strip()
-    if len(parts) < 3 or not parts[0] or not ":".join(parts[1:-1]) or not unit.isdigit():
-        raise SearchError(f"bad neuron {text!r}; write MODEL:LAYER:UNIT, e.g. lite0:conv3:12 (LAYER: alias or tensor name)")
-    return parts[0], ":".join(parts[1:-1]), int(unit)
+from onnx_nfi.store.vectors import in_step, read_vectors
 
 
 def _check_kind(by: str) -> str:
-    if by not in similarity.KINDS:
-        raise SearchError(f"unknown vector {by!r}; use --by {', --by '.join(similarity.KINDS)}")
+    if by not in VECTOR_KINDS:
+        raise SearchError(f"unknown vector {by!r}; use --by {', --by '.join(VECTOR_KINDS)}")
     return by
 
 
@@ -100,7 +86,7 @@ def similar_many(
             raise NotFoundError(f"model {unknown[0]!r} is not in {db} (models: {', '.join(sorted(known))})")
         neurons = _NeuronTable(store)
         qids = np.array([neurons.resolve(store, *q) for q in parsed], np.int64)
-        found, qvecs = read_vectors(store, table, np.unique(qids)) if has_table(store, table) else (np.empty(0, np.int64), None)
+        found, qvecs = read_vectors(store, table, np.unique(qids)) if store.has_table(table) else (np.empty(0, np.int64), None)
         missing = np.setdiff1d(qids, found)
         if len(missing):
             name = neurons.name(int(missing[0]))

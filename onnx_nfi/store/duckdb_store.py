@@ -16,9 +16,9 @@ import duckdb
 import numpy as np
 
 from onnx_nfi.errors import NotFoundError, StoreError
+from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.store.schema import SCHEMA_VERSION, TABLES, layer_summary_sql
 
-DEFAULT_DB = "nfi.duckdb"
 #: Tables whose rows belong to one model (replaced together).
 MODEL_TABLES = ("models", "images", "layers", "neurons", "top_activations", "class_frequencies")
 
@@ -67,13 +67,14 @@ class Store:
         try:
             if not read_only:
                 store._ensure_schema()
-            elif not store._has_table("models"):
+            elif not store.has_table("models"):
                 raise StoreError(f"{path} is not an onnx-nfi database (no 'models' table)")
             yield store
         finally:
             con.close()
 
-    def _has_table(self, name: str) -> bool:
+    def has_table(self, name: str) -> bool:
+        """Whether the table exists (``response_vectors`` appears with the first probe set)."""
         return bool(self.con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
         ).fetchone()[0])
@@ -162,6 +163,28 @@ class Store:
                 f"layer {name!r} is not in model {model!r}; list them with: onnx-nfi sql \"SELECT alias, layer FROM layers WHERE model = '{model}'\""
             )
         return rows[0]
+
+    def query(self, sql: str) -> tuple[list[str], list[tuple]]:
+        """A user's SQL: column names and rows; a DuckDB error becomes one line saying what went wrong."""
+        try:
+            cur = self.con.execute(sql)
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0]
+            hint = " (the database is opened read-only; pass --write to modify it)" if "read-only" in first.lower() else ""
+            raise StoreError(f"SQL error: {first}{hint}") from None
+        if cur.description is None:
+            return [], []
+        return [d[0] for d in cur.description], cur.fetchall()
+
+    def export_parquet(self, sql: str, target: str | Path) -> Path:
+        """Write a query's result to a Parquet file with DuckDB's own writer."""
+        target = Path(target)
+        quoted = target.as_posix().replace("'", "''")  # COPY takes no parameters: a quote in the path is doubled
+        try:
+            self.con.execute(f"COPY ({sql}) TO '{quoted}' (FORMAT parquet)")
+        except duckdb.Error as exc:
+            raise StoreError(f"SQL error: {str(exc).strip().splitlines()[0]}") from None
+        return target
 
     def rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         """Query results as dicts."""

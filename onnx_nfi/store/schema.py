@@ -8,16 +8,9 @@ front and stay NULL until computed.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+from onnx_nfi.names import INDEX_COLUMNS, VECTOR_TABLES  # noqa: F401  (the schema's columns and tables)
 
-#: Selectivity columns of ``neurons`` that ``layer_summary`` summarises.
-INDEX_COLUMNS = (
-    "color_selectivity",
-    "class_selectivity",
-    "orientation_selectivity",
-    "symmetry_selectivity",
-    "shape_selectivity",
-)
+SCHEMA_VERSION = 1
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -88,10 +81,9 @@ def layer_summary_sql() -> str:
     return VIEWS.format(aggregates=aggregates)
 
 
-#: Search vector tables by kind (ALGORITHMS.md §8), keyed by ``neurons.neuron_id``. Dead or
-#: constant neurons have no row. ``response_vectors`` is created by :func:`response_vectors_sql`
-#: once the probe set, and so the array length, is known.
-VECTOR_TABLES = {"response": "response_vectors", "nf": "nf_vectors", "indexes": "index_vectors"}
+# Search vector tables (``names.VECTOR_TABLES``): dead or constant neurons have no row.
+# ``response_vectors`` is created by :func:`response_vectors_sql` once the probe set, and so the
+# array length, is known.
 
 
 def response_vectors_sql(probe_size: int) -> str:

@@ -1,33 +1,48 @@
-"""The probe set (ALGORITHMS.md §8): chosen by the first analysis or ``onnx-nfi probe DIR``, scored by every model."""
+"""The probe set (docs/method.md, "Similar neurons"): chosen by the first analysis or
+``onnx-nfi probe DIR``, scored by every model.
+
+The probe set belongs to the database: the first analysis picks it (up to ``probe_size`` images
+evenly spaced over its sorted image list, identified by content hash), or ``onnx-nfi probe DIR``
+sets it. Every later model is scored on exactly those images, in its own scan where they are among
+its images, else in an extra pass over their stored paths.
+"""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
 from onnx_nfi.data.images import ImageFile, list_images
-from onnx_nfi.errors import ImageError
+from onnx_nfi.data.preprocess import Preprocessing
+from onnx_nfi.errors import ImageError, SearchError
+from onnx_nfi.files import file_sha256
+from onnx_nfi.graph.layers import Layer, find_conv_layers
+from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.neurons import similarity
-from onnx_nfi.search.records import ProbeSet, ProbeSummary, Progress, SearchError
-from onnx_nfi.search.vectors import ids_by_layer, insert_vectors, read_probe, save_probe, sync_indexes
+from onnx_nfi.pipeline.models import reopen_model
+from onnx_nfi.progress import Progress, phase
+from onnx_nfi.scan.scanner import ScanResult, scan
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.vectors import ProbeSet, ids_by_layer, insert_vectors, read_probe, save_probe, sync_indexes
 
-if TYPE_CHECKING:
-    from onnx_nfi.data.preprocess import Preprocessing
-    from onnx_nfi.graph.layers import Layer
-    from onnx_nfi.graph.load import LoadedModel
-    from onnx_nfi.scan.scanner import ScanResult
+@dataclass(frozen=True)
+class ProbeSummary:
+    """What ``set_probe`` did."""
 
+    images: int
+    changed: bool
+    recomputed: tuple[str, ...]
 
 
 def _sha256(path: Path) -> str | None:
+    """The file's hash, or None when it cannot be read (such a file is left out of the probe set)."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
     except OSError:
         return None
 
@@ -106,13 +121,11 @@ def _probe_pass(
     progress: Progress | None,
 ) -> dict[str, np.ndarray]:
     """Scores of probe images ``rows`` (read from their stored paths): ``[len(rows), C]`` per layer."""
-    from onnx_nfi.scan.scanner import scan
-
     files = [ImageFile(probe.paths[i], None) for i in rows]
     result = scan(
         model, list(layers), pre, files, top_n=1, batch_size=batch_size, provider=provider,
         probe_sha256=[probe.sha256[i] for i in rows],
-        progress=(lambda d, t: progress("probe", d, t)) if progress else None,
+        progress=phase(progress, "probe"),
     )
     scores = result.probe_scores
     lost = np.isnan(next(iter(scores.values()))).any(axis=1) if scores else np.ones(len(rows), bool)
@@ -179,9 +192,6 @@ def _rescore(
     progress: Progress | None,
 ) -> dict[str, np.ndarray]:
     """Probe scores of a stored model, from its ONNX file and stored preprocessing."""
-    from onnx_nfi.api import reopen_model
-    from onnx_nfi.graph.layers import find_conv_layers
-
     lm, pre = reopen_model(model, row)
     layers = [layer for layer in find_conv_layers(lm) if layer.tensor in set(layer_names)]
     return _probe_pass(lm, pre, layers, probe, np.arange(len(probe)), batch_size, provider, progress)

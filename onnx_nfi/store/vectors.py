@@ -1,29 +1,51 @@
-"""The three vectors per neuron in DuckDB, and the FAISS indexes kept in step with them."""
+"""The three vectors per neuron and the probe set in DuckDB, and the FAISS indexes kept in step.
+
+DuckDB is the truth; the FAISS indexes beside it (``<db>.faiss/<kind>.index``) are a cache that is
+brought in step after every commit (``sync_indexes``) and checked again before every search. Each
+index file has a companion ``<kind>.ids.npy`` (the sorted neuron ids it holds), written after the
+index, so a crash between the database commit and the index save, or between the two files, is
+seen as a disagreement and repaired. Searches are also restricted to neuron ids that DuckDB holds
+now, so a replaced or removed neuron (ids are never reused) is never served.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from onnx_nfi.errors import StoreError
+from onnx_nfi.names import INDEX_COLUMNS, VECTOR_TABLES
 from onnx_nfi.neurons import similarity
-from onnx_nfi.search.records import ProbeSet, RemoveSummary
 from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store
-from onnx_nfi.store.schema import INDEX_COLUMNS, VECTOR_TABLES, response_vectors_sql
+from onnx_nfi.store.schema import response_vectors_sql
 
 if TYPE_CHECKING:
     from onnx_nfi.store.vector_index import VectorIndex
 
 
+@dataclass(frozen=True)
+class ProbeSet:
+    """The database's probe images in probe order: content hashes, where they were found, stored yet."""
 
-def has_table(store: Store, table: str) -> bool:
-    return bool(store.con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-    ).fetchone()[0])
+    sha256: tuple[str, ...]
+    paths: tuple[Path, ...]
+    stored: bool
+
+    def __len__(self) -> int:
+        return len(self.sha256)
+
+
+@dataclass(frozen=True)
+class RemoveSummary:
+    """What ``remove`` deleted."""
+
+    model: str
+    neurons: int
 
 
 def insert_vectors(store: Store, kind: str, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -42,7 +64,7 @@ def insert_vectors(store: Store, kind: str, ids: np.ndarray, vectors: np.ndarray
 def _prune_orphans(store: Store) -> None:
     """Drop vectors whose neuron no longer exists (the model was replaced or removed)."""
     for table in VECTOR_TABLES.values():
-        if has_table(store, table):
+        if store.has_table(table):
             store.con.execute(f"DELETE FROM {table} WHERE neuron_id NOT IN (SELECT neuron_id FROM neurons)")
 
 
@@ -147,7 +169,7 @@ def in_step(store: Store, db: Path, kind: str) -> VectorIndex | None:
     path, ids_path = folder / f"{kind}.index", folder / f"{kind}.ids.npy"
     db_ids = (
         np.sort(np.asarray(store.columns(f"SELECT neuron_id FROM {table}")["neuron_id"], np.int64))
-        if has_table(store, table) else np.empty(0, np.int64)
+        if store.has_table(table) else np.empty(0, np.int64)
     )
     if not len(db_ids):
         for p in (ids_path, path):
@@ -198,8 +220,6 @@ def sync_indexes(db: str | Path = DEFAULT_DB) -> dict[str, int]:
 
 
 
-
-
 def remove(db: str | Path, model: str) -> RemoveSummary:
     """Delete every row of ``model`` (neurons, vectors, matches, runs, …) in one transaction, then
     drop its vectors from the FAISS indexes."""
@@ -208,7 +228,7 @@ def remove(db: str | Path, model: str) -> RemoveSummary:
         neurons = int(store.con.execute("SELECT count(*) FROM neurons WHERE model = ?", [model]).fetchone()[0])
         with store.transaction():
             for table in VECTOR_TABLES.values():
-                if has_table(store, table):
+                if store.has_table(table):
                     store.con.execute(
                         f"DELETE FROM {table} WHERE neuron_id IN (SELECT neuron_id FROM neurons WHERE model = ?)", [model]
                     )

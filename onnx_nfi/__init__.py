@@ -1,0 +1,38 @@
+"""onnx-nfi: index the neurons of any ONNX CNN by the images that excite them.
+
+The verbs (``analyze``, ``layers``, ``index``, ``similar``, ``match``, …) are re-exported from
+``onnx_nfi.api`` on first use, so ``import onnx_nfi`` (and ``onnx-nfi --help``) stays fast: the
+runtime libraries load only when a verb needs them.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from onnx_nfi.config import AnalyzeConfig
+from onnx_nfi.errors import NfiError
+
+try:
+    __version__ = version("onnx-nfi")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+_VERBS = (
+    "analyze", "demo", "export_parquet", "index", "layers", "match", "remove", "set_probe", "similar", "sql",
+    "verify_receptive_fields",
+)
+
+__all__ = ["AnalyzeConfig", "NfiError", "__version__", *_VERBS]
+
+if TYPE_CHECKING:
+    from onnx_nfi.api import (  # noqa: F401
+        analyze, demo, export_parquet, index, layers, match, remove, set_probe, similar, sql, verify_receptive_fields,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _VERBS:
+        return getattr(import_module("onnx_nfi.api"), name)
+    raise AttributeError(f"module 'onnx_nfi' has no attribute {name!r}")

@@ -1,0 +1,177 @@
+"""``onnx-nfi analyze``, ``index``, ``layers`` and ``demo``: the commands that run models."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from onnx_nfi.cli.common import (
+    DEFAULT_DB,
+    DEFAULT_INDEXES,
+    BatchSize,
+    ColorMode,
+    Db,
+    Indexes,
+    LayerPatterns,
+    Preprocess,
+    Provider,
+    ProgressBars,
+    Rho,
+    Silent,
+    app,
+    out,
+    print_table,
+    user_errors,
+    wrote,
+)
+from onnx_nfi.config import HELP, AnalyzeConfig
+
+if TYPE_CHECKING:
+    from onnx_nfi.api import AnalysisSummary
+
+
+@app.command()
+@user_errors
+def analyze(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    images: Annotated[Path, typer.Argument(help="Image folder (recursive; sub-folders name classes).")],
+    db: Db = Path(DEFAULT_DB),
+    name: Annotated[str | None, typer.Option("--name", help="Model name in the database (default: file stem).")] = None,
+    layers: LayerPatterns = None,
+    top_n: Annotated[int, typer.Option("--top-n", help=HELP["top_n"])] = AnalyzeConfig.top_n,
+    batch_size: BatchSize = AnalyzeConfig.batch_size,
+    preprocess: Preprocess = None,
+    labels: Annotated[str, typer.Option("--labels", help=HELP["labels"])] = AnalyzeConfig.labels,
+    provider: Provider = AnalyzeConfig.provider,
+    nf: Annotated[bool, typer.Option("--nf/--no-nf", help=HELP["nf"])] = AnalyzeConfig.nf,
+    nf_max_size: Annotated[int, typer.Option("--nf-max-size", help=HELP["nf_max_size"])] = AnalyzeConfig.nf_max_size,
+    indexes: Indexes = DEFAULT_INDEXES,
+    color_mode: ColorMode = AnalyzeConfig.color_mode,
+    rho: Rho = AnalyzeConfig.rho,
+    silent: Silent = False,
+) -> None:
+    """Scan IMAGES with MODEL and index every neuron of every conv layer into the database."""
+    from onnx_nfi import api
+
+    config = AnalyzeConfig(
+        top_n=top_n, batch_size=batch_size, provider=provider, preprocess=preprocess, labels=labels,
+        layers=tuple(layers or ()), nf=nf, nf_max_size=nf_max_size, indexes=(indexes,), color_mode=color_mode,
+        rho=rho,
+    )
+    with ProgressBars(silent) as bars:
+        summary = api.analyze(model, images, db=db, name=name, config=config, progress=bars)
+    print_summary(summary)
+
+
+def print_summary(s: AnalysisSummary) -> None:
+    """The closing summary of an analysis."""
+    out.print(
+        f"Analysed [bold]{s.model}[/bold]: {s.layers} layers, {s.neurons} neurons ({s.dead} dead) "
+        f"over {s.images_seen} images ({s.images_skipped} skipped) on {s.provider}.",
+        highlight=False,
+    )
+    rate = s.images_seen / s.scan_seconds if s.scan_seconds else 0
+    out.print(
+        f"Preprocessing: {s.preprocessing}; labels: {s.label_source}. Scan {s.scan_seconds:.1f} s ({rate:.1f} img/s), "
+        f"NF {s.nf_seconds:.1f} s, indexes {s.index_seconds:.1f} s, total {s.total_seconds:.1f} s.",
+        highlight=False,
+    )
+    out.print(f"Results: {s.db} (run {s.run_id})", highlight=False)
+
+
+@app.command("index")
+@user_errors
+def index_cmd(
+    model: Annotated[str, typer.Argument(help="Model name in the database.")],
+    db: Db = Path(DEFAULT_DB),
+    indexes: Indexes = DEFAULT_INDEXES,
+    color_mode: ColorMode = AnalyzeConfig.color_mode,
+    rho: Rho = AnalyzeConfig.rho,
+    batch_size: BatchSize = AnalyzeConfig.batch_size,
+    provider: Provider = AnalyzeConfig.provider,
+    silent: Silent = False,
+) -> None:
+    """(Re)compute selectivity indexes of a model already in the database, without a new scan."""
+    from onnx_nfi import api
+
+    config = AnalyzeConfig(indexes=(indexes,), color_mode=color_mode, rho=rho, batch_size=batch_size, provider=provider)
+    with ProgressBars(silent) as bars:
+        s = api.index(model, db, config=config, progress=bars)
+    out.print(
+        f"Indexed {s.model}: {', '.join(s.indexes) or 'nothing'} for {s.neurons} neurons in {s.layers} layers "
+        f"({s.seconds:.1f} s).",
+        highlight=False,
+    )
+
+
+@app.command("layers")
+@user_errors
+def layers_cmd(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    preprocess: Preprocess = None,
+    verify_rf: Annotated[
+        bool, typer.Option("--verify-rf", help="Also measure each RF empirically and report differences.")
+    ] = False,
+) -> None:
+    """List the conv layers: alias, tensor, op chain, channels, output size, receptive field."""
+    from onnx_nfi import api
+
+    infos = api.layers(model, preprocess=preprocess)
+    mismatches = api.verify_receptive_fields(model, preprocess=preprocess) if verify_rf else None
+    rows = []
+    for info in infos:
+        rf, layer = info.rf, info.layer
+        rows.append((
+            layer.alias, layer.tensor, layer.op_type, str(layer.channels), f"{layer.height}x{layer.width}",
+            "global" if rf.is_global else f"{rf.size[0]}x{rf.size[1]}",
+            f"{rf.stride[0]}x{rf.stride[1]}", f"{rf.offset[0]},{rf.offset[1]}",
+        ))
+    print_table(["alias", "tensor", "ops", "channels", "output", "rf size", "rf stride", "rf offset"], rows)
+    if mismatches is None:
+        return
+    for layer_name, problems in mismatches.items():
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        out.print(f"RF mismatch in {layer_name}: {problems[0]}{more}", highlight=False)
+    if mismatches:
+        raise typer.Exit(1)
+    out.print(f"Receptive fields verified empirically for all {len(infos)} layers.", highlight=False)
+
+
+@app.command()
+@user_errors
+def demo(
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Folder for the images, database and pictures.")
+    ] = Path("demo-output"),
+    silent: Silent = False,
+) -> None:
+    """Analyse the bundled EfficientNet-Lite0 and MobileNetV2 on the bundled demo photos and draw the results."""
+    from onnx_nfi import api
+
+    with ExitStack() as stack:
+
+        def on_model(name: str, images: Path) -> ProgressBars:
+            out.print(f"[bold]Analysing {name}[/bold] on {images}", highlight=False)
+            return stack.enter_context(ProgressBars(silent))  # a fresh set of bars per model
+
+        def on_analysis(summary: AnalysisSummary) -> None:
+            stack.close()
+            print_summary(summary)
+
+        result = api.demo(output, on_model=on_model, on_analysis=on_analysis)
+    for path in result.pictures:
+        wrote(path)
+    m = result.match
+    out.print(
+        f"Wrote {m.picture}: mean best correlation of a Lite0 neuron with a MobileNetV2 neuron {m.mean_best:.3f}",
+        highlight=False,
+    )
+    out.print(f"\nResults: {result.db.resolve()}\nPictures: {result.db.parent.resolve() / 'pictures'}\nTry:", highlight=False)
+    for title, query in api.DEMO_QUERIES:
+        out.print(f"  # {title}\n  onnx-nfi sql --db {result.db} \"{query}\"", highlight=False)
+    title, query = api.DEMO_QUERIES[0]
+    out.print(f"\n{title}:", highlight=False)
+    print_table(*api.sql(query, result.db))

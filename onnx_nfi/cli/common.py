@@ -1,0 +1,200 @@
+"""What every ``onnx-nfi`` command shares: the app, the consoles, the options, progress bars and the
+translation of library errors into one ``Error: …`` line.
+
+Command modules import this one and ``onnx_nfi.api`` (inside their functions: the library's
+imports are heavy and ``--help`` should not pay for them), never each other.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from onnx_nfi.config import HELP, AnalyzeConfig
+from onnx_nfi.errors import NfiError
+from onnx_nfi.names import DEFAULT_DB
+
+app = typer.Typer(
+    help="Index the neurons of any ONNX CNN by the images that excite them (Rafegas et al., PRL 2020).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+console = Console(stderr=True, soft_wrap=True)
+#: stdout; not a terminal (pipes, tests): wide, so tensor names and paths are never cut or wrapped
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 400)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# ---- options shared by several commands: declared once, help from config.HELP ------------------
+Db = Annotated[Path, typer.Option("--db", help="DuckDB database file.")]
+Silent = Annotated[bool, typer.Option("--silent", help="No progress bars.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help=HELP["batch_size"])]
+Provider = Annotated[str, typer.Option("--provider", help=HELP["provider"])]
+Preprocess = Annotated[str | None, typer.Option("--preprocess", help=HELP["preprocess"])]
+Indexes = Annotated[str, typer.Option("--indexes", help=HELP["indexes"])]
+ColorMode = Annotated[str, typer.Option("--color-mode", help=HELP["color_mode"])]
+Rho = Annotated[float, typer.Option("--rho", help=HELP["rho"])]
+LayerPatterns = Annotated[list[str] | None, typer.Option("--layers", help=HELP["layers"])]
+Png = Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")]
+ModelName = Annotated[str, typer.Argument(help="Model name in the database.")]
+
+DEFAULT_INDEXES = ",".join(AnalyzeConfig.indexes)
+
+
+def wrote(path: object, stream: Console = out) -> None:
+    """The one line every picture or export command ends with."""
+    stream.print(f"Wrote {path}", highlight=False)
+
+
+def user_errors(fn: F) -> F:
+    """Print library errors as one line and exit 2; anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NfiError as exc:
+            console.print(f"[red]Error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("Interrupted; nothing was written.")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ProgressBars:
+    """Rich progress bars for the library's ``progress(phase, done, total)`` callback."""
+
+    LABELS = {"scan": "Scanning images", "nf": "Neuron features", "index": "Selectivity indexes", "probe": "Probe images"}
+
+    def __init__(self, silent: bool = False) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        silent = silent or not console.is_terminal  # no live bars in logs and pipes
+        self.progress = Progress(
+            TextColumn("{task.description:<20}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=silent,
+            transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> ProgressBars:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None and self.progress.live.is_started:
+            self.progress.live.transient = True  # an error line should not sit under a half-drawn bar
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase not in self.tasks:
+            self.tasks[phase] = self.progress.add_task(self.LABELS.get(phase, phase), total=total, rate="")
+        task = self.tasks[phase]
+        elapsed = self.progress.tasks[task].elapsed or 0
+        rate = f"{done / elapsed:6.1f} it/s" if elapsed > 0 and done else ""
+        if phase == "scan" and rate:
+            rate = rate.replace("it/s", "img/s")
+        self.progress.update(task, completed=done, total=total, rate=rate)
+
+
+# ---- tables ----------------------------------------------------------------------------------
+
+
+def cell(value: Any) -> str:
+    """One value as a table shows it: short floats, long lists summarised, NULL for None."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list) and len(value) > 6:
+        return f"[{len(value)} values]"
+    return "NULL" if value is None else str(value)
+
+
+def print_table(columns: list[str], rows: list[tuple], stream: Console = out) -> None:
+    """Rows as an aligned table; every cell is literal text (a value like ``[red]x[/red]`` is not markup)."""
+    table = Table(box=None)
+    for c in columns:
+        table.add_column(Text(c))
+    for row in rows:
+        table.add_row(*(Text(cell(v)) for v in row))
+    stream.print(table)
+
+
+def plain_table(columns: list[str], rows: list[tuple]) -> str:
+    """Rows as tab-separated text (``sql -o FILE`` in table format)."""
+    return "\t".join(columns) + "\n" + "".join("\t".join(cell(v) for v in r) + "\n" for r in rows)
+
+
+def render_rows(columns: list[str], rows: list[tuple], fmt: str) -> str:
+    """csv / json text of query rows (json: a list of objects)."""
+    if fmt == "json":
+        return json.dumps([dict(zip(columns, r)) for r in rows], default=str, indent=1) + "\n"
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def version_callback(value: bool) -> None:
+    """``--version``: print the installed version and stop."""
+    if value:
+        from onnx_nfi import __version__
+
+        out.print(f"onnx-nfi {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Index the neurons of any ONNX CNN by the images that excite them (Rafegas et al., PRL 2020)."""
+
+
+def neuron_arguments(first: str, layer: str | None, unit: int | None, *, unit_needed: bool) -> tuple[str, str, int | None]:
+    """(model, layer, unit) from ``MODEL:LAYER:UNIT`` (``MODEL:LAYER`` where no unit is wanted) or
+    from the three words ``MODEL LAYER UNIT``: a neuron is named the same way in every command."""
+    from onnx_nfi.names import parse_neuron
+
+    if layer is not None:
+        return first, layer, unit
+    if ":" not in first:
+        raise typer.BadParameter("name the neuron MODEL:LAYER:UNIT (or give MODEL LAYER UNIT)", param_hint="NEURON")
+    if unit_needed or first.rsplit(":", 1)[-1].isdigit() and first.count(":") >= 2:
+        model, layer_name, number = parse_neuron(first)
+        return model, layer_name, number
+    model, layer_name = first.split(":", 1)
+    return model, layer_name, None

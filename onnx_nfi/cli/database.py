@@ -1,0 +1,93 @@
+"""``onnx-nfi sql``, ``probe`` and ``remove``: the commands that read or change the database itself."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from onnx_nfi.cli.common import (
+    DEFAULT_DB,
+    BatchSize,
+    Db,
+    ModelName,
+    Provider,
+    ProgressBars,
+    Silent,
+    app,
+    out,
+    plain_table,
+    print_table,
+    render_rows,
+    user_errors,
+    wrote,
+)
+from onnx_nfi.config import AnalyzeConfig
+
+#: Output formats of ``sql`` (parquet is written by DuckDB itself, to a file).
+SQL_FORMATS = ("table", "csv", "json", "parquet")
+
+
+@app.command("sql")
+@user_errors
+def sql_cmd(
+    query: Annotated[str, typer.Argument(help="SQL to run, e.g. \"SELECT * FROM layer_summary\".")],
+    db: Db = Path(DEFAULT_DB),
+    fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet (parquet needs -o).")] = "table",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file instead of stdout.")] = None,
+    write: Annotated[bool, typer.Option("--write", help="Open the database writable (default read-only).")] = False,
+) -> None:
+    """Run SQL against the database (tables: models, images, layers, neurons, top_activations, …)."""
+    from onnx_nfi import api
+
+    if fmt not in SQL_FORMATS:
+        raise typer.BadParameter(f"use one of {', '.join(SQL_FORMATS)}", param_hint="--format")
+    if fmt == "parquet":
+        if output is None:
+            raise typer.BadParameter("parquet output needs a file: -o result.parquet", param_hint="--format")
+        wrote(api.export_parquet(query, output, db))
+        return
+    columns, rows = api.sql(query, db, write=write)
+    if output:
+        output.write_text(plain_table(columns, rows) if fmt == "table" else render_rows(columns, rows, fmt))
+    elif fmt == "table":
+        print_table(columns, rows)
+    else:
+        sys.stdout.write(render_rows(columns, rows, fmt))
+
+
+@app.command("remove")
+@user_errors
+def remove_cmd(model: ModelName, db: Db = Path(DEFAULT_DB)) -> None:
+    """Delete a model's rows everywhere and its vectors from the search indexes."""
+    from onnx_nfi import api
+
+    summary = api.remove(db, model)
+    out.print(f"Removed {summary.model} ({summary.neurons} neurons) from {db}.", highlight=False)
+
+
+@app.command("probe")
+@user_errors
+def probe_cmd(
+    images: Annotated[Path, typer.Argument(help="Image folder to draw the probe set from.")],
+    size: Annotated[int, typer.Option(
+        "--size", help="Most images in the probe set (evenly spaced over the sorted files).")] = AnalyzeConfig.probe_size,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an existing probe set and recompute every model's response profiles.")] = False,
+    batch_size: BatchSize = AnalyzeConfig.batch_size,
+    provider: Provider = AnalyzeConfig.provider,
+    silent: Silent = False,
+    db: Db = Path(DEFAULT_DB),
+) -> None:
+    """Set the database's probe set: the images on which every model's response profiles are measured."""
+    from onnx_nfi import api
+
+    with ProgressBars(silent) as bars:
+        summary = api.set_probe(db, images, size=size, force=force, batch_size=batch_size, provider=provider, progress=bars)
+    if not summary.changed:
+        out.print(f"The probe set of {db} already is these {summary.images} images; nothing changed.", highlight=False)
+        return
+    redone = f"; recomputed the response profiles of {', '.join(summary.recomputed)}" if summary.recomputed else ""
+    out.print(f"Probe set of {db}: {summary.images} images{redone}.", highlight=False)

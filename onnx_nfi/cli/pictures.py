@@ -1,0 +1,109 @@
+"""``onnx-nfi nf``, ``top``, ``card`` and ``summary``: pictures drawn from the database.
+
+Each parses its options, makes one ``onnx_nfi.report.render`` call and prints where the PNG went.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from onnx_nfi.cli.common import DEFAULT_DB, Db, ModelName, Png, app, neuron_arguments, out, user_errors, wrote
+from onnx_nfi.config import parse_list
+from onnx_nfi.names import INDEX_COLUMNS
+
+Neuron = Annotated[str, typer.Argument(
+    help="The neuron as MODEL:LAYER:UNIT (LAYER: alias such as conv3, or tensor name), or the model name "
+         "followed by LAYER and UNIT.", metavar="NEURON")]
+Layer = Annotated[str | None, typer.Argument(help="Layer alias (conv3) or tensor name, when NEURON is a model name.")]
+Layer1 = Annotated[str, typer.Argument(help="Layer alias (conv3) or tensor name.")]
+
+
+@app.command("nf")
+@user_errors
+def nf_cmd(
+    neuron: Neuron,
+    layer: Layer = None,
+    unit: Annotated[int | None, typer.Argument(help="Unit (channel) number; leave out with --grid.")] = None,
+    output: Png = ...,  # type: ignore[assignment]
+    db: Db = Path(DEFAULT_DB),
+    grid: Annotated[bool, typer.Option("--grid", help="All NFs of the layer in a labelled grid.")] = False,
+    scale: Annotated[int | None, typer.Option(
+        "--scale", min=1, help="Enlargement factor of a single NF (default: to >= 256 px).")] = None,
+    order_by: Annotated[str, typer.Option(
+        "--order-by", help="Grid order: unit or any neurons column (e.g. color_selectivity).")] = "unit",
+    desc: Annotated[bool | None, typer.Option(
+        "--desc/--asc", help="Grid order direction (default: ascending units, descending columns).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Show only the first K neurons of the grid.")] = None,
+) -> None:
+    """Draw one neuron's NF enlarged, or with --grid a layer's NFs in a labelled grid (NEURON: MODEL:LAYER)."""
+    from onnx_nfi.report import render
+
+    model, layer_name, unit = neuron_arguments(neuron, layer, unit, unit_needed=not grid)
+    if grid == (unit is not None):
+        raise typer.BadParameter("give either a UNIT or --grid", param_hint="UNIT")
+    if grid:
+        path = render.grid_png(model, layer_name, output, db, order_by=order_by, descending=desc, limit=limit)
+    else:
+        path = render.nf_png(model, layer_name, unit, output, db, scale)  # type: ignore[arg-type]
+    wrote(path)
+
+
+@app.command("top")
+@user_errors
+def top_cmd(
+    model: ModelName,
+    layer: Layer1,
+    by: Annotated[str, typer.Option(
+        "--by", help="Neurons column to rank by, e.g. color_selectivity or class_selectivity.")],
+    k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many neurons.")] = 16,
+    asc: Annotated[bool, typer.Option("--asc", help="The least selective instead of the most.")] = False,
+    output: Png = ...,  # type: ignore[assignment]
+    db: Db = Path(DEFAULT_DB),
+) -> None:
+    """Draw the NFs of a layer's most selective neurons with their values."""
+    from onnx_nfi.report import render
+
+    wrote(render.top_png(model, layer, by, output, db, k=k, lowest=asc))
+
+
+@app.command("card")
+@user_errors
+def card_cmd(
+    neuron: Neuron,
+    layer: Layer = None,
+    unit: Annotated[int | None, typer.Argument(help="Unit (channel) number, when NEURON is a model name.")] = None,
+    output: Png = ...,  # type: ignore[assignment]
+    db: Db = Path(DEFAULT_DB),
+    top: Annotated[int, typer.Option("--top", min=1, help="How many top images to show.")] = 20,
+) -> None:
+    """Draw a neuron card: the NF beside its top image crops with rank, label and a_j/a_1 (paper's figure 1)."""
+    from onnx_nfi.report import render
+
+    model, layer_name, number = neuron_arguments(neuron, layer, unit, unit_needed=True)
+    if number is None:
+        raise typer.BadParameter("name the unit: MODEL:LAYER:UNIT", param_hint="NEURON")
+    wrote(render.card_png(model, layer_name, number, output, db, top=top))
+
+
+@app.command("summary")
+@user_errors
+def summary_cmd(
+    models: Annotated[list[str] | None, typer.Argument(help="Model names (default: every model in the database).")] = None,
+    output: Png = ...,  # type: ignore[assignment]
+    db: Db = Path(DEFAULT_DB),
+    indexes: Annotated[str, typer.Option(
+        "--indexes", help="Comma-separated neurons columns, one panel each.")] = ",".join(INDEX_COLUMNS),
+) -> None:
+    """Draw each index's per-layer distribution against relative depth, models overlaid."""
+    from onnx_nfi.report import render
+
+    names = list(parse_list(indexes))
+    if not names:
+        raise typer.BadParameter("name at least one index column", param_hint="--indexes")
+    path, missing = render.summary_png(models or [], names, output, db)
+    for index in missing:
+        out.print(f"Note: {index} has no value in any model; left out (compute it with onnx-nfi index).", highlight=False)
+    wrote(path)

@@ -1,0 +1,35 @@
+"""The registries of names users pick things by: selectivity indexes and search vector kinds.
+
+One table each, imported by the config (validation), the schema (columns), the search (tables) and
+the CLI (choices and help), so a new index or vector kind is added in exactly one place. This module
+imports nothing heavy: the CLI reads it to build ``--help``.
+"""
+
+from __future__ import annotations
+
+from onnx_nfi.errors import SearchError
+
+#: Index names understood by ``--indexes`` (``all`` means every one), in canonical order.
+INDEX_NAMES = ("color", "class", "orientation", "symmetry", "shape")
+#: The indexes an analysis computes unless told otherwise.
+DEFAULT_INDEXES = ("color", "class")
+#: The ``neurons`` column holding each index's value, in ``INDEX_NAMES`` order.
+INDEX_COLUMNS = tuple(f"{name}_selectivity" for name in INDEX_NAMES)
+
+#: Search vectors by kind (docs/method.md, "Similar neurons"): the ``--by`` choices and their tables,
+#: keyed by ``neurons.neuron_id``.
+VECTOR_TABLES = {"response": "response_vectors", "nf": "nf_vectors", "indexes": "index_vectors"}
+VECTOR_KINDS = tuple(VECTOR_TABLES)
+
+
+def parse_neuron(text: str) -> tuple[str, str, int]:
+    """``MODEL:LAYER:UNIT`` -> (model, layer, unit), the one way a neuron is named in commands,
+    pages and the API. LAYER is an alias (``conv3``) or a tensor name, which may itself contain ':'."""
+    parts = text.split(":")
+    unit = parts[-1].strip()
+    if len(parts) < 3 or not parts[0] or not ":".join(parts[1:-1]) or not unit.isdigit():
+        raise SearchError(f"bad neuron {text!r}; write MODEL:LAYER:UNIT, e.g. lite0:conv3:12 (LAYER: alias or tensor name)")
+    return parts[0], ":".join(parts[1:-1]), int(unit)
+
+#: The database file commands use unless given ``--db``.
+DEFAULT_DB = "nfi.duckdb"
