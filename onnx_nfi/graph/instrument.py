@@ -16,7 +16,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_nfi.graph.layers import Layer
-from onnx_nfi.graph.load import BATCH_DIM, LoadedModel
+from onnx_nfi.graph.load import LoadedModel
+from onnx_nfi.graph.proto import BATCH_DIM, copy_model, exposing
 
 _PREFIX = "nfi__"
 
@@ -34,7 +35,7 @@ def instrument(
     model: LoadedModel, layers: list[Layer], *, keep_model_outputs: bool = False
 ) -> tuple[onnx.ModelProto, Outputs]:
     """A copy of the model whose outputs are the layers' per-channel max and argmax (and optionally its own)."""
-    proto = onnx.ModelProto.FromString(model.proto.SerializeToString())
+    proto = copy_model(model.proto)
     graph = proto.graph
     opset = model.opset
     model_outputs = tuple(o.name for o in graph.output) if keep_model_outputs else ()
@@ -134,14 +135,8 @@ def _flat_reduction(layer: Layer, base: str, opset: int) -> Reduction:
 
 def with_outputs(model: LoadedModel, tensors: list[str]) -> onnx.ModelProto:
     """A pruned copy of the model whose outputs are exactly the named tensors (full maps)."""
-    proto = onnx.ModelProto.FromString(model.proto.SerializeToString())
-    graph = proto.graph
-    infos = {vi.name: vi for vi in list(graph.value_info) + list(graph.output)}
-    del graph.output[:]
-    for name in tensors:
-        info = infos.get(name)
-        graph.output.append(info if info is not None else helper.make_empty_tensor_value_info(name))
-    _prune(graph)
+    proto = exposing(copy_model(model.proto), tensors)
+    _prune(proto.graph)
     return proto
 
 

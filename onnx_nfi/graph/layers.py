@@ -16,6 +16,7 @@ import onnx
 
 from onnx_nfi.errors import LayerError, ModelError
 from onnx_nfi.graph.load import LoadedModel
+from onnx_nfi.graph.proto import shape_table
 
 _NORM_OPS = {"BatchNormalization", "InstanceNormalization"}
 _AFFINE_OPS = {"Add", "Sub", "Mul", "Div"}
@@ -116,13 +117,10 @@ def _other_is_constant(node: onnx.NodeProto, tensor: str, constants: set[str]) -
 def _shapes(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     """Static shapes from shape inference; a dynamic batch counts as 0, other unknowns drop the tensor."""
     shapes: dict[str, tuple[int, ...]] = {}
-    for vi in list(proto.graph.value_info) + list(proto.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        if not dims:
-            continue
-        values = [d.dim_value if d.HasField("dim_value") else (0 if i == 0 else -1) for i, d in enumerate(dims)]
-        if all(v >= 0 for v in values):
-            shapes[vi.name] = tuple(values)
+    for name, dims in shape_table(proto.graph).items():
+        values = [0 if d is None and i == 0 else d for i, d in enumerate(dims)]
+        if dims and all(v is not None for v in values):
+            shapes[name] = tuple(values)  # type: ignore[arg-type]
     return shapes
 
 

@@ -16,9 +16,8 @@ from onnx import TensorProto, shape_inference
 
 from onnx_nfi.errors import ModelError
 from onnx_nfi.files import file_sha256
+from onnx_nfi.graph.proto import BATCH_DIM, with_input_size  # noqa: F401  (BATCH_DIM: importable from here)
 
-#: Batch dimension name written into instrumented models.
-BATCH_DIM = "batch"
 #: Metadata key, set on protos of external-data models, naming the folder onnxruntime reads the
 #: weights from: every session made from a derived proto (instrumented, pruned, probed) finds them.
 EXTERNAL_DATA_DIR = "onnx_nfi.external_data_dir"
@@ -81,7 +80,7 @@ def load_model(path: str | Path, input_size: tuple[int, int] | None = None) -> L
     spec = _find_input(proto, path)
     if (spec.height == 0 or spec.width == 0) and input_size:
         spec = replace(spec, height=int(input_size[0]), width=int(input_size[1]))
-    proto = _with_input_shape(proto, spec)
+    proto = with_input_size(proto, spec.name, spec.layout, (spec.height, spec.width))
     if external:
         onnx.helper.set_model_props(
             proto, {**{p.key: p.value for p in proto.metadata_props}, EXTERNAL_DATA_DIR: str(path.parent.resolve())}
@@ -124,27 +123,3 @@ def _find_input(proto: onnx.ModelProto, path: Path) -> InputSpec:
     elem = inp.type.tensor_type.elem_type
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).name
     return InputSpec(inp.name, layout, h, w, channels, dtype, batch=dims[0])
-
-
-def _with_input_shape(proto: onnx.ModelProto, spec: InputSpec) -> onnx.ModelProto:
-    """Copy of the model with a symbolic batch and the fixed spatial size on the input.
-
-    Output shapes are cleared so shape inference recomputes them for the new batch dimension.
-    """
-    proto = onnx.ModelProto.FromString(proto.SerializeToString())
-    inp = next(i for i in proto.graph.input if i.name == spec.name)
-    dims = inp.type.tensor_type.shape.dim
-    dims[0].Clear()
-    dims[0].dim_param = BATCH_DIM
-    hw_axes = (2, 3) if spec.layout == "NCHW" else (1, 2)
-    for axis, value in zip(hw_axes, (spec.height, spec.width)):
-        if value > 0:
-            dims[axis].Clear()
-            dims[axis].dim_value = value
-    for out in proto.graph.output:
-        out_dims = out.type.tensor_type.shape.dim
-        if out_dims:
-            out_dims[0].Clear()
-            out_dims[0].dim_param = BATCH_DIM
-    del proto.graph.value_info[:]
-    return proto

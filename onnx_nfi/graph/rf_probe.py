@@ -26,11 +26,11 @@ from fractions import Fraction
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 
 from onnx_nfi.graph.receptive_field import GraphTrace, ReceptiveField, clipped_windows, global_field
-from onnx_nfi.graph.rf_walk import trace_graph, without_stale_shapes
+from onnx_nfi.graph.proto import BATCH_DIM, exposing, with_input_size
+from onnx_nfi.graph.rf_walk import trace_graph
 from onnx_nfi.graph.session import session_options
 
 CHUNK = 32  # perturbed images per onnxruntime call (outputs of all probed tensors are held per chunk)
@@ -191,44 +191,20 @@ class _Prober:
         return feeds
 
     def _summaries(self, base: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-        session = _session(_exposing(self._sized(self.model), names))
+        session = _session(exposing(self._sized(), names))
         return dict(zip(names, session.run(None, {self.input_name: base})))
 
     def _session(self, tensors: list[str], frozen: bool) -> tuple[ort.InferenceSession, list[str]]:
-        model = self._sized(self.model)
+        model = self._sized()
         summaries: list[str] = []
         if frozen:
             summaries = list(self.trace.summaries)
             model = _frozen(model, summaries)
-        return _session(_exposing(model, tensors)), summaries
+        return _session(exposing(model, tensors)), summaries
 
-    def _sized(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        """A copy with a symbolic batch and the probe's H, W on the image input."""
-        model = onnx.ModelProto.FromString(model.SerializeToString())
-        dims = next(v for v in model.graph.input if v.name == self.input_name).type.tensor_type.shape.dim
-        for axis, size in ((self.y_axis, self.input_hw[0]), (self.x_axis, self.input_hw[1])):
-            dims[axis].Clear()
-            dims[axis].dim_value = size
-        dims[0].Clear()
-        dims[0].dim_param = "batch"
-        return without_stale_shapes(model)
-
-
-def _exposing(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
-    """The model with ``tensors`` (and only them) as outputs; a graph input is passed through Identity."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
-    types = {v.name: v.type.tensor_type.elem_type for v in values}
-    graph_inputs = {v.name for v in model.graph.input}
-    del model.graph.output[:]
-    for name in tensors:
-        out_name = name
-        if name in graph_inputs:
-            out_name = f"{name}__rf_probe"
-            model.graph.node.append(helper.make_node("Identity", [name], [out_name]))
-        elem_type = types.get(name, onnx.TensorProto.FLOAT)
-        model.graph.output.append(helper.make_tensor_value_info(out_name, elem_type, None))
-    return model
+    def _sized(self) -> onnx.ModelProto:
+        """The model with a symbolic batch and the probe's H, W on the image input."""
+        return with_input_size(self.model, self.input_name, self.layout, self.input_hw)
 
 
 def _frozen(model: onnx.ModelProto, summaries: Sequence[str]) -> onnx.ModelProto:
@@ -243,7 +219,7 @@ def _frozen(model: onnx.ModelProto, summaries: Sequence[str]) -> onnx.ModelProto
         value.CopyFrom(values[name])
         dims = value.type.tensor_type.shape.dim
         dims[0].Clear()
-        dims[0].dim_param = "batch"
+        dims[0].dim_param = BATCH_DIM
         model.graph.input.append(value)
     return model
 

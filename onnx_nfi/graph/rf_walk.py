@@ -43,6 +43,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from onnx_nfi.errors import ModelError
+from onnx_nfi.graph.proto import shape_table, with_input_size
 from onnx_nfi.graph.receptive_field import (
     LAYOUTS,
     POOLED,
@@ -102,10 +103,10 @@ class _Tracer:
         if layout not in LAYOUTS:
             raise ModelError(f"Unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}.")
         self.input_name, self.input_hw, self.layout = input_name, input_hw, layout
-        graph = _inferred(_with_input_size(model, input_name, input_hw, layout)).graph
+        graph = _inferred(with_input_size(model, input_name, layout, input_hw, batch=1)).graph
         self.graph = graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-        self.shapes = _shapes(graph)
+        self.shapes = shape_table(graph)
         self.consts = _constants(graph)
         self.states: dict[str, State] = {}
         self.summaries: list[str] = []
@@ -530,50 +531,12 @@ def _str_attr(node: onnx.NodeProto, name: str, default: str) -> str:
     return default if value is None else value.decode()
 
 
-def _with_input_size(
-    model: onnx.ModelProto, input_name: str, input_hw: tuple[int, int], layout: str
-) -> onnx.ModelProto:
-    """A copy whose image input has batch 1 and the given H, W, so shape inference gives every size."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    value = next((v for v in model.graph.input if v.name == input_name), None)
-    if value is None:
-        names = ", ".join(v.name for v in model.graph.input)
-        raise ModelError(f"The model has no input {input_name!r}; its inputs are: {names}.")
-    dims = value.type.tensor_type.shape.dim
-    if len(dims) != 4:
-        raise ModelError(f"Input {input_name!r} has rank {len(dims)}; an image input of rank 4 ({layout}) is needed.")
-    h_axis, w_axis = (2, 3) if layout == "NCHW" else (1, 2)
-    for axis, size in ((0, 1), (h_axis, input_hw[0]), (w_axis, input_hw[1])):
-        dims[axis].Clear()
-        dims[axis].dim_value = size
-    return without_stale_shapes(model)
-
-
-def without_stale_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop inferred shapes saved with the model: they hold the export's input size, not ours."""
-    del model.graph.value_info[:]
-    for value in model.graph.output:
-        value.type.tensor_type.ClearField("shape")
-    return model
-
-
 def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return shape_inference.infer_shapes(model, data_prop=True)
     except Exception as err:  # a model ORT runs may still trip strict checks; sizes then come from the formulas
         log.warning("Shape inference failed (%s); receptive fields use computed sizes.", err)
         return model
-
-
-def _shapes(graph: onnx.GraphProto) -> dict[str, list[int | None]]:
-    shapes: dict[str, list[int | None]] = {}
-    for value in list(graph.input) + list(graph.value_info) + list(graph.output):
-        t = value.type.tensor_type
-        if t.HasField("shape"):
-            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    for init in graph.initializer:
-        shapes[init.name] = list(init.dims)
-    return shapes
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
