@@ -23,7 +23,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from onnx_nfi.store.vector_index import VectorIndex, refine_factor
+from onnx_nfi.store.vector_backends import refine_factor
+from onnx_nfi.store.vector_index import VectorIndex
 
 K = 10
 # Exact single-query latency is timed on this many queries (evenly spread over both halves):

@@ -8,16 +8,10 @@ runtime libraries load only when a verb needs them.
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.errors import NfiError
-
-try:
-    __version__ = version("onnx-nfi")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree that was never installed
-    __version__ = "0+unknown"
 
 _VERBS = (
     "analyze", "demo", "export_parquet", "index", "layers", "match", "remove", "set_probe", "similar", "sql",
@@ -35,4 +29,11 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     if name in _VERBS:
         return getattr(import_module("onnx_nfi.api"), name)
+    if name == "__version__":  # importlib.metadata costs ~50 ms: only when asked
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("onnx-nfi")
+        except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+            return "0+unknown"
     raise AttributeError(f"module 'onnx_nfi' has no attribute {name!r}")

@@ -9,7 +9,7 @@ long ones take a ``progress(phase, done, total)`` callback.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,6 +36,10 @@ from onnx_nfi.store.duckdb_store import Store, check_writable
 from onnx_nfi.store.results import AnalysisRecord, stored_rf, stored_topn, write_analysis, write_index_run
 from onnx_nfi.store.vectors import RemoveSummary, sync_indexes
 from onnx_nfi.store.vectors import remove as remove_model
+
+#: ``onnx-nfi similar``: the neurons nearest to a ``MODEL:LAYER:UNIT`` (draw them with
+#: ``onnx_nfi.report.render.similar_png``).
+similar = search.similar
 
 __all__ = [
     "AnalysisSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "analyze", "demo",
@@ -220,27 +224,6 @@ def set_probe(
 def remove(db: str | Path, model: str) -> RemoveSummary:
     """``onnx-nfi remove``: delete every row of ``model`` and its search vectors."""
     return remove_model(db, model)
-
-
-def similar(
-    db: str | Path,
-    query: str,
-    *,
-    by: str = "response",
-    k: int = 10,
-    models: Sequence[str] = (),
-    layers: Sequence[str] = (),
-    other_models: bool = False,
-    picture: str | Path | None = None,
-) -> search.SimilarResult:
-    """``onnx-nfi similar``: the neurons nearest to ``query`` (``MODEL:LAYER:UNIT``); ``picture`` also
-    draws the query's NF beside its neighbours' (a PNG, checked before the search)."""
-    if picture is not None:
-        pictures.check_png(picture)
-    result = search.similar(db, query, by=by, k=k, models=models, layers=layers, other_models=other_models)
-    if picture is not None:
-        render.similar_png(result, picture)
-    return result
 
 
 def match(db: str | Path, model_a: str, model_b: str, picture: str | Path | None = None) -> search.MatchResult:

@@ -1,4 +1,4 @@
-"""``onnx-nfi analyze`` / ``layers`` / ``sql`` end to end, and the DuckDB contract of the scan issue."""
+"""``onnx-nfi analyze`` / ``layers`` / ``sql`` end to end, and the DuckDB contract the README states."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from onnx_nfi.graph.session import Runner
 TOP_N = 5
 FAST = ["--no-nf", "--indexes", "none"]
 
-#: The minimum contract of the DuckDB store (issue 2, item 8).
+#: The minimum contract of the DuckDB store (the README's schema table).
 CONTRACT = {
     "models": ["model", "path", "sha256", "input_height", "input_width", "layout", "preprocessing"],
     "images": ["image_id", "path", "sha256", "label", "label_source"],

@@ -9,29 +9,28 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import LITE0, TINY
-from reference import reference_topn
+from reference import reference_inputs, reference_topn
 
 from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.data.images import list_images
-from onnx_nfi.data.loader import iter_decoded
 from onnx_nfi.graph.layers import find_conv_layers
 from onnx_nfi.scan.scanner import scan
 from onnx_nfi.scan.topn import Moments, TopN
 
 
 def brute_force(model_path: Path, images_dir: Path, top_n: int, layer_names: list[str]):
-    """Per image and layer: full map -> max and first row-major argmax; then a stable numpy top-N."""
-    lm, pre = open_model(model_path)
-    files = list_images(images_dir).files
-    rgb = np.stack([d.image for d in iter_decoded(files, pre) if d.image is not None])
-    proto = onnx.ModelProto.FromString(lm.proto.SerializeToString())
+    """Per image and layer: full map -> max and first row-major argmax; then a stable numpy top-N.
+    Images are decoded and normalised in the test (``reference_inputs``), not by the product's loader."""
+    _, tensors = reference_inputs(model_path, images_dir)
+    proto = onnx.load(str(model_path))
+    input_name = proto.graph.input[0].name
     del proto.graph.output[:]
     for name in layer_names:
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     maps = {name: [] for name in layer_names}
-    for i in range(len(rgb)):  # one image at a time: no batching shared with the code under test
-        outs = sess.run(layer_names, {lm.input.name: pre.to_tensor(rgb[i : i + 1])})
+    for i in range(len(tensors)):  # one image at a time: no batching shared with the code under test
+        outs = sess.run(layer_names, {input_name: tensors[i : i + 1]})
         for name, value in zip(layer_names, outs):
             maps[name].append(value[0])
     return {name: reference_topn(maps[name], top_n) for name in layer_names}

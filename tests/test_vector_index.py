@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from onnx_nfi.errors import StoreError
-from onnx_nfi.store.vector_index import VectorIndex, plan_for, refine_factor
+from onnx_nfi.store.vector_backends import plan_for, refine_factor
+from onnx_nfi.store.vector_index import VectorIndex
 
 
 def unit_vectors(n: int, d: int, seed: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from rich.text import Text
 
 from onnx_nfi.config import HELP, AnalyzeConfig
 from onnx_nfi.errors import NfiError
-from onnx_nfi.names import DEFAULT_DB
+from onnx_nfi.names import DEFAULT_DB  # noqa: F401  (the commands take it from here)
 
 app = typer.Typer(
     help="Index the neurons of any ONNX CNN by the images that excite them (Rafegas et al., PRL 2020).",

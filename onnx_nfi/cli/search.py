@@ -35,15 +35,15 @@ def similar_cmd(
     """The neurons most similar to one neuron, across layers and models."""
     from onnx_nfi import api
     from onnx_nfi.config import parse_list
+    from onnx_nfi.report import pictures, render
 
     if by not in VECTOR_KINDS:
         raise typer.BadParameter(f"use one of {', '.join(VECTOR_KINDS)}", param_hint="--by")
     if fmt not in FORMATS:
         raise typer.BadParameter(f"use one of {', '.join(FORMATS)}", param_hint="--format")
-    result = api.similar(
-        db, neuron, by=by, k=k, models=parse_list(models), layers=parse_list(layers), other_models=other_models,
-        picture=output,
-    )
+    if output is not None:
+        pictures.check_png(output)  # before the search, not after
+    result = api.similar(db, neuron, by=by, k=k, models=parse_list(models), layers=parse_list(layers), other_models=other_models)
     if fmt == "table":
         shown = [c for c in INDEX_COLUMNS if any(h.indexes[c] is not None for h in result.hits)]
         out.print(f"Neurons most similar to {result.query.name} by {by}:", highlight=False)
@@ -60,7 +60,7 @@ def similar_cmd(
         ]
         sys.stdout.write(render_rows(columns, rows, fmt))
     if output is not None:
-        wrote(output, out if fmt == "table" else console)  # json/csv on stdout stay parseable
+        wrote(render.similar_png(result, output), out if fmt == "table" else console)  # json/csv on stdout stay parseable
 
 
 @app.command("match")

@@ -26,6 +26,7 @@ import numpy as np
 
 from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.neurons.nf_kernel import add_weighted_crops
+from onnx_nfi.progress import StageProgress
 from onnx_nfi.scan.topn import TopN
 
 T = TypeVar("T")
