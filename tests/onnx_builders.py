@@ -84,7 +84,7 @@ class NetBuilder(UniqueNames):
         return out
 
     def conv_relu(self, x: str, c_in: int, c_out: int, k: int | tuple[int, int], alias: str, **attrs) -> str:
-        """A conv layer read after its non-linearity, as ALGORITHMS.md §1 defines a layer."""
+        """A conv layer read after its non-linearity, as docs/method.md §1 defines a layer."""
         return self.relu(self.conv(x, c_in, c_out, k, **attrs), alias)
 
     def build(self, output: str, alias: str | None = None) -> BuiltNet:

@@ -8,7 +8,7 @@ import numpy as np
 def reference_topn(maps: list[np.ndarray], top_n: int) -> dict[str, np.ndarray]:
     """From full maps ``[C, H, W]`` of each image in order: numpy max, first row-major argmax, stable top-N.
 
-    Ties in the top-N go to the lower image index (``argsort(kind="stable")``), as ALGORITHMS.md §2 says.
+    Ties in the top-N go to the lower image index (``argsort(kind="stable")``), as docs/method.md §2 says.
     """
     full = np.stack(maps)  # [I, C, H, W]
     n_img, c, h, w = full.shape

@@ -1,4 +1,4 @@
-"""Analytic receptive fields (ALGORITHMS.md §3) against the empirical probe and hand computations.
+"""Analytic receptive fields (docs/method.md §3) against the empirical probe and hand computations.
 
 Every net is checked twice: the linear fields (size, stride, offset) must give the same clipped
 windows as the field fitted to the probe (``compare``), and the exact per-index spans of the walk

@@ -1,4 +1,4 @@
-"""Selectivity-index formulas (ALGORITHMS.md §5-§7), region transforms and the planted model.
+"""Selectivity-index formulas (docs/method.md §5-§7), region transforms and the planted model.
 
 The vectorised functions are checked on hand-made top-N lists whose answers are written down,
 and against plain-Python loop implementations written here from the formulas.

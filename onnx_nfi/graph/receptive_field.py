@@ -1,4 +1,4 @@
-"""Receptive fields and the window state every tensor carries (ALGORITHMS.md §3).
+"""Receptive fields and the window state every tensor carries (docs/method.md §3).
 
 ``ReceptiveField`` is a layer's ``(size, stride, offset)`` per image axis; ``AxisWindows`` the
 exact per-index windows of one axis behind it; ``Local`` / ``Global`` a tensor's state. How the

@@ -1,4 +1,4 @@
-"""Class selectivity index (ALGORITHMS.md §6), vectorised over the neurons of a layer.
+"""Class selectivity index (docs/method.md §6), vectorised over the neurons of a layer.
 
 Each neuron has its own top-N list, so the input is a pair of ``[U, N]`` arrays: the scores of
 each neuron's top-N images (column 0 = the highest-ranked image) and those images' label codes

@@ -1,4 +1,4 @@
-"""Colour selectivity index and grey conversion (ALGORITHMS.md §5).
+"""Colour selectivity index and grey conversion (docs/method.md §5).
 
 Windows are ``(y0, x0, y1, x1)`` in input pixels with the end **exclusive** (numpy slice
 convention: the window holds ``y1 - y0`` rows), and may extend beyond the image; they are clipped.
@@ -40,7 +40,7 @@ def color_selectivity(activations: np.ndarray, grey_activations: np.ndarray) -> 
     """``CSI_color = 1 − Σ a'_j / Σ a_j`` per neuron (``[U, N]`` in, ``[U]`` out); NaN if dead.
 
     Not clipped: a negative value means the grey images excite the neuron more, which is
-    information worth keeping (ALGORITHMS.md §5).
+    information worth keeping (docs/method.md §5).
     """
     return 1.0 - response_ratio(activations, grey_activations)
 

@@ -3,7 +3,7 @@
 Li, Yosinski, Clune, Lipson and Hopcroft, "Convergent learning: do different neural networks
 learn the same representations?" (ICLR 2016) compare two networks unit by unit through the
 correlation of their activations over the same images. Here a unit's *response profile* is its
-score over a fixed probe set of images (ALGORITHMS.md §8), mean-centred and L2-normalised, so
+score over a fixed probe set of images (docs/method.md §8), mean-centred and L2-normalised, so
 the inner product of two profiles is their Pearson correlation and a matrix product gives every
 pair at once. Li et al.'s two matchings follow: the *best* (one-to-many, "semi") match of every
 unit, and the *one-to-one* match that maximises the total correlation (the assignment problem).

@@ -1,4 +1,4 @@
-"""The three search vectors of a neuron (ALGORITHMS.md §8), each a unit vector or all zeros.
+"""The three search vectors of a neuron (docs/method.md §8), each a unit vector or all zeros.
 
 Every vector is L2-normalised so that one inner product compares two neurons: for response
 profiles it is the Pearson correlation over the probe set, for NF embeddings the correlation of

@@ -1,4 +1,4 @@
-"""Region transforms and the orientation, symmetry and shape indexes (ALGORITHMS.md §7).
+"""Region transforms and the orientation, symmetry and shape indexes (docs/method.md §7).
 
 Unlike the colour test, these indexes change only the receptive-field window of each top image:
 rotating or shuffling the whole image would also move what the neuron sees *around* its window

@@ -5,7 +5,7 @@ saves it). Tiles are composed pixel by pixel in numpy, so each lands in a known 
 the picture; the tests read the PNG back there) and an enlarged NF keeps its stored values exactly
 (nearest-neighbour, integer factor). Text is rasterised with matplotlib's FreeType fonts and
 blended into the margins; matplotlib's ``Figure`` on the Agg canvas (no GUI backend, no pyplot
-state) draws only the summary plots. ALGORITHMS.md §4 allows scaling one layer's NFs to a common size
+state) draws only the summary plots. docs/method.md §4 allows scaling one layer's NFs to a common size
 for display; NFs are never resampled otherwise.
 """
 
