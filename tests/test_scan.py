@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import LITE0, TINY
-from reference import reference_topn
+from reference import pre_activation_of, reference_topn
 
 from onnx_nfi.api import open_model
 from onnx_nfi.data.images import list_images
@@ -20,21 +20,26 @@ from onnx_nfi.scan.topn import Moments, TopN
 
 
 def brute_force(model_path: Path, images_dir: Path, top_n: int, layer_names: list[str]):
-    """Per image and layer: full map -> max and first row-major argmax; then a stable numpy top-N."""
+    """Per image and layer: full map (and the activation's input) -> max and first row-major argmax; numpy top-N."""
     lm, pre = open_model(model_path)
     files = list_images(images_dir).files
     rgb = np.stack([d.image for d in iter_decoded(files, pre) if d.image is not None])
     proto = onnx.ModelProto.FromString(lm.proto.SerializeToString())
     del proto.graph.output[:]
-    for name in layer_names:
+    pre_maps = {name: pre_activation_of(lm.proto, name) for name in layer_names}
+    names = layer_names + [p for p in pre_maps.values() if p]
+    for name in names:
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    maps = {name: [] for name in layer_names}
+    maps = {name: [] for name in names}
     for i in range(len(rgb)):  # one image at a time: no batching shared with the code under test
-        outs = sess.run(layer_names, {lm.input.name: pre.to_tensor(rgb[i : i + 1])})
-        for name, value in zip(layer_names, outs):
+        outs = sess.run(names, {lm.input.name: pre.to_tensor(rgb[i : i + 1])})
+        for name, value in zip(names, outs):
             maps[name].append(value[0])
-    return {name: reference_topn(maps[name], top_n) for name in layer_names}
+    return {
+        name: reference_topn(maps[name], top_n, maps[pre_maps[name]] if pre_maps[name] else None)
+        for name in layer_names
+    }
 
 
 def check_against_brute_force(model_path: Path, images_dir: Path, top_n: int, batch_size: int, layers=None) -> None:
