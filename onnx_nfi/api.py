@@ -343,6 +343,7 @@ def _write_analysis(store: Store, analysis: Analysis, run_id: int) -> None:
             "std_activation": st.moments.std,
             "active_fraction": st.moments.active_fraction,
             "dead": best <= 0,
+            "saturated_top": top.saturated_top().astype(np.int32),
             "nf": nf_col,
             "nf_height": np.where(has_nf, nf_h, np.nan),
             "nf_width": np.where(has_nf, nf_w, np.nan),
@@ -359,6 +360,7 @@ def _write_analysis(store: Store, analysis: Analysis, run_id: int) -> None:
             "y": top.ys[filled],
             "x": top.xs[filled],
             "activation": top.scores[filled],
+            "pre_activation": top.keys[filled] if layer.pre_activation else np.full(units.size, np.nan, np.float32),
         })
     store.con.execute(
         "INSERT INTO runs VALUES (?, ?, 'analyze', ?, ?, ?, ?, ?, ?, ?)",
@@ -426,14 +428,15 @@ class IndexSummary:
 def stored_topn(store: Store, model: str, layer: str, channels: int) -> TopN:
     """A layer's top-N state rebuilt from ``top_activations``."""
     cols = store.columns(
-        "SELECT unit, rank, image_id, y, x, activation FROM top_activations WHERE model = ? AND layer = ?",
+        "SELECT unit, rank, image_id, y, x, activation, coalesce(pre_activation, activation) AS tiebreak "
+        "FROM top_activations WHERE model = ? AND layer = ?",
         [model, layer],
     )
     n = int(cols["rank"].max()) if cols["rank"].size else 1
     top = TopN.empty(channels, n)
     u, r = cols["unit"].astype(np.int64), cols["rank"].astype(np.int64) - 1
     top.scores[u, r], top.ids[u, r] = cols["activation"], cols["image_id"]
-    top.ys[u, r], top.xs[u, r] = cols["y"], cols["x"]
+    top.ys[u, r], top.xs[u, r], top.keys[u, r] = cols["y"], cols["x"], cols["tiebreak"]
     return top
 
 

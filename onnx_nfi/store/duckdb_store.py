@@ -16,7 +16,7 @@ import duckdb
 import numpy as np
 
 from onnx_nfi.errors import NotFoundError, StoreError
-from onnx_nfi.store.schema import SCHEMA_VERSION, TABLES, layer_summary_sql
+from onnx_nfi.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, TABLES, layer_summary_sql
 
 DEFAULT_DB = "nfi.duckdb"
 #: Tables whose rows belong to one model (replaced together).
@@ -80,6 +80,7 @@ class Store:
 
     def _ensure_schema(self) -> None:
         self.con.execute(TABLES)
+        self.con.execute(ADDED_COLUMNS)
         self.con.execute(layer_summary_sql())
         self.con.execute(
             "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
