@@ -80,7 +80,7 @@ def instrument(
         output(max_out, TensorProto.FLOAT, layer.channels)
         output(arg_out, TensorProto.INT64, layer.channels)
         maxes[layer.tensor], argmaxes[layer.tensor] = max_out, arg_out
-    _refuse_activations(graph, [layer for layer in layers if layer.pre_activation is not None])
+    _fuse_activations_again(graph, [layer for layer in layers if layer.pre_activation is not None])
     _prune(graph)
     return proto, Outputs(maxes, argmaxes, model_outputs, keys)
 
@@ -105,7 +105,7 @@ def _reduce_max(data: str, out: str, axes: list[int], base: str, opset: int) -> 
 _FUSED_ONLY = {"Clip", "LeakyRelu"}
 
 
-def _refuse_activations(graph: onnx.GraphProto, layers: list[Layer]) -> None:
+def _fuse_activations_again(graph: onnx.GraphProto, layers: list[Layer]) -> None:
     """Put an identity depthwise 1×1 convolution in front of each layer's Clip/LeakyRelu.
 
     Reading the pre-activation map stops onnxruntime from fusing the activation into its conv;
