@@ -24,7 +24,7 @@ from graphs import (
     pytorch_opset9_net,
     tf2onnx_nhwc_net,
 )
-from reference import reference_topn
+from reference import pre_activation_of, reference_topn
 
 from onnx_nfi.data.images import list_images
 from onnx_nfi.data.preprocess import PRESETS, preset
@@ -67,12 +67,14 @@ def write_images(photo_dir: Path, target: Path, hw: tuple[int, int]) -> Path:
 
 
 def brute_force(net: ProducerNet, images: Path, top_n: int) -> dict[str, dict[str, np.ndarray]]:
-    """Full maps per image out of onnxruntime, then numpy max / first argmax / stable top-N."""
+    """Full maps per image out of onnxruntime (with the activations' inputs), then numpy max / first argmax / top-N."""
     stats = PRESETS["torchvision"]
     mean, std = np.array(stats["mean"], np.float32), np.array(stats["std"], np.float32)
     proto = onnx.ModelProto.FromString(net.model.SerializeToString())
     del proto.graph.output[:]
-    names = [layer.tensor for layer in net.layers]
+    layers = [layer.tensor for layer in net.layers]
+    pre = {name: pre_activation_of(net.model, name) for name in layers}
+    names = layers + [p for p in pre.values() if p]
     proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     maps: dict[str, list[np.ndarray]] = {n: [] for n in names}
@@ -83,7 +85,7 @@ def brute_force(net: ProducerNet, images: Path, top_n: int) -> dict[str, dict[st
             x = x.transpose(0, 3, 1, 2)
         for name, value in zip(names, sess.run(names, {"image": np.ascontiguousarray(x)})):
             maps[name].append(value[0])
-    return {name: reference_topn(maps[name], top_n) for name in names}
+    return {name: reference_topn(maps[name], top_n, maps[pre[name]] if pre[name] else None) for name in layers}
 
 
 def test_layers_found_with_their_chains(net_file: tuple[ProducerNet, Path]) -> None:

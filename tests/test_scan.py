@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import LITE0, TINY
-from reference import reference_inputs, reference_topn
+from reference import pre_activation_of, reference_inputs, reference_topn
 
 from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.data.images import list_images
@@ -19,21 +19,27 @@ from onnx_nfi.scan.topn import Moments, TopN
 
 
 def brute_force(model_path: Path, images_dir: Path, top_n: int, layer_names: list[str]):
-    """Per image and layer: full map -> max and first row-major argmax; then a stable numpy top-N.
+    """Per image and layer: full map (and the activation's input) -> max and first row-major argmax; numpy top-N.
     Images are decoded and normalised in the test (``reference_inputs``), not by the product's loader."""
     _, tensors = reference_inputs(model_path, images_dir)
     proto = onnx.load(str(model_path))
+    source = onnx.load(str(model_path))
     input_name = proto.graph.input[0].name
     del proto.graph.output[:]
-    for name in layer_names:
+    pre_maps = {name: pre_activation_of(source, name) for name in layer_names}
+    names = layer_names + [p for p in pre_maps.values() if p]
+    for name in names:
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    maps = {name: [] for name in layer_names}
+    maps = {name: [] for name in names}
     for i in range(len(tensors)):  # one image at a time: no batching shared with the code under test
-        outs = sess.run(layer_names, {input_name: tensors[i : i + 1]})
-        for name, value in zip(layer_names, outs):
+        outs = sess.run(names, {input_name: tensors[i : i + 1]})
+        for name, value in zip(names, outs):
             maps[name].append(value[0])
-    return {name: reference_topn(maps[name], top_n) for name in layer_names}
+    return {
+        name: reference_topn(maps[name], top_n, maps[pre_maps[name]] if pre_maps[name] else None)
+        for name in layer_names
+    }
 
 
 def check_against_brute_force(model_path: Path, images_dir: Path, top_n: int, batch_size: int, layers=None) -> None:

@@ -4,6 +4,10 @@ A conv layer is a ``Conv`` node plus the chain that directly follows it: BatchNo
 constant bias/scale arithmetic, and one activation (including the two-node forms ``x·Sigmoid(x)``
 (SiLU/Swish) and ``x·HardSigmoid(x)``). The layer's tensor is the last node of that chain, which
 is what exporters from PyTorch, Keras (tf2onnx) and Paddle produce for "conv + bn + act".
+
+A layer also records the tensor that enters its activation when the activation rises where its
+input is positive (ALGORITHMS.md §2): saturating units (ReLU6 at 6) are then ranked and located
+by how strongly the pre-activation drives them instead of by file order.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import fnmatch
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from onnx_nfi.errors import LayerError, ModelError
 from onnx_nfi.graph.load import LoadedModel
@@ -25,6 +31,16 @@ _ACTIVATIONS = {
     "Tanh", "Mish", "ThresholdedRelu", "Softsign",
 }
 _GATES = {"Sigmoid", "HardSigmoid"}
+#: Activations whose largest output sits where their largest input does whenever that input is
+#: positive: non-decreasing everywhere, or negative below 0 and rising above it (SiLU, GELU,
+#: HardSwish, Mish). Parameters that could break it (a negative slope) are checked per node.
+_RISING = {
+    "Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "HardSwish", "Gelu", "Softplus", "Tanh",
+    "Mish", "ThresholdedRelu", "Softsign", "Sigmoid", "HardSigmoid",
+}
+#: Of those, the piecewise-linear ones: float rounding is monotone too, so ``f(max pre)`` equals
+#: ``max f(pre)`` bit for bit and the layer's own map need not be read to score it.
+_PIECEWISE_LINEAR = {"Relu", "Clip", "LeakyRelu", "PRelu", "ThresholdedRelu"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,12 @@ class Layer:
     height: int
     width: int
     conv_node: str
+    #: The tensor entering the activation (conv/BN output) when the activation rises where positive:
+    #: the scan locates each image's maximum and breaks score ties on this map. None: no such activation.
+    pre_activation: str | None = None
+    #: ``activation(max of pre_activation)`` is exactly the layer's per-image score (piecewise-linear
+    #: activations), so the scan applies the activation to the reduced maximum instead of reading the map.
+    score_from_pre: bool = False
 
     @property
     def op_type(self) -> str:
@@ -61,11 +83,12 @@ def find_conv_layers(model: LoadedModel) -> list[Layer]:
     for node in graph.node:
         if node.op_type != "Conv":
             continue
-        tensor, chain = _follow_chain(node, consumers, constants)
+        tensor, chain, act = _follow_chain(node, consumers, constants)
         shape = shapes.get(tensor)
         if shape is None or len(shape) != 4:
             continue  # not a 2-D conv (1-D/3-D convs are not image layers)
         _, c, h, w = shape
+        rises = act is not None and _rises(act, graph)
         layers.append(
             Layer(
                 tensor=tensor,
@@ -76,6 +99,8 @@ def find_conv_layers(model: LoadedModel) -> list[Layer]:
                 height=int(h),
                 width=int(w),
                 conv_node=node.name,
+                pre_activation=act.input[0] if rises else None,
+                score_from_pre=rises and chain[-1] in _PIECEWISE_LINEAR,
             )
         )
     if not layers:
@@ -85,7 +110,8 @@ def find_conv_layers(model: LoadedModel) -> list[Layer]:
 
 def _follow_chain(
     conv: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]], constants: set[str]
-) -> tuple[str, list[str]]:
+) -> tuple[str, list[str], onnx.NodeProto | None]:
+    """The layer tensor, its op chain and the activation node (for a gated ``x·g(x)``, the gate)."""
     tensor, chain = conv.output[0], ["Conv"]
     while True:
         users = consumers.get(tensor, [])
@@ -98,15 +124,49 @@ def _follow_chain(
                 tensor, chain = user.output[0], chain + [user.op_type]
                 continue
             if user.op_type in _ACTIVATIONS:
-                return user.output[0], chain + [user.op_type]
-            return tensor, chain
+                return user.output[0], chain + [user.op_type], user
+            return tensor, chain, None
         gates = [u for u in users if u.op_type in _GATES]
         muls = [u for u in users if u.op_type == "Mul"]
         if len(users) == 2 and len(gates) == 1 and len(muls) == 1:  # x·Sigmoid(x), x·HardSigmoid(x)
             gate, mul = gates[0], muls[0]
             if set(mul.input) == {tensor, gate.output[0]}:
-                return mul.output[0], chain + [gate.op_type, "Mul"]
-        return tensor, chain
+                return mul.output[0], chain + [gate.op_type, "Mul"], gate
+        return tensor, chain, None
+
+
+def _rises(node: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
+    """The activation's largest output is where its largest positive input is (see ``_RISING``).
+
+    For a gate the activation is ``x·g(x)``: Sigmoid always qualifies, HardSigmoid when its slope
+    and offset are non-negative. Slopes below zero (LeakyRelu, PRelu, Elu, Selu's scale, a
+    negative ThresholdedRelu threshold) make a function that falls somewhere, which keeps today's rule.
+    """
+    if node.op_type not in _RISING:
+        return False
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "PRelu":
+        slope = _constant(graph, node.input[1])
+        return slope is not None and bool((slope >= 0).all())
+    defaults = {"LeakyRelu": ("alpha", 0.01), "Elu": ("alpha", 1.0), "Selu": ("gamma", 1.0507),
+                "ThresholdedRelu": ("alpha", 1.0), "HardSigmoid": ("alpha", 0.2)}
+    if node.op_type in defaults:
+        key, default = defaults[node.op_type]
+        if attrs.get(key, default) < 0 or (node.op_type == "Selu" and attrs.get("alpha", 1.67) < 0):
+            return False
+    return not (node.op_type == "HardSigmoid" and attrs.get("beta", 0.5) < 0)
+
+
+def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """The value of an initializer or ``Constant`` node output, None when the tensor is computed."""
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name and node.attribute:
+            value = onnx.helper.get_attribute_value(node.attribute[0])
+            return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
+    return None
 
 
 def _other_is_constant(node: onnx.NodeProto, tensor: str, constants: set[str]) -> bool:

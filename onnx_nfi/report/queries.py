@@ -46,6 +46,8 @@ class NeuronNF:
     unit: int
     nf: np.ndarray | None  # float32 [h, w, 3] RGB 0-255; None when dead or never computed
     value: Any = None
+    #: top images sharing the largest activation (``neurons.saturated_top``); None when dead or not stored
+    saturated_top: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class NeuronCard:
     nf: np.ndarray
     crops: tuple[CardCrop, ...]
     values: dict[str, Any]  # non-NULL index columns, in CARD_COLUMNS order
+    #: top images sharing the largest activation, ranked and placed by the pre-activation (ALGORITHMS.md §2)
+    saturated_top: int | None = None
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,8 @@ def layer_nfs(
     key = column or "unit"
     where = f" AND {column} IS NOT NULL" if only_valued and column else ""
     sql = (
-        f"SELECT unit, nf, nf_height, nf_width{', ' + column + ' AS value' if column else ''} FROM neurons "
+        "SELECT unit, nf, nf_height, nf_width, CASE WHEN NOT dead THEN saturated_top END AS saturated_top"
+        f"{', ' + column + ' AS value' if column else ''} FROM neurons "
         f"WHERE model = ? AND layer = ?{where} ORDER BY {key} {'DESC' if descending else 'ASC'} NULLS LAST, unit"
         + (f" LIMIT {int(limit)}" if limit else "")
     )
@@ -162,6 +167,7 @@ def layer_nfs(
             int(data["unit"][k]),
             _nf_array(data["nf"][k], data["nf_height"][k], data["nf_width"][k]),
             _plain(data["value"][k]) if column else None,
+            _plain(data["saturated_top"][k]),
         )
         for k in range(len(data["unit"]))
     )
@@ -200,7 +206,7 @@ def neuron_card(store: Store, model: str, layer: str, unit: int, top: int = 20) 
         for t, y, x in zip(tops, ys, xs)
     )
     values = {c: _plain(row[c]) for c in CARD_COLUMNS if row.get(c) is not None}
-    return NeuronCard(ref, unit, nf, crops, values)
+    return NeuronCard(ref, unit, nf, crops, values, _plain(row["saturated_top"]))
 
 
 def cut_crop(image: np.ndarray, y0: int, x0: int, size: tuple[int, int]) -> np.ndarray:

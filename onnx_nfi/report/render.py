@@ -59,6 +59,7 @@ def card_png(model: str, layer: str, unit: int, output: str | Path, db: str | Pa
     header = [
         f"{c.ref.model} / {c.ref.alias} ({c.ref.layer}) / unit {c.unit}",
         _card_values(c.values),
+        *([_saturation_line(c.saturated_top)] if c.saturated_top and c.saturated_top > 1 else []),
         f"top {len(c.crops)} crops (receptive field in the image as fed to the network); under each: rank, a/a1, label",
     ]
     return pictures.write_png(output, pictures.card(c.nf, crops, header).image)
@@ -98,11 +99,20 @@ def match_png(result: MatchResult, output: str | Path) -> Path:
     return pictures.write_png(output, picture.image)
 
 
+def _saturation_line(tied: int) -> str:
+    """Why a saturated neuron's top images are in the order they are (docs/method.md §2)."""
+    return (
+        f"saturated: {tied} top images share the largest activation; "
+        "they are ranked, and their crops placed, by the pre-activation maximum"
+    )
+
+
 def _tiles(data: queries.LayerNFs) -> list[pictures.Tile]:
-    """Grid tiles: unit number, and the ordering column's value, under each."""
+    """Grid tiles: unit number with how many top images tie at its largest activation (if several), and the ordering column's value."""
     tiles = []
     for n in data.neurons:
-        caption = [f"unit {n.unit}" + (" (dead)" if n.nf is None else "")]
+        tied = f" ({n.saturated_top} tied)" if n.saturated_top and n.saturated_top > 1 else ""
+        caption = [f"unit {n.unit}" + (" (dead)" if n.nf is None else tied)]
         if data.column:
             caption.append(_value(n.value))
         tiles.append(pictures.Tile(n.nf, tuple(caption)))

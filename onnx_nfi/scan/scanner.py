@@ -1,7 +1,7 @@
 """The batched scan: images -> instrumented model -> per-layer TopN and Moments.
 
-Only ``[B, C]`` max/argmax arrays come back from the runtime per layer; they update the
-streaming states and are dropped, so memory stays flat however many images are scanned.
+Only ``[B, C]`` max/argmax arrays (and, for a layer with a pre-activation rule, the tie-break
+key) come back from the runtime per layer; they update the streaming states and are dropped, so memory stays flat however many images are scanned.
 """
 
 from __future__ import annotations
@@ -102,7 +102,9 @@ def scan(
         for tensor, st in stats.items():
             scores = np.concatenate([r[outputs.max[tensor]] for _, r in held])
             flat = np.concatenate([r[outputs.argmax[tensor]] for _, r in held])
-            st.topn.update(ids, scores, flat // st.layer.width, flat % st.layer.width)
+            key = outputs.key.get(tensor)
+            keys = np.concatenate([r[key] for _, r in held]) if key else None
+            st.topn.update(ids, scores, flat // st.layer.width, flat % st.layer.width, keys)
             st.moments.update(scores)
         held.clear()
 
@@ -117,7 +119,8 @@ def scan(
             if sha in probe_index:
                 for tensor in stats:
                     probe_scores[tensor][probe_index[sha]] = result[outputs.max[tensor]][row]
-        held.append((batch.ids, {name: result[name] for name in (*outputs.max.values(), *outputs.argmax.values())}))
+        kept = (*outputs.max.values(), *outputs.argmax.values(), *outputs.key.values())
+        held.append((batch.ids, {name: result[name] for name in kept}))
         if sum(len(i) for i, _ in held) >= _STATS_EVERY:
             update_stats()
         images.extend(

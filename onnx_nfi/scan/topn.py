@@ -1,7 +1,9 @@
 """Streaming, mergeable per-neuron statistics (ALGORITHMS.md §2).
 
 ``TopN`` keeps, per neuron, the N best (score, image, location) triples sorted by score
-descending and, on ties, by image id ascending ("the image seen first wins"). ``Moments`` keeps
+descending, on equal scores by a tie-break key descending (the pre-activation maximum of a
+saturating layer; the score itself for a layer without one) and then by image id ascending
+("the image seen first wins" among images equal on both). ``Moments`` keeps
 count, mean, M2 (for the ddof=0 std) and the number of positive scores. Both have ``update`` for
 a batch and ``merge`` for another shard, so memory is independent of the number of images and
 shards combine exactly.
@@ -17,9 +19,9 @@ import numpy as np
 from onnx_nfi.jit import compiled
 
 
-def _sort_rows(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Per-row order: score descending, then image id ascending."""
-    return np.lexsort((ids, -scores), axis=1)
+def _sort_rows(scores: np.ndarray, keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per-row order: score descending, then key descending, then image id ascending (NaN last)."""
+    return np.lexsort((ids, -keys, -scores), axis=1)
 
 
 @dataclass
@@ -30,6 +32,7 @@ class TopN:
     ids: np.ndarray  # int64 [C, N], -1 where empty
     ys: np.ndarray  # int32 [C, N]
     xs: np.ndarray  # int32 [C, N]
+    keys: np.ndarray  # float32 [C, N], the tie-break between equal scores; -inf where empty
 
     @classmethod
     def empty(cls, channels: int, n: int) -> TopN:
@@ -39,52 +42,50 @@ class TopN:
             np.full((channels, n), -1, np.int64),
             np.zeros((channels, n), np.int32),
             np.zeros((channels, n), np.int32),
+            np.full((channels, n), -np.inf, np.float32),
         )
 
     @property
     def n(self) -> int:
         return self.scores.shape[1]
 
-    def update(self, ids: np.ndarray, scores: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> None:
-        """Add a batch: ``ids`` [B] (larger than any id seen so far), ``scores``/``ys``/``xs`` [B, C].
+    def update(
+        self, ids: np.ndarray, scores: np.ndarray, ys: np.ndarray, xs: np.ndarray, keys: np.ndarray | None = None
+    ) -> None:
+        """Add a batch: ``ids`` [B] (larger than any id seen so far), ``scores``/``ys``/``xs``/``keys`` [B, C].
 
-        Within a stream ids only grow, so a batch score equal to an entry's loses the tie and
-        only strictly better scores enter. Each is inserted into its row in place, compiled: in
+        Without ``keys`` the score is its own tie-break, which leaves image order to decide ties.
+        Within a stream ids only grow, so a batch entry equal to a kept one on score and key loses
+        the tie and only strictly better ones enter. Each is inserted into its row in place, compiled: in
         a long stream most scores are turned away by one comparison with the row's last entry.
         (The NumPy form, a stable sort of N + B candidates per row, cost ~0.5 s of the main
         thread's CPU per Lite0 scan of 324 images, taken from the inference on two cores.)
         """
         order = np.argsort(ids, kind="stable")
+        scores = scores[order].astype(np.float32)
         _insert_batch(
-            self.scores, self.ids, self.ys, self.xs,
-            ids[order].astype(np.int64), scores[order].astype(np.float32),
+            self.scores, self.ids, self.ys, self.xs, self.keys,
+            ids[order].astype(np.int64), scores,
             ys[order].astype(np.int32), xs[order].astype(np.int32),
+            scores if keys is None else keys[order].astype(np.float32),
         )
 
     def merge(self, other: TopN) -> TopN:
         """Top-N of the union of the images behind ``self`` and ``other`` (disjoint image ids)."""
-        merged = TopN(self.scores.copy(), self.ids.copy(), self.ys.copy(), self.xs.copy())
-        rows = np.arange(self.scores.shape[0])
-        merged._take(
-            rows,
-            np.concatenate([self.scores, other.scores], axis=1),
-            np.concatenate([self.ids, other.ids], axis=1),
-            np.concatenate([self.ys, other.ys], axis=1),
-            np.concatenate([self.xs, other.xs], axis=1),
-        )
-        return merged
-
-    def _take(self, rows: np.ndarray, s: np.ndarray, i: np.ndarray, y: np.ndarray, x: np.ndarray) -> None:
+        parts = ("scores", "ids", "ys", "xs", "keys")
+        both = {p: np.concatenate([getattr(self, p), getattr(other, p)], axis=1) for p in parts}
         # empty slots (-inf, id -1) must sort after every real entry, so give them the largest id
-        order = _sort_rows(s, np.where(i < 0, np.iinfo(np.int64).max, i))[:, : self.n]
-        self.scores[rows] = np.take_along_axis(s, order, 1)
-        self.ids[rows] = np.take_along_axis(i, order, 1)
-        self.ys[rows] = np.take_along_axis(y, order, 1)
-        self.xs[rows] = np.take_along_axis(x, order, 1)
+        ids = np.where(both["ids"] < 0, np.iinfo(np.int64).max, both["ids"])
+        order = _sort_rows(both["scores"], both["keys"], ids)[:, : self.n]
+        return TopN(**{p: np.take_along_axis(both[p], order, 1) for p in parts})
 
     def count(self) -> int:
         """How many ranks are filled (the same for every neuron)."""
         return int((self.ids[0] >= 0).sum()) if self.ids.size else 0
+
+    def saturated_top(self) -> np.ndarray:
+        """Per neuron, how many of its kept entries have exactly its largest score (1 when none ties)."""
+        return ((self.scores == self.scores[:, :1]) & (self.ids >= 0)).sum(axis=1)
 
 
 @dataclass
@@ -137,14 +138,24 @@ class Moments:
 
 @compiled(nogil=True)
 def _before(s: float, t: float) -> bool:
-    """``s`` ranks before ``t``: higher, and any number before NaN (NaN sorts last, as in ``_take``)."""
+    """``s`` ranks before ``t``: higher, and any number before NaN (NaN sorts last, as in ``merge``)."""
     return s > t or (math.isnan(t) and not math.isnan(s))
 
 
 @compiled(nogil=True)
+def _ahead(s: float, k: float, t: float, u: float) -> bool:
+    """(score ``s``, key ``k``) ranks before (``t``, ``u``): a better score, or an equal one with a better key."""
+    if _before(s, t):
+        return True
+    if _before(t, s):
+        return False
+    return _before(k, u)
+
+
+@compiled(nogil=True)
 def _insert_batch(
-    scores: np.ndarray, ids: np.ndarray, ys: np.ndarray, xs: np.ndarray,
-    new_ids: np.ndarray, new_scores: np.ndarray, new_ys: np.ndarray, new_xs: np.ndarray,
+    scores: np.ndarray, ids: np.ndarray, ys: np.ndarray, xs: np.ndarray, keys: np.ndarray,
+    new_ids: np.ndarray, new_scores: np.ndarray, new_ys: np.ndarray, new_xs: np.ndarray, new_keys: np.ndarray,
 ) -> None:
     """Insert a batch (ids ascending, all newer than the state's) into every row's sorted top-N, in place."""
     channels, n = scores.shape
@@ -154,20 +165,24 @@ def _insert_batch(
             k += 1
         for b in range(new_ids.shape[0]):
             s = new_scores[b, c]
+            key = new_keys[b, c]
             if k == n:
-                if not _before(s, scores[c, n - 1]):
+                if not _ahead(s, key, scores[c, n - 1], keys[c, n - 1]):
                     continue
                 p = n - 1  # the last entry drops out
             else:
                 p = k
                 k += 1
-            while p > 0 and _before(s, scores[c, p - 1]):  # equal scores were seen first and stay ahead
+            # entries equal on score and key were seen first and stay ahead
+            while p > 0 and _ahead(s, key, scores[c, p - 1], keys[c, p - 1]):
                 scores[c, p] = scores[c, p - 1]
                 ids[c, p] = ids[c, p - 1]
                 ys[c, p] = ys[c, p - 1]
                 xs[c, p] = xs[c, p - 1]
+                keys[c, p] = keys[c, p - 1]
                 p -= 1
             scores[c, p] = s
             ids[c, p] = new_ids[b]
             ys[c, p] = new_ys[b, c]
             xs[c, p] = new_xs[b, c]
+            keys[c, p] = key

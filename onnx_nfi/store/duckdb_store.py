@@ -17,7 +17,7 @@ import numpy as np
 
 from onnx_nfi.errors import NotFoundError, StoreError
 from onnx_nfi.names import DEFAULT_DB
-from onnx_nfi.store.schema import SCHEMA_VERSION, TABLES, layer_summary_sql
+from onnx_nfi.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, TABLES, layer_summary_sql
 
 #: Tables whose rows belong to one model (replaced together).
 MODEL_TABLES = ("models", "images", "layers", "neurons", "top_activations", "class_frequencies")
@@ -81,6 +81,7 @@ class Store:
 
     def _ensure_schema(self) -> None:
         self.con.execute(TABLES)
+        self.con.execute(ADDED_COLUMNS)
         self.con.execute(layer_summary_sql())
         self.con.execute(
             "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]

@@ -187,6 +187,7 @@ def _insert_neurons(
         "std_activation": st.moments.std,
         "active_fraction": st.moments.active_fraction,
         "dead": best <= 0,
+        "saturated_top": top.saturated_top().astype(np.int32),
         "nf": nf_col,
         "nf_height": np.where(has_nf, nf_h, np.nan),
         "nf_width": np.where(has_nf, nf_w, np.nan),
@@ -202,20 +203,22 @@ def _insert_neurons(
         "y": top.ys[filled],
         "x": top.xs[filled],
         "activation": top.scores[filled],
+        "pre_activation": top.keys[filled] if layer.pre_activation else np.full(units.size, np.nan, np.float32),
     })
 
 
 def stored_topn(store: Store, model: str, layer: str, channels: int) -> TopN:
     """A layer's top-N state rebuilt from ``top_activations``."""
     cols = store.columns(
-        "SELECT unit, rank, image_id, y, x, activation FROM top_activations WHERE model = ? AND layer = ?",
+        "SELECT unit, rank, image_id, y, x, activation, coalesce(pre_activation, activation) AS tiebreak "
+        "FROM top_activations WHERE model = ? AND layer = ?",
         [model, layer],
     )
     n = int(cols["rank"].max()) if cols["rank"].size else 1
     top = TopN.empty(channels, n)
     u, r = cols["unit"].astype(np.int64), cols["rank"].astype(np.int64) - 1
     top.scores[u, r], top.ids[u, r] = cols["activation"], cols["image_id"]
-    top.ys[u, r], top.xs[u, r] = cols["y"], cols["x"]
+    top.ys[u, r], top.xs[u, r], top.keys[u, r] = cols["y"], cols["x"], cols["tiebreak"]
     return top
 
 

@@ -3,7 +3,10 @@
 Every per-model table carries ``model`` so re-analysing one model replaces exactly its rows.
 ``neuron_id`` is a database-wide integer that is never reused, so a vector index can never
 return a neuron that was replaced. Columns that later passes fill (NF, indexes) are created up
-front and stay NULL until computed.
+front and stay NULL until computed. ``neurons.saturated_top`` is how many of a neuron's top-N
+entries share its largest score; ``top_activations.pre_activation`` is the pre-activation maximum
+that ordered them (NULL for a layer without such an activation), so a stored top-N is the whole
+state the scan kept.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ CREATE TABLE IF NOT EXISTS layers (
 CREATE TABLE IF NOT EXISTS neurons (
     model VARCHAR, layer VARCHAR, unit INTEGER, neuron_id BIGINT UNIQUE,
     max_activation FLOAT, mean_activation DOUBLE, std_activation DOUBLE, active_fraction DOUBLE, dead BOOLEAN,
+    saturated_top INTEGER,
     nf FLOAT[], nf_height INTEGER, nf_width INTEGER,
     color_selectivity DOUBLE, class_selectivity DOUBLE, top_class VARCHAR, top_class_frequency DOUBLE,
     population_code INTEGER, orientation_selectivity DOUBLE, orientation_by_angle DOUBLE[],
@@ -40,7 +44,7 @@ CREATE TABLE IF NOT EXISTS neurons (
 );
 CREATE TABLE IF NOT EXISTS top_activations (
     model VARCHAR, layer VARCHAR, unit INTEGER, rank INTEGER, image_id BIGINT, y INTEGER, x INTEGER,
-    activation FLOAT
+    activation FLOAT, pre_activation FLOAT
 );
 CREATE TABLE IF NOT EXISTS class_frequencies (
     model VARCHAR, layer VARCHAR, unit INTEGER, label VARCHAR, frequency DOUBLE
@@ -59,12 +63,20 @@ CREATE TABLE IF NOT EXISTS neuron_matches (
 );
 """
 
+#: Columns added after the first databases were written: a database opened for writing gains them
+#: (NULL in the rows already there), so ``analyze`` can add models to it.
+ADDED_COLUMNS = """
+ALTER TABLE neurons ADD COLUMN IF NOT EXISTS saturated_top INTEGER;
+ALTER TABLE top_activations ADD COLUMN IF NOT EXISTS pre_activation FLOAT;
+"""
+
 VIEWS = """
 CREATE OR REPLACE VIEW layer_summary AS
 SELECT
     l.model, l.layer, l.alias, l.depth, l.relative_depth, l.channels,
     count(n.unit) AS neurons,
     count(*) FILTER (WHERE n.dead) AS dead,
+    count(*) FILTER (WHERE n.saturated_top > 1 AND NOT n.dead) AS saturated,
     {aggregates}
 FROM layers l JOIN neurons n USING (model, layer)
 GROUP BY ALL
@@ -73,7 +85,11 @@ ORDER BY l.model, l.depth;
 
 
 def layer_summary_sql() -> str:
-    """``layer_summary``: per model and layer, counts and mean/median/p90 of every index column."""
+    """``layer_summary``: per model and layer, counts and mean/median/p90 of every index column.
+
+    ``saturated`` counts the live neurons whose largest score is shared by several top images
+    (``neurons.saturated_top > 1``): their order and crops come from the pre-activation (ALGORITHMS.md §2).
+    """
     aggregates = ",\n    ".join(
         f"avg({c}) AS {c}_mean, median({c}) AS {c}_median, quantile_cont({c}, 0.9) AS {c}_p90"
         for c in INDEX_COLUMNS

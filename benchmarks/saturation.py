@@ -1,0 +1,135 @@
+"""Saturated units of a database: are their top images and top classes made by file order?
+
+A unit is *all-saturated* when every one of its top-N entries is exactly at the activation's
+bound (``--bound``, 6.0 for ReLU6). Were ties broken by file order, its top image would be among
+the first files and its top class the first class folder: the mean top image id of those units
+would fall below the other units', and one class would be the top class of far more of them than
+its share of the images. Both are printed against the same numbers for the other live units.
+Units whose top-N all tie *below* the bound are listed apart: their input is silent (clipped at 0)
+where they peak, so the pre-activation ties too (it is the bias) and image order decides, as the
+rule says.
+
+```
+.venv/bin/python benchmarks/saturation.py                       # Lite0 on the demo photos, analysed now
+.venv/bin/python benchmarks/saturation.py --db demo-output/nfi.duckdb --model efficientnet_lite0
+```
+
+Counts ties from ``top_activations``, so it reads databases written before ``saturated_top`` existed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import LITE0, RESULTS, demo_photos, machine  # noqa: E402
+
+from onnx_nfi.store.duckdb_store import Store  # noqa: E402
+
+UNITS_SQL = """
+SELECT t.layer, t.unit, count(*) AS kept,
+       count(*) FILTER (WHERE t.activation = n.max_activation) AS tied,
+       min(t.image_id) FILTER (WHERE t.rank = 1) AS top_image, avg(t.image_id) AS mean_image,
+       any_value(n.dead) AS dead, any_value(n.top_class) AS top_class, any_value(n.max_activation) AS best
+FROM top_activations t JOIN neurons n USING (model, layer, unit)
+WHERE t.model = ?
+GROUP BY t.layer, t.unit
+"""
+
+
+def measure(db: Path, model: str, many: int, bound: float) -> dict[str, Any]:
+    """Mean top image id and the most over-represented top class, per group of live units."""
+    with Store.open(db, read_only=True) as store:
+        units = store.columns(UNITS_SQL, [model])
+        labels = store.columns("SELECT label FROM images WHERE model = ? AND label IS NOT NULL", [model])["label"]
+        n_images = int(store.con.execute("SELECT count(*) FROM images WHERE model = ?", [model]).fetchone()[0])
+    live = ~units["dead"].astype(bool)
+    all_tied = live & (units["tied"] == units["kept"])
+    at_bound = units["best"] == np.float32(bound)
+    groups = {
+        f"all-saturated (all top-N at {bound:g})": all_tied & at_bound,
+        f"at least {many} tied at {bound:g}": live & at_bound & (units["tied"] >= many),
+        "all top-N tied below the bound": all_tied & ~at_bound,
+        "other live units": live & ~(all_tied & at_bound),
+    }
+    classes, counts = np.unique(labels.astype(str), return_counts=True)
+    image_share = dict(zip(classes, counts / counts.sum()))
+    out: dict[str, Any] = {
+        "model": model, "images": n_images, "units": int(units["unit"].size), "dead": int((~live).sum()),
+        "uniform_mean_id": (n_images - 1) / 2, "groups": {},
+    }
+    for name, mask in groups.items():
+        ids = units["top_image"][mask].astype(float)
+        all_ids = units["mean_image"][mask].astype(float)
+        tops = np.asarray(units["top_class"][mask])
+        tops = tops[[t is not None and t == t for t in tops]].astype(str)  # NULL: dead or no labelled image
+        top_classes, top_counts = np.unique(tops, return_counts=True)
+        ratios = {c: (k / tops.size) / image_share[c] for c, k in zip(top_classes, top_counts) if c in image_share}
+        worst = max(ratios, key=ratios.get) if ratios else None
+        out["groups"][name] = {
+            "units": int(mask.sum()),
+            "mean_top_image_id": float(ids.mean()) if ids.size else math.nan,
+            "standard_error": float(ids.std() / math.sqrt(ids.size)) if ids.size > 1 else math.nan,
+            "mean_image_id_all_ranks": float(all_ids.mean()) if all_ids.size else math.nan,
+            "max_class_ratio": float(ratios[worst]) if worst else math.nan,
+            "max_class": worst,
+            "max_class_units": int(top_counts[list(top_classes).index(worst)]) if worst else 0,
+        }
+    return out
+
+
+def report(result: dict[str, Any], label: str) -> str:
+    """The markdown table of one measurement."""
+    lines = [
+        f"`{result['model']}` ({label}): {result['units']} units ({result['dead']} dead), {result['images']} images; "
+        f"a uniformly random top image would have mean id {result['uniform_mean_id']:.1f}.",
+        "",
+        "| live units | count | mean top (rank 1) image id (± s.e.) | mean image id over all top-N | "
+        "max over classes of top-class share / image share |",
+        "|---|---|---|---|---|",
+    ]
+    for name, g in result["groups"].items():
+        lines.append(
+            f"| {name} | {g['units']} | {g['mean_top_image_id']:.1f} ± {g['standard_error']:.1f} | "
+            f"{g['mean_image_id_all_ranks']:.1f} | "
+            f"{g['max_class_ratio']:.2f} ({g['max_class']}, {g['max_class_units']} units) |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", type=Path, help="an existing database (default: analyse Lite0 on the demo photos now)")
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--many", type=int, default=20, help="the 'at least this many tied' group")
+    parser.add_argument("--bound", type=float, default=6.0, help="the activation's upper bound (6 for ReLU6)")
+    parser.add_argument("--label", default="this code", help="how the results file names the run, e.g. before / after")
+    parser.add_argument("--out", type=Path, help="results file stem (default benchmarks/results/saturation-<label>)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = args.db
+        if db is None:
+            from onnx_nfi import api
+
+            db = Path(tmp) / "nfi.duckdb"
+            api.analyze(LITE0, demo_photos(), db=db, name=args.model)
+        result = measure(db, args.model, args.many, args.bound)
+    result["machine"] = machine()
+    text = report(result, args.label)
+    print(text)
+    stem = args.out or RESULTS / f"saturation-{args.label.replace(' ', '_')}"
+    stem.with_suffix(".md").write_text(text + "\n")
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {stem.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
