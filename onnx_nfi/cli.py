@@ -344,7 +344,7 @@ def main() -> None:
 
 
 # Commands of the picture and search verbs live beside this module; importing them registers them.
-from onnx_nfi import cli_report, cli_search  # noqa: E402,F401  (after ``app`` exists)
+from onnx_nfi import cli_report, cli_search, cli_site  # noqa: E402,F401  (after ``app`` exists)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -36,3 +36,7 @@ class StoreError(NfiError):
 
 class NotFoundError(NfiError):
     """A model, layer or neuron asked for is not in the database."""
+
+
+class ReportError(NfiError):
+    """The report folder cannot be written, or a page asked of ``serve`` does not exist."""
