@@ -313,7 +313,13 @@ def demo(
         f"Wrote {matched.picture}: mean best correlation of a Lite0 neuron with a MobileNetV2 neuron {matched.mean_best:.3f}",
         highlight=False,
     )
-    out.print(f"\nResults: {db.resolve()}\nPictures: {pictures.resolve()}\nTry:", highlight=False)
+    from onnx_nfi.report.site.build import build_report
+
+    with ProgressBars(silent) as bars:
+        site = build_report(output / "report", db, progress=bars)
+    out.print(f"\nResults: {db.resolve()}\nPictures: {pictures.resolve()}", highlight=False)
+    out.print(f"Neuron browser: file://{(site.output / 'index.html').resolve()} (or: onnx-nfi serve --db {db})\nTry:",
+              highlight=False)
     for title, query in DEMO_QUERIES:
         out.print(f"  # {title}\n  onnx-nfi sql --db {db} \"{query}\"", highlight=False)
     for title, query in DEMO_QUERIES[:1]:
