@@ -165,7 +165,7 @@ def _write_images(store: Store, writer: _Writer, model: str, base: str, progress
         progress("images", done, total)
 
 
-def display_jpegs(store: Store, model: str, top: int, image_ids: Sequence[int] | None = None):  # noqa: ANN201
+def display_jpegs(store: Store, model: str, top: int, image_ids: Sequence[int] | None = None):
     """(image id, JPEG bytes, done, total) of the display images the neuron pages show."""
     pre = from_dict(store.model_row(model)["preprocessing"], f"stored preprocessing of {model}")
     where = "" if image_ids is None else " AND image_id IN (SELECT unnest(?::BIGINT[]))"
@@ -183,7 +183,7 @@ def display_jpegs(store: Store, model: str, top: int, image_ids: Sequence[int] |
         yield int(r["image_id"]), buf.tobytes(), k + 1, len(rows)
 
 
-def nf_pngs(store: Store, model: str, layer: str, units: Sequence[int] | None = None):  # noqa: ANN201
+def nf_pngs(store: Store, model: str, layer: str, units: Sequence[int] | None = None):
     """(unit, PNG bytes) of a layer's stored NFs (or of ``units``), at their stored size."""
     where = "" if units is None else " AND unit IN (SELECT unnest(?::INTEGER[]))"
     cols = store.con.execute(

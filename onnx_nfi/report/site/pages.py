@@ -14,7 +14,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnx_nfi.report.site.data import STAT_COLUMNS, LayerData, LayerRow, Link, ModelOverview, Unit, Crop, href, model_indexes
+from onnx_nfi.report.site.data import (
+    STAT_COLUMNS,
+    Crop,
+    LayerData,
+    LayerRow,
+    Link,
+    ModelOverview,
+    Unit,
+    href,
+    model_indexes,
+)
 
 if TYPE_CHECKING:
     import jinja2
