@@ -89,6 +89,8 @@ def build_report(
     progress = progress or (lambda phase, done, total: None)
     manifest = _read_manifest(output)
     writer = _Writer(output)
+    for asset in sorted(pages.STATIC.iterdir()):  # first, so pages already written look right while the rest is built
+        writer.write(f"static/{asset.name}", asset.read_bytes())
     with Store.open(db, read_only=True) as store:
         in_db = store.models()
         wanted = list(dict.fromkeys(models)) if models else in_db
@@ -113,8 +115,6 @@ def build_report(
         for m in gone:
             built.pop(m, None)
         overviews = q.model_overviews(store, site)
-    for asset in sorted(pages.STATIC.iterdir()):
-        writer.write(f"static/{asset.name}", asset.read_bytes())
     picture = _summary_picture(db, site, output, writer)
     writer.write("index.html", pages.index_page(overviews, picture, **common))
     _write_manifest(output, built)
