@@ -21,7 +21,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/onnx-nfi demo
 
+# the browser tests use Debian's chromium as it is (no browser download); installed here when we are root
 test: $(STAMP)
+	command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -n 2 -q
 
 # the edit loop: everything but the tests that run the real Lite0 / MobileNetV2 (CI runs `make test`)

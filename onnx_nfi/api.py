@@ -254,26 +254,31 @@ DEMO_QUERIES = (
 
 @dataclass(frozen=True)
 class DemoResult:
-    """What ``demo`` made: the database, the analyses, the pictures and the model match."""
+    """What ``demo`` made: the database, the analyses, the pictures, the model match and the browser."""
 
     db: Path
     images: Path
     pictures: tuple[Path, ...]
     analyses: tuple[AnalysisSummary, ...]
     match: search.MatchResult
+    report: Path
 
 
 def demo(
     output: str | Path = "demo-output",
     *,
-    on_model: Callable[[str, Path], Progress | None] | None = None,
+    on_step: Callable[[str], Progress | None] | None = None,
     on_analysis: Callable[[AnalysisSummary], None] | None = None,
 ) -> DemoResult:
     """``onnx-nfi demo``: analyse the bundled models on the demo photos (built from installed packages)
-    into ``output/nfi.duckdb`` and draw the README's pictures into ``output/pictures``.
-    Before each analysis ``on_model(name, images)`` may return the progress callback for it;
-    ``on_analysis(summary)`` is called after it."""
+    into ``output/nfi.duckdb``, draw the README's pictures into ``output/pictures`` and build the
+    neuron browser into ``output/report``. Before each long step ``on_step(title)`` may return the
+    progress callback for it; ``on_analysis(summary)`` is called after each analysis."""
     from onnx_nfi.data.demo_images import build_demo_images
+    from onnx_nfi.report.site.build import build_report
+
+    def step(title: str) -> Progress | None:
+        return on_step(title) if on_step else None
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -282,7 +287,7 @@ def demo(
     folder.mkdir(exist_ok=True)
     analyses = []
     for model in DEMO_MODELS:
-        progress = on_model(model, images) if on_model else None
+        progress = step(f"Analysing {model} on {images}")
         analyses.append(analyze(BUNDLED_MODELS / f"{model}.onnx", images, db=db, progress=progress))
         if on_analysis:
             on_analysis(analyses[-1])
@@ -291,7 +296,8 @@ def demo(
     drawn.append(render.card_png(lite0, "conv40", _most_class_selective(db, lite0, "conv40"), folder / "lite0_conv40_card.png", db))
     drawn.append(render.summary_png(list(DEMO_MODELS), ["color_selectivity", "class_selectivity"], folder / "selectivity.png", db)[0])
     matched = match(db, *DEMO_MODELS, picture=folder / "match.png")
-    return DemoResult(db, images, tuple(drawn), tuple(analyses), matched)
+    site = build_report(output / "report", db, progress=step(f"Building the neuron browser in {output / 'report'}"))
+    return DemoResult(db, images, tuple(drawn), tuple(analyses), matched, site.output)
 
 
 def _most_class_selective(db: Path, model: str, layer: str) -> int:

@@ -52,3 +52,7 @@ class SearchError(NfiError):
 
 class OutputError(NfiError):
     """A picture or page cannot be written where the user asked."""
+
+
+class ReportError(NfiError):
+    """The report folder cannot be written, or a page asked of ``serve`` does not exist."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from onnx_nfi.cli.common import (
     DEFAULT_DB,
@@ -153,15 +154,16 @@ def demo(
 
     with ExitStack() as stack:
 
-        def on_model(name: str, images: Path) -> ProgressBars:
-            out.print(f"[bold]Analysing {name}[/bold] on {images}", highlight=False)
-            return stack.enter_context(ProgressBars(silent))  # a fresh set of bars per model
+        def on_step(title: str) -> ProgressBars:
+            stack.close()
+            out.print(f"[bold]{escape(title)}[/bold]", highlight=False)
+            return stack.enter_context(ProgressBars(silent))  # a fresh set of bars per step
 
         def on_analysis(summary: AnalysisSummary) -> None:
             stack.close()
             print_summary(summary)
 
-        result = api.demo(output, on_model=on_model, on_analysis=on_analysis)
+        result = api.demo(output, on_step=on_step, on_analysis=on_analysis)
     for path in result.pictures:
         wrote(path)
     m = result.match
@@ -169,7 +171,11 @@ def demo(
         f"Wrote {m.picture}: mean best correlation of a Lite0 neuron with a MobileNetV2 neuron {m.mean_best:.3f}",
         highlight=False,
     )
-    out.print(f"\nResults: {result.db.resolve()}\nPictures: {result.db.parent.resolve() / 'pictures'}\nTry:", highlight=False)
+    out.print(f"\nResults: {result.db.resolve()}\nPictures: {result.db.parent.resolve() / 'pictures'}", highlight=False)
+    out.print(
+        f"Neuron browser: file://{(result.report / 'index.html').resolve()} (or: onnx-nfi serve --db {result.db})\nTry:",
+        highlight=False,
+    )
     for title, query in api.DEMO_QUERIES:
         out.print(f"  # {title}\n  onnx-nfi sql --db {result.db} \"{query}\"", highlight=False)
     title, query = api.DEMO_QUERIES[0]

@@ -79,7 +79,10 @@ def user_errors(fn: F) -> F:
 class ProgressBars:
     """Rich progress bars for the library's ``progress(phase, done, total)`` callback."""
 
-    LABELS = {"scan": "Scanning images", "nf": "Neuron features", "index": "Selectivity indexes", "probe": "Probe images"}
+    LABELS = {
+        "scan": "Scanning images", "nf": "Neuron features", "index": "Selectivity indexes", "probe": "Probe images",
+        "images": "Top images", "similar": "Similar neurons", "pages": "Neuron pages",
+    }
 
     def __init__(self, silent: bool = False) -> None:
         from rich.progress import (

@@ -201,7 +201,7 @@ def neuron_card(store: Store, model: str, layer: str, unit: int, top: int = 20) 
             label=t["label"],
             activation=float(t["activation"]),
             relative=float(t["activation"]) / best,
-            crop=cut_crop(_display_image(Path(t["path"]), pre), int(y), int(x), geometry.canvas),
+            crop=cut_crop(display_image(Path(t["path"]), pre), int(y), int(x), geometry.canvas),
         )
         for t, y, x in zip(tops, ys, xs)
     )
@@ -325,7 +325,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _display_image(path: Path, pre: Preprocessing) -> np.ndarray:
+def display_image(path: Path, pre: Preprocessing) -> np.ndarray:
     """The image as the network saw it (resized, cropped RGB), decoded with the stored preprocessing."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:

@@ -159,3 +159,39 @@ class _NeuronTable:
                 bool,
             )
         return self.ids[keep]
+
+
+def nearest_by_model(
+    store: Store, models: Sequence[str], *, by: str = "response", k: int = 10
+) -> dict[int, tuple[list[tuple[int, float]], list[tuple[int, float]]]]:
+    """For every neuron of ``models`` with a ``by`` vector: its ``k`` nearest in its own model and in the others.
+
+    Result: neuron id -> (same-model hits, other-model hits), each (neuron id, score) best first.
+    One index per model, searched with all queries at once (batched, no per-query id filter), so
+    precomputing the neighbours of a whole database costs one pass per model pair.
+    """
+    from onnx_nfi.store.vector_index import VectorIndex
+
+    _check_kind(by)
+    table = VECTOR_TABLES[by]
+    if not store.has_table(table):
+        return {}
+    owned: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for model in models:
+        wanted = store.columns("SELECT neuron_id FROM neurons WHERE model = ?", [model])["neuron_id"]
+        ids, vectors = read_vectors(store, table, np.asarray(wanted, np.int64))
+        if len(ids):
+            owned[model] = (ids, vectors)
+    same: dict[int, list[tuple[int, float]]] = {}
+    other: dict[int, list[tuple[int, float]]] = {}
+    for target, (target_ids, target_vectors) in owned.items():
+        index = VectorIndex.build(target_ids, target_vectors)
+        for model, (ids, vectors) in owned.items():
+            scores, hits = index.search(vectors, min(k + 1, len(index)))
+            for qid, s_row, h_row in zip(ids.tolist(), scores.tolist(), hits.tolist()):
+                found = [(h, s) for h, s in zip(h_row, s_row) if h >= 0 and h != qid]
+                if model == target:
+                    same[qid] = found[:k]
+                else:
+                    other[qid] = sorted(other.get(qid, []) + found, key=lambda hit: -hit[1])[:k]
+    return {qid: (same.get(qid, []), other.get(qid, [])) for qid in same}

@@ -1,0 +1,53 @@
+"""``onnx-nfi report`` and ``onnx-nfi serve``: the neuron browser.
+
+Jinja2, Starlette and uvicorn are imported inside the commands, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from onnx_nfi.cli.common import DEFAULT_DB, Db, ProgressBars, Silent, app, console, out, user_errors
+
+
+@app.command("report")
+@user_errors
+def report_cmd(
+    output: Path = typer.Option(..., "-o", "--output", help="Folder of the site (created; rebuilt in place)."),
+    db: Db = Path(DEFAULT_DB),
+    models: list[str] = typer.Option(None, "--models", help="Models to (re)build (default: all)."),
+    force: bool = typer.Option(False, "--force", help="Rewrite every model's pages, even those up to date."),
+    silent: Silent = False,
+) -> None:
+    """Write the neuron browser as a static site: open OUTPUT/index.html in a browser, no server needed."""
+    from onnx_nfi.report.site.build import build_report
+
+    with ProgressBars(silent) as bars:
+        s = build_report(output, db, models or None, force=force, progress=bars)
+    out.print(
+        f"Report: {len(s.written)} model(s) written, {len(s.kept)} up to date; {s.files} files, "
+        f"{s.bytes / 2**20:.1f} MiB in {s.seconds:.1f} s.\nOpen: file://{(s.output / 'index.html').resolve()}",
+        highlight=False,
+    )
+
+
+@app.command("serve")
+@user_errors
+def serve_cmd(
+    db: Db = Path(DEFAULT_DB),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (another than 127.0.0.1 only when needed)."),
+) -> None:
+    """Serve the neuron browser from the live database, with similar-neuron search and read-only SQL."""
+    from onnx_nfi.report import serve
+
+    warning = serve.warning_for(host)
+    if warning:
+        console.print(f"[yellow]Warning:[/yellow] {warning}", highlight=False)
+    app_ = serve.create_app(db)
+    out.print(f"Serving {db} on http://{host}:{port}/ (Ctrl-C stops)", highlight=False)
+    import uvicorn
+
+    uvicorn.run(app_, host=host, port=port, log_level="warning")

@@ -1,0 +1,251 @@
+"""``onnx-nfi report``: the neuron browser as a static site that opens from ``file://``.
+
+Layout under the output folder (every link between pages is relative, so the folder can be
+moved, zipped or served by any web server)::
+
+    index.html                 models, their runs, selectivity by depth (selectivity.png)
+    static/                    style.css, layer.js (ours; nothing from the network)
+    MODEL/index.html           the layers table
+    MODEL/images/ID.jpg        each top image once, as the network saw it; crops are windows onto it
+    MODEL/LAYER/index.html     the unit grid, sortable and filterable
+    MODEL/LAYER/nf/UNIT.png    NF thumbnails at their stored size (shown enlarged, pixelated)
+    MODEL/LAYER/UNIT/index.html  one page per neuron: the stable link ``…/MODEL/LAYER/UNIT/``
+
+``manifest.json`` records which analysis of each model its pages show; a rebuild rewrites only
+the models whose analysis changed (and the index), so adding a model to a large database writes
+that model's pages alone. Pages of models left untouched keep the similar neurons they were
+built with; ``force`` rebuilds every model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from onnx_nfi.data.preprocess import from_dict
+from onnx_nfi.errors import NotFoundError, ReportError
+from onnx_nfi.report.pictures import to_uint8
+from onnx_nfi.report.queries import display_image
+from onnx_nfi.report.site import data as q
+from onnx_nfi.report.site import pages
+from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store
+from onnx_nfi.names import INDEX_COLUMNS
+
+Progress = Callable[[str, int, int], None]
+MANIFEST = "manifest.json"
+#: Bumped when the page layout changes, so an old report is rebuilt rather than mixed with new pages.
+LAYOUT_VERSION = 1
+JPEG_QUALITY = 90
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """What a build wrote."""
+
+    output: Path
+    written: tuple[str, ...]  # models whose pages were (re)written
+    kept: tuple[str, ...]  # models whose pages were already up to date
+    files: int
+    bytes: int
+    seconds: float
+
+
+class _Writer:
+    """Writes files under the report folder and counts them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files = 0
+        self.bytes = 0
+
+    def write(self, relative: str, content: bytes | str) -> None:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = content.encode() if isinstance(content, str) else content
+        path.write_bytes(data)
+        self.files += 1
+        self.bytes += len(data)
+
+
+def build_report(
+    output: str | Path,
+    db: str | Path = DEFAULT_DB,
+    models: Sequence[str] | None = None,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> ReportSummary:
+    """Write (or bring up to date) the static site for ``models`` (default: all) of ``db`` under ``output``."""
+    started = time.perf_counter()
+    output, db = Path(output), Path(db)
+    progress = progress or (lambda phase, done, total: None)
+    manifest = _read_manifest(output)
+    writer = _Writer(output)
+    for asset in sorted(pages.STATIC.iterdir()):  # first, so pages already written look right while the rest is built
+        writer.write(f"static/{asset.name}", asset.read_bytes())
+    with Store.open(db, read_only=True) as store:
+        in_db = store.models()
+        wanted = list(dict.fromkeys(models)) if models else in_db
+        for m in wanted:
+            store.model_row(m)
+        built = manifest.get("models", {})
+        gone = [m for m in built if m not in in_db or (not models and m not in wanted)]
+        site = sorted(set(wanted) | {m for m in built if m in in_db and m not in gone})
+        prints = {m: q.fingerprint(store, m) for m in site}
+        stale = [
+            m for m in wanted
+            if force or built.get(m, {}).get("fingerprint") != prints[m] or not (output / q.slug(m)).is_dir()
+        ]
+        for m in gone + stale:
+            _remove_model_folder(output, built.get(m, {}).get("slug"))
+        common = {"live": False, "db_name": db.name, "built_at": dt.datetime.now().strftime("%Y-%m-%d %H:%M")}
+        names = q.NeuronNames(store) if stale else None
+        for m in stale:
+            _write_model(store, writer, m, [o for o in site if o != m], names, common, progress)  # type: ignore[arg-type]
+            built[m] = {"slug": q.slug(m), "fingerprint": prints[m]}
+            _write_manifest(output, built)  # a build stopped half-way keeps the models it finished
+        for m in gone:
+            built.pop(m, None)
+        overviews = q.model_overviews(store, site)
+    picture = _summary_picture(db, site, output, writer)
+    writer.write("index.html", pages.index_page(overviews, picture, **common))
+    _write_manifest(output, built)
+    return ReportSummary(
+        output=output, written=tuple(stale), kept=tuple(m for m in site if m not in stale),
+        files=writer.files, bytes=writer.bytes, seconds=time.perf_counter() - started,
+    )
+
+
+def _write_model(
+    store: Store, writer: _Writer, model: str, others: Sequence[str], names: q.NeuronNames,
+    common: dict[str, object], progress: Progress,
+) -> None:
+    """Every page and picture of one model."""
+    overview = q.model_overviews(store, [model])[0]
+    rows = q.layer_rows(store, model)
+    base = overview.slug
+    writer.write(f"{base}/index.html", pages.model_page(overview, rows, **common))
+    _write_images(store, writer, model, base, progress)
+    progress("similar", 0, 1)
+    similar = q.similar_links(store, names, model, others, pages.SIMILAR)
+    progress("similar", 1, 1)
+    total, done = overview.neurons, 0
+    progress("pages", 0, total)
+    for row in rows:
+        layer = q.layer_data(store, row)
+        folder = f"{base}/{row.slug}"
+        writer.write(f"{folder}/index.html", pages.layer_page(layer, **common))
+        for unit, png in nf_pngs(store, model, row.layer):
+            writer.write(f"{folder}/nf/{unit}.png", png)
+        crops = q.layer_crops(store, layer, pages.CROPS)
+        classes = q.layer_classes(store, model, row.layer)
+        matches = q.layer_matches(store, model, row.layer, names, others, pages.SIMILAR)
+        for u in layer.units:
+            same_links, other_links = similar.get(u.neuron_id, ([], []))
+            writer.write(f"{folder}/{u.unit}/index.html", pages.neuron_page(
+                layer, u, crops.get(u.unit, []), classes.get(u.unit, []), same_links, other_links,
+                matches.get(u.unit, []), **common,
+            ))
+        done += len(layer.units)
+        progress("pages", done, total)
+
+
+def _write_images(store: Store, writer: _Writer, model: str, base: str, progress: Progress) -> None:
+    """Each image shown among the top crops, once, as the network saw it (JPEG)."""
+    for image_id, jpeg, done, total in display_jpegs(store, model, pages.CROPS):
+        writer.write(f"{base}/images/{image_id}.jpg", jpeg)
+        progress("images", done, total)
+
+
+def display_jpegs(store: Store, model: str, top: int, image_ids: Sequence[int] | None = None):
+    """(image id, JPEG bytes, done, total) of the display images the neuron pages show."""
+    pre = from_dict(store.model_row(model)["preprocessing"], f"stored preprocessing of {model}")
+    where = "" if image_ids is None else " AND image_id IN (SELECT unnest(?::BIGINT[]))"
+    params: list[object] = [model, model, top] + ([list(image_ids)] if image_ids is not None else [])
+    rows = store.rows(
+        "SELECT image_id, path FROM images WHERE model = ? AND image_id IN "
+        f"(SELECT DISTINCT image_id FROM top_activations WHERE model = ? AND rank <= ?){where} ORDER BY image_id",
+        params,
+    )
+    for k, r in enumerate(rows):
+        rgb = display_image(Path(r["path"]), pre)
+        ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise ReportError(f"cannot encode {r['path']} as JPEG")
+        yield int(r["image_id"]), buf.tobytes(), k + 1, len(rows)
+
+
+def nf_pngs(store: Store, model: str, layer: str, units: Sequence[int] | None = None):
+    """(unit, PNG bytes) of a layer's stored NFs (or of ``units``), at their stored size."""
+    where = "" if units is None else " AND unit IN (SELECT unnest(?::INTEGER[]))"
+    cols = store.con.execute(
+        f"SELECT unit, nf, nf_height, nf_width FROM neurons WHERE model = ? AND layer = ? AND nf IS NOT NULL{where}",
+        [model, layer] + ([list(units)] if units is not None else []),
+    ).fetchnumpy()
+    for unit, nf, h, w in zip(cols["unit"], cols["nf"], cols["nf_height"], cols["nf_width"]):
+        rgb = to_uint8(np.asarray(nf, np.float32).reshape(int(h), int(w), 3))
+        ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+        if ok:
+            yield int(unit), buf.tobytes()
+
+
+def summary_png_bytes(db: Path, models: Sequence[str], folder: Path) -> bytes | None:
+    """The selectivity-by-depth picture of ``models`` (PNG bytes), None when no index has a value."""
+    from onnx_nfi.report import render
+
+    if not models:
+        return None
+    try:
+        path, _ = render.summary_png(models, INDEX_COLUMNS, folder / "selectivity.png", db)
+    except NotFoundError:
+        return None
+    return path.read_bytes()
+
+
+def _summary_picture(db: Path, models: Sequence[str], output: Path, writer: _Writer) -> str | None:
+    png = summary_png_bytes(db, models, output)
+    if png is None:
+        (output / "selectivity.png").unlink(missing_ok=True)
+        return None
+    writer.files += 1
+    writer.bytes += len(png)
+    return "selectivity.png"
+
+
+def _read_manifest(output: Path) -> dict:
+    """The manifest of an existing report; a non-empty folder without one is not ours to write into."""
+    path = output / MANIFEST
+    if path.exists():
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise ReportError(f"{path} is unreadable; delete the folder {output} or choose another -o") from None
+        return manifest if manifest.get("version") == LAYOUT_VERSION else {}
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ReportError(f"{output} exists and is not an onnx-nfi report; choose an empty or new folder with -o")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"cannot create {output}: {exc.strerror}; choose another -o") from None
+    return {}
+
+
+def _write_manifest(output: Path, models: dict) -> None:
+    (output / MANIFEST).write_text(json.dumps({"version": LAYOUT_VERSION, "models": models}, indent=1))
+
+
+def _remove_model_folder(output: Path, slug: str | None) -> None:
+    """Delete one model's folder, only if it is a direct child of the report (the slug came from our manifest)."""
+    if not slug:
+        return
+    folder = output / slug
+    if folder.parent == output and folder.name == slug and folder.is_dir():
+        shutil.rmtree(folder)

@@ -1,0 +1,245 @@
+"""The neuron browser in a real browser: the static report from file:// and ``serve`` over HTTP.
+
+A real database (the tiny model analysed twice under two names over real photos, one class folder
+named like an HTML injection) is built once; what the pages show is compared with SQL run here.
+Chromium is Debian's package used as it is; under CI a missing browser fails these tests.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cli_helpers import invoke, query
+from conftest import TINY
+
+from onnx_nfi.api import analyze
+from onnx_nfi.config import AnalyzeConfig
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def site_db(tmp_path_factory: pytest.TempPathFactory, photo_dir: Path) -> Path:
+    """Two analyses of the tiny model over photos in two classes, one of them with a hostile name."""
+    images = tmp_path_factory.mktemp("site_images")
+    photos = sorted(p for p in photo_dir.rglob("*") if p.suffix.lower() in (".jpg", ".png"))[:24]
+    for k, photo in enumerate(photos):
+        folder = images / (HOSTILE if k % 2 else "cat")
+        folder.mkdir(exist_ok=True)
+        shutil.copy(photo, folder / f"{k}{photo.suffix}")
+    db = tmp_path_factory.mktemp("site") / "nfi.duckdb"
+    for name in ("tiny", "tiny_b"):
+        analyze(TINY, images, db=db, name=name, config=AnalyzeConfig(top_n=8))
+    return db
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: install Debian's chromium package (make test does when root)")
+        pytest.skip("chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def report(site_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "site"
+    result = invoke("report", "--db", site_db, "-o", out, "--silent")
+    assert result.exit_code == 0, result.output
+    assert "2 model(s) written" in result.output
+    return out
+
+
+def open_page(browser, url: str):
+    """A page with its console errors and dialogs recorded."""
+    page = browser.new_page()
+    page.errors, page.dialogs = [], []
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
+    page.goto(url)
+    page.wait_for_load_state("load")
+    return page
+
+
+def layer_row(db: Path, model: str = "tiny") -> tuple[str, str, int]:
+    """The deepest layer (alias, tensor, channels): several units, indexes computed."""
+    return query(db, "SELECT alias, layer, channels FROM layers WHERE model = ? ORDER BY depth DESC LIMIT 1", [model])[0]
+
+
+def check_site(browser, base: str, db: Path) -> None:
+    """The checks shared by the static report and the server; ``base`` ends with '/'."""
+    suffix = "index.html"
+    alias, tensor, channels = layer_row(db)
+    # layer grid: every unit's NF, in unit order, and sorting by colour index as the database says
+    page = open_page(browser, f"{base}tiny/{alias}/{suffix}")
+    tiles = page.locator("#grid a.tile")
+    assert tiles.count() == channels
+    units = [int(u) for u in page.eval_on_selector_all("#grid a.tile", "ts => ts.map(t => t.dataset.unit)")]
+    assert units == list(range(channels))
+    with_nf = {u for (u,) in query(db, "SELECT unit FROM neurons WHERE model='tiny' AND layer=? AND nf IS NOT NULL", [tensor])}
+    loaded = page.eval_on_selector_all(
+        "#grid a.tile img", "is => is.map(i => [parseInt(i.closest('a').dataset.unit), i.complete && i.naturalWidth])"
+    )
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    page.wait_for_function("Array.from(document.querySelectorAll('#grid img')).every(i => i.complete && i.naturalWidth > 0)")
+    assert {u for u, _ in loaded} == with_nf
+    page.select_option("#sort", "color_selectivity")
+    assert page.is_checked("#desc")
+    order = [int(u) for u in page.eval_on_selector_all("#grid a.tile", "ts => ts.map(t => t.dataset.unit)")]
+    expected = [u for (u,) in query(
+        db, "SELECT unit FROM neurons WHERE model='tiny' AND layer=? ORDER BY color_selectivity DESC NULLS LAST, unit", [tensor])]
+    assert order == expected
+    page.check("#hide-dead")
+    dead = query(db, "SELECT count(*) FROM neurons WHERE model='tiny' AND layer=? AND dead", [tensor])[0][0]
+    assert page.locator("#grid a.tile:visible").count() == channels - dead
+    assert page.errors == [] and page.dialogs == []
+    # a neuron page: crops, class distribution, similar neurons leading to the other model's pages
+    unit = expected[0]
+    page = open_page(browser, f"{base}tiny/{alias}/{unit}/{suffix}")
+    tops = query(db, "SELECT t.rank, i.label, t.activation FROM top_activations t JOIN images i USING (model, image_id) "
+                     "WHERE t.model='tiny' AND t.layer=? AND t.unit=? ORDER BY t.rank", [tensor, unit])
+    ranks = page.eval_on_selector_all("#crops figure", "fs => fs.map(f => parseInt(f.dataset.rank))")
+    assert ranks == [r for r, _, _ in tops][: len(ranks)] and len(ranks) == min(len(tops), 16)
+    labels = page.eval_on_selector_all("#crops figure .label", "ls => ls.map(l => l.textContent)")
+    assert labels == [lab for _, lab, _ in tops][: len(labels)]
+    page.wait_for_function("Array.from(document.querySelectorAll('#crops img')).every(i => i.complete && i.naturalWidth > 0)")
+    classes = query(db, "SELECT label, frequency FROM class_frequencies WHERE model='tiny' AND layer=? AND unit=? AND frequency > 0 "
+                        "ORDER BY frequency DESC, label", [tensor, unit])
+    shown = page.eval_on_selector_all("#classes td.label", "ts => ts.map(t => t.textContent)")
+    assert shown == [lab for lab, _ in classes]
+    assert HOSTILE in shown  # shown as text, not as an element
+    assert page.locator("img[src=x]").count() == 0
+    other = page.locator("#similar-other a.neuron-link")
+    assert other.count() > 0
+    first = other.first
+    target = (first.get_attribute("data-model"), first.get_attribute("data-layer"), int(first.get_attribute("data-unit")))
+    assert target[0] == "tiny_b"
+    first.click()
+    page.wait_for_load_state("load")
+    assert page.locator("h1").inner_text() == f"tiny_b / {target[1]} / unit {target[2]}"
+    assert page.errors == [] and page.dialogs == []
+
+
+def test_static_report_in_browser(browser, report: Path, site_db: Path) -> None:
+    check_site(browser, report.as_uri() + "/", site_db)
+    page = open_page(browser, (report / "index.html").as_uri())
+    models = page.eval_on_selector_all("#models tbody tr td:first-child", "ts => ts.map(t => t.textContent)")
+    assert models == ["tiny", "tiny_b"]
+    assert page.errors == []
+
+
+def test_rebuild_writes_only_the_new_model(report: Path, site_db: Path, photo_dir: Path, tmp_path: Path) -> None:
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(site_db, db)
+    site = tmp_path / "site"
+    assert invoke("report", "--db", db, "-o", site, "--silent").exit_code == 0
+    before = (site / "tiny" / "index.html").stat().st_mtime_ns
+    analyze(TINY, photo_dir, db=db, name="tiny_c", config=AnalyzeConfig(top_n=4, indexes=()))
+    result = invoke("report", "--db", db, "-o", site, "--silent")
+    assert "1 model(s) written, 2 up to date" in result.output
+    assert (site / "tiny" / "index.html").stat().st_mtime_ns == before
+    assert (site / "tiny_c" / "index.html").exists()
+
+
+def test_report_refuses_a_foreign_folder(site_db: Path, tmp_path: Path) -> None:
+    (tmp_path / "mine.txt").write_text("x")
+    result = invoke("report", "--db", site_db, "-o", tmp_path)
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: ") and "not an onnx-nfi report" in result.output
+
+
+@pytest.fixture(scope="module")
+def server(site_db: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``serve`` on a copy of the database (so this process can read the original alongside), on a free port."""
+    import uvicorn
+
+    from onnx_nfi.report.serve import create_app
+
+    served = tmp_path_factory.mktemp("served") / site_db.name
+    shutil.copy(site_db, served)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    srv.should_exit = True
+    thread.join(5)
+
+
+def raw_get(base: str, path: str) -> tuple[int, bytes]:
+    """GET with the path sent exactly as written (no client-side normalisation of ``..``)."""
+    host, port = base.split("//")[1].strip("/").split(":")
+    con = http.client.HTTPConnection(host, int(port))
+    con.putrequest("GET", path, skip_accept_encoding=True)
+    con.endheaders()
+    response = con.getresponse()
+    return response.status, response.read()
+
+
+def test_serve_in_browser(browser, server: str, site_db: Path) -> None:
+    check_site(browser, server, site_db)
+    alias, _, _ = layer_row(site_db)
+    page = open_page(browser, f"{server}tiny/{alias}/0")  # the stable link, no trailing slash
+    assert page.locator("h1").inner_text() == f"tiny / {alias} / unit 0"
+    # live search: by class name (the hostile one, shown as text)
+    page = open_page(browser, f"{server}search")
+    page.fill("#class-form input[name=class]", HOSTILE)
+    page.click("#class-form button")
+    page.wait_for_load_state("load")
+    expected = query(site_db, "SELECT count(*) FROM neurons WHERE top_class = ?", [HOSTILE])[0][0]
+    assert page.locator("#class-results a.neuron-link").count() == min(expected, 100) > 0
+    assert page.dialogs == [] and page.errors == []
+
+
+def test_serve_sql_is_read_only(browser, server: str, site_db: Path) -> None:
+    page = open_page(browser, f"{server}sql")
+    page.fill("#q", "SELECT model, count(*) AS n FROM neurons GROUP BY model ORDER BY model")
+    page.click("#sql-form button")
+    page.wait_for_load_state("load")
+    cells = page.eval_on_selector_all("#result tbody td", "ts => ts.map(t => t.textContent)")
+    assert cells == [str(v) for row in query(site_db, "SELECT model, count(*) FROM neurons GROUP BY model ORDER BY model") for v in row]
+    before = query(site_db, "SELECT count(*) FROM neurons")[0][0]
+    for attack in ("DELETE FROM neurons", "COPY neurons TO '/tmp/stolen.csv'", "SELECT * FROM read_csv('/etc/passwd')"):
+        page.fill("#q", attack)
+        page.click("#sql-form button")
+        page.wait_for_load_state("load")
+        assert page.locator("#error").count() == 1, attack
+    assert query(site_db, "SELECT count(*) FROM neurons")[0][0] == before
+    assert not Path("/tmp/stolen.csv").exists()
+
+
+def test_serve_refuses_path_traversal(server: str) -> None:
+    for path in ("/static/../../../../etc/passwd", "/static/%2e%2e/%2e%2e/pyproject.toml", "/../../etc/passwd",
+                 "/tiny/..%2f..%2fetc/passwd", "/%2e%2e/%2e%2e/etc/passwd"):
+        status, body = raw_get(server, path)
+        assert status == 404, path
+        assert b"root:" not in body
+    assert raw_get(server, "/static/style.css")[0] == 200
+
+
+def test_serve_warns_on_other_hosts() -> None:
+    from onnx_nfi.report.serve import warning_for
+
+    assert warning_for("127.0.0.1") is None
+    assert "anyone who can reach" in warning_for("0.0.0.0")
