@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from onnx_nfi.report.site.data import (
     STAT_COLUMNS,
     Crop,
+    Histogram,
     LayerData,
     LayerRow,
     Link,
@@ -28,6 +29,7 @@ from onnx_nfi.report.site.data import (
 
 if TYPE_CHECKING:
     import jinja2
+    from markupsafe import Markup
 
 STATIC = Path(__file__).parent / "static"
 #: Crops shown on a neuron page (the best ones; the database keeps top-N).
@@ -37,8 +39,24 @@ SIMILAR = 10
 
 
 @functools.cache
+@functools.lru_cache(maxsize=4096)
+def _bars(h: Histogram, width: int, height: int) -> Markup:
+    """A histogram's bars as SVG rectangles, drawn once per layer and index however many neuron
+    pages show them (numbers only, so nothing needs escaping)."""
+    from markupsafe import Markup
+
+    n, top = len(h.counts), max(max(h.counts, default=0), 1)
+    return Markup("".join(
+        f'<rect x="{round(k * width / n, 2)}" y="{round(height - c * height / top, 2)}" width="{round(width / n - 1, 2)}" '
+        f'height="{round(c * height / top, 2)}"><title>{c}</title></rect>'
+        for k, c in enumerate(h.counts)
+    ))
+
+
+@functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    """The template environment (autoescape on for every template, undefined names are errors)."""
+    """The template environment, made once so templates compile once (autoescape on for every
+    template, undefined names are errors)."""
     import jinja2
 
     env = jinja2.Environment(
@@ -49,6 +67,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(fmt=_fmt, short=_short, when=_when, href=href)
+    env.globals["bars"] = _bars
     return env
 
 
