@@ -1,4 +1,4 @@
-"""Analytic receptive fields of the tensors of an ONNX graph (ALGORITHMS.md §3).
+"""Analytic receptive fields of the tensors of an ONNX graph (docs/method.md §3).
 
 Per image axis a tensor's window of output index ``i`` is ``[i·j + o, i·j + o + r − 1]`` in input
 pixels. The graph is walked once in node order with the concrete input size; every tensor carries,
@@ -18,17 +18,12 @@ per image axis, the jump ``j`` and two exact spans per output index (``AxisWindo
 Image axes are tracked through ``Transpose``/``Reshape``/``Squeeze``…, so NHWC models that
 transpose to NCHW right after the input (tf2onnx) work.
 
-**Decision — gates from global pooling (squeeze-excitation).** A tensor derived from a global
-pooling of a local tensor (``GlobalAveragePool``, ``ReduceMean`` over H and W…) is a *summary*: a
-per-channel number that rescales channels but says nothing about *where* a feature is. Where a
-summary joins a local tensor (the SE ``Mul``, a pyramid-pooling ``Concat``) the join keeps the
-local window and ignores the summary, instead of the §3 union, which would make every layer after
-the first SE block of EfficientNet-B0/MobileNetV3 global and every NF a whole-image average. The
-summary does change every output a little (a row of the image moves the mean), so the empirical
-probe (rf_probe.py) holds summaries at their base-image values and thus measures the same thing;
-tests show that the gate's far-field effect is small next to the in-window one. Global operations
-that mix positions at full strength (``Flatten``/``Gemm``/``MatMul`` of a local tensor, a softmax
-over image axes) make the result global, and such a tensor joined with a local one stays global.
+**Decision — gates from global pooling (squeeze-excitation)**, docs/method.md §3: a tensor derived
+from a global pooling of a local one is a *summary* that rescales channels; where it joins a local
+tensor the join keeps the local window (not the union, which would make every layer after an SE
+block global). The probe (rf_probe.py) holds summaries at their base-image values, so it measures
+the same thing. Operations that mix positions at full strength (``Flatten``/``Gemm``/``MatMul`` of a
+local tensor, a softmax over image axes) make the result global.
 """
 
 from __future__ import annotations
@@ -40,16 +35,15 @@ from fractions import Fraction
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
 
 from onnx_nfi.errors import ModelError
 from onnx_nfi.graph.proto import shape_table, with_input_size
+from onnx_nfi.graph.rf_nodes import attr, constants, globalise, inferred, join, resize_sources, same_axis, str_attr
 from onnx_nfi.graph.receptive_field import (
     LAYOUTS,
     POOLED,
     STRONG,
     AxisWindows,
-    Global,
     GraphTrace,
     Local,
     ReceptiveField,
@@ -103,11 +97,11 @@ class _Tracer:
         if layout not in LAYOUTS:
             raise ModelError(f"Unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}.")
         self.input_name, self.input_hw, self.layout = input_name, input_hw, layout
-        graph = _inferred(with_input_size(model, input_name, layout, input_hw, batch=1)).graph
+        graph = inferred(with_input_size(model, input_name, layout, input_hw, batch=1)).graph
         self.graph = graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.shapes = shape_table(graph)
-        self.consts = _constants(graph)
+        self.consts = constants(graph)
         self.states: dict[str, State] = {}
         self.summaries: list[str] = []
         self.unknown: set[str] = set()
@@ -148,9 +142,9 @@ class _Tracer:
         const = self._const(node, index)
         return None if const is None else [int(v) for v in np.asarray(const).ravel()]
 
-    def _ints(self, node: onnx.NodeProto, attr: str, index: int | None) -> list[int] | None:
+    def _ints(self, node: onnx.NodeProto, name: str, index: int | None) -> list[int] | None:
         """An int list given as attribute (old opsets) or as constant input ``index`` (new ones)."""
-        value = _attr(node, attr)
+        value = attr(node, name)
         if value is None and index is not None:
             return self._const_ints(node, index)
         return None if value is None else list(value)
@@ -164,12 +158,12 @@ class _Tracer:
         known = node.domain in ("", "ai.onnx")
         if known and op in _WINDOW_OPS | {"ConvTranspose", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth"}:
             if not isinstance(ins[0], Local):
-                return [_join(ins)] * n_out
+                return [join(ins)] * n_out
             return [self._spatial(node, ins[0])] * n_out
         if known and op in _GLOBAL_POOLS | _REDUCES:
             return [self._reduce(node, ins[0])] * n_out
         if known and op in {"Flatten", "Gemm"}:
-            return [_globalise(_join(ins))] * n_out
+            return [globalise(join(ins))] * n_out
         if known and op == "MatMul":
             return [self._matmul(node, ins)]
         if known and op in _SOFTMAXES:
@@ -194,14 +188,14 @@ class _Tracer:
                 lift = out_rank - self._rank(name)
                 state = state.with_axes((state.axes[0] + lift, state.axes[1] + lift))
             aligned.append(state)
-        return _join(aligned)
+        return join(aligned)
 
     # -- conv, pools, resize
     def _spatial(self, node: onnx.NodeProto, state: Local) -> State:
         op = node.op_type
         out_name = node.output[0]
         if op in ("DepthToSpace", "SpaceToDepth"):
-            b = int(_attr(node, "blocksize"))
+            b = int(attr(node, "blocksize"))
             spatial = [2, 3]
         else:
             rank = self._rank(node.input[0]) or 4
@@ -229,7 +223,7 @@ class _Tracer:
 
     def _window(self, node: onnx.NodeProto, k_idx: int, cover: AxisWindows, n_out: int | None) -> AxisWindows:
         nd = None
-        kernel = _attr(node, "kernel_shape")
+        kernel = attr(node, "kernel_shape")
         if kernel is None:  # Conv/ConvTranspose: from the weight's shape
             w_shape = self.shapes.get(node.input[1])
             if w_shape is None or any(v is None for v in w_shape[2:]):
@@ -237,16 +231,16 @@ class _Tracer:
             kernel = w_shape[2:]
         nd = len(kernel)
         k = int(kernel[k_idx])
-        s = int((_attr(node, "strides") or [1] * nd)[k_idx])
-        d = int((_attr(node, "dilations") or [1] * nd)[k_idx])
-        pads = _attr(node, "pads") or [0] * (2 * nd)
+        s = int((attr(node, "strides") or [1] * nd)[k_idx])
+        d = int((attr(node, "dilations") or [1] * nd)[k_idx])
+        pads = attr(node, "pads") or [0] * (2 * nd)
         pb, pe = int(pads[k_idx]), int(pads[k_idx + nd])
-        auto_pad = _attr(node, "auto_pad") or "NOTSET"
+        auto_pad = attr(node, "auto_pad") or "NOTSET"
         auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
         span = (k - 1) * d + 1
         n = cover.n
         if node.op_type == "ConvTranspose":
-            out_pad = int((_attr(node, "output_padding") or [0] * nd)[k_idx])
+            out_pad = int((attr(node, "output_padding") or [0] * nd)[k_idx])
             if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
                 total = max(s * (n - 1) + out_pad + span - n * s, 0)
                 pb = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2  # ONNX spec wording
@@ -267,22 +261,22 @@ class _Tracer:
         elif auto_pad == "VALID":
             pb = pe = 0
         if n_out is None:
-            rounding = math.ceil if _attr(node, "ceil_mode") else math.floor
+            rounding = math.ceil if attr(node, "ceil_mode") else math.floor
             n_out = rounding((n + pb + pe - span) / s) + 1
         return cover.window_op(k, s, d, pb, n_out)
 
     def _resize_map(self, node: onnx.NodeProto, axis: int, n_in: int, n_out: int | None) -> tuple[list[int], list[int]]:
         """Source indices each output index reads, following the ONNX Resize/Upsample formulas."""
         if node.op_type == "Upsample":
-            scales = _attr(node, "scales")
+            scales = attr(node, "scales")
             scales = scales if scales is not None else self._const(node, 1)
-            coord, mode, nearest = "asymmetric", _str_attr(node, "mode", "nearest"), "floor"
+            coord, mode, nearest = "asymmetric", str_attr(node, "mode", "nearest"), "floor"
         else:
             scales = self._const(node, 2) if self.opset >= 11 else self._const(node, 1)
             default = "half_pixel" if self.opset >= 11 else "asymmetric"
-            coord = _str_attr(node, "coordinate_transformation_mode", default)
-            mode = _str_attr(node, "mode", "nearest")
-            nearest = _str_attr(node, "nearest_mode", "round_prefer_floor" if self.opset >= 11 else "floor")
+            coord = str_attr(node, "coordinate_transformation_mode", default)
+            mode = str_attr(node, "mode", "nearest")
+            nearest = str_attr(node, "nearest_mode", "round_prefer_floor" if self.opset >= 11 else "floor")
         scale = None
         if scales is not None and len(np.asarray(scales).ravel()) > axis:
             scale = Fraction(float(np.asarray(scales).ravel()[axis])).limit_denominator(10_000)
@@ -294,34 +288,7 @@ class _Tracer:
         if coord not in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn"):
             log.warning("Resize %r: coordinate mode %s taken as half_pixel for the receptive field.", node.name, coord)
             coord = "half_pixel"
-        lo, hi = [], []
-        for i in range(n_out):
-            if coord == "half_pixel" or (coord == "pytorch_half_pixel" and n_out > 1):
-                x = (i + Fraction(1, 2)) / scale - Fraction(1, 2)
-            elif coord == "align_corners":
-                x = Fraction(i * (n_in - 1), n_out - 1) if n_out > 1 else Fraction(0)
-            elif coord == "tf_half_pixel_for_nn":
-                x = (i + Fraction(1, 2)) / scale
-            elif coord == "asymmetric":
-                x = i / scale
-            else:
-                x = Fraction(0)
-            if mode == "nearest":
-                rounders = {
-                    "round_prefer_floor": lambda v: math.ceil(v - Fraction(1, 2)),
-                    "round_prefer_ceil": lambda v: math.floor(v + Fraction(1, 2)),
-                    "floor": math.floor,
-                    "ceil": math.ceil,
-                }
-                first = last = rounders[nearest](x)
-            else:  # linear / cubic: neighbours with a non-zero weight
-                x = min(max(x, Fraction(0)), Fraction(n_in - 1))
-                reach = 1 if mode == "linear" else 2
-                first = math.floor(x) if x.denominator == 1 else math.floor(x) - (reach - 1)
-                last = math.floor(x) if x.denominator == 1 else math.floor(x) + reach
-            lo.append(min(max(first, 0), n_in - 1))
-            hi.append(min(max(last, 0), n_in - 1))
-        return lo, hi
+        return resize_sources(mode, coord, nearest, scale, n_in, n_out)
 
     # -- reductions and global ops
     def _reduce(self, node: onnx.NodeProto, state: State) -> State:
@@ -332,16 +299,16 @@ class _Tracer:
         if op in _GLOBAL_POOLS:
             axes = list(range(2, rank))
         elif op in ("ArgMax", "ArgMin"):
-            axes = [int(_attr(node, "axis") or 0)]
+            axes = [int(attr(node, "axis") or 0)]
         else:
             axes = self._ints(node, "axes", 1)
             if not axes:
-                axes = [] if _attr(node, "noop_with_empty_axes") else list(range(rank))
+                axes = [] if attr(node, "noop_with_empty_axes") else list(range(rank))
         axes = [a % rank for a in axes]
         if set(axes) & set(state.axes):
             self.summaries.append(node.output[0])
             return POOLED
-        keep = op in _GLOBAL_POOLS or _attr(node, "keepdims") in (None, 1)
+        keep = op in _GLOBAL_POOLS or attr(node, "keepdims") in (None, 1)
         if keep:
             return state
         return state.with_axes(tuple(a - sum(r < a for r in axes) for a in state.axes))
@@ -352,14 +319,14 @@ class _Tracer:
             rank = self._rank(node.input[0])
             if rank is not None and rank - 1 not in a.axes:  # contracts the channel axis: a 1x1 conv
                 return self._join_aligned(node, [a, None])
-        return _globalise(_join(ins))
+        return globalise(join(ins))
 
     def _softmax(self, node: onnx.NodeProto, state: State) -> State:
         if not isinstance(state, Local):
             return state
         rank = self._rank(node.input[0]) or 4
         default = -1 if self.opset >= 13 else 1
-        axis = int(_attr(node, "axis") if _attr(node, "axis") is not None else default) % rank
+        axis = int(attr(node, "axis") if attr(node, "axis") is not None else default) % rank
         covered = {axis} if self.opset >= 13 else set(range(axis, rank))  # old opsets flatten from axis on
         return STRONG if covered & set(state.axes) else state
 
@@ -368,17 +335,17 @@ class _Tracer:
         op = node.op_type
         state = ins[0]
         if op == "Concat":
-            axis = int(_attr(node, "axis")) % (self._rank(node.output[0]) or 4)
+            axis = int(attr(node, "axis")) % (self._rank(node.output[0]) or 4)
             joined = self._join_aligned(node, ins)
             if isinstance(joined, Local) and axis in joined.axes:
                 log.warning("Concat %r along an image axis: its receptive field is taken as global.", node.name)
                 return STRONG
             return joined
         if not isinstance(state, Local):
-            return _join(ins) if op == "Concat" else state
+            return join(ins) if op == "Concat" else state
         in_rank, out_rank = self._rank(node.input[0]), self._rank(node.output[0])
         if op == "Transpose":
-            perm = list(_attr(node, "perm") or range(in_rank or 4)[::-1])
+            perm = list(attr(node, "perm") or range(in_rank or 4)[::-1])
             return state.with_axes((perm.index(state.axes[0]), perm.index(state.axes[1])))
         if op == "Tile":
             repeats = self._const(node, 1)
@@ -387,7 +354,7 @@ class _Tracer:
                 return STRONG
             return state
         if op == "Gather":
-            axis = int(_attr(node, "axis") or 0) % (in_rank or 4)
+            axis = int(attr(node, "axis") or 0) % (in_rank or 4)
             if axis in state.axes:
                 log.warning("Gather %r along an image axis: its receptive field is taken as global.", node.name)
                 return STRONG
@@ -411,7 +378,7 @@ class _Tracer:
         if in_shape is None or out_shape is None or None in in_shape or None in out_shape:
             log.warning("Reshape %r with unknown shapes: its receptive field is taken as global.", node.name)
             return STRONG
-        moved = tuple(_same_axis(in_shape, out_shape, a) for a in state.axes)
+        moved = tuple(same_axis(in_shape, out_shape, a) for a in state.axes)
         if None in moved:
             return STRONG
         return state.with_axes(moved)
@@ -420,7 +387,7 @@ class _Tracer:
         """Pad (shift by the leading pad) and Slice (shift by the start, multiply j by the step)."""
         state = ins[0]
         if not isinstance(state, Local):
-            return _join(ins)
+            return join(ins)
         rank = self._rank(node.input[0]) or 4
         out_name = node.output[0]
         if node.op_type == "Pad":
@@ -431,7 +398,7 @@ class _Tracer:
             axes = [a % rank for a in (self._const_ints(node, 3) or range(rank))]
             begin = {a: pads[i] for i, a in enumerate(axes)}
             end = {a: pads[i + len(axes)] for i, a in enumerate(axes)}
-            mode = _str_attr(node, "mode", "constant")
+            mode = str_attr(node, "mode", "constant")
 
             def pad(t: int, c: AxisWindows) -> AxisWindows:
                 if t not in begin:
@@ -467,7 +434,7 @@ class _Tracer:
         n_out = len(node.output)
         if not isinstance(state, Local):
             return [state] * n_out
-        axis = int(_attr(node, "axis") or 0) % (self._rank(node.input[0]) or 4)
+        axis = int(attr(node, "axis") or 0) % (self._rank(node.input[0]) or 4)
         if axis not in state.axes:
             return [state] * n_out
         sizes = self._ints(node, "split", 1)
@@ -484,71 +451,3 @@ class _Tracer:
 
 class _Reversed(Exception):
     """A negative Slice step on an image axis (no linear window)."""
-
-
-def _join(states: Sequence[State]) -> State:
-    """Join of branches: union of the local windows; pooled summaries are ignored next to them."""
-    locals_ = [s for s in states if isinstance(s, Local)]
-    globals_ = [s for s in states if isinstance(s, Global)]
-    if any(not g.pooled for g in globals_):
-        return STRONG
-    if not locals_:
-        return POOLED if globals_ else None
-    first = locals_[0]
-    if any(s.axes != first.axes for s in locals_[1:]):
-        log.warning("Joining tensors whose image axes differ: receptive field taken as global.")
-        return STRONG
-    y, x = first.y, first.x
-    for other in locals_[1:]:
-        y, x = y.union(other.y), x.union(other.x)
-    return Local(first.axes, y, x)
-
-
-def _globalise(state: State) -> State:
-    """After Flatten/Gemm/MatMul: a local tensor becomes global; a pooled one stays a summary."""
-    return STRONG if isinstance(state, Local) else state
-
-
-def _same_axis(in_shape: Sequence[int], out_shape: Sequence[int], axis: int) -> int | None:
-    """Where ``axis`` lands after a row-major reshape, if its extent and strides are unchanged."""
-    before, size, after = math.prod(in_shape[:axis]), in_shape[axis], math.prod(in_shape[axis + 1 :])
-    for b, dim in enumerate(out_shape):
-        if dim == size and math.prod(out_shape[:b]) == before and math.prod(out_shape[b + 1 :]) == after:
-            return b
-    return None
-
-
-
-def _attr(node: onnx.NodeProto, name: str):
-    for attr in node.attribute:
-        if attr.name == name:
-            return onnx.helper.get_attribute_value(attr)
-    return None
-
-
-def _str_attr(node: onnx.NodeProto, name: str, default: str) -> str:
-    value = _attr(node, name)
-    return default if value is None else value.decode()
-
-
-def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        return shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as err:  # a model ORT runs may still trip strict checks; sizes then come from the formulas
-        log.warning("Shape inference failed (%s); receptive fields use computed sizes.", err)
-        return model
-
-
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    # weights kept as external data are never needed here (pads, scales and shapes are small, inline)
-    consts = {
-        init.name: numpy_helper.to_array(init)
-        for init in graph.initializer
-        if init.data_location != onnx.TensorProto.EXTERNAL
-    }
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute:
-            attr = node.attribute[0]
-            value = onnx.helper.get_attribute_value(attr)
-            consts[node.output[0]] = numpy_helper.to_array(value) if attr.name == "value" else np.asarray(value)
-    return consts
