@@ -8,12 +8,15 @@ skipped with a reason above the limit (``--max-pixels``).
 
 from __future__ import annotations
 
-import warnings
+import threading
 from pathlib import Path
 
 from onnx_nfi.config import DEFAULT_MAX_PIXELS
 
 __all__ = ["DEFAULT_MAX_PIXELS", "header_size", "too_large"]
+
+#: Pillow's limit is a module global: the header reads that lift it take turns.
+_PILLOW_LIMIT = threading.Lock()
 
 
 def header_size(path: Path) -> tuple[int, int] | None:
@@ -21,22 +24,16 @@ def header_size(path: Path) -> tuple[int, int] | None:
     decoder then reports the file as it finds it)."""
     from PIL import Image
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: we judge the size ourselves
+    with _PILLOW_LIMIT:  # Pillow's own bomb limit would refuse before telling the size: we judge it
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
             with Image.open(path) as img:
                 width, height = img.size
-    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit: the message holds the size
-        return _size_from_bomb_message(str(exc))
-    except (OSError, ValueError, SyntaxError):  # not a format Pillow reads (or not an image): the decoder decides
-        return None
+        except (OSError, ValueError, SyntaxError):  # not a format Pillow reads (or not an image): the decoder decides
+            return None
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
     return int(height), int(width)
-
-
-def _size_from_bomb_message(message: str) -> tuple[int, int] | None:
-    """Pillow says ``Image size (N pixels) exceeds limit``; the pixel count is all we need."""
-    digits = message.split("(", 1)[-1].split(" ", 1)[0]
-    return (int(digits), 1) if digits.isdigit() else (1 << 31, 1)
 
 
 def too_large(path: Path, max_pixels: int) -> str | None:
@@ -44,9 +41,7 @@ def too_large(path: Path, max_pixels: int) -> str | None:
     size = header_size(path)
     if size is None or size[0] * size[1] <= max_pixels:
         return None
-    pixels = size[0] * size[1]
-    shape = f"{size[1]}x{size[0]}, " if size[1] > 1 else ""
     return (
-        f"image too large ({shape}{pixels / 1e6:.0f} MP, above the {max_pixels / 1e6:g} MP limit); "
-        "shrink it or raise --max-pixels"
+        f"image too large ({size[1]}x{size[0]}, {size[0] * size[1] / 1e6:.4g} MP, above the {max_pixels / 1e6:.4g} MP "
+        "limit); shrink it or raise --max-pixels"
     )
