@@ -25,8 +25,6 @@ same way and positions stay aligned.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ import faiss
 import numpy as np
 
 from onnx_nfi.errors import StoreError
+from onnx_nfi.files import atomic_write
 
 _FORMAT_VERSION = 1
 # Below this many queries per call, faiss runs on one thread: a single query cannot be split
@@ -423,16 +422,8 @@ class VectorIndex:
             "vectors": self._backend.vectors(),
             **self._backend.arrays(),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> VectorIndex:
