@@ -21,7 +21,8 @@ from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.errors import ConfigError, ImageError
 from onnx_nfi.graph.layers import find_conv_layers
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
-from onnx_nfi.graph.rf_probe import compare, probe_receptive_fields
+from onnx_nfi.graph.receptive_field import clipped_windows
+from onnx_nfi.graph.rf_probe import measure_windows, outside_windows
 from onnx_nfi.graph.session import check_runtime_install
 from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.neurons.indexes import IndexLayer
@@ -39,7 +40,7 @@ from onnx_nfi.store.vectors import RemoveSummary, sync_indexes
 from onnx_nfi.store.vectors import remove as remove_model
 
 __all__ = [
-    "AnalysisSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "analyze", "demo",
+    "AnalysisSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "RFVerification", "analyze", "demo",
     "export_parquet", "index", "layers", "match", "remove", "set_probe", "similar", "sql", "verify_receptive_fields",
 ]
 
@@ -89,18 +90,32 @@ def layers(
     return model_layers(lm, patterns)
 
 
+@dataclass(frozen=True)
+class RFVerification:
+    """``layers --verify-rf``: layers whose measured windows reach outside the analytic field (wrong
+    analytic RFs), and layers whose measured (effective) windows are only smaller (the weights')."""
+
+    mismatches: dict[str, list[str]]
+    effective_smaller: tuple[str, ...]
+
+
 def verify_receptive_fields(
     model_path: str | Path, preprocess: str | None = None, input_size: tuple[int, int] | None = None
-) -> dict[str, list[str]]:
-    """Analytic vs empirically probed receptive field per layer; only layers that differ are returned."""
+) -> RFVerification:
+    """Analytic (theoretical) vs empirically probed (effective) receptive field of every layer."""
     lm, _ = open_model(model_path, preprocess, input_size)
     infos = model_layers(lm)
     hw = (lm.input.height, lm.input.width)
-    measured = probe_receptive_fields(lm.proto, lm.input.name, hw, lm.input.layout, [i.layer.tensor for i in infos])
-    problems = {
-        i.layer.alias: compare(i.rf, measured[i.layer.tensor], hw, (i.layer.height, i.layer.width)) for i in infos
-    }
-    return {alias: p for alias, p in problems.items() if p}
+    measured = measure_windows(lm.proto, lm.input.name, hw, lm.input.layout, [i.layer.tensor for i in infos])
+    mismatches, smaller = {}, []
+    for i in infos:
+        analytic = clipped_windows(i.rf, hw, (i.layer.height, i.layer.width))
+        problems, shrunk = outside_windows(analytic, measured[i.layer.tensor])
+        if problems:
+            mismatches[i.layer.alias] = problems
+        elif shrunk:
+            smaller.append(i.layer.alias)
+    return RFVerification(mismatches, tuple(smaller))
 
 
 def analyze(

@@ -144,7 +144,7 @@ def layers_cmd(
 
     size = parse_size(input_size) if input_size else None
     infos = api.layers(model, preprocess=preprocess, input_size=size)
-    mismatches = api.verify_receptive_fields(model, preprocess=preprocess, input_size=size) if verify_rf else None
+    verified = api.verify_receptive_fields(model, preprocess=preprocess, input_size=size) if verify_rf else None
     rows = []
     for info in infos:
         rf, layer = info.rf, info.layer
@@ -154,14 +154,20 @@ def layers_cmd(
             f"{rf.stride[0]}x{rf.stride[1]}", f"{rf.offset[0]},{rf.offset[1]}",
         ))
     print_table(["alias", "tensor", "ops", "channels", "output", "rf size", "rf stride", "rf offset"], rows)
-    if mismatches is None:
+    if verified is None:
         return
-    for layer_name, problems in mismatches.items():
+    for layer_name, problems in verified.mismatches.items():
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         out.print(f"RF mismatch in {layer_name}: {problems[0]}{more}", highlight=False)
-    if mismatches:
+    if verified.mismatches:
         raise typer.Exit(1)
     out.print(f"Receptive fields verified empirically for all {len(infos)} layers.", highlight=False)
+    if verified.effective_smaller:
+        out.print(
+            f"Effective fields smaller than the theoretical ones (the weights leave border pixels without influence) in "
+            f"{len(verified.effective_smaller)} layers: {', '.join(verified.effective_smaller)}.",
+            highlight=False,
+        )
 
 
 @app.command()

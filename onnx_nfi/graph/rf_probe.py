@@ -103,6 +103,27 @@ def compare_windows(analytic: Windows, measured: Windows) -> list[str]:
     return problems
 
 
+def outside_windows(analytic: Windows, measured: Windows) -> tuple[list[str], bool]:
+    """Measured pixels outside the analytic (theoretical) windows, and whether any measured window is
+    strictly smaller than its analytic one.
+
+    The analytic field is every pixel a neuron *can* see; the probe measures the pixels it *does*
+    respond to with these weights (the effective field): zero or constant weights, saturated units
+    and max pools shrink it. Only an influencing pixel outside the analytic window proves the
+    analytic field wrong; a smaller measured window is a property of the weights.
+    """
+    problems, smaller = [], False
+    for axis, a, m in zip("yx", analytic, measured):
+        hit = m[:, 1] > m[:, 0]
+        out = hit & ((m[:, 0] < a[:, 0]) | (m[:, 1] > a[:, 1]))
+        for i in np.flatnonzero(out):
+            problems.append(
+                f"{axis}[{i}]: measured [{m[i, 0]}, {m[i, 1]}) reaches outside the analytic [{a[i, 0]}, {a[i, 1]})"
+            )
+        smaller = smaller or bool((~out & ((m != a).any(axis=1))).any())
+    return problems, smaller
+
+
 # ----------------------------------------------------------------------------------- measurement
 class _Prober:
     """Runs the perturbed batches; one onnxruntime session per (tensor set, frozen) request."""
@@ -210,7 +231,7 @@ class _Prober:
 def _frozen(model: onnx.ModelProto, summaries: Sequence[str]) -> onnx.ModelProto:
     """The model with each summary-producing node removed and its output fed as a graph input."""
     inferred = onnx.shape_inference.infer_shapes(model)
-    values = {v.name: v for v in inferred.graph.value_info}
+    values = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.output)}  # a summary may be an output
     keep = [node for node in model.graph.node if not set(node.output) & set(summaries)]
     del model.graph.node[:]
     model.graph.node.extend(keep)
@@ -225,7 +246,11 @@ def _frozen(model: onnx.ModelProto, summaries: Sequence[str]) -> onnx.ModelProto
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), session_options(model), providers=["CPUExecutionProvider"])
+    options = session_options(model)
+    # a batch the graph refuses (Reshape to [1, -1]) is retried image by image: the runtime's own red
+    # error line about the refused batch would be noise, the exception alone says it
+    options.log_severity_level = 4
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _windows(influence: np.ndarray) -> np.ndarray:
