@@ -215,7 +215,7 @@ def index(
     ]
     display = _display(topns.values(), {int(r["image_id"]): Path(r["path"]) for r in image_rows}, pre, True)
     labels = {int(r["image_id"]): r["label"] for r in image_rows}
-    write_index_run(db, model, selectivity_indexes(lm, pre, items, display, labels, config, progress))
+    write_index_run(db, model, selectivity_indexes(lm, pre, items, display, labels, config, progress), config, started)
     sync_indexes(db)
     return IndexSummary(
         model, config.indexes, len(items), sum(i.layer.channels for i in items),

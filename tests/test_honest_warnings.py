@@ -114,3 +114,16 @@ def test_predicted_labels_need_a_class_head(photo_dir: Path) -> None:
     # tiny_lite0 ends in a feature map [N, 24, 16, 16]; Lite0's 1000 logits are tested in test_cli
     assert_clean_error(invoke("analyze", TINY, photo_dir, "--labels", "predicted", *ANALYZE_FAST),
                        "--labels predicted needs a model whose output is class scores")
+
+
+def test_index_command_records_its_run(photo_dir: Path, tmp_path: Path) -> None:
+    from cli_helpers import query
+
+    db = tmp_path / "nfi.duckdb"
+    analyse(photo_dir, db)
+    result = invoke("index", "tiny_lite0", "--db", db, "--indexes", "class", "--rho", "0.9", "--silent")
+    assert result.exit_code == 0, result.output
+    rows = query(db, "SELECT kind, params::JSON ->> 'rho', params::JSON -> 'indexes', params::JSON ->> 'color_mode' "
+                     "FROM runs WHERE model = 'tiny_lite0' ORDER BY run_id")
+    assert rows[0][0] == "analyze"
+    assert rows[1] == ("index", "0.9", '["class"]', "image")
