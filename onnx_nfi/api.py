@@ -34,13 +34,15 @@ from onnx_nfi.progress import Progress, phase
 from onnx_nfi.report import pictures, render
 from onnx_nfi.scan.scanner import scan
 from onnx_nfi.scan.topn import TopN
+from onnx_nfi.store.compact import CompactSummary
+from onnx_nfi.store.compact import compact as compact_db
 from onnx_nfi.store.duckdb_store import Store, check_writable, lock_wait
 from onnx_nfi.store.results import AnalysisRecord, stored_rf, stored_topn, write_analysis, write_index_run
 from onnx_nfi.store.vectors import RemoveSummary, sync_indexes
 from onnx_nfi.store.vectors import remove as remove_model
 
 __all__ = [
-    "AnalysisSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "RFVerification", "analyze", "demo",
+    "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "RFVerification", "analyze", "compact", "demo",
     "export_parquet", "index", "layers", "match", "remove", "set_probe", "similar", "sql", "verify_receptive_fields",
 ]
 
@@ -254,6 +256,11 @@ def set_probe(
 def remove(db: str | Path, model: str) -> RemoveSummary:
     """``onnx-nfi remove``: delete every row of ``model`` and its search vectors."""
     return remove_model(db, model)
+
+
+def compact(db: str | Path = DEFAULT_DB) -> CompactSummary:
+    """``onnx-nfi compact``: rewrite the database file without the space deleted rows left."""
+    return compact_db(db)
 
 
 def similar(

@@ -80,6 +80,11 @@ def _raise_open_error(path: Path, exc: duckdb.Error) -> None:
     raise StoreError(f"cannot open database {path}: {str(exc).splitlines()[0]}; pass another --db file") from None
 
 
+def quoted_path(path: Path) -> str:
+    """A path for single quotes in SQL text (COPY and ATTACH take no parameters): quotes doubled."""
+    return path.as_posix().replace("'", "''")
+
+
 def check_writable(path: str | Path) -> None:
     """Fail early (before a long scan) when the database cannot be written."""
     path = Path(path)
@@ -220,9 +225,8 @@ class Store:
     def export_parquet(self, sql: str, target: str | Path) -> Path:
         """Write a query's result to a Parquet file with DuckDB's own writer."""
         target = Path(target)
-        quoted = target.as_posix().replace("'", "''")  # COPY takes no parameters: a quote in the path is doubled
         try:
-            self.con.execute(f"COPY ({sql}) TO '{quoted}' (FORMAT parquet)")
+            self.con.execute(f"COPY ({sql}) TO '{quoted_path(target)}' (FORMAT parquet)")
         except duckdb.Error as exc:
             raise StoreError(f"SQL error: {str(exc).strip().splitlines()[0]}") from None
         return target
