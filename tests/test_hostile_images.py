@@ -156,3 +156,15 @@ def test_any_image_gives_an_input_or_a_reason(
         assert result.image.shape == (*pre.input_size, 3) and result.image.dtype == np.uint8
         assert result.tensor is not None and result.tensor.shape == (3, *pre.input_size)
         assert np.isfinite(result.tensor).all()
+
+
+def test_linked_folders_are_followed_and_loops_are_not(tmp_path: Path) -> None:
+    (tmp_path / "root" / "cls").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    cv2.imwrite(str(tmp_path / "root" / "cls" / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "other" / "b.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "root" / "cls" / "loop").symlink_to(tmp_path / "root")
+    (tmp_path / "root" / "linked").symlink_to(tmp_path / "other")
+    found = list_images(tmp_path / "root")
+    assert [f.path.relative_to(tmp_path / "root").as_posix() for f in found.files] == ["cls/a.png", "linked/b.png"]
+    assert [f.label for f in found.files] == ["cls", "linked"]

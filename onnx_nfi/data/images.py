@@ -113,8 +113,12 @@ def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     def unreadable(exc: OSError) -> None:
         rejected.append((Path(exc.filename or root), f"cannot read folder ({exc.strerror or exc})"))
 
-    for folder, dirs, names in os.walk(root, onerror=unreadable):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    seen: set[str] = set()  # real paths of folders walked: linked folders are followed, loops are not
+    for folder, dirs, names in os.walk(root, onerror=unreadable, followlinks=True):
+        seen.add(os.path.realpath(folder))
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(folder, d)) not in seen
+        )
         for name in names:
             if name.startswith("."):
                 continue
