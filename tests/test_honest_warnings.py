@@ -16,7 +16,6 @@ from onnx_nfi import api
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.preprocess import from_dict
 
-FAST = AnalyzeConfig(top_n=3, nf=False, indexes=())
 SIDECAR = json.loads(TINY.with_suffix(".json").read_text())
 
 

@@ -75,7 +75,7 @@ def test_waiting_message_is_printed_once_even_without_bars() -> None:
         "with ProgressBars(silent=True) as bars:\n"
         "    bars('lock', 0, 60); bars('lock', 1, 60)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert result.stderr.count("The database is locked by another process; waiting up to 60 s for it (--lock-timeout).") == 1
 
@@ -84,11 +84,13 @@ def test_killed_index_write_leaves_no_temporary_for_good(tmp_path: Path, photo_d
     db = tmp_path / "nfi.duckdb"
     api.analyze(TINY, photo_dir, db=db, config=FAST)
     folder = index_dir(db)
+    script = (
+        "import sys, time; from pathlib import Path; from onnx_nfi.files import atomic_write\n"
+        "with atomic_write(Path(sys.argv[1]) / 'response.index') as f:\n"
+        "    f.write(b'half'); f.flush(); print('writing', flush=True); time.sleep(60)\n"
+    )
     writer = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from onnx_nfi.files import atomic_write\n"
-         "with atomic_write(Path(sys.argv[1]) / 'response.index') as f:\n"
-         "    f.write(b'half'); f.flush(); print('writing', flush=True); time.sleep(60)\n", str(folder)],
+        [sys.executable, "-c", script, str(folder)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )
     assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
