@@ -14,7 +14,7 @@ from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.errors import NfiError
 
 _VERBS = (
-    "analyze", "demo", "export_parquet", "index", "layers", "match", "remove", "set_probe", "similar", "sql",
+    "analyze", "compact", "demo", "export_parquet", "index", "layers", "match", "remove", "set_probe", "similar", "sql",
     "verify_receptive_fields",
 )
 
@@ -22,7 +22,7 @@ __all__ = ["AnalyzeConfig", "NfiError", "__version__", *_VERBS]
 
 if TYPE_CHECKING:
     from onnx_nfi.api import (  # noqa: F401
-        analyze, demo, export_parquet, index, layers, match, remove, set_probe, similar, sql, verify_receptive_fields,
+        analyze, compact, demo, export_parquet, index, layers, match, remove, set_probe, similar, sql, verify_receptive_fields,
     )
 
 

@@ -18,21 +18,25 @@ from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.display import DisplayImages
 from onnx_nfi.data.images import list_images, parse_label_option, read_class_names
 from onnx_nfi.data.preprocess import Preprocessing
-from onnx_nfi.errors import ImageError
+from onnx_nfi.errors import ConfigError, ImageError
 from onnx_nfi.graph.layers import find_conv_layers
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
-from onnx_nfi.graph.rf_probe import compare, probe_receptive_fields
+from onnx_nfi.graph.receptive_field import clipped_windows
+from onnx_nfi.graph.rf_probe import measure_windows, outside_windows
 from onnx_nfi.graph.session import check_runtime_install
 from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.neurons.indexes import IndexLayer
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline.features import compute_nfs, selectivity_indexes, top_image_paths
+from onnx_nfi.pipeline.finite import check_finite
 from onnx_nfi.pipeline.models import open_model, reopen_model
 from onnx_nfi.progress import Progress, phase
 from onnx_nfi.report import pictures, render
 from onnx_nfi.scan.scanner import scan
 from onnx_nfi.scan.topn import TopN
-from onnx_nfi.store.duckdb_store import Store, check_writable
+from onnx_nfi.store.compact import CompactSummary
+from onnx_nfi.store.compact import compact as compact_db
+from onnx_nfi.store.duckdb_store import Store, check_writable, lock_wait
 from onnx_nfi.store.results import AnalysisRecord, stored_rf, stored_topn, write_analysis, write_index_run
 from onnx_nfi.store.vectors import RemoveSummary, sync_indexes
 from onnx_nfi.store.vectors import remove as remove_model
@@ -42,8 +46,8 @@ from onnx_nfi.store.vectors import remove as remove_model
 similar = search.similar
 
 __all__ = [
-    "AnalysisSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "analyze", "demo",
-    "export_parquet", "index", "layers", "match", "remove", "set_probe", "similar", "sql", "verify_receptive_fields",
+    "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "RFVerification",
+    "analyze", "compact", "demo", "export_parquet", "index", "layers", "match", "remove", "set_probe", "similar", "sql", "verify_receptive_fields",
 ]
 
 ProbeSummary = probes.ProbeSummary
@@ -68,6 +72,8 @@ class AnalysisSummary:
     nf_seconds: float
     index_seconds: float
     total_seconds: float
+    warnings: tuple[str, ...] = ()  # what the user should know about the run (the CLI prints them)
+    skipped: tuple[tuple[Path, str], ...] = ()  # every file not analysed, with its reason
 
 
 @dataclass(frozen=True)
@@ -81,22 +87,41 @@ class IndexSummary:
     seconds: float
 
 
-def layers(model_path: str | Path, patterns: Iterable[str] = (), preprocess: str | None = None) -> list[LayerInfo]:
+def layers(
+    model_path: str | Path, patterns: Iterable[str] = (), preprocess: str | None = None,
+    input_size: tuple[int, int] | None = None,
+) -> list[LayerInfo]:
     """``onnx-nfi layers``: conv layers, aliases, op chains, shapes and receptive fields."""
-    lm, _ = open_model(model_path, preprocess)
+    lm, _ = open_model(model_path, preprocess, input_size)
     return model_layers(lm, patterns)
 
 
-def verify_receptive_fields(model_path: str | Path, preprocess: str | None = None) -> dict[str, list[str]]:
-    """Analytic vs empirically probed receptive field per layer; only layers that differ are returned."""
-    lm, _ = open_model(model_path, preprocess)
+@dataclass(frozen=True)
+class RFVerification:
+    """``layers --verify-rf``: layers whose measured windows reach outside the analytic field (wrong
+    analytic RFs), and layers whose measured (effective) windows are only smaller (the weights')."""
+
+    mismatches: dict[str, list[str]]
+    effective_smaller: tuple[str, ...]
+
+
+def verify_receptive_fields(
+    model_path: str | Path, preprocess: str | None = None, input_size: tuple[int, int] | None = None
+) -> RFVerification:
+    """Analytic (theoretical) vs empirically probed (effective) receptive field of every layer."""
+    lm, _ = open_model(model_path, preprocess, input_size)
     infos = model_layers(lm)
     hw = (lm.input.height, lm.input.width)
-    measured = probe_receptive_fields(lm.proto, lm.input.name, hw, lm.input.layout, [i.layer.tensor for i in infos])
-    problems = {
-        i.layer.alias: compare(i.rf, measured[i.layer.tensor], hw, (i.layer.height, i.layer.width)) for i in infos
-    }
-    return {alias: p for alias, p in problems.items() if p}
+    measured = measure_windows(lm.proto, lm.input.name, hw, lm.input.layout, [i.layer.tensor for i in infos])
+    mismatches, smaller = {}, []
+    for i in infos:
+        analytic = clipped_windows(i.rf, hw, (i.layer.height, i.layer.width))
+        problems, shrunk = outside_windows(analytic, measured[i.layer.tensor])
+        if problems:
+            mismatches[i.layer.alias] = problems
+        elif shrunk:
+            smaller.append(i.layer.alias)
+    return RFVerification(mismatches, tuple(smaller))
 
 
 def analyze(
@@ -111,11 +136,18 @@ def analyze(
     """Scan ``images`` with ``model_path`` and store every selected layer's neurons in ``db``."""
     started = dt.datetime.now()
     check_runtime_install()
-    lm, pre = open_model(model_path, config.preprocess)
+    lm, pre = open_model(model_path, config.preprocess, config.input_size)
+    if lm.batch_one_inside:
+        config = replace(config, batch_size=1)
     infos = model_layers(lm, config.layers)
-    imageset = list_images(images, config.labels)
+    imageset = list_images(images, config.labels, config.max_pixels)
     label_kind, label_arg = parse_label_option(config.labels)
     class_names = read_class_names(label_arg) if label_kind == "predicted" and label_arg else None
+    if label_kind == "predicted" and not lm.has_class_head:
+        raise ConfigError(
+            "--labels predicted needs a model whose output is class scores [N, classes]; this one has none: "
+            "use --labels folder, csv:FILE or none"
+        )
     check_writable(db)
     name = name or Path(model_path).stem
     probe = probes.probe_for_analysis(db, imageset.files, config.probe_size)
@@ -129,6 +161,7 @@ def analyze(
     if not result.images:
         reasons = "; ".join(sorted({r for _, r in result.skipped}))
         raise ImageError(f"no readable image in {imageset.root} ({reasons}); check the files")
+    check_finite(result.stats)
     probe, probe_scores = probes.complete_probe_scores(
         probe, result, lm, pre, layer_list, batch_size=config.batch_size, provider=config.provider, progress=progress,
     )
@@ -147,8 +180,9 @@ def analyze(
         name, lm, pre, infos, result, [*imageset.rejected, *result.skipped], imageset.label_source, config,
         probe, probe_scores, nfs, index_result, started, dt.datetime.now(),
     )
-    run_id, dead = write_analysis(db, record)
-    sync_indexes(db)  # after the commit: FAISS follows DuckDB (and repairs itself if this is cut short)
+    with lock_wait(config.lock_timeout, phase(progress, "lock")):  # finished work waits for a busy database
+        run_id, dead = write_analysis(db, record)
+        sync_indexes(db)  # after the commit: FAISS follows DuckDB (and repairs itself if this is cut short)
     return AnalysisSummary(
         model=name, db=Path(db).resolve(), run_id=run_id, images_seen=len(result.images),
         images_skipped=len(record.skipped), layers=len(infos), neurons=sum(i.layer.channels for i in infos),
@@ -156,6 +190,8 @@ def analyze(
         scan_seconds=result.seconds, nf_seconds=(t_index - t_nf).total_seconds(),
         index_seconds=(record.finished - t_index).total_seconds(),
         total_seconds=(record.finished - started).total_seconds(),
+        warnings=(*lm.notices, *imageset.warnings, *pre.warnings(), *probes.probe_warnings(probe, len(imageset.files), config.probe_size)),
+        skipped=tuple(record.skipped),
     )
 
 
@@ -185,7 +221,7 @@ def index(
     ]
     display = _display(topns.values(), {int(r["image_id"]): Path(r["path"]) for r in image_rows}, pre, True)
     labels = {int(r["image_id"]): r["label"] for r in image_rows}
-    write_index_run(db, model, selectivity_indexes(lm, pre, items, display, labels, config, progress))
+    write_index_run(db, model, selectivity_indexes(lm, pre, items, display, labels, config, progress), config, started)
     sync_indexes(db)
     return IndexSummary(
         model, config.indexes, len(items), sum(i.layer.channels for i in items),
@@ -224,6 +260,11 @@ def set_probe(
 def remove(db: str | Path, model: str) -> RemoveSummary:
     """``onnx-nfi remove``: delete every row of ``model`` and its search vectors."""
     return remove_model(db, model)
+
+
+def compact(db: str | Path = DEFAULT_DB) -> CompactSummary:
+    """``onnx-nfi compact``: rewrite the database file without the space deleted rows left."""
+    return compact_db(db)
 
 
 def match(db: str | Path, model_a: str, model_b: str, picture: str | Path | None = None) -> search.MatchResult:

@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass, fields
 from onnx_nfi.errors import ConfigError
 from onnx_nfi.names import DEFAULT_INDEXES, INDEX_NAMES
 
+#: Default largest image, in pixels (100 MP: a 10000×10000 photo, 300 MB decoded); see data/limits.py.
+DEFAULT_MAX_PIXELS = 100_000_000
+
 #: Where the colour index's grey pass greys: the whole image, or only the receptive-field region.
 COLOR_MODES = ("image", "region")
 #: onnxruntime providers by the names users give.
@@ -38,6 +41,9 @@ class AnalyzeConfig:
     population_threshold: float = 0.1
     probe_size: int = 1024
     seed: int = 0
+    input_size: tuple[int, int] | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    lock_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         # canonical forms first, so the stored parameters of equal runs are equal
@@ -51,6 +57,11 @@ class AnalyzeConfig:
             raise ConfigError(f"rho must be in (0, 1], got {self.rho}; 1 counts every class of a neuron's top images")
         if not 0 < self.population_threshold <= 1:
             raise ConfigError(f"population_threshold must be in (0, 1], got {self.population_threshold}")
+        if self.input_size is not None:
+            object.__setattr__(self, "input_size", parse_size(self.input_size))
+        _at_least("max_pixels", self.max_pixels, 1)
+        if isinstance(self.lock_timeout, bool) or not isinstance(self.lock_timeout, (int, float)) or self.lock_timeout < 0:
+            raise ConfigError(f"--lock-timeout must be a number of seconds >= 0, got {self.lock_timeout!r}")
         _one_of("color_mode", self.color_mode, COLOR_MODES)
         _one_of("provider", self.provider, PROVIDERS)
 
@@ -88,7 +99,22 @@ HELP: dict[str, str] = {
     "population_threshold": "Class frequency counted in the population code.",
     "probe_size": "Images in the database's shared probe set for similarity search.",
     "seed": "Seed for randomised indexes (shape shuffling).",
+    "input_size": "H,W for a model whose input size is dynamic (default: the preprocessing file's input_size, else 224,224).",
+    "max_pixels": "Largest image in pixels, read from the file header before decoding; larger files are skipped with a reason.",
+    "lock_timeout": "Seconds to wait for a database another process holds before giving up.",
 }
+
+
+def parse_size(value: str | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """``224,224`` / ``(224, 224)`` -> (224, 224), both sides positive."""
+    parts = value.replace("x", ",").split(",") if isinstance(value, str) else list(value)
+    try:
+        h, w = (int(v) for v in parts)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--input-size must be H,W (e.g. 224,224), got {value!r}") from None
+    if h < 1 or w < 1:
+        raise ConfigError(f"--input-size must be two positive sizes H,W, got {value!r}")
+    return h, w
 
 
 def parse_list(values: list[str] | tuple[str, ...] | str | None) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ import pytest
 from cli_helpers import invoke
 from conftest import TINY
 from graphs import no_conv_net, two_input_net
+from hostile_models import two_conv_net
 from typer.testing import Result
 
 ANALYZE_FAST = ["--no-nf", "--indexes", "none", "--top-n", "3"]
@@ -133,6 +134,18 @@ CASES = {
     "unknown_preset": Case(tiny, photos, "use one of torchvision", lambda t: ["--preprocess", "imagenet_bgr"]),
     "labels_csv_missing": Case(tiny, photos, "path,label", lambda t: ["--labels", f"csv:{t / 'missing.csv'}"]),
     "unknown_label_source": Case(tiny, photos, "use folder, csv:FILE", lambda t: ["--labels", "filenames"]),
+    "truncated_model": Case(lambda t: write(t, "m.onnx", TINY.read_bytes()[:30000]), photos, "export your model to ONNX"),
+    "opset_too_old": Case(lambda t: saved(two_conv_net(["N", 3, 16, 16], opset=5), t, "m.onnx"), photos, "convert it with"),
+    "custom_op_before_conv": Case(
+        lambda t: saved(two_conv_net(["N", 3, 16, 16], custom="first"), t, "m.onnx"), photos, "onnxruntime cannot run"
+    ),
+    "nan_layer": Case(lambda t: saved(two_conv_net(["N", 3, 16, 16], log=True), t, "m.onnx"), photos, "non-finite"),
+    "input_size_on_fixed_model": Case(tiny, photos, "drop --input-size", lambda t: ["--input-size", "32,32"]),
+    "predicted_without_class_head": Case(tiny, photos, "class scores", lambda t: ["--labels", "predicted"]),
+    "resize_key_not_honoured": Case(
+        tiny, photos, "unknown key(s) antialias",
+        preprocess_json(json.dumps({**SIDECAR, "resize": {**SIDECAR["resize"], "antialias": True}})),
+    ),
 }
 if "CUDAExecutionProvider" not in ort.get_available_providers():
     CASES["provider_cuda_on_cpu"] = Case(tiny, photos, "--provider cpu", lambda t: ["--provider", "cuda"])

@@ -74,7 +74,10 @@ def test_remove_leaves_no_trace(two_models: Path) -> None:
     assert old_b and all_hits(db, "response") & old_b
     result = invoke("remove", "b", "--db", db)
     assert result.exit_code == 0, result.output
-    assert result.output == f"Removed b ({len(old_b)} neurons) from {db}.\n"
+    assert result.output == (
+        f"Removed b ({len(old_b)} neurons) from {db}.\n"
+        "The file keeps its size until 'onnx-nfi compact' (or remove --compact) rewrites it.\n"
+    )
     for kind in KINDS:
         assert not all_hits(db, kind) & old_b
     check_in_step(db)

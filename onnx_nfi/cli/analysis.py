@@ -16,10 +16,11 @@ from onnx_nfi.cli.common import (
     ColorMode,
     Db,
     Indexes,
+    InputSize,
     LayerPatterns,
     Preprocess,
-    Provider,
     ProgressBars,
+    Provider,
     Rho,
     Silent,
     app,
@@ -28,7 +29,7 @@ from onnx_nfi.cli.common import (
     user_errors,
     wrote,
 )
-from onnx_nfi.config import HELP, AnalyzeConfig
+from onnx_nfi.config import HELP, AnalyzeConfig, parse_size
 
 if TYPE_CHECKING:
     from onnx_nfi.api import AnalysisSummary
@@ -52,6 +53,11 @@ def analyze(
     indexes: Indexes = DEFAULT_INDEXES,
     color_mode: ColorMode = AnalyzeConfig.color_mode,
     rho: Rho = AnalyzeConfig.rho,
+    input_size: InputSize = None,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help=HELP["max_pixels"])] = AnalyzeConfig.max_pixels,
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", help=HELP["lock_timeout"])
+    ] = AnalyzeConfig.lock_timeout,
     silent: Silent = False,
 ) -> None:
     """Scan IMAGES with MODEL and index every neuron of every conv layer into the database."""
@@ -60,7 +66,7 @@ def analyze(
     config = AnalyzeConfig(
         top_n=top_n, batch_size=batch_size, provider=provider, preprocess=preprocess, labels=labels,
         layers=tuple(layers or ()), nf=nf, nf_max_size=nf_max_size, indexes=(indexes,), color_mode=color_mode,
-        rho=rho,
+        rho=rho, input_size=input_size, max_pixels=max_pixels, lock_timeout=lock_timeout,
     )
     with ProgressBars(silent) as bars:
         summary = api.analyze(model, images, db=db, name=name, config=config, progress=bars)
@@ -81,6 +87,22 @@ def print_summary(s: AnalysisSummary) -> None:
         highlight=False,
     )
     out.print(f"Results: {s.db} (run {s.run_id})", highlight=False)
+    for warning in s.warnings:
+        out.print(f"Warning: {warning}", highlight=False, markup=False)
+    shown = s.skipped[:SKIPPED_SHOWN]
+    if shown:
+        out.print(f"Skipped {len(s.skipped)} file(s):", highlight=False)
+    for path, reason in shown:
+        out.print(f"  {path}: {reason}", highlight=False, markup=False)
+    if len(s.skipped) > len(shown):
+        out.print(
+            f"  … and {len(s.skipped) - len(shown)} more (SELECT path, reason FROM skipped_images WHERE run_id = {s.run_id})",
+            highlight=False, markup=False,
+        )
+
+
+#: Skipped files listed in the summary; the rest are in the ``skipped_images`` table.
+SKIPPED_SHOWN = 20
 
 
 @app.command("index")
@@ -113,6 +135,7 @@ def index_cmd(
 def layers_cmd(
     model: Annotated[Path, typer.Argument(help="ONNX model file.")],
     preprocess: Preprocess = None,
+    input_size: InputSize = None,
     verify_rf: Annotated[
         bool, typer.Option("--verify-rf", help="Also measure each RF empirically and report differences.")
     ] = False,
@@ -120,8 +143,9 @@ def layers_cmd(
     """List the conv layers: alias, tensor, op chain, channels, output size, receptive field."""
     from onnx_nfi import api
 
-    infos = api.layers(model, preprocess=preprocess)
-    mismatches = api.verify_receptive_fields(model, preprocess=preprocess) if verify_rf else None
+    size = parse_size(input_size) if input_size else None
+    infos = api.layers(model, preprocess=preprocess, input_size=size)
+    verified = api.verify_receptive_fields(model, preprocess=preprocess, input_size=size) if verify_rf else None
     rows = []
     for info in infos:
         rf, layer = info.rf, info.layer
@@ -131,14 +155,20 @@ def layers_cmd(
             f"{rf.stride[0]}x{rf.stride[1]}", f"{rf.offset[0]},{rf.offset[1]}",
         ))
     print_table(["alias", "tensor", "ops", "channels", "output", "rf size", "rf stride", "rf offset"], rows)
-    if mismatches is None:
+    if verified is None:
         return
-    for layer_name, problems in mismatches.items():
+    for layer_name, problems in verified.mismatches.items():
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         out.print(f"RF mismatch in {layer_name}: {problems[0]}{more}", highlight=False)
-    if mismatches:
+    if verified.mismatches:
         raise typer.Exit(1)
     out.print(f"Receptive fields verified empirically for all {len(infos)} layers.", highlight=False)
+    if verified.effective_smaller:
+        out.print(
+            f"Effective fields smaller than the theoretical ones (the weights leave border pixels without influence) in "
+            f"{len(verified.effective_smaller)} layers: {', '.join(verified.effective_smaller)}.",
+            highlight=False,
+        )
 
 
 @app.command()

@@ -48,6 +48,7 @@ Indexes = Annotated[str, typer.Option("--indexes", help=HELP["indexes"])]
 ColorMode = Annotated[str, typer.Option("--color-mode", help=HELP["color_mode"])]
 Rho = Annotated[float, typer.Option("--rho", help=HELP["rho"])]
 LayerPatterns = Annotated[list[str] | None, typer.Option("--layers", help=HELP["layers"])]
+InputSize = Annotated[str | None, typer.Option("--input-size", help=HELP["input_size"])]
 Png = Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")]
 ModelName = Annotated[str, typer.Argument(help="Model name in the database.")]
 
@@ -121,6 +122,14 @@ class ProgressBars:
         self.progress.__exit__(*exc)  # type: ignore[arg-type]
 
     def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase == "lock":  # a line, not a bar: it must be seen even without bars (logs, --silent)
+            if phase not in self.tasks:
+                self.tasks[phase] = None
+                console.print(
+                    f"The database is locked by another process; waiting up to {total} s for it (--lock-timeout).",
+                    highlight=False,
+                )
+            return
         if phase not in self.tasks:
             self.tasks[phase] = self.progress.add_task(self.LABELS.get(phase, phase), total=total, rate="")
         task = self.tasks[phase]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,6 +25,9 @@ from onnx_nfi.cli.common import (
     wrote,
 )
 from onnx_nfi.config import AnalyzeConfig
+
+if TYPE_CHECKING:
+    from onnx_nfi.store.compact import CompactSummary
 
 #: Output formats of ``sql`` (parquet is written by DuckDB itself, to a file).
 SQL_FORMATS = ("table", "csv", "json", "parquet")
@@ -60,12 +63,38 @@ def sql_cmd(
 
 @app.command("remove")
 @user_errors
-def remove_cmd(model: ModelName, db: Db = Path(DEFAULT_DB)) -> None:
+def remove_cmd(
+    model: ModelName,
+    db: Db = Path(DEFAULT_DB),
+    compact: Annotated[bool, typer.Option("--compact", help="Also rewrite the file to free the space.")] = False,
+) -> None:
     """Delete a model's rows everywhere and its vectors from the search indexes."""
     from onnx_nfi import api
 
     summary = api.remove(db, model)
     out.print(f"Removed {summary.model} ({summary.neurons} neurons) from {db}.", highlight=False)
+    if compact:
+        print_compacted(api.compact(db))
+    else:
+        out.print("The file keeps its size until 'onnx-nfi compact' (or remove --compact) rewrites it.", highlight=False)
+
+
+@app.command("compact")
+@user_errors
+def compact_cmd(db: Db = Path(DEFAULT_DB)) -> None:
+    """Rewrite the database file without the space that removed or replaced rows left behind."""
+    from onnx_nfi import api
+
+    print_compacted(api.compact(db))
+
+
+def print_compacted(s: CompactSummary) -> None:
+    """Sizes before and after a compaction."""
+    out.print(
+        f"Compacted {s.db}: {s.bytes_before / 2**20:.1f} MiB -> {s.bytes_after / 2**20:.1f} MiB "
+        f"({max(s.freed, 0) / 2**20:.1f} MiB freed).",
+        highlight=False,
+    )
 
 
 @app.command("probe")

@@ -8,9 +8,12 @@ first-level sub-folder (ImageFolder), a CSV, the model's own prediction, or nowh
 from __future__ import annotations
 
 import csv
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from onnx_nfi.data.limits import DEFAULT_MAX_PIXELS, too_large
 from onnx_nfi.errors import ImageError
 
 #: Extensions OpenCV decodes (imread); other files are reported as skipped, not silently lost.
@@ -36,6 +39,7 @@ class ImageSet:
     files: tuple[ImageFile, ...]
     rejected: tuple[tuple[Path, str], ...]
     label_source: str  # "folder" | "csv" | "predicted" | "none"
+    warnings: tuple[str, ...] = ()  # label problems the summary must mention
 
 
 def parse_label_option(option: str) -> tuple[str, Path | None]:
@@ -48,33 +52,88 @@ def parse_label_option(option: str) -> tuple[str, Path | None]:
     return kind, Path(arg) if arg else None
 
 
-def list_images(root: str | Path, labels: str = "auto") -> ImageSet:
-    """Walk ``root`` and attach labels; raises ImageError when there is nothing to scan."""
+def list_images(root: str | Path, labels: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSet:
+    """Walk ``root`` and attach labels; raises ImageError when there is nothing to scan.
+
+    Everything that is not scanned is in ``rejected`` with its reason (other file types, folders
+    that cannot be read, FIFOs and devices, images above ``max_pixels`` by their header), so the
+    summary can list it; nothing under ``root`` is ignored silently except hidden names.
+    """
     root = Path(root)
     if not root.is_dir():
         raise ImageError(f"image folder {root} does not exist or is not a folder; pass the folder that holds the images")
     kind, arg = parse_label_option(labels)
     root = root.resolve()
-    paths = sorted(
-        (p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
-    candidates = [p for p in paths if p.suffix.lower() in IMAGE_EXTENSIONS]
-    rejected = tuple((p, f"unsupported file type '{p.suffix or '(none)'}'") for p in paths if p.suffix.lower() not in IMAGE_EXTENSIONS)
-    if not candidates:
-        raise ImageError(
-            f"no image files under {root}; put .jpg/.png/… files there (sub-folders name their class)"
+    paths, rejected = _walk(root)
+    candidates = []
+    for p in paths:
+        reason = (
+            f"unsupported file type '{p.suffix or '(none)'}'" if p.suffix.lower() not in IMAGE_EXTENSIONS
+            else too_large(p, max_pixels)
         )
+        if reason:
+            rejected.append((p, reason))
+        else:
+            candidates.append(p)
+    if not candidates:
+        why = f" ({len(rejected)} skipped, e.g. {rejected[0][0].name}: {rejected[0][1]})" if rejected else ""
+        raise ImageError(f"no image files under {root}{why}; put .jpg/.png/… files there (sub-folders name their class)")
     if kind == "auto":
         kind = "folder" if any(p.parent != root for p in candidates) else "none"
+    warnings: list[str] = []
     if kind == "folder":
         files = tuple(ImageFile(p, p.relative_to(root).parts[0] if p.parent != root else None) for p in candidates)
+        loose = sum(f.label is None for f in files)
+        if loose:
+            warnings.append(
+                f"{loose} image(s) directly in {root} have no class (classes are sub-folder names); "
+                "move them into a class folder or they count as unlabelled"
+            )
     elif kind == "csv" and arg is not None:  # parse_label_option guarantees the file for csv
         table = _read_csv_labels(arg, root)
         files = tuple(ImageFile(p, table.get(p)) for p in candidates)
+        matched = sum(f.label is not None for f in files)
+        if matched < len(files):
+            warnings.append(
+                f"label file {arg} labels {matched} of {len(files)} images; the others are unlabelled "
+                "(its paths are relative to the image folder or absolute)"
+            )
     else:
         files = tuple(ImageFile(p, None) for p in candidates)
-    return ImageSet(root=root, files=files, rejected=rejected, label_source=kind)
+    rejected.sort(key=lambda r: r[0].as_posix())
+    return ImageSet(root=root, files=files, rejected=tuple(rejected), label_source=kind, warnings=tuple(warnings))
+
+
+def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Regular files under ``root`` in sorted relative-path order, and what could not be listed or
+    is not a regular file (FIFOs would block a reader; devices are endless)."""
+    files: list[Path] = []
+    rejected: list[tuple[Path, str]] = []
+
+    def unreadable(exc: OSError) -> None:
+        rejected.append((Path(exc.filename or root), f"cannot read folder ({exc.strerror or exc})"))
+
+    seen: set[str] = set()  # real paths of folders walked: linked folders are followed, loops are not
+    for folder, dirs, names in os.walk(root, onerror=unreadable, followlinks=True):
+        seen.add(os.path.realpath(folder))
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(folder, d)) not in seen
+        )
+        for name in names:
+            if name.startswith("."):
+                continue
+            path = Path(folder) / name
+            try:
+                mode = path.stat().st_mode
+            except OSError as exc:  # a dangling link or a vanished file
+                rejected.append((path, f"cannot read file ({exc.strerror or exc})"))
+                continue
+            if stat.S_ISREG(mode):
+                files.append(path)
+            elif not stat.S_ISDIR(mode):
+                rejected.append((path, "not a regular file (a FIFO, socket or device)"))
+    files.sort(key=lambda p: p.relative_to(root).as_posix())
+    return files, rejected
 
 
 def _read_csv_labels(path: Path, root: Path) -> dict[Path, str]:

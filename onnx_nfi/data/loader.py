@@ -21,6 +21,10 @@ import numpy as np
 from onnx_nfi.data.images import ImageFile
 from onnx_nfi.data.preprocess import Preprocessing
 
+# Every unreadable file becomes a reason in the summary; OpenCV's own "[ WARN:0@…]" lines on
+# stderr would only repeat it, raw, in the middle of the progress bars.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
 
 @dataclass(frozen=True)
 class Decoded:
@@ -52,7 +56,10 @@ def decode(file: ImageFile, pre: Preprocessing, normalise: bool = False) -> Deco
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         return Decoded(file, None, digest, "empty file")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:  # IMREAD_COLOR applies a JPEG's EXIF orientation: the image is seen upright
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # e.g. more pixels than OpenCV allows (a header the size check could not read)
+        return Decoded(file, None, digest, f"cannot be decoded ({str(exc).strip().splitlines()[-1]})")
     if image is None:
         return Decoded(file, None, digest, "not a decodable image (corrupt, truncated or another format)")
     display = pre.to_display(image)

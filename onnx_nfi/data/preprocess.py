@@ -30,6 +30,15 @@ _INTERPOLATION = {
     "nearest": cv2.INTER_NEAREST,
 }
 _REQUIRED_KEYS = ("layout", "channel_order", "input_size", "resize", "crop", "pixel_scale", "mean", "std")
+#: Keys of ``resize`` and ``crop`` the product honours; any other is refused, never ignored.
+_RESIZE_KEYS = frozenset({"mode", "size", "height", "width", "interpolation", "library"})
+_CROP_KEYS = frozenset({"mode", "height", "width"})
+#: ``resize.library``: OpenCV (default) or Pillow's resampling, for models trained on Pillow-resized images.
+_LIBRARIES = ("opencv", "pillow")
+#: Top-level keys that name classes: only ``--labels predicted`` uses class names (from a names file).
+_CLASS_NAME_KEYS = ("class_names", "classes", "labels")
+#: Largest plausible |normalised input|: 255 for the raw preset; mean/std in 0-1 units with pixel_scale 1 give ~1100.
+_MAX_PLAUSIBLE_INPUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,27 @@ class Preprocessing:
         data = asdict(self)
         extra = data.pop("extra")
         return json.dumps({**extra, **data}, sort_keys=True)
+
+    def warnings(self) -> tuple[str, ...]:
+        """What is implausible about this preprocessing (an analysis still runs, but the user should know)."""
+        found = []
+        scale = np.float64(self.pixel_scale)
+        lo = [(0.0 - m) / s for m, s in zip(self.mean, self.std)]
+        hi = [(255.0 * scale - m) / s for m, s in zip(self.mean, self.std)]
+        extreme = max(abs(v) for v in lo + hi)
+        spread = min(abs(h - low) for h, low in zip(hi, lo))
+        if extreme > _MAX_PLAUSIBLE_INPUT or spread < 0.05:
+            found.append(
+                f"preprocessing {self.name} maps pixels 0..255 to {min(lo):.4g}..{max(hi):.4g} "
+                f"(pixel_scale {self.pixel_scale:g}, mean {list(self.mean)}, std {list(self.std)}); "
+                "networks expect roughly -3..3 or 0..255: are mean/std in the units of pixel·pixel_scale?"
+            )
+        named = [k for k in _CLASS_NAME_KEYS if k in self.extra]
+        if named:
+            found.append(
+                f"preprocessing key {named[0]!r} is not used; class names come from --labels predicted:NAMES.txt"
+            )
+        return tuple(found)
 
     def to_display(self, bgr: np.ndarray) -> np.ndarray:
         """Resize and crop a decoded BGR image to the RGB uint8 image of ``input_size``.
@@ -102,6 +132,8 @@ class Preprocessing:
             return img
         if (new_h, new_w) == (h, w):
             return img
+        if self.resize.get("library", "opencv") == "pillow":
+            return _pillow_resize(img, (new_w, new_h), self.resize.get("interpolation", "bilinear"))
         return cv2.resize(img, (new_w, new_h), interpolation=interp)
 
     def _crop(self, img: np.ndarray) -> np.ndarray:
@@ -113,6 +145,15 @@ class Preprocessing:
             return img
         top, left = (h - ch) // 2, (w - cw) // 2
         return img[top : top + ch, left : left + cw]
+
+
+def _pillow_resize(img: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
+    """Pillow's resampling (antialiased when shrinking, unlike OpenCV's bilinear), as torchvision's
+    PIL-based transforms apply it."""
+    from PIL import Image
+
+    methods = {"bilinear": Image.BILINEAR, "area": Image.BOX, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+    return np.asarray(Image.fromarray(img).resize(size, methods[interpolation]))
 
 
 def _preset(name: str, mean: tuple, std: tuple, pixel_scale: float, order: str) -> dict[str, Any]:
@@ -187,6 +228,11 @@ def from_dict(data: dict[str, Any], source: str, dtype: str = "float32") -> Prep
         problems.append("resize.height and resize.width are required with mode exact")
     if resize.get("interpolation", "bilinear") not in _INTERPOLATION:
         problems.append(f"resize.interpolation must be one of {', '.join(_INTERPOLATION)}")
+    if resize.get("library", "opencv") not in _LIBRARIES:
+        problems.append(f"resize.library must be one of {', '.join(_LIBRARIES)}")
+    unknown = sorted(set(resize) - _RESIZE_KEYS) + sorted(f"crop.{k}" for k in set(crop) - _CROP_KEYS)
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(unknown)} (not honoured; remove them)")
     if crop.get("mode", "none") not in ("center", "none"):
         problems.append("crop.mode must be center or none")
     if crop.get("mode") == "center" and not {"height", "width"} <= crop.keys():

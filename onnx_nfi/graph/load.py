@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, shape_inference
+from onnx import TensorProto, numpy_helper, shape_inference
 
 from onnx_nfi.errors import ModelError
 from onnx_nfi.files import file_sha256
@@ -21,6 +21,11 @@ from onnx_nfi.graph.proto import BATCH_DIM, with_input_size  # noqa: F401  (BATC
 #: Metadata key, set on protos of external-data models, naming the folder onnxruntime reads the
 #: weights from: every session made from a derived proto (instrumented, pruned, probed) finds them.
 EXTERNAL_DATA_DIR = "onnx_nfi.external_data_dir"
+
+#: Oldest default-domain opset onnxruntime runs.
+MIN_OPSET = 7
+#: Op domains onnxruntime implements itself; a node of any other domain needs a custom-op library.
+RUNTIME_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.preview.training"})
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,24 @@ class LoadedModel:
     path: Path
     sha256: str
     input: InputSpec
+    #: Facts about the model the user should hear (a dynamic size filled in, convs left out, batch 1).
+    notices: tuple[str, ...] = ()
+
+    @property
+    def batch_one_inside(self) -> bool:
+        """True when the export fixed batch 1 and a ``Reshape`` feeding a conv hard-codes it (Caffe2's
+        ShuffleNet reshapes to ``{1, g, c/g, h, w}``): such a model runs one image at a time."""
+        return self.input.batch == 1 and _reshape_to_batch_one_before_conv(self.proto.graph)
+
+    @property
+    def has_class_head(self) -> bool:
+        """Whether the first output is class scores: ``[N, K]`` (or ``[N, K, 1, 1]``) with K > 1, which
+        ``--labels predicted`` needs; a feature-map output would give meaningless "classes"."""
+        out = self.proto.graph.output[0].type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in out.shape.dim] if out.HasField("shape") else []
+        if len(dims) == 4 and self.input.layout == "NHWC":
+            dims = [dims[0], dims[3], dims[1], dims[2]]
+        return len(dims) in (2, 4) and dims[1] > 1 and all(d == 1 for d in dims[2:])
 
     @property
     def opset(self) -> int:
@@ -68,6 +91,7 @@ def load_model(path: str | Path, input_size: tuple[int, int] | None = None) -> L
         raise ModelError(f"{path} is not an ONNX model ({type(exc).__name__}); export your model to ONNX first") from None
     if not proto.graph.node:
         raise ModelError(f"{path} is not an ONNX model (it has no graph nodes); export your model to ONNX first")
+    _check_opset(proto, path)
     external = _has_external_data(proto)
     try:
         if external:
@@ -78,6 +102,7 @@ def load_model(path: str | Path, input_size: tuple[int, int] | None = None) -> L
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path} is not a valid ONNX model: {first}") from None
     spec = _find_input(proto, path)
+    notices = _custom_ops(proto, path)
     if (spec.height == 0 or spec.width == 0) and input_size:
         spec = replace(spec, height=int(input_size[0]), width=int(input_size[1]))
     proto = with_input_size(proto, spec.name, spec.layout, (spec.height, spec.width))
@@ -89,7 +114,83 @@ def load_model(path: str | Path, input_size: tuple[int, int] | None = None) -> L
         proto = shape_inference.infer_shapes(proto, data_prop=True)
     except Exception as exc:
         raise ModelError(f"shape inference failed on {path}: {str(exc).splitlines()[0]}") from None
-    return LoadedModel(proto=proto, path=path.resolve(), sha256=file_sha256(path), input=spec)
+    return LoadedModel(proto=proto, path=path.resolve(), sha256=file_sha256(path), input=spec, notices=notices)
+
+
+def _check_opset(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse a default-domain opset onnxruntime cannot run, before anything else reads the graph
+    (an opset-5 graph otherwise loses its shapes and reads as having no conv layer)."""
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None:
+        return
+    newest = onnx.defs.onnx_opset_version()
+    if opset < MIN_OPSET:
+        raise ModelError(
+            f"{path} uses ONNX opset {opset}, older than the oldest onnxruntime runs ({MIN_OPSET}); convert it with "
+            f"onnx.version_converter.convert_version(model, 13) or export it again with a newer opset"
+        )
+    if opset > newest:
+        raise ModelError(
+            f"{path} uses ONNX opset {opset}, newer than the installed onnx supports ({newest}); "
+            f"upgrade onnx and onnxruntime, or export the model with opset {newest} or lower"
+        )
+
+
+def _ancestors(graph: onnx.GraphProto) -> dict[str, set[int]]:
+    """For every tensor, the indices of the nodes it depends on (nodes are in topological order)."""
+    deps: dict[str, set[int]] = {}
+    for i, node in enumerate(graph.node):
+        up = {i}.union(*(deps.get(name, set()) for name in node.input if name))
+        for out in node.output:
+            deps[out] = up
+    return deps
+
+
+def _custom_ops(proto: onnx.ModelProto, path: Path) -> tuple[str, ...]:
+    """Nodes of a domain onnxruntime does not implement: an error when every conv depends on one
+    (nothing could be analysed), a notice naming the convs left out when only some do."""
+    graph = proto.graph
+    custom = [i for i, n in enumerate(graph.node) if n.domain not in RUNTIME_DOMAINS]
+    if not custom:
+        return ()
+    first = graph.node[custom[0]]
+    name = f"{first.name or first.output[0]} ({first.domain}::{first.op_type})"
+    deps = _ancestors(graph)
+    convs = [(i, n) for i, n in enumerate(graph.node) if n.op_type == "Conv"]
+    blocked = [n for i, n in convs if deps[n.output[0]] & set(custom)]
+    fix = "export the model without it, or replace it by standard ONNX ops"
+    if convs and len(blocked) == len(convs):
+        raise ModelError(f"{path}: node {name} uses an op onnxruntime cannot run, and every conv layer depends on it; {fix}")
+    if not blocked:
+        return ()
+    first_blocked = blocked[0].name or blocked[0].output[0]
+    return (
+        f"{len(blocked)} of {len(convs)} conv nodes come after node {name}, an op onnxruntime cannot run, and are "
+        f"not analysed (first: {first_blocked}); to analyse them, {fix}",
+    )
+
+
+def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Initializers and ``Constant`` node outputs as arrays (external data is not read)."""
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_location != TensorProto.EXTERNAL}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            value = next((a for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                values[node.output[0]] = numpy_helper.to_array(value.t)
+    return values
+
+
+def _reshape_to_batch_one_before_conv(graph: onnx.GraphProto) -> bool:
+    """Whether a ``Reshape`` to a constant shape starting with 1 (rank > 2) lies upstream of a conv."""
+    values = _constant_values(graph)
+    deps = _ancestors(graph)
+    reshapes = {
+        i for i, n in enumerate(graph.node)
+        if n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] in values
+        and values[n.input[1]].size > 2 and int(values[n.input[1]].ravel()[0]) == 1
+    }
+    return bool(reshapes) and any(deps[n.output[0]] & reshapes for n in graph.node if n.op_type == "Conv")
 
 
 def _has_external_data(proto: onnx.ModelProto) -> bool:

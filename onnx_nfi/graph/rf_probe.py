@@ -20,6 +20,7 @@ The measurement is of windows clipped to the image; ``fit_receptive_field`` find
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 
@@ -29,11 +30,14 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 
 from onnx_nfi.graph.receptive_field import GraphTrace, ReceptiveField, clipped_windows, global_field
-from onnx_nfi.graph.proto import BATCH_DIM, exposing, with_input_size
+from onnx_nfi.graph.proto import BATCH_DIM, exposing, shape_table, with_input_size
 from onnx_nfi.graph.rf_walk import trace_graph
 from onnx_nfi.graph.session import session_options
 
 CHUNK = 32  # perturbed images per onnxruntime call (outputs of all probed tensors are held per chunk)
+#: Bytes the probed outputs of one chunk may take: deep, wide models (VGG19: ~60 MB of maps per image)
+#: get smaller chunks instead of gigabytes of held outputs.
+CHUNK_BYTES = 256 * 2**20
 _MAX_DENOMINATOR = 8  # fractional jumps the fit considers (Resize ×2…×8 below the input's resolution)
 
 # per tensor: (y windows, x windows), each an (n, 2) int array of clipped half-open input intervals
@@ -103,6 +107,27 @@ def compare_windows(analytic: Windows, measured: Windows) -> list[str]:
     return problems
 
 
+def outside_windows(analytic: Windows, measured: Windows) -> tuple[list[str], bool]:
+    """Measured pixels outside the analytic (theoretical) windows, and whether any measured window is
+    strictly smaller than its analytic one.
+
+    The analytic field is every pixel a neuron *can* see; the probe measures the pixels it *does*
+    respond to with these weights (the effective field): zero or constant weights, saturated units
+    and max pools shrink it. Only an influencing pixel outside the analytic window proves the
+    analytic field wrong; a smaller measured window is a property of the weights.
+    """
+    problems, smaller = [], False
+    for axis, a, m in zip("yx", analytic, measured):
+        hit = m[:, 1] > m[:, 0]
+        out = hit & ((m[:, 0] < a[:, 0]) | (m[:, 1] > a[:, 1]))
+        for i in np.flatnonzero(out):
+            problems.append(
+                f"{axis}[{i}]: measured [{m[i, 0]}, {m[i, 1]}) reaches outside the analytic [{a[i, 0]}, {a[i, 1]})"
+            )
+        smaller = smaller or bool((~out & ((m != a).any(axis=1))).any())
+    return problems, smaller
+
+
 # ----------------------------------------------------------------------------------- measurement
 class _Prober:
     """Runs the perturbed batches; one onnxruntime session per (tensor set, frozen) request."""
@@ -131,15 +156,17 @@ class _Prober:
         self.bases = [rng.uniform(0.0, 1.0, shape).astype(self.dtype) for _ in range(repeats)]
         self.deltas = [rng.uniform(0.5, 1.0, shape).astype(self.dtype) for _ in range(repeats)]
         self.batched = True
+        self.chunk = CHUNK  # set per measured tensor set (see _chunk)
 
     def measure(self, tensors: list[str], frozen: bool) -> dict[str, Windows]:
         session, summaries = self._session(tensors, frozen)
+        self.chunk = self._chunk(tensors)
         influence = {name: [None, None] for name in tensors}
         for base, delta in zip(self.bases, self.deltas):
             fixed = self._summaries(base, summaries) if frozen else {}
             reference = self._run(session, base, fixed)
             # batching must not change the numbers; if a kernel does, changes below its noise are not counted
-            copies = self._run(session, np.repeat(base, CHUNK, axis=0), fixed)
+            copies = self._run(session, np.repeat(base, self.chunk, axis=0), fixed)
             noise = [float(np.abs(c - r).max()) if c.dtype.kind == "f" else 0.0 for c, r in zip(copies, reference)]
             for sign in (1, -1):
                 for axis_index, image_axis in enumerate((self.y_axis, self.x_axis)):
@@ -153,6 +180,12 @@ class _Prober:
                                 influence[name][axis_index] = np.zeros(shape, bool)
                             influence[name][axis_index][rows] |= changed
         return {name: (_windows(inf[0]), _windows(inf[1])) for name, inf in influence.items()}
+
+    def _chunk(self, tensors: list[str]) -> int:
+        """Images per call such that the outputs, their references and differences fit ``CHUNK_BYTES``."""
+        shapes = shape_table(onnx.shape_inference.infer_shapes(self._sized()).graph)
+        per_image = sum(4 * math.prod(d or 1 for d in shapes.get(name, [1])[1:]) for name in tensors)
+        return max(1, min(CHUNK, CHUNK_BYTES // max(1, 3 * per_image)))
 
     def _changed_rows(self, name: str, diff: np.ndarray, axis_index: int) -> np.ndarray:
         """``(batch, n)``: which output indices along image axis ``axis_index`` have a changed value."""
@@ -168,8 +201,8 @@ class _Prober:
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Chunks of copies of ``base``, copy ``k`` with input row ``rows[k]`` moved by ``delta``."""
         extent = base.shape[image_axis]
-        for start in range(0, extent, CHUNK):
-            rows = np.arange(start, min(start + CHUNK, extent))
+        for start in range(0, extent, self.chunk):
+            rows = np.arange(start, min(start + self.chunk, extent))
             batch = np.repeat(base, len(rows), axis=0)
             moved = np.moveaxis(batch, image_axis, 1)  # view: (batch, rows, …)
             moved[np.arange(len(rows)), rows] += np.moveaxis(delta, image_axis, 1)[0, rows]
@@ -210,7 +243,7 @@ class _Prober:
 def _frozen(model: onnx.ModelProto, summaries: Sequence[str]) -> onnx.ModelProto:
     """The model with each summary-producing node removed and its output fed as a graph input."""
     inferred = onnx.shape_inference.infer_shapes(model)
-    values = {v.name: v for v in inferred.graph.value_info}
+    values = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.output)}  # a summary may be an output
     keep = [node for node in model.graph.node if not set(node.output) & set(summaries)]
     del model.graph.node[:]
     model.graph.node.extend(keep)
@@ -225,7 +258,11 @@ def _frozen(model: onnx.ModelProto, summaries: Sequence[str]) -> onnx.ModelProto
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), session_options(model), providers=["CPUExecutionProvider"])
+    options = session_options(model)
+    # a batch the graph refuses (Reshape to [1, -1]) is retried image by image: the runtime's own red
+    # error line about the refused batch would be noise, the exception alone says it
+    options.log_severity_level = 4
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _windows(influence: np.ndarray) -> np.ndarray:

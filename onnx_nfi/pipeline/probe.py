@@ -30,6 +30,7 @@ from onnx_nfi.scan.scanner import ScanResult, scan
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.vectors import ProbeSet, ids_by_layer, insert_vectors, read_probe, save_probe, sync_indexes
 
+
 @dataclass(frozen=True)
 class ProbeSummary:
     """What ``set_probe`` did."""
@@ -75,6 +76,22 @@ def probe_for_analysis(db: str | Path, files: Sequence[ImageFile], size: int) ->
         if stored is not None:
             return stored
     return choose_probe(files, size)
+
+
+#: Below this many probe images, response correlations (similar, match) are too noisy to trust.
+MIN_PROBE_IMAGES = 100
+
+
+def probe_warnings(probe: ProbeSet, images: int, size: int) -> tuple[str, ...]:
+    """What to say about the probe set of an analysis of ``images`` images (``size`` = --probe-size)."""
+    reset = "set a larger one with 'onnx-nfi probe DIR --force'"
+    if len(probe) < MIN_PROBE_IMAGES:
+        return (f"the similarity probe set has only {len(probe)} images (fewer than {MIN_PROBE_IMAGES}); "
+                f"similar/match scores are noisy; {reset}",)
+    if probe.stored and len(probe) < size and images > 4 * len(probe):
+        return (f"this analysis has {images} images but the database's similarity probe set only {len(probe)}, "
+                f"chosen by an earlier analysis; {reset}",)
+    return ()
 
 
 def complete_probe_scores(

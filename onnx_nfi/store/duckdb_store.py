@@ -7,8 +7,10 @@ objects); NaN in float columns becomes NULL, which is how undefined indexes are 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +26,63 @@ MODEL_TABLES = ("models", "images", "layers", "neurons", "top_activations", "cla
 
 Frame = Mapping[str, np.ndarray]
 
+#: (seconds to wait for another process's lock, callback(waited, timeout) while waiting); see lock_wait.
+_LOCK_WAIT: ContextVar[tuple[float, Callable[[int, int], None] | None]] = ContextVar("lock_wait", default=(0.0, None))
+#: Seconds between two attempts to open a locked database.
+_LOCK_POLL = 0.5
+
+
+@contextmanager
+def lock_wait(timeout: float, on_wait: Callable[[int, int], None] | None = None) -> Iterator[None]:
+    """Inside, opening a database another process holds waits up to ``timeout`` seconds, calling
+    ``on_wait(waited_s, timeout_s)`` while it waits, before refusing. Outside, it refuses at once:
+    waiting is for finished work about to be written, not for a run that has not started."""
+    token = _LOCK_WAIT.set((float(timeout), on_wait))
+    try:
+        yield
+    finally:
+        _LOCK_WAIT.reset(token)
+
+
+def _is_lock_error(exc: duckdb.Error) -> bool:
+    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+
 
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-    try:
-        return duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as exc:
+    timeout, on_wait = _LOCK_WAIT.get()
+    started = time.monotonic()
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as exc:
+            waited = time.monotonic() - started
+            if not _is_lock_error(exc) or waited >= timeout:
+                if _is_lock_error(exc) and timeout > 0:
+                    raise StoreError(
+                        f"database {path} is still locked by another process after {timeout:g} s; close it "
+                        "or raise --lock-timeout"
+                    ) from None
+                _raise_open_error(path, exc)
+            if on_wait is not None:
+                on_wait(int(waited), round(timeout))
+            time.sleep(min(_LOCK_POLL, max(0.0, timeout - waited)))
+
+
+def _raise_open_error(path: Path, exc: duckdb.Error) -> None:
+    """The one-line error of a database that cannot be opened."""
+    if isinstance(exc, duckdb.IOException):
         text = str(exc)
         if "lock" in text.lower():
             raise StoreError(f"database {path} is locked by another process; close it or use another --db") from None
         if "not a valid" in text.lower() or "database file" in text.lower() or "header" in text.lower():
             raise StoreError(f"{path} is not a DuckDB database; pass another --db path") from None
         raise StoreError(f"cannot open database {path}: {text.splitlines()[0]}; pass another --db file") from None
-    except duckdb.Error as exc:
-        raise StoreError(f"cannot open database {path}: {str(exc).splitlines()[0]}; pass another --db file") from None
+    raise StoreError(f"cannot open database {path}: {str(exc).splitlines()[0]}; pass another --db file") from None
+
+
+def quoted_path(path: Path) -> str:
+    """A path for single quotes in SQL text (COPY and ATTACH take no parameters): quotes doubled."""
+    return path.as_posix().replace("'", "''")
 
 
 def check_writable(path: str | Path) -> None:
@@ -180,9 +226,8 @@ class Store:
     def export_parquet(self, sql: str, target: str | Path) -> Path:
         """Write a query's result to a Parquet file with DuckDB's own writer."""
         target = Path(target)
-        quoted = target.as_posix().replace("'", "''")  # COPY takes no parameters: a quote in the path is doubled
         try:
-            self.con.execute(f"COPY ({sql}) TO '{quoted}' (FORMAT parquet)")
+            self.con.execute(f"COPY ({sql}) TO '{quoted_path(target)}' (FORMAT parquet)")
         except duckdb.Error as exc:
             raise StoreError(f"SQL error: {str(exc).strip().splitlines()[0]}") from None
         return target

@@ -71,11 +71,20 @@ def write_analysis(db: str | Path, record: AnalysisRecord) -> tuple[int, int]:
     return run_id, dead
 
 
-def write_index_run(db: str | Path, model: str, result: IndexResult) -> None:
-    """Replace a stored model's index columns, class frequencies and index vectors in one transaction."""
+def write_index_run(db: str | Path, model: str, result: IndexResult, config: AnalyzeConfig, started: dt.datetime) -> int:
+    """Replace a stored model's index columns, class frequencies and index vectors in one transaction,
+    with a ``runs`` row of kind ``index`` whose params say which indexes, rho and colour mode made them."""
     with Store.open(db) as store, store.transaction():
         write_indexes(store, model, result)
         store_index_vectors(store, model)
+        run_id = store.reserve_ids("runs", "run_id", 1)
+        store.insert("runs", {
+            "run_id": np.array([run_id], np.int32), "model": _repeat(model, 1), "kind": _repeat("index", 1),
+            "started_at": np.array([started], "datetime64[us]"),
+            "finished_at": np.array([dt.datetime.now()], "datetime64[us]"),
+            "provider": _repeat(config.provider, 1), "params": _repeat(config.to_json(), 1),
+        })
+    return run_id
 
 
 def write_indexes(store: Store, name: str, result: IndexResult) -> None:

@@ -24,14 +24,13 @@ same way and positions stay aligned.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from onnx_nfi.errors import StoreError
+from onnx_nfi.files import atomic_write
 from onnx_nfi.store.vector_backends import (
     Backend,
     FlatBackend,
@@ -163,16 +162,8 @@ class VectorIndex:
             "vectors": self._backend.vectors(),
             **self._backend.arrays(),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> VectorIndex:

@@ -10,8 +10,6 @@ now, so a replaced or removed neuron (ids are never reused) is never served.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from onnx_nfi.errors import StoreError
+from onnx_nfi.files import atomic_write, sweep_orphans
 from onnx_nfi.names import INDEX_COLUMNS, VECTOR_TABLES
 from onnx_nfi.neurons import similarity
 from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store
@@ -136,14 +135,8 @@ def index_dir(db: str | Path) -> Path:
 
 
 def _save_ids(path: Path, ids: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, ids)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        np.save(f, ids)
 
 
 def _load_index(path: Path, ids_path: Path) -> tuple[VectorIndex | None, np.ndarray | None]:
@@ -167,6 +160,10 @@ def in_step(store: Store, db: Path, kind: str) -> VectorIndex | None:
 
     table, folder = VECTOR_TABLES[kind], index_dir(db)
     path, ids_path = folder / f"{kind}.index", folder / f"{kind}.ids.npy"
+    try:
+        sweep_orphans(folder)  # temporaries of a save that was killed
+    except OSError:
+        pass  # a read-only folder: nothing this process could clean
     db_ids = (
         np.sort(np.asarray(store.columns(f"SELECT neuron_id FROM {table}")["neuron_id"], np.int64))
         if store.has_table(table) else np.empty(0, np.int64)

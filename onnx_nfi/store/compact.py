@@ -1,0 +1,65 @@
+"""Rewrite a database file without the space its deleted rows left behind.
+
+DuckDB reuses freed blocks but never shrinks its file: after ``remove`` or a re-analysis the file
+keeps its largest size. ``compact`` copies every table and view into a fresh file beside it
+(``COPY FROM DATABASE``), then renames it over the original, so a failure at any point leaves the
+original intact. The FAISS folder beside the database (``<db>.faiss``) is keyed by neuron ids,
+which the copy keeps, so it stays valid.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from onnx_nfi.errors import StoreError
+from onnx_nfi.store.duckdb_store import Store, quoted_path
+
+
+@dataclass(frozen=True)
+class CompactSummary:
+    """What ``compact`` did: the file's size before and after, in bytes."""
+
+    db: Path
+    bytes_before: int
+    bytes_after: int
+
+    @property
+    def freed(self) -> int:
+        return self.bytes_before - self.bytes_after
+
+
+def compact(db: str | Path) -> CompactSummary:
+    """Rewrite ``db`` into a fresh file and put it in place; returns the sizes."""
+    db = Path(db)
+    if not db.is_file():
+        raise StoreError(f"database {db} does not exist; pass the --db file to compact")
+    fresh = db.with_name(f"{db.name}.{os.getpid()}.compact")
+    before = db.stat().st_size + _wal_size(db)
+    try:
+        with Store.open(db) as store:
+            name = store.con.execute("SELECT current_database()").fetchone()[0]
+            store.con.execute("CHECKPOINT")
+            store.con.execute(f"ATTACH '{quoted_path(fresh)}' AS nfi_compact")
+            try:
+                store.con.execute(f'COPY FROM DATABASE "{name}" TO nfi_compact')
+            finally:
+                store.con.execute("DETACH nfi_compact")
+        os.replace(fresh, db)
+    except OSError as exc:
+        raise StoreError(f"cannot compact {db}: {exc.strerror or exc}; free some disk space and try again") from None
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise StoreError(f"cannot compact {db}: {first}; the database is unchanged (free disk space and retry)") from None
+    finally:
+        fresh.unlink(missing_ok=True)
+        Path(f"{fresh}.wal").unlink(missing_ok=True)
+    return CompactSummary(db, before, db.stat().st_size + _wal_size(db))
+
+
+def _wal_size(db: Path) -> int:
+    wal = Path(f"{db}.wal")
+    return wal.stat().st_size if wal.exists() else 0

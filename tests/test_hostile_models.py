@@ -1,0 +1,131 @@
+"""Any ONNX CNN: dynamic sizes and batch 1 inside are analysed; hostile files get one line each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from cli_helpers import invoke, query, scalar
+from conftest import TINY
+from hostile_models import shufflenet_like_net, two_conv_net
+from test_errors import ANALYZE_FAST, assert_clean_error
+
+from onnx_nfi.pipeline.models import open_model
+
+ONNX_LIGHT = Path(onnx.__file__).parent / "backend/test/data/light"
+
+
+def saved(model: onnx.ModelProto, tmp: Path, name: str = "m.onnx") -> Path:
+    onnx.save(model, tmp / name)
+    return tmp / name
+
+
+def test_dynamic_input_size_is_analysed_at_224_with_a_notice(tmp_path: Path, photo_dir: Path) -> None:
+    model = saved(two_conv_net(["N", 3, "H", "W"]), tmp_path)
+    db = tmp_path / "nfi.duckdb"
+    result = invoke("analyze", model, photo_dir, "--db", db, "--silent", *ANALYZE_FAST)
+    assert result.exit_code == 0, result.output
+    assert "Warning: the model's input size is dynamic; analysed at 224x224" in result.stdout
+    assert query(db, "SELECT input_height, input_width FROM models") == [(224, 224)]
+    # conv 3x3 valid twice: 224 - 2 - 2
+    assert query(db, "SELECT alias, height, width FROM layers ORDER BY depth") == [("conv1", 222, 222), ("conv2", 220, 220)]
+
+
+def test_dynamic_input_size_takes_input_size_option(tmp_path: Path, photo_dir: Path) -> None:
+    model = saved(two_conv_net(["N", 3, "H", "W"]), tmp_path)
+    db = tmp_path / "nfi.duckdb"
+    result = invoke("analyze", model, photo_dir, "--db", db, "--silent", "--input-size", "40,48", *ANALYZE_FAST)
+    assert result.exit_code == 0, result.output
+    assert "input size is dynamic" not in result.stdout
+    assert query(db, "SELECT height, width FROM layers ORDER BY depth") == [(38, 46), (36, 44)]
+    layers = invoke("layers", model, "--input-size", "40,48")
+    assert layers.exit_code == 0 and "36x44" in layers.stdout
+
+
+def test_input_size_on_a_fixed_model_is_refused(tmp_path: Path, photo_dir: Path) -> None:
+    assert_clean_error(
+        invoke("analyze", TINY, photo_dir, "--db", tmp_path / "x.duckdb", "--input-size", "32,32", *ANALYZE_FAST),
+        "drop --input-size",
+    )
+    assert_clean_error(invoke("analyze", TINY, photo_dir, "--input-size", "64", *ANALYZE_FAST), "H,W")
+
+
+def test_batch_one_inside_runs_one_image_at_a_time(tmp_path: Path, photo_dir: Path) -> None:
+    model = saved(shufflenet_like_net(), tmp_path)
+    lm, _ = open_model(model)
+    assert lm.batch_one_inside
+    assert not open_model(TINY)[0].batch_one_inside
+    db = tmp_path / "nfi.duckdb"
+    result = invoke("analyze", model, photo_dir, "--db", db, "--silent", "--batch-size", "8", *ANALYZE_FAST)
+    assert result.exit_code == 0, result.output
+    assert "hard-codes batch size 1 inside" in result.stdout
+    n_images = scalar(db, "SELECT count(*) FROM images")
+    assert n_images > 8
+    assert scalar(db, "SELECT (params::JSON ->> 'batch_size')::INT FROM runs") == 1
+    assert scalar(db, "SELECT count(*) FROM layers") == 2
+
+
+@pytest.mark.skipif(not (ONNX_LIGHT / "light_shufflenet.onnx").exists(), reason="onnx test data not installed")
+def test_onnx_test_shufflenet_topology_is_analysed(tmp_path: Path, photo_dir: Path) -> None:
+    db = tmp_path / "nfi.duckdb"
+    result = invoke("analyze", ONNX_LIGHT / "light_shufflenet.onnx", photo_dir, "--db", db, "--silent",
+                    "--layers", "conv1,conv2,conv3", *ANALYZE_FAST)
+    assert result.exit_code == 0, result.output
+    assert "hard-codes batch size 1 inside" in result.stdout
+    assert scalar(db, "SELECT count(*) FROM layers") == 3
+
+
+def truncated(tmp: Path) -> Path:
+    data = TINY.read_bytes()
+    (tmp / "m.onnx").write_bytes(data[: len(data) // 2])
+    return tmp / "m.onnx"
+
+
+HOSTILE = {
+    "truncated_file": (truncated, "export your model to ONNX"),
+    "opset_too_old": (lambda t: saved(two_conv_net(["N", 3, 16, 16], opset=5), t), "older than the oldest onnxruntime runs"),
+    "opset_too_new": (lambda t: saved(two_conv_net(["N", 3, 16, 16], opset=99), t), "newer than the installed onnx"),
+    "custom_op_before_first_conv": (
+        lambda t: saved(two_conv_net(["N", 3, 16, 16], custom="first"), t),
+        "(com.example::Scramble) uses an op onnxruntime cannot run, and every conv layer depends on it",
+    ),
+    "external_data_missing": (None, "external data"),
+}
+
+
+def external_missing(tmp: Path) -> Path:
+    model = onnx.load(str(TINY))
+    onnx.save(model, str(tmp / "m.onnx"), save_as_external_data=True, location="m.weights", size_threshold=1024)
+    (tmp / "m.weights").unlink()
+    return tmp / "m.onnx"
+
+
+HOSTILE["external_data_missing"] = (external_missing, "m.weights")
+
+
+@pytest.mark.parametrize("case", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_model_gets_one_line(case: tuple, tmp_path: Path, photo_dir: Path) -> None:
+    make, hint = case
+    model = make(tmp_path)
+    db = tmp_path / "nfi.duckdb"
+    assert_clean_error(invoke("analyze", model, photo_dir, "--db", db, *ANALYZE_FAST), hint)
+    assert not db.exists()
+    assert_clean_error(invoke("layers", model), hint)
+
+
+def test_custom_op_between_convs_names_the_convs_left_out(tmp_path: Path, photo_dir: Path) -> None:
+    model = saved(two_conv_net(["N", 3, 16, 16], custom="between"), tmp_path)
+    db = tmp_path / "nfi.duckdb"
+    result = invoke("analyze", model, photo_dir, "--db", db, "--silent", *ANALYZE_FAST)
+    assert result.exit_code == 0, result.output
+    assert "(com.example::Scramble), an op onnxruntime cannot run, and are not analysed" in result.stdout
+    assert scalar(db, "SELECT count(*) FROM layers") == 1
+
+
+def test_non_finite_activations_name_the_layer(tmp_path: Path, photo_dir: Path) -> None:
+    model = saved(two_conv_net(["N", 3, 16, 16], log=True), tmp_path)
+    db = tmp_path / "nfi.duckdb"
+    line = assert_clean_error(invoke("analyze", model, photo_dir, "--db", db, *ANALYZE_FAST), "non-finite activations")
+    assert "layer conv2" in line and "--layers" in line
+    assert not db.exists()
