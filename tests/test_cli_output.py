@@ -58,6 +58,8 @@ def test_analyze_output_is_exact(analysed: tuple[Path, str], photo_dir: Path) ->
         rf"Preprocessing: tiny_lite0; labels: folder\. Scan {number} s \({number} img/s\), NF {number} s, "
         rf"indexes {number} s, total {number} s\.",
         rf"Results: {re.escape(str(db.resolve()))} \(run 0\)",
+        rf"Warning: the similarity probe set has only {images} images \(fewer than 100\); similar/match scores are "
+        r"noisy; set a larger one with 'onnx-nfi probe DIR --force'",
     ]
     lines = stdout.splitlines()
     assert len(lines) == len(expected), stdout

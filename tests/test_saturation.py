@@ -1,4 +1,4 @@
-"""Saturating activations (ALGORITHMS.md §2): ties ranked and crops placed by the pre-activation.
+"""Saturating activations (docs/method.md §2): ties ranked and crops placed by the pre-activation.
 
 The graphs are built here with onnx.helper; every expectation comes from full maps out of
 onnxruntime (the activation's input and output) reduced with numpy, or from how the images were

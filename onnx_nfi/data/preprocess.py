@@ -6,7 +6,7 @@ in two steps:
 
 1. ``to_display``: decode result (BGR uint8 from OpenCV) -> resized, cropped RGB uint8 image of the
    network's input size. This is "the image as fed to the network before normalisation" of
-   ALGORITHMS.md §4: NF crops and grey images are cut from it.
+   docs/method.md §4: NF crops and grey images are cut from it.
 2. ``to_tensor``: a batch of such RGB images (uint8 or float, 0-255) -> the model's input tensor,
    ``x = (pixel * pixel_scale - mean) / std`` per channel in ``channel_order``, in ``layout``.
 """

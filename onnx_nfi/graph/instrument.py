@@ -1,8 +1,8 @@
 """Append per-channel spatial reductions to a model, so only ``batch × channels`` leave the runtime.
 
 For each selected layer tensor ``A`` of shape ``[N, C, H, W]`` the instrumented graph outputs
-``max_{y,x} A`` and the first row-major ``argmax`` (ALGORITHMS.md §1) as two ``[N, C]`` tensors.
-For a layer whose activation rises where positive (``Layer.pre_activation``, ALGORITHMS.md §2) the
+``max_{y,x} A`` and the first row-major ``argmax`` (docs/method.md §1) as two ``[N, C]`` tensors.
+For a layer whose activation rises where positive (``Layer.pre_activation``, docs/method.md §2) the
 argmax is taken on the activation's input ``P`` instead, and a third ``[N, C]`` output, ``max P``,
 breaks ties between equal scores. Its score is then ``f(max P)`` for a piecewise-linear ``f``
 (the activation node applied to the reduced maximum: equal to ``max f(P)`` bit for bit, and the

@@ -1,4 +1,4 @@
-"""Find the conv layers of an ONNX graph (ALGORITHMS.md §1).
+"""Find the conv layers of an ONNX graph (docs/method.md §1).
 
 A conv layer is a ``Conv`` node plus the chain that directly follows it: BatchNormalization,
 constant bias/scale arithmetic, and one activation (including the two-node forms ``x·Sigmoid(x)``
@@ -6,7 +6,7 @@ constant bias/scale arithmetic, and one activation (including the two-node forms
 is what exporters from PyTorch, Keras (tf2onnx) and Paddle produce for "conv + bn + act".
 
 A layer also records the tensor that enters its activation when the activation rises where its
-input is positive (ALGORITHMS.md §2): saturating units (ReLU6 at 6) are then ranked and located
+input is positive (docs/method.md §2): saturating units (ReLU6 at 6) are then ranked and located
 by how strongly the pre-activation drives them instead of by file order.
 """
 

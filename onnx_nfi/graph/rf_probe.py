@@ -1,6 +1,6 @@
 """Empirical receptive fields: perturb input rows/columns, see which output rows/columns change.
 
-This is the check on the analytic walk (rf_walk.py) demanded by ALGORITHMS.md §3 (nefesi's analytic windows
+This is the check on the analytic walk (rf_walk.py) demanded by docs/method.md §3 (nefesi's analytic windows
 drift by a pixel per strided layer in ResNet/MobileNet-style nets; a probe catches that). The
 requested tensors become extra outputs of a copy of the graph, run with onnxruntime on CPU on a
 random base image and on copies with one input row (column) replaced, all rows of a chunk in one

@@ -80,7 +80,7 @@ class NeuronCard:
     nf: np.ndarray
     crops: tuple[CardCrop, ...]
     values: dict[str, Any]  # non-NULL index columns, in CARD_COLUMNS order
-    #: top images sharing the largest activation, ranked and placed by the pre-activation (ALGORITHMS.md §2)
+    #: top images sharing the largest activation, ranked and placed by the pre-activation (docs/method.md §2)
     saturated_top: int | None = None
 
 

@@ -1,4 +1,4 @@
-"""Streaming, mergeable per-neuron statistics (ALGORITHMS.md §2).
+"""Streaming, mergeable per-neuron statistics (docs/method.md §2).
 
 ``TopN`` keeps, per neuron, the N best (score, image, location) triples sorted by score
 descending, on equal scores by a tie-break key descending (the pre-activation maximum of a

@@ -88,7 +88,7 @@ def layer_summary_sql() -> str:
     """``layer_summary``: per model and layer, counts and mean/median/p90 of every index column.
 
     ``saturated`` counts the live neurons whose largest score is shared by several top images
-    (``neurons.saturated_top > 1``): their order and crops come from the pre-activation (ALGORITHMS.md §2).
+    (``neurons.saturated_top > 1``): their order and crops come from the pre-activation (docs/method.md §2).
     """
     aggregates = ",\n    ".join(
         f"avg({c}) AS {c}_mean, median({c}) AS {c}_median, quantile_cont({c}, 0.9) AS {c}_p90"
