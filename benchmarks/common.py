@@ -78,3 +78,10 @@ def write_results(name: str, markdown: str, data: dict[str, Any], out: Path | No
 def scratch_dir(prefix: str) -> Path:
     """A temporary folder for generated inputs (the caller removes it)."""
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    """A GitHub-markdown table from a header and rows of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

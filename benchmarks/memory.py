@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LITE0, demo_photos, load_average, machine, machine_line, scratch_dir, write_results  # noqa: E402
+from common import (  # noqa: E402
+    LITE0, demo_photos, load_average, machine, machine_line, markdown_table, scratch_dir, write_results,
+)
 
 #: The child: one scan, then its own peak RSS (KiB on Linux) and timings as JSON on stdout.
 CHILD = """
@@ -88,16 +90,10 @@ def main() -> None:
         "load_average": [load_start, load_average()],
         "seconds": time.perf_counter() - started,
     }
-    table = "\n".join(
-        [
-            "| images | peak RSS MiB | RSS before the scan MiB | vs first | scan s | process s |",
-            "|---|---|---|---|---|---|",
-            *(
-                f"| {r['images']} | {r['peak_kib'] / 1024:.0f} | {r['before_scan_kib'] / 1024:.0f} | "
-                f"{100 * (r['peak_kib'] / base - 1):+.1f} % | {r['scan_s']:.1f} | {r['total_s']:.1f} |"
-                for r in rows
-            ),
-        ]
+    table = markdown_table(
+        ["images", "peak RSS MiB", "RSS before the scan MiB", "vs first", "scan s", "process s"],
+        [[r["images"], f"{r['peak_kib'] / 1024:.0f}", f"{r['before_scan_kib'] / 1024:.0f}",
+          f"{100 * (r['peak_kib'] / base - 1):+.1f} %", f"{r['scan_s']:.1f}", f"{r['total_s']:.1f}"] for r in rows],
     )
     md = (
         f"# memory.py: peak memory of a scan vs number of images\n\n{machine_line(data['machine'])}\n\n"

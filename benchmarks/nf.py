@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LITE0, demo_photos, load_average, machine, machine_line, write_results  # noqa: E402
+from common import LITE0, demo_photos, load_average, machine, machine_line, markdown_table, write_results  # noqa: E402
 
 from onnx_nfi.data.display import DisplayImages  # noqa: E402
 from onnx_nfi.graph.model_layers import model_layers  # noqa: E402
@@ -83,16 +83,10 @@ def main() -> None:
         "load_average": [load_start, load_average()],
         "seconds": time.perf_counter() - started,
     }
-    table = "\n".join(
-        [
-            "| repeat | nf_max_size | scan s | NF phase s (decoding included) | NF / scan |",
-            "|---|---|---|---|---|",
-            *(
-                f"| {k // len(args.nf_max_size) + 1} | {r['nf_max_size']} | {r['scan_s']:.2f} | {r['phase_s']:.2f} "
-                f"| {r['phase_s'] / r['scan_s']:.3f} |"
-                for k, r in enumerate(rows)
-            ),
-        ]
+    table = markdown_table(
+        ["repeat", "nf_max_size", "scan s", "NF phase s (decoding included)", "NF / scan"],
+        [[k // len(args.nf_max_size) + 1, r["nf_max_size"], f"{r['scan_s']:.2f}", f"{r['phase_s']:.2f}",
+          f"{r['phase_s'] / r['scan_s']:.3f}"] for k, r in enumerate(rows)],
     )
     md = (
         f"# nf.py: NF phase vs scan\n\n{machine_line(data['machine'])}\n\n"

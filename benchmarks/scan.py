@@ -28,7 +28,7 @@ import onnx
 from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LITE0, demo_photos, load_average, machine, machine_line, write_results  # noqa: E402
+from common import LITE0, demo_photos, load_average, machine, machine_line, markdown_table, write_results  # noqa: E402
 
 from onnx_nfi.graph.model_layers import model_layers  # noqa: E402
 from onnx_nfi.pipeline.models import open_model  # noqa: E402
@@ -148,16 +148,10 @@ def main() -> None:
         "load_average": [load_start, load_average()],
         "seconds": time.perf_counter() - started,
     }
-    table = "\n".join(
-        [
-            "| mode | images/s (median) | runs (images/s) | CPU ms / image |",
-            "|---|---|---|---|",
-            *(
-                f"| ({m}) {MODES[m]} | {rate[m]:.1f} | {', '.join(f'{x:.1f}' for x in data['images_per_s_all'][m])} "
-                f"| {cpu_ms[m]:.1f} |"
-                for m in runs
-            ),
-        ]
+    table = markdown_table(
+        ["mode", "images/s (median)", "runs (images/s)", "CPU ms / image"],
+        [[f"({m}) {MODES[m]}", f"{rate[m]:.1f}", ", ".join(f"{x:.1f}" for x in data["images_per_s_all"][m]),
+          f"{cpu_ms[m]:.1f}"] for m in runs],
     )
     md = (
         f"# scan.py: analyse scan vs plain inference\n\n{machine_line(data['machine'])}\n\n"
