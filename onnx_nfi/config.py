@@ -38,6 +38,8 @@ class AnalyzeConfig:
     population_threshold: float = 0.1
     probe_size: int = 1024
     seed: int = 0
+    checkpoint_every: int = 5000
+    checkpoint_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         # canonical forms first, so the stored parameters of equal runs are equal
@@ -47,6 +49,9 @@ class AnalyzeConfig:
         _at_least("batch_size", self.batch_size, 1)
         _at_least("nf_max_size", self.nf_max_size, 0)
         _at_least("probe_size", self.probe_size, 1)
+        _at_least("checkpoint_every", self.checkpoint_every, 1)
+        if not self.checkpoint_seconds > 0:
+            raise ConfigError(f"--checkpoint-seconds must be > 0, got {self.checkpoint_seconds}")
         if not 0 < self.rho <= 1:
             raise ConfigError(f"rho must be in (0, 1], got {self.rho}; 1 counts every class of a neuron's top images")
         if not 0 < self.population_threshold <= 1:
@@ -88,6 +93,8 @@ HELP: dict[str, str] = {
     "population_threshold": "Class frequency counted in the population code.",
     "probe_size": "Images in the database's shared probe set for similarity search.",
     "seed": "Seed for randomised indexes (shape shuffling).",
+    "checkpoint_every": "Save the scan state every this many images (resume with --resume).",
+    "checkpoint_seconds": "Save the scan state at least this often, in seconds.",
 }
 
 

@@ -52,3 +52,16 @@ class SearchError(NfiError):
 
 class OutputError(NfiError):
     """A picture or page cannot be written where the user asked."""
+
+
+class StateError(NfiError):
+    """A scan state file (checkpoint, shard) is missing, unreadable or belongs to another run."""
+
+
+class ResultsNotWritten(NfiError):
+    """The analysis finished but the database write failed; its state is saved for a later write."""
+
+    def __init__(self, message: str, state: str, command: str) -> None:
+        super().__init__(message)
+        self.state = state
+        self.command = command
