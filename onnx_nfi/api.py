@@ -17,6 +17,7 @@ from onnx_nfi import search
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.display import DisplayImages
 from onnx_nfi.data.preprocess import Preprocessing
+from onnx_nfi.errors import ConfigError
 from onnx_nfi.graph.layers import find_conv_layers
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
 from onnx_nfi.graph.rf_probe import compare, probe_receptive_fields
@@ -123,17 +124,26 @@ def analyze(
     progress: Progress | None = None,
     resume: bool = False,
     checkpoint: str | Path | None = None,
+    ray: str | None = None,
 ) -> AnalysisSummary:
     """Scan ``images`` with ``model_path`` and store every selected layer's neurons in ``db``.
 
     The scan state is saved to ``checkpoint`` (default ``DB.NAME.state``) as it goes; ``resume``
-    continues from it. It is removed once the results are committed.
+    continues from it. It is removed once the results are committed. ``ray`` (an address, or
+    ``local``) runs the scan as shard tasks on a Ray cluster (``pipeline/distributed.py``).
     """
     started = dt.datetime.now()
     check_runtime_install()
     p = analysis.plan(model_path, images, db, name, config)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name)
-    scanned, p = analysis.scan_part(p, state, resume=resume, progress=progress)
+    if ray is not None:
+        if resume:
+            raise ConfigError("--resume continues a run on one machine; a --ray run retries failed shards itself")
+        from onnx_nfi.pipeline.distributed import distributed_scan
+
+        scanned = distributed_scan(p, ray, progress)
+    else:
+        scanned, p = analysis.scan_part(p, state, resume=resume, progress=progress)
     done = analysis.finish(p, scanned, db, state, progress=progress, started=started)
     state.unlink(missing_ok=True)
     sync_indexes(db)  # after the commit: FAISS follows DuckDB (and repairs itself if this is cut short)

@@ -65,6 +65,10 @@ def analyze(
     shard: Annotated[
         str | None, typer.Option("--shard", help="Scan only part i of n (i/n) into a state file for 'onnx-nfi merge'.")
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", help="Scan on a Ray cluster: its address (ray://host:10001, auto) or local (a local instance)."),
+    ] = None,
     silent: Silent = False,
 ) -> None:
     """Scan IMAGES with MODEL and index every neuron of every conv layer into the database."""
@@ -81,7 +85,7 @@ def analyze(
             if shard is not None:
                 s = api.analyze_shard(model, images, shard, progress=bars, **common)
             else:
-                summary = api.analyze(model, images, progress=bars, **common)
+                summary = api.analyze(model, images, progress=bars, ray=ray, **common)
     except KeyboardInterrupt:
         state = checkpoint or api.state_path(db, name or model.stem, api.parse_shard(shard) if shard else None)
         console.print(

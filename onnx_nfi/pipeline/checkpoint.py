@@ -147,12 +147,16 @@ def read_resumable(path: Path, present: dict[str, Any], layers: dict[str, Layer]
 
 
 def merge_states(paths: Sequence[Path], layers: dict[str, Layer], files: list[Path]) -> ScanResult:
-    """Shard states -> the state of one run over the whole list (ids still file positions).
+    """Shard state files -> the state of one run over the whole list (ids still file positions)."""
+    return merge_results([load_state(p, layers, files) for p in paths])
+
+
+def merge_results(results: Sequence[ScanResult]) -> ScanResult:
+    """Shard scans (ids: list positions) -> the scan of their union.
 
     Top-N and moments combine through their own ``merge`` (disjoint positions, so ties fall as in
     one run); probe scores are taken from whichever shard saw each probe image.
     """
-    results = [load_state(p, layers, files) for p in paths]
     first = results[0]
     stats = dict(first.stats)
     probe = {t: s.copy() for t, s in first.probe_scores.items()}

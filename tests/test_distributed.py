@@ -1,0 +1,64 @@
+"""Distributed analysis on a real local Ray instance (2 CPUs): equal to one plain run, also when a
+worker is killed mid-shard (Ray retries its shard)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+from tables import assert_same_analysis
+
+from onnx_nfi import api
+from onnx_nfi.config import AnalyzeConfig
+from onnx_nfi.pipeline.distributed import TALLY
+
+ray = pytest.importorskip("ray", reason="the ray extra is part of the dev install (make test)")
+
+CONFIG = AnalyzeConfig(batch_size=4, provider="cpu")
+MODEL = "tiny_lite0"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray() -> Iterator[None]:
+    """One Ray instance for the module (~5 s to start)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, photo_dir: Path) -> Path:
+    """One plain analysis."""
+    db = tmp_path_factory.mktemp("plain") / "ref.duckdb"
+    api.analyze(TINY, photo_dir, db=db, config=CONFIG)
+    return db
+
+
+@pytest.mark.slow
+def test_ray_run_with_a_worker_killed_mid_shard_equals_one_run(photo_dir: Path, reference: Path, tmp_path: Path) -> None:
+    db = tmp_path / "nfi.duckdb"
+    shard_size = len(list(photo_dir.rglob("*.jpg"))) // 2
+    killed: list[tuple[int, int]] = []
+    reports: list[tuple[int, int]] = []
+
+    def kill_one_worker(phase: str, done: int, total: int) -> None:
+        if phase != "scan":
+            return
+        reports.append((done, total))
+        if killed or done < 8:
+            return
+        name = next(n for n in ray.util.list_named_actors() if n.startswith(TALLY))
+        per_shard, pids = ray.get(ray.get_actor(name).state.remote())
+        shard = min(per_shard, key=per_shard.get)  # the one furthest from its end
+        if per_shard[shard] < shard_size - 4:
+            os.kill(pids[shard], signal.SIGKILL)
+            killed.append((shard, per_shard[shard]))
+
+    summary = api.analyze(TINY, photo_dir, db=db, config=CONFIG, ray="local", progress=kill_one_worker)
+    assert killed, f"no worker was killed mid-shard (progress {reports})"
+    assert reports[-1] == (summary.images_seen, summary.images_seen)  # one bar over the cluster, to the end
+    assert_same_analysis(db, reference, MODEL)
