@@ -16,6 +16,7 @@ from pathlib import Path
 from onnx_nfi import search
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.display import DisplayImages
+from onnx_nfi.data.images import relative_to_root, stored_image_path
 from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.errors import ConfigError
 from onnx_nfi.graph.layers import find_conv_layers
@@ -33,6 +34,7 @@ from onnx_nfi.progress import Progress
 from onnx_nfi.report import pictures, render
 from onnx_nfi.scan.topn import TopN
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.import_db import ImportSummary, import_models
 from onnx_nfi.store.results import stored_rf, stored_topn, write_index_run
 from onnx_nfi.store.vectors import ProbeSet, RemoveSummary, sync_indexes
 from onnx_nfi.store.vectors import remove as remove_model
@@ -47,7 +49,7 @@ __all__ = [
     "analyze",
     "analyze_shard",
     "demo",
-    "export_parquet",
+    "export_parquet", "import_db",
     "index",
     "layers",
     "match",
@@ -125,16 +127,20 @@ def analyze(
     resume: bool = False,
     checkpoint: str | Path | None = None,
     ray: str | None = None,
+    image_root: str | Path | None = None,
 ) -> AnalysisSummary:
     """Scan ``images`` with ``model_path`` and store every selected layer's neurons in ``db``.
 
     The scan state is saved to ``checkpoint`` (default ``DB.NAME.state``) as it goes; ``resume``
     continues from it. It is removed once the results are committed. ``ray`` (an address, or
     ``local``) runs the scan as shard tasks on a Ray cluster (``pipeline/distributed.py``).
+    ``image_root`` stores image paths relative to it, so the database can move with the images.
     """
     started = dt.datetime.now()
     check_runtime_install()
     p = analysis.plan(model_path, images, db, name, config)
+    if image_root is not None:
+        relative_to_root(p.imageset.root, image_root)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name)
     if ray is not None:
         if resume:
@@ -144,7 +150,7 @@ def analyze(
         scanned = distributed_scan(p, ray, progress)
     else:
         scanned, p = analysis.scan_part(p, state, resume=resume, progress=progress)
-    done = analysis.finish(p, scanned, db, state, progress=progress, started=started)
+    done = analysis.finish(p, scanned, db, state, progress=progress, started=started, image_root=image_root)
     state.unlink(missing_ok=True)
     sync_indexes(db)  # after the commit: FAISS follows DuckDB (and repairs itself if this is cut short)
     return _summary(db, done, scanned.seconds, started)
@@ -195,18 +201,24 @@ def merge(
     *,
     db: str | Path = DEFAULT_DB,
     progress: Progress | None = None,
+    image_root: str | Path | None = None,
 ) -> AnalysisSummary:
     """``onnx-nfi merge``: combine the state files of shards 1..n (or one finished run's) into the result
-    of one run over the whole image list, then compute NFs and indexes and write ``db``."""
+    of one run over the whole image list, then compute NFs and indexes and write ``db`` (image paths
+    relative to ``image_root`` when given)."""
     started = dt.datetime.now()
     check_runtime_install()
     paths = [Path(s) for s in states]
     header = check_shards(paths)
     p = analysis.plan(header["model_path"], header["image_root"], db, header["name"], config_of(header))
     check_same_run(paths[0], {**header, "shard": [1, 1]}, p.header)
+    if image_root is not None:
+        relative_to_root(p.imageset.root, image_root)
     p = replace(p, probe=ProbeSet(tuple(header["probe_sha256"]), tuple(map(Path, header["probe_paths"])), False))
     scanned = merge_states(paths, p.layers, p.paths)
-    done = analysis.finish(p, scanned, db, state_path(db, p.name), progress=progress, started=started)
+    done = analysis.finish(
+        p, scanned, db, state_path(db, p.name), progress=progress, started=started, image_root=image_root
+    )
     sync_indexes(db)
     return _summary(db, done, scanned.seconds, started)
 
@@ -234,8 +246,10 @@ def index(
     *,
     config: AnalyzeConfig = AnalyzeConfig(),
     progress: Progress | None = None,
+    image_root: str | Path | None = None,
 ) -> IndexSummary:
-    """(Re)compute selectivity indexes of a model already in the database, without a new scan."""
+    """(Re)compute selectivity indexes of a model already in the database, without a new scan
+    (``image_root``: where images stored relative to their root are now)."""
     started = dt.datetime.now()
     with Store.open(db, read_only=True) as store:
         row = store.model_row(model)
@@ -247,7 +261,8 @@ def index(
     items = [
         IndexLayer(by_tensor[r["layer"]], stored_rf(r), topns[r["layer"]]) for r in layer_rows if r["layer"] in by_tensor
     ]
-    display = _display(topns.values(), {int(r["image_id"]): Path(r["path"]) for r in image_rows}, pre, True)
+    paths = {int(r["image_id"]): stored_image_path(r["path"], image_root) for r in image_rows}
+    display = _display(topns.values(), paths, pre, True)
     labels = {int(r["image_id"]): r["label"] for r in image_rows}
     write_index_run(db, model, selectivity_indexes(lm, pre, items, display, labels, config, progress))
     sync_indexes(db)
@@ -283,6 +298,11 @@ def set_probe(
     return probes.set_probe(
         db, images_dir, size=size, force=force, batch_size=batch_size, provider=provider, progress=progress
     )
+
+
+def import_db(db: str | Path, other: str | Path, models: Sequence[str] = ()) -> ImportSummary:
+    """``onnx-nfi import``: copy ``models`` (default all) analysed in database ``other`` into ``db``."""
+    return import_models(db, other, models)
 
 
 def remove(db: str | Path, model: str) -> RemoveSummary:

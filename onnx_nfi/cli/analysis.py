@@ -14,6 +14,7 @@ from onnx_nfi.cli.common import (
     BatchSize,
     ColorMode,
     Db,
+    ImageRoot,
     Indexes,
     LayerPatterns,
     Preprocess,
@@ -69,6 +70,7 @@ def analyze(
         str | None,
         typer.Option("--ray", help="Scan on a Ray cluster: its address (ray://host:10001, auto) or local (a local instance)."),
     ] = None,
+    image_root: ImageRoot = None,
     silent: Silent = False,
 ) -> None:
     """Scan IMAGES with MODEL and index every neuron of every conv layer into the database."""
@@ -85,7 +87,7 @@ def analyze(
             if shard is not None:
                 s = api.analyze_shard(model, images, shard, progress=bars, **common)
             else:
-                summary = api.analyze(model, images, progress=bars, ray=ray, **common)
+                summary = api.analyze(model, images, progress=bars, ray=ray, image_root=image_root, **common)
     except KeyboardInterrupt:
         state = checkpoint or api.state_path(db, name or model.stem, api.parse_shard(shard) if shard else None)
         console.print(
@@ -108,13 +110,14 @@ def analyze(
 def merge(
     states: Annotated[list[Path], typer.Argument(help="State files of shards 1..n (analyze --shard i/n), or one finished run's.")],
     db: Db = Path(DEFAULT_DB),
+    image_root: ImageRoot = None,
     silent: Silent = False,
 ) -> None:
     """Combine shard states into the result of one run, compute NFs and indexes and write the database."""
     from onnx_nfi import api
 
     with ProgressBars(silent) as bars:
-        summary = api.merge(states, db=db, progress=bars)
+        summary = api.merge(states, db=db, progress=bars, image_root=image_root)
     print_summary(summary)
 
 
@@ -144,6 +147,7 @@ def index_cmd(
     rho: Rho = AnalyzeConfig.rho,
     batch_size: BatchSize = AnalyzeConfig.batch_size,
     provider: Provider = AnalyzeConfig.provider,
+    image_root: ImageRoot = None,
     silent: Silent = False,
 ) -> None:
     """(Re)compute selectivity indexes of a model already in the database, without a new scan."""
@@ -151,7 +155,7 @@ def index_cmd(
 
     config = AnalyzeConfig(indexes=(indexes,), color_mode=color_mode, rho=rho, batch_size=batch_size, provider=provider)
     with ProgressBars(silent) as bars:
-        s = api.index(model, db, config=config, progress=bars)
+        s = api.index(model, db, config=config, progress=bars, image_root=image_root)
     out.print(
         f"Indexed {s.model}: {', '.join(s.indexes) or 'nothing'} for {s.neurons} neurons in {s.layers} layers "
         f"({s.seconds:.1f} s).",

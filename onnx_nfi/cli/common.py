@@ -50,6 +50,8 @@ Rho = Annotated[float, typer.Option("--rho", help=HELP["rho"])]
 LayerPatterns = Annotated[list[str] | None, typer.Option("--layers", help=HELP["layers"])]
 Png = Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")]
 ModelName = Annotated[str, typer.Argument(help="Model name in the database.")]
+ImageRoot = Annotated[Path | None, typer.Option(
+    "--image-root", help="Folder the images are under: analyze stores paths relative to it; card, index find them there.")]
 
 DEFAULT_INDEXES = ",".join(AnalyzeConfig.indexes)
 

@@ -68,6 +68,21 @@ def remove_cmd(model: ModelName, db: Db = Path(DEFAULT_DB)) -> None:
     out.print(f"Removed {summary.model} ({summary.neurons} neurons) from {db}.", highlight=False)
 
 
+@app.command("import")
+@user_errors
+def import_cmd(
+    other: Annotated[Path, typer.Argument(help="Another onnx-nfi database (e.g. made on another machine).")],
+    db: Db = Path(DEFAULT_DB),
+    models: Annotated[list[str] | None, typer.Option("--model", help="Import only these models (repeatable).")] = None,
+) -> None:
+    """Copy models analysed in another database into this one (neuron ids and search indexes kept in step)."""
+    from onnx_nfi import api
+
+    s = api.import_db(db, other, models or ())
+    note = "" if s.responses else " (response profiles left out: the databases' probe sets differ)"
+    out.print(f"Imported {', '.join(s.models)} ({s.neurons} neurons) from {other} into {db}{note}.", highlight=False)
+
+
 @app.command("probe")
 @user_errors
 def probe_cmd(

@@ -21,7 +21,7 @@ import numpy as np
 
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.display import DisplayImages
-from onnx_nfi.data.images import ImageSet, list_images, parse_label_option, read_class_names
+from onnx_nfi.data.images import ImageSet, list_images, parse_label_option, read_class_names, relative_to_root
 from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.errors import ImageError, NfiError, ResultsNotWritten
 from onnx_nfi.graph.load import LoadedModel
@@ -126,17 +126,17 @@ def scan_part(
 
 def finish(
     p: Plan, scanned: ScanResult, db: str | Path, state: Path, *, progress: Progress | None = None,
-    started: dt.datetime | None = None,
+    started: dt.datetime | None = None, image_root: str | Path | None = None,
 ) -> Finished:
     """Probe scores, NFs and indexes of a finished scan (ids: list positions), written to ``db`` in one
-    transaction. If the write fails, the scan is saved to ``state`` and ResultsNotWritten names the
-    command that writes it later."""
+    transaction; ``image_root`` stores image paths relative to it. If the write fails, the scan is
+    saved to ``state`` and ResultsNotWritten names the command that writes it later."""
     started = started or dt.datetime.now()
     result = renumbered(scanned)
     if not result.images:
         reasons = "; ".join(sorted({r for _, r in result.skipped}))
         raise ImageError(f"no readable image in {p.imageset.root} ({reasons}); check the files")
-    with _kept_on_failure(p, scanned, db, state):
+    with _kept_on_failure(p, scanned, db, state, image_root):
         probe, scores = _probe_scores_for(db, p, result)
     probe, probe_scores = probes.complete_probe_scores(
         probe, replace(result, probe_scores=scores), p.lm, p.pre, list(p.layers.values()),
@@ -152,17 +152,21 @@ def finish(
         p.lm, p.pre, [IndexLayer(i.layer, i.rf, topns[i.layer.tensor]) for i in p.infos], display,
         {img.image_id: img.label for img in result.images}, p.config, progress,
     ) if p.config.indexes else None
+    if image_root is not None:
+        result = replace(result, images=[replace(i, path=relative_to_root(i.path, image_root)) for i in result.images])
     record = AnalysisRecord(
         p.name, p.lm, p.pre, p.infos, result, [*p.imageset.rejected, *result.skipped], p.imageset.label_source,
         p.config, probe, probe_scores, nfs, index_result, started, dt.datetime.now(),
     )
-    with _kept_on_failure(p, scanned, db, state):
+    with _kept_on_failure(p, scanned, db, state, image_root):
         run_id, dead = write_analysis(db, record)
     return Finished(record, run_id, dead, (t_index - t_nf).total_seconds(), (record.finished - t_index).total_seconds())
 
 
 @contextmanager
-def _kept_on_failure(p: Plan, scanned: ScanResult, db: str | Path, state: Path) -> Iterator[None]:
+def _kept_on_failure(
+    p: Plan, scanned: ScanResult, db: str | Path, state: Path, image_root: str | Path | None
+) -> Iterator[None]:
     """Around each database access of ``finish``: if the database cannot be opened or written (locked
     until the lock wait gives up, disk full at commit, a signal), save the finished scan to ``state``
     and raise ResultsNotWritten with the command that writes it later (it recomputes NFs and indexes,
@@ -172,7 +176,7 @@ def _kept_on_failure(p: Plan, scanned: ScanResult, db: str | Path, state: Path) 
     except (NfiError, duckdb.Error, OSError, KeyboardInterrupt) as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc).strip().splitlines()[0]
         save_state(state, {**p.header, "next_position": len(p.imageset.files), "complete": True}, scanned)
-        command = f"onnx-nfi merge {state} --db {db}"
+        command = f"onnx-nfi merge {state} --db {db}" + (f" --image-root {image_root}" if image_root else "")
         raise ResultsNotWritten(
             f"the analysis of {p.name} finished but could not be written to {db} ({reason}); it is saved in "
             f"{state}: write it with '{command}'",
