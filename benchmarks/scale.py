@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -119,6 +120,8 @@ def main() -> None:
             if mode == "ray" and n not in ray_sizes:
                 continue
             db = work / f"{mode}-{n}.duckdb"
+            db.unlink(missing_ok=True)  # a fresh database each time: its size and top images are this run's
+            shutil.rmtree(f"{db}.faiss", ignore_errors=True)
             proc = subprocess.run(
                 [sys.executable, "-c", RUN, str(args.model), str(images), str(db), args.layers, "1" if mode == "ray" else ""],
                 env=env, capture_output=True, text=True, check=False,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ from tables import assert_same_analysis
 
 from onnx_nfi import api
 from onnx_nfi.config import AnalyzeConfig
-from onnx_nfi.pipeline.distributed import TALLY
+from onnx_nfi.errors import ImageError
+from onnx_nfi.pipeline import analysis
+from onnx_nfi.pipeline.distributed import TALLY, distributed_scan
 
 ray = pytest.importorskip("ray", reason="the ray extra is part of the dev install (make test)")
 
@@ -62,3 +65,13 @@ def test_ray_run_with_a_worker_killed_mid_shard_equals_one_run(photo_dir: Path, 
     assert killed, f"no worker was killed mid-shard (progress {reports})"
     assert reports[-1] == (summary.images_seen, summary.images_seen)  # one bar over the cluster, to the end
     assert_same_analysis(db, reference, MODEL)
+
+
+def test_a_worker_that_cannot_see_the_images_stops_the_run_with_one_line(photo_dir: Path, tmp_path: Path) -> None:
+    p = analysis.plan(TINY, photo_dir, tmp_path / "nfi.duckdb", None, CONFIG)
+    elsewhere = replace(p, imageset=replace(p.imageset, root=tmp_path / "not-on-this-node"))
+    with pytest.raises(ImageError, match=r"cannot use the model or images at the driver's paths .*image folder .* does not exist"):
+        distributed_scan(elsewhere, "local")
+    other_list = replace(p, header={**p.header, "image_list": "0" * 64})
+    with pytest.raises(ImageError, match="sees another image list under .* than the driver; images must be on a filesystem"):
+        distributed_scan(other_list, "local")
