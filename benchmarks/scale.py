@@ -154,15 +154,15 @@ def main() -> None:
                 f"| {r['peak_rss_mib']:.0f} | {r['db_mib']:.1f} | {r['faiss_mib']:.1f} | {r['distinct_top_images']:,} |"
             )
     md = "\n".join([
-        f"# scale.py: {args.model.name}, {first['layers']} layers ({first['neurons']:,} neurons), sizes "
-        f"{', '.join(f'{n:,}' for n in sizes)}", "", machine_line(data["machine"]),
+        (f"# scale.py: {args.model.name}, {first['layers']} layers ({first['neurons']:,} neurons), sizes "
+         f"{', '.join(f'{n:,}' for n in sizes)}"), "", machine_line(data["machine"]),
         f"1-minute load average {load_start} at start, {data['load_average'][1]} at end; total {data['seconds']:.0f} s.", "",
         *table, "",
         "Growth exponents of the plain run (value ~ images^k, least squares over the sizes): "
         + ", ".join(f"{k} {v:.2f}" for k, v in growth.items()) + ".", "",
         f"- Peak RSS {sizes[0]:,} -> {sizes[-1]:,}: {100 * rss_growth:+.1f} % (target within 10 %)",
-        "- Ray (local, 2 CPUs) total / plain total: " + ", ".join(f"{n:,}: {r:.2f}" for n, r in ray_ratio.items())
-        + " (target <= 1.15)", "",
+        ("- Ray (local, 2 CPUs) total / plain total: " + ", ".join(f"{n:,}: {r:.2f}" for n, r in ray_ratio.items())
+         + " (target <= 1.15)"), "",
     ])
     print(md)
     print(f"written to {write_results('scale', md, data, args.out)}", file=sys.stderr)
