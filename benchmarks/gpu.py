@@ -86,14 +86,17 @@ def compare(db_a: Path, db_b: Path, model: str) -> dict[str, int | float]:
             "max_rel_moments": rel(np.nan_to_num(ma), np.nan_to_num(mb))}
 
 
-def scan_modes(provider: str, batch: int, model: Path, images: Path) -> dict[str, float]:
-    """``benchmarks/scan.py`` once at ``batch`` (its results go to a scratch folder, not benchmarks/results)."""
+def scan_modes(provider: str, batch: int, model: Path, images: Path) -> dict[str, float] | str:
+    """``benchmarks/scan.py`` once at ``batch`` (its results go to a scratch folder, not benchmarks/results);
+    why it failed instead, e.g. killed for memory (Lite0 instrumented at batch 256 needs ~17 GB on the CPU)."""
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run(
+        proc = subprocess.run(
             [sys.executable, str(ROOT / "benchmarks" / "scan.py"), "--provider", provider, "--batch-size", str(batch),
              "--repeats", "1", "--model", str(model), "--images", str(images), "--out", out],
-            check=True, capture_output=True, text=True,
+            check=False, capture_output=True, text=True,
         )
+        if proc.returncode != 0:
+            return f"failed (exit {proc.returncode}{', killed: out of memory?' if proc.returncode == -9 else ''})"
         data = json.loads(next(Path(out).glob("scan-*.json")).read_text())
     return data["images_per_s"]
 
@@ -151,7 +154,10 @@ def main() -> None:
             "where": where, "seconds": seconds}, "ok": ok, "seconds": time.perf_counter() - started}
     rows = [f"| {m} | {c['neurons']} | {c['topn_differing']} | {c['max_rel_activation']:.2e} | {c['max_rel_moments']:.2e} |"
             for m, c in comparisons.items()]
-    mode_rows = [f"| {b} | " + " | ".join(f"{r[k]:.1f}" for k in "abcde") + " |" for b, r in modes.items()]
+    mode_rows = [
+        f"| {b} | " + (" | ".join(f"{r[k]:.1f}" for k in "abcde") if isinstance(r, dict) else f"{r} | | | |") + " |"
+        for b, r in modes.items()
+    ]
     md = "\n".join([
         f"# gpu.py: {PROVIDERS[args.provider]} vs CPU{' (quick)' if args.quick else ''}", "",
         machine_line(data["machine"]), "",
