@@ -34,17 +34,29 @@ def local_ray() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, photo_dir: Path) -> Path:
+def images(tmp_path_factory: pytest.TempPathFactory, photo_dir: Path) -> Path:
+    """The photos four times over (links under new names): shards long enough to kill a worker midway."""
+    folder = tmp_path_factory.mktemp("ray") / "images"
+    for path in sorted(photo_dir.rglob("*.jpg")):
+        for k in range(4):
+            link = folder / path.parent.name / f"{k}-{path.name}"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, images: Path) -> Path:
     """One plain analysis."""
     db = tmp_path_factory.mktemp("plain") / "ref.duckdb"
-    api.analyze(TINY, photo_dir, db=db, config=CONFIG)
+    api.analyze(TINY, images, db=db, config=CONFIG)
     return db
 
 
 @pytest.mark.slow
-def test_ray_run_with_a_worker_killed_mid_shard_equals_one_run(photo_dir: Path, reference: Path, tmp_path: Path) -> None:
+def test_ray_run_with_a_worker_killed_mid_shard_equals_one_run(images: Path, reference: Path, tmp_path: Path) -> None:
     db = tmp_path / "nfi.duckdb"
-    shard_size = len(list(photo_dir.rglob("*.jpg"))) // 2
+    shard_size = len(list(images.rglob("*.jpg"))) // 2
     killed: list[tuple[int, int]] = []
     reports: list[tuple[int, int]] = []
 
@@ -54,14 +66,16 @@ def test_ray_run_with_a_worker_killed_mid_shard_equals_one_run(photo_dir: Path, 
         reports.append((done, total))
         if killed or done < 8:
             return
-        name = next(n for n in ray.util.list_named_actors() if n.startswith(TALLY))
-        per_shard, pids = ray.get(ray.get_actor(name).state.remote())
-        shard = min(per_shard, key=per_shard.get)  # the one furthest from its end
-        if per_shard[shard] < shard_size - 4:
+        names = [n for n in ray.util.list_named_actors() if n.startswith(TALLY)]
+        if not names:  # the progress actor is registered asynchronously: look again at the next report
+            return
+        per_shard, pids = ray.get(ray.get_actor(names[0]).state.remote())
+        shard = min(per_shard, key=per_shard.get, default=None)  # the one furthest from its end
+        if shard is not None and per_shard[shard] < shard_size - 4:
             os.kill(pids[shard], signal.SIGKILL)
             killed.append((shard, per_shard[shard]))
 
-    summary = api.analyze(TINY, photo_dir, db=db, config=CONFIG, ray="local", progress=kill_one_worker)
+    summary = api.analyze(TINY, images, db=db, config=CONFIG, ray="local", progress=kill_one_worker)
     assert killed, f"no worker was killed mid-shard (progress {reports})"
     assert reports[-1] == (summary.images_seen, summary.images_seen)  # one bar over the cluster, to the end
     assert_same_analysis(db, reference, MODEL)

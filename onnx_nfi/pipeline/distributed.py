@@ -124,7 +124,7 @@ def distributed_scan(p: Plan, address: str, progress: Progress | None = None) ->
     pending = list(refs)
     try:
         while pending:
-            _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.1)
             if progress is not None:
                 done, _ = ray.get(tally.state.remote())
                 progress("scan", min(sum(done.values()), total), total)
