@@ -9,16 +9,16 @@ long ones take a ``progress(phase, done, total)`` callback.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from onnx_nfi import search
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.display import DisplayImages
-from onnx_nfi.data.images import list_images, parse_label_option, read_class_names
+from onnx_nfi.data.images import relative_to_root, stored_image_path
 from onnx_nfi.data.preprocess import Preprocessing
-from onnx_nfi.errors import ConfigError, ImageError
+from onnx_nfi.errors import ConfigError
 from onnx_nfi.graph.layers import find_conv_layers
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
 from onnx_nfi.graph.receptive_field import clipped_windows
@@ -26,19 +26,20 @@ from onnx_nfi.graph.rf_probe import measure_windows, outside_windows
 from onnx_nfi.graph.session import check_runtime_install
 from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.neurons.indexes import IndexLayer
+from onnx_nfi.pipeline import analysis
 from onnx_nfi.pipeline import probe as probes
-from onnx_nfi.pipeline.features import compute_nfs, selectivity_indexes, top_image_paths
-from onnx_nfi.pipeline.finite import check_finite
+from onnx_nfi.pipeline.checkpoint import Shard, check_same_run, check_shards, config_of, merge_states, parse_shard
+from onnx_nfi.pipeline.features import selectivity_indexes, top_image_paths
 from onnx_nfi.pipeline.models import open_model, reopen_model
-from onnx_nfi.progress import Progress, phase
+from onnx_nfi.progress import Progress
 from onnx_nfi.report import pictures, render
-from onnx_nfi.scan.scanner import scan
 from onnx_nfi.scan.topn import TopN
 from onnx_nfi.store.compact import CompactSummary
 from onnx_nfi.store.compact import compact as compact_db
-from onnx_nfi.store.duckdb_store import Store, check_writable, lock_wait
-from onnx_nfi.store.results import AnalysisRecord, stored_rf, stored_topn, write_analysis, write_index_run
-from onnx_nfi.store.vectors import RemoveSummary, sync_indexes
+from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.import_db import ImportSummary, import_models
+from onnx_nfi.store.results import stored_rf, stored_topn, write_index_run
+from onnx_nfi.store.vectors import ProbeSet, RemoveSummary, sync_indexes
 from onnx_nfi.store.vectors import remove as remove_model
 
 #: ``onnx-nfi similar``: the neurons nearest to a ``MODEL:LAYER:UNIT`` (draw them with
@@ -47,7 +48,8 @@ similar = search.similar
 
 __all__ = [
     "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "RFVerification",
-    "analyze", "compact", "demo", "export_parquet", "index", "layers", "match", "remove", "set_probe", "similar", "sql", "verify_receptive_fields",
+    "ShardSummary", "analyze", "analyze_shard", "compact", "demo", "export_parquet", "import_db", "index", "layers",
+    "match", "merge", "parse_shard", "remove", "set_probe", "similar", "sql", "state_path", "verify_receptive_fields",
 ]
 
 ProbeSummary = probes.ProbeSummary
@@ -132,66 +134,115 @@ def analyze(
     name: str | None = None,
     config: AnalyzeConfig = AnalyzeConfig(),
     progress: Progress | None = None,
+    resume: bool = False,
+    checkpoint: str | Path | None = None,
+    ray: str | None = None,
+    image_root: str | Path | None = None,
 ) -> AnalysisSummary:
-    """Scan ``images`` with ``model_path`` and store every selected layer's neurons in ``db``."""
+    """Scan ``images`` with ``model_path`` and store every selected layer's neurons in ``db``.
+
+    The scan state is saved to ``checkpoint`` (default ``DB.NAME.state``) as it goes; ``resume``
+    continues from it. It is removed once the results are committed. ``ray`` (an address, or
+    ``local``) runs the scan as shard tasks on a Ray cluster (``pipeline/distributed.py``).
+    ``image_root`` stores image paths relative to it, so the database can move with the images.
+    """
     started = dt.datetime.now()
     check_runtime_install()
-    lm, pre = open_model(model_path, config.preprocess, config.input_size)
-    if lm.batch_one_inside:
-        config = replace(config, batch_size=1)
-    infos = model_layers(lm, config.layers)
-    imageset = list_images(images, config.labels, config.max_pixels)
-    label_kind, label_arg = parse_label_option(config.labels)
-    class_names = read_class_names(label_arg) if label_kind == "predicted" and label_arg else None
-    if label_kind == "predicted" and not lm.has_class_head:
-        raise ConfigError(
-            "--labels predicted needs a model whose output is class scores [N, classes]; this one has none: "
-            "use --labels folder, csv:FILE or none"
-        )
-    check_writable(db)
-    name = name or Path(model_path).stem
-    probe = probes.probe_for_analysis(db, imageset.files, config.probe_size)
-    layer_list = [i.layer for i in infos]
+    p = analysis.plan(model_path, images, db, name, config)
+    if image_root is not None:
+        relative_to_root(p.imageset.root, image_root)
+    state = Path(checkpoint) if checkpoint else state_path(db, p.name)
+    if ray is not None:
+        if resume:
+            raise ConfigError("--resume continues a run on one machine; a --ray run retries failed shards itself")
+        from onnx_nfi.pipeline.distributed import distributed_scan
 
-    result = scan(
-        lm, layer_list, pre, imageset.files, top_n=config.top_n, batch_size=config.batch_size,
-        provider=config.provider, predict_labels=imageset.label_source == "predicted", class_names=class_names,
-        probe_sha256=probe.sha256, progress=phase(progress, "scan"),
-    )
-    if not result.images:
-        reasons = "; ".join(sorted({r for _, r in result.skipped}))
-        raise ImageError(f"no readable image in {imageset.root} ({reasons}); check the files")
-    check_finite(result.stats)
-    probe, probe_scores = probes.complete_probe_scores(
-        probe, result, lm, pre, layer_list, batch_size=config.batch_size, provider=config.provider, progress=progress,
-    )
+        scanned = distributed_scan(p, ray, progress)
+    else:
+        scanned, p = analysis.scan_part(p, state, resume=resume, progress=progress)
+    done = analysis.finish(p, scanned, db, state, progress=progress, started=started, image_root=image_root)
+    state.unlink(missing_ok=True)
+    sync_indexes(db)  # after the commit: FAISS follows DuckDB (and repairs itself if this is cut short)
+    return _summary(db, done, scanned.seconds, started)
 
-    t_nf = dt.datetime.now()
-    topns = {tensor: st.topn for tensor, st in result.stats.items()}
-    display = _display(topns.values(), {img.image_id: img.path for img in result.images}, pre,
-                       config.nf or bool(config.indexes))
-    nfs = compute_nfs(topns, infos, display, pre, config, progress) if config.nf else {}
-    t_index = dt.datetime.now()
-    index_result = selectivity_indexes(
-        lm, pre, [IndexLayer(i.layer, i.rf, topns[i.layer.tensor]) for i in infos], display,
-        {img.image_id: img.label for img in result.images}, config, progress,
-    ) if config.indexes else None
-    record = AnalysisRecord(
-        name, lm, pre, infos, result, [*imageset.rejected, *result.skipped], imageset.label_source, config,
-        probe, probe_scores, nfs, index_result, started, dt.datetime.now(),
+
+def state_path(db: str | Path, name: str, shard: Shard | None = None) -> Path:
+    """Where a run keeps its scan state unless told: beside the database, named by model (and shard)."""
+    suffix = f".shard-{shard.index}-of-{shard.count}" if shard and shard.count > 1 else ""
+    return Path(f"{db}.{name}{suffix}.state")
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    """What ``analyze_shard`` scanned and where its state is."""
+
+    model: str
+    shard: str
+    state: Path
+    images_seen: int
+    images_skipped: int
+    seconds: float
+
+
+def analyze_shard(
+    model_path: str | Path,
+    images: str | Path,
+    shard: str,
+    *,
+    db: str | Path = DEFAULT_DB,
+    name: str | None = None,
+    config: AnalyzeConfig = AnalyzeConfig(),
+    progress: Progress | None = None,
+    resume: bool = False,
+    checkpoint: str | Path | None = None,
+) -> ShardSummary:
+    """``analyze --shard i/n``: scan part ``i`` of ``n`` of the image list into a state file for ``merge``
+    (default ``DB.NAME.shard-i-of-n.state``); writes no database."""
+    check_runtime_install()
+    part = parse_shard(shard)
+    p = analysis.plan(model_path, images, None, name, config, part)
+    state = Path(checkpoint) if checkpoint else state_path(db, p.name, part)
+    scanned, _ = analysis.scan_part(p, state, resume=resume, progress=progress)
+    return ShardSummary(p.name, str(part), state.resolve(), len(scanned.images), len(scanned.skipped), scanned.seconds)
+
+
+def merge(
+    states: Sequence[str | Path],
+    *,
+    db: str | Path = DEFAULT_DB,
+    progress: Progress | None = None,
+    image_root: str | Path | None = None,
+) -> AnalysisSummary:
+    """``onnx-nfi merge``: combine the state files of shards 1..n (or one finished run's) into the result
+    of one run over the whole image list, then compute NFs and indexes and write ``db`` (image paths
+    relative to ``image_root`` when given)."""
+    started = dt.datetime.now()
+    check_runtime_install()
+    paths = [Path(s) for s in states]
+    header = check_shards(paths)
+    p = analysis.plan(header["model_path"], header["image_root"], db, header["name"], config_of(header))
+    check_same_run(paths[0], {**header, "shard": [1, 1]}, p.header)
+    if image_root is not None:
+        relative_to_root(p.imageset.root, image_root)
+    p = replace(p, probe=ProbeSet(tuple(header["probe_sha256"]), tuple(map(Path, header["probe_paths"])), False))
+    scanned = merge_states(paths, p.layers, p.paths)
+    done = analysis.finish(
+        p, scanned, db, state_path(db, p.name), progress=progress, started=started, image_root=image_root
     )
-    with lock_wait(config.lock_timeout, phase(progress, "lock")):  # finished work waits for a busy database
-        run_id, dead = write_analysis(db, record)
-        sync_indexes(db)  # after the commit: FAISS follows DuckDB (and repairs itself if this is cut short)
+    sync_indexes(db)
+    return _summary(db, done, scanned.seconds, started)
+
+
+def _summary(db: str | Path, done: analysis.Finished, scan_seconds: float, started: dt.datetime) -> AnalysisSummary:
+    record = done.record
     return AnalysisSummary(
-        model=name, db=Path(db).resolve(), run_id=run_id, images_seen=len(result.images),
-        images_skipped=len(record.skipped), layers=len(infos), neurons=sum(i.layer.channels for i in infos),
-        dead=dead, provider=result.provider, label_source=imageset.label_source, preprocessing=pre.name,
-        scan_seconds=result.seconds, nf_seconds=(t_index - t_nf).total_seconds(),
-        index_seconds=(record.finished - t_index).total_seconds(),
+        model=record.name, db=Path(db).resolve(), run_id=done.run_id, images_seen=len(record.scan.images),
+        images_skipped=len(record.skipped), layers=len(record.infos),
+        neurons=sum(i.layer.channels for i in record.infos), dead=done.dead, provider=record.scan.provider,
+        label_source=record.label_source, preprocessing=record.pre.name, scan_seconds=scan_seconds,
+        nf_seconds=done.nf_seconds, index_seconds=done.index_seconds,
         total_seconds=(record.finished - started).total_seconds(),
-        warnings=(*lm.notices, *imageset.warnings, *pre.warnings(), *probes.probe_warnings(probe, len(imageset.files), config.probe_size)),
-        skipped=tuple(record.skipped),
+        warnings=done.warnings, skipped=tuple(record.skipped),
     )
 
 
@@ -206,8 +257,10 @@ def index(
     *,
     config: AnalyzeConfig = AnalyzeConfig(),
     progress: Progress | None = None,
+    image_root: str | Path | None = None,
 ) -> IndexSummary:
-    """(Re)compute selectivity indexes of a model already in the database, without a new scan."""
+    """(Re)compute selectivity indexes of a model already in the database, without a new scan
+    (``image_root``: where images stored relative to their root are now)."""
     started = dt.datetime.now()
     with Store.open(db, read_only=True) as store:
         row = store.model_row(model)
@@ -219,7 +272,8 @@ def index(
     items = [
         IndexLayer(by_tensor[r["layer"]], stored_rf(r), topns[r["layer"]]) for r in layer_rows if r["layer"] in by_tensor
     ]
-    display = _display(topns.values(), {int(r["image_id"]): Path(r["path"]) for r in image_rows}, pre, True)
+    paths = {int(r["image_id"]): stored_image_path(r["path"], image_root) for r in image_rows}
+    display = _display(topns.values(), paths, pre, True)
     labels = {int(r["image_id"]): r["label"] for r in image_rows}
     write_index_run(db, model, selectivity_indexes(lm, pre, items, display, labels, config, progress), config, started)
     sync_indexes(db)
@@ -255,6 +309,11 @@ def set_probe(
     return probes.set_probe(
         db, images_dir, size=size, force=force, batch_size=batch_size, provider=provider, progress=progress
     )
+
+
+def import_db(db: str | Path, other: str | Path, models: Sequence[str] = ()) -> ImportSummary:
+    """``onnx-nfi import``: copy ``models`` (default all) analysed in database ``other`` into ``db``."""
+    return import_models(db, other, models)
 
 
 def remove(db: str | Path, model: str) -> RemoveSummary:

@@ -44,6 +44,8 @@ class AnalyzeConfig:
     input_size: tuple[int, int] | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     lock_timeout: float = 60.0
+    checkpoint_every: int = 5000
+    checkpoint_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         # canonical forms first, so the stored parameters of equal runs are equal
@@ -53,6 +55,9 @@ class AnalyzeConfig:
         _at_least("batch_size", self.batch_size, 1)
         _at_least("nf_max_size", self.nf_max_size, 0)
         _at_least("probe_size", self.probe_size, 1)
+        _at_least("checkpoint_every", self.checkpoint_every, 1)
+        if not self.checkpoint_seconds > 0:
+            raise ConfigError(f"--checkpoint-seconds must be > 0, got {self.checkpoint_seconds}")
         if not 0 < self.rho <= 1:
             raise ConfigError(f"rho must be in (0, 1], got {self.rho}; 1 counts every class of a neuron's top images")
         if not 0 < self.population_threshold <= 1:
@@ -102,6 +107,8 @@ HELP: dict[str, str] = {
     "input_size": "H,W for a model whose input size is dynamic (default: the preprocessing file's input_size, else 224,224).",
     "max_pixels": "Largest image in pixels, read from the file header before decoding; larger files are skipped with a reason.",
     "lock_timeout": "Seconds to wait for a database another process holds before giving up.",
+    "checkpoint_every": "Save the scan state every this many images (resume with --resume).",
+    "checkpoint_seconds": "Save the scan state at least this often, in seconds.",
 }
 
 

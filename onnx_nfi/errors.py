@@ -56,3 +56,16 @@ class OutputError(NfiError):
 
 class ReportError(NfiError):
     """The report folder cannot be written, or a page asked of ``serve`` does not exist."""
+
+
+class StateError(NfiError):
+    """A scan state file (checkpoint, shard) is missing, unreadable or belongs to another run."""
+
+
+class ResultsNotWritten(NfiError):
+    """The analysis finished but the database write failed; its state is saved for a later write."""
+
+    def __init__(self, message: str, state: str, command: str) -> None:
+        super().__init__(message)
+        self.state = state
+        self.command = command

@@ -15,6 +15,7 @@ from onnx_nfi.cli.common import (
     BatchSize,
     ColorMode,
     Db,
+    ImageRoot,
     Indexes,
     InputSize,
     LayerPatterns,
@@ -24,6 +25,7 @@ from onnx_nfi.cli.common import (
     Rho,
     Silent,
     app,
+    console,
     out,
     print_table,
     user_errors,
@@ -58,6 +60,24 @@ def analyze(
     lock_timeout: Annotated[
         float, typer.Option("--lock-timeout", help=HELP["lock_timeout"])
     ] = AnalyzeConfig.lock_timeout,
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", help=HELP["checkpoint_every"])
+    ] = AnalyzeConfig.checkpoint_every,
+    checkpoint_seconds: Annotated[
+        float, typer.Option("--checkpoint-seconds", help=HELP["checkpoint_seconds"])
+    ] = AnalyzeConfig.checkpoint_seconds,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="Scan state file (default: beside the database, DB.NAME.state).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its scan state file.")] = False,
+    shard: Annotated[
+        str | None, typer.Option("--shard", help="Scan only part i of n (i/n) into a state file for 'onnx-nfi merge'.")
+    ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", help="Scan on a Ray cluster: its address (ray://host:10001, auto) or local (a local instance)."),
+    ] = None,
+    image_root: ImageRoot = None,
     silent: Silent = False,
 ) -> None:
     """Scan IMAGES with MODEL and index every neuron of every conv layer into the database."""
@@ -67,9 +87,45 @@ def analyze(
         top_n=top_n, batch_size=batch_size, provider=provider, preprocess=preprocess, labels=labels,
         layers=tuple(layers or ()), nf=nf, nf_max_size=nf_max_size, indexes=(indexes,), color_mode=color_mode,
         rho=rho, input_size=input_size, max_pixels=max_pixels, lock_timeout=lock_timeout,
+        checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
     )
+    common = {"db": db, "name": name, "config": config, "resume": resume, "checkpoint": checkpoint}
+    try:
+        with ProgressBars(silent) as bars:
+            if shard is not None:
+                s = api.analyze_shard(model, images, shard, progress=bars, **common)
+            else:
+                summary = api.analyze(model, images, progress=bars, ray=ray, image_root=image_root, **common)
+    except KeyboardInterrupt:
+        state = checkpoint or api.state_path(db, name or model.stem, api.parse_shard(shard) if shard else None)
+        console.print(
+            f"Interrupted; the scan so far is saved in {state}: run the same command with --resume to continue.",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
+    if shard is not None:
+        out.print(
+            f"Scanned shard {s.shard} of {s.model}: {s.images_seen} images ({s.images_skipped} skipped) in "
+            f"{s.seconds:.1f} s.\nState: {s.state} (combine all shards with: onnx-nfi merge STATE... --db {db})",
+            highlight=False,
+        )
+        return
+    print_summary(summary)
+
+
+@app.command()
+@user_errors
+def merge(
+    states: Annotated[list[Path], typer.Argument(help="State files of shards 1..n (analyze --shard i/n), or one finished run's.")],
+    db: Db = Path(DEFAULT_DB),
+    image_root: ImageRoot = None,
+    silent: Silent = False,
+) -> None:
+    """Combine shard states into the result of one run, compute NFs and indexes and write the database."""
+    from onnx_nfi import api
+
     with ProgressBars(silent) as bars:
-        summary = api.analyze(model, images, db=db, name=name, config=config, progress=bars)
+        summary = api.merge(states, db=db, progress=bars, image_root=image_root)
     print_summary(summary)
 
 
@@ -115,6 +171,7 @@ def index_cmd(
     rho: Rho = AnalyzeConfig.rho,
     batch_size: BatchSize = AnalyzeConfig.batch_size,
     provider: Provider = AnalyzeConfig.provider,
+    image_root: ImageRoot = None,
     silent: Silent = False,
 ) -> None:
     """(Re)compute selectivity indexes of a model already in the database, without a new scan."""
@@ -122,7 +179,7 @@ def index_cmd(
 
     config = AnalyzeConfig(indexes=(indexes,), color_mode=color_mode, rho=rho, batch_size=batch_size, provider=provider)
     with ProgressBars(silent) as bars:
-        s = api.index(model, db, config=config, progress=bars)
+        s = api.index(model, db, config=config, progress=bars, image_root=image_root)
     out.print(
         f"Indexed {s.model}: {', '.join(s.indexes) or 'nothing'} for {s.neurons} neurons in {s.layers} layers "
         f"({s.seconds:.1f} s).",

@@ -51,6 +51,8 @@ LayerPatterns = Annotated[list[str] | None, typer.Option("--layers", help=HELP["
 InputSize = Annotated[str | None, typer.Option("--input-size", help=HELP["input_size"])]
 Png = Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")]
 ModelName = Annotated[str, typer.Argument(help="Model name in the database.")]
+ImageRoot = Annotated[Path | None, typer.Option(
+    "--image-root", help="Folder the images are under: analyze stores paths relative to it; card, index find them there.")]
 
 DEFAULT_INDEXES = ",".join(AnalyzeConfig.indexes)
 

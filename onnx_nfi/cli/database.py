@@ -97,6 +97,21 @@ def print_compacted(s: CompactSummary) -> None:
     )
 
 
+@app.command("import")
+@user_errors
+def import_cmd(
+    other: Annotated[Path, typer.Argument(help="Another onnx-nfi database (e.g. made on another machine).")],
+    db: Db = Path(DEFAULT_DB),
+    models: Annotated[list[str] | None, typer.Option("--model", help="Import only these models (repeatable).")] = None,
+) -> None:
+    """Copy models analysed in another database into this one (neuron ids and search indexes kept in step)."""
+    from onnx_nfi import api
+
+    s = api.import_db(db, other, models or ())
+    note = "" if s.responses else " (response profiles left out: the databases' probe sets differ)"
+    out.print(f"Imported {', '.join(s.models)} ({s.neurons} neurons) from {other} into {db}{note}.", highlight=False)
+
+
 @app.command("probe")
 @user_errors
 def probe_cmd(

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from onnx_nfi.cli.common import DEFAULT_DB, Db, ModelName, Png, app, neuron_arguments, out, user_errors, wrote
+from onnx_nfi.cli.common import DEFAULT_DB, Db, ImageRoot, ModelName, Png, app, neuron_arguments, out, user_errors, wrote
 from onnx_nfi.config import parse_list
 from onnx_nfi.names import INDEX_COLUMNS
 
@@ -78,6 +78,7 @@ def card_cmd(
     output: Png = ...,  # type: ignore[assignment]
     db: Db = Path(DEFAULT_DB),
     top: Annotated[int, typer.Option("--top", min=1, help="How many top images to show.")] = 20,
+    image_root: ImageRoot = None,
 ) -> None:
     """Draw a neuron card: the NF beside its top image crops with rank, label and a_j/a_1 (paper's figure 1)."""
     from onnx_nfi.report import render
@@ -85,7 +86,7 @@ def card_cmd(
     model, layer_name, number = neuron_arguments(neuron, layer, unit, unit_needed=True)
     if number is None:
         raise typer.BadParameter("name the unit: MODEL:LAYER:UNIT", param_hint="NEURON")
-    wrote(render.card_png(model, layer_name, number, output, db, top=top))
+    wrote(render.card_png(model, layer_name, number, output, db, top=top, image_root=image_root))
 
 
 @app.command("summary")

@@ -160,3 +160,22 @@ def read_class_names(path: Path) -> list[str]:
     if not path.is_file():
         raise ImageError(f"class-names file {path} does not exist; give one name per line")
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def relative_to_root(path: Path, root: Path) -> Path:
+    """``path`` as stored under ``--image-root``: relative to ``root``, so the database can move with its images."""
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        raise ImageError(f"image {path} is not under --image-root {root}; pass the folder that holds all the images") from None
+
+
+def stored_image_path(stored: str | Path, image_root: str | Path | None) -> Path:
+    """Where a stored image path is now: a relative one (stored under ``--image-root``) is joined to
+    ``image_root``; an absolute one is used as it is."""
+    path = Path(stored)
+    if path.is_absolute():
+        return path
+    if image_root is None:
+        raise ImageError(f"image paths are stored relative to their root ({stored}); pass --image-root DIR, the folder that holds them now")
+    return Path(image_root) / path

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from onnx_nfi.data.images import stored_image_path
 from typing import Any
 
 import cv2
@@ -179,8 +181,11 @@ def layer_nfs(
     return LayerNFs(ref, column, neurons)
 
 
-def neuron_card(store: Store, model: str, layer: str, unit: int, top: int = 20) -> NeuronCard:
-    """A neuron's NF, its ``top`` crops (cut from its top images as the network saw them) and indexes."""
+def neuron_card(
+    store: Store, model: str, layer: str, unit: int, top: int = 20, image_root: str | Path | None = None
+) -> NeuronCard:
+    """A neuron's NF, its ``top`` crops (cut from its top images as the network saw them) and indexes;
+    ``image_root`` is where images stored relative to their root (``analyze --image-root``) are now."""
     ref = layer_ref(store, model, layer)
     row = _neuron_row(store, ref, unit)
     nf = _nf_of(row, ref, unit)
@@ -201,7 +206,7 @@ def neuron_card(store: Store, model: str, layer: str, unit: int, top: int = 20) 
             label=t["label"],
             activation=float(t["activation"]),
             relative=float(t["activation"]) / best,
-            crop=cut_crop(display_image(Path(t["path"]), pre), int(y), int(x), geometry.canvas),
+            crop=cut_crop(display_image(stored_image_path(t["path"], image_root), pre), int(y), int(x), geometry.canvas),
         )
         for t, y, x in zip(tops, ys, xs)
     )

@@ -51,10 +51,13 @@ def top_png(
     return pictures.write_png(output, pictures.grid(_tiles(data), title).image)
 
 
-def card_png(model: str, layer: str, unit: int, output: str | Path, db: str | Path = DEFAULT_DB, *, top: int = 20) -> Path:
+def card_png(
+    model: str, layer: str, unit: int, output: str | Path, db: str | Path = DEFAULT_DB, *, top: int = 20,
+    image_root: str | Path | None = None,
+) -> Path:
     """A neuron card (the paper's figure 1): the NF beside its top crops with rank, a/a1 and label."""
     with Store.open(db, read_only=True) as store:
-        c = queries.neuron_card(store, model, layer, unit, top)
+        c = queries.neuron_card(store, model, layer, unit, top, image_root)
     crops = [pictures.Tile(x.crop, (f"#{x.rank}  {x.relative:.2f}", x.label or "(no label)")) for x in c.crops]
     header = [
         f"{c.ref.model} / {c.ref.alias} ({c.ref.layer}) / unit {c.unit}",

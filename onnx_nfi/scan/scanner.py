@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -61,6 +62,16 @@ class ScanResult:
     probe_scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+class ScanCheckpoint(Protocol):
+    """Where a long scan saves its progress (``onnx_nfi.pipeline.checkpoint.Checkpointer``)."""
+
+    def due(self, images: int) -> bool:
+        """Whether a save is due after ``images`` images of this scan."""
+
+    def save(self, partial: ScanResult, next_position: int) -> None:
+        """Keep ``partial`` (ids are file positions); scanning resumes at file ``next_position``."""
+
+
 def scan(
     model: LoadedModel,
     layers: Sequence[Layer],
@@ -74,8 +85,19 @@ def scan(
     class_names: Sequence[str] | None = None,
     probe_sha256: Sequence[str] = (),
     progress: StageProgress | None = None,
+    resume: ScanResult | None = None,
+    first_position: int = 0,
+    checkpoint: ScanCheckpoint | None = None,
+    renumber: bool = True,
 ) -> ScanResult:
-    """Scan ``files`` once, keeping per-neuron top-N, moments and scores on the probe images."""
+    """Scan ``files`` once, keeping per-neuron top-N, moments and scores on the probe images.
+
+    While scanning, an image's id is its position in the whole image list (``first_position`` is
+    that of ``files[0]``), so a resumed run (``resume``: the partial result saved by
+    ``checkpoint``) or a shard ranks images exactly as one run over the list would; ``renumber``
+    turns the positions into ids among readable images at the end (shards keep positions until
+    they are merged). On Ctrl-C the checkpoint gets the state of the last finished batch.
+    """
     if predict_labels and model.input.batch == 1:
         batch_size = 1  # the exporter fixed batch 1 in the head (e.g. Reshape([1, -1])), which predictions need
     proto, outputs = instrument(model, list(layers), keep_model_outputs=predict_labels)
@@ -90,10 +112,17 @@ def scan(
     }
     images: list[ScannedImage] = []
     skipped: list[tuple[Path, str]] = []
+    earlier = 0.0  # seconds of the scan before a resume
+    if resume is not None:
+        stats = {t: LayerStats(s.layer, resume.stats[t].topn, resume.stats[t].moments) for t, s in stats.items()}
+        probe_scores = {t: resume.probe_scores[t].copy() for t in probe_scores} if probe_index else probe_scores
+        images, skipped, earlier = list(resume.images), list(resume.skipped), resume.seconds
+    position = {Path(f.path): first_position + k for k, f in enumerate(files)}
+    total = len(images) + len(skipped) + len(files)
     started = time.perf_counter()
     done = 0
     if progress:
-        progress(0, len(files))
+        progress(len(images) + len(skipped), total)
 
     held: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []  # (ids, outputs) not yet in the statistics
 
@@ -119,29 +148,68 @@ def scan(
             if sha in probe_index:
                 for tensor in stats:
                     probe_scores[tensor][probe_index[sha]] = result[outputs.max[tensor]][row]
+        ids = np.array([position[Path(f.path)] for f in batch.files], np.int64)
         kept = (*outputs.max.values(), *outputs.argmax.values(), *outputs.key.values())
-        held.append((batch.ids, {name: result[name] for name in kept}))
+        held.append((ids, {name: result[name] for name in kept}))
         if sum(len(i) for i, _ in held) >= _STATS_EVERY:
             update_stats()
         images.extend(
             ScannedImage(int(i), Path(f.path), sha, label)
-            for i, f, sha, label in zip(batch.ids, batch.files, batch.sha256, labels)
+            for i, f, sha, label in zip(ids, batch.files, batch.sha256, labels)
         )
         done += len(batch.ids)
         if progress:
-            progress(done + len(skipped), len(files))
+            progress(len(images) + len(skipped), total)
+        if checkpoint is not None and checkpoint.due(done):
+            save()
+
+    def save() -> None:
+        """Hand the checkpoint the state after the last absorbed batch (skips reported ahead of it are redone)."""
+        if checkpoint is None:
+            return
+        if held:
+            update_stats()
+        resume_at = images[-1].image_id + 1 if images else first_position
+        kept = [(p, r) for p, r in skipped if position.get(Path(p), -1) < resume_at]
+        checkpoint.save(
+            ScanResult(stats, images, kept, runner.provider, earlier + time.perf_counter() - started, probe_scores),
+            max(resume_at, first_position),
+        )
 
     # Inference of batch k runs (GIL released) while batch k-1's statistics are updated, so the
     # runtime never waits on numpy; one worker keeps batches in order.
-    with ThreadPoolExecutor(1, thread_name_prefix="nfi-infer") as infer:
-        pending: tuple[Batch, Future[dict[str, np.ndarray]]] | None = None
-        for batch in iter_batches(files, pre, batch_size, on_skip=lambda p, r: skipped.append((p, r))):
-            running = infer.submit(runner.run, batch.tensor)
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="nfi-infer") as infer:
+            pending: tuple[Batch, Future[dict[str, np.ndarray]]] | None = None
+            for batch in iter_batches(files, pre, batch_size, on_skip=lambda p, r: skipped.append((p, r))):
+                running = infer.submit(runner.run, batch.tensor)
+                if pending is not None:
+                    absorb(pending[0], pending[1].result())
+                pending = (batch, running)
             if pending is not None:
                 absorb(pending[0], pending[1].result())
-            pending = (batch, running)
-        if pending is not None:
-            absorb(pending[0], pending[1].result())
+    except KeyboardInterrupt:
+        save()
+        raise
     if held:
         update_stats()
-    return ScanResult(stats, images, skipped, runner.provider, time.perf_counter() - started, probe_scores)
+    result = ScanResult(stats, images, skipped, runner.provider, earlier + time.perf_counter() - started, probe_scores)
+    return renumbered(result) if renumber else result
+
+
+def renumbered(result: ScanResult) -> ScanResult:
+    """Ids as positions among the readable images (those of one plain run) instead of list positions.
+
+    The map is monotone, so every ranking and tie stays as it was; only the ``ids`` of each
+    ``TopN`` change (its other fields, whatever they are, travel as they are).
+    """
+    positions = np.array([img.image_id for img in result.images], np.int64)
+    order = np.argsort(positions, kind="stable")
+    positions = positions[order]
+
+    def dense(ids: np.ndarray) -> np.ndarray:
+        return np.where(ids >= 0, np.searchsorted(positions, ids), ids).astype(ids.dtype)
+
+    stats = {t: LayerStats(s.layer, replace(s.topn, ids=dense(s.topn.ids)), s.moments) for t, s in result.stats.items()}
+    images = [replace(result.images[k], image_id=rank) for rank, k in enumerate(order)]
+    return replace(result, stats=stats, images=images)

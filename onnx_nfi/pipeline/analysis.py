@@ -1,0 +1,216 @@
+"""One analysis as stages: plan (validate everything), scan (or a shard of it, resumable), finish
+(probe scores, NFs, indexes, one database write). ``analyze``, ``analyze --shard`` and ``merge``
+are these stages in different orders.
+
+The scan state is saved to a state file on a schedule and when the scan ends, so a crash or
+Ctrl-C loses at most one interval, and a finished analysis whose database write fails (locked
+database, full disk, a signal during the write) is kept there and can be written later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from onnx_nfi.config import AnalyzeConfig
+from onnx_nfi.data.display import DisplayImages
+from onnx_nfi.data.images import ImageSet, list_images, parse_label_option, read_class_names, relative_to_root
+from onnx_nfi.data.preprocess import Preprocessing
+from onnx_nfi.errors import ConfigError, ImageError, NfiError, ResultsNotWritten
+from onnx_nfi.graph.load import LoadedModel
+from onnx_nfi.graph.model_layers import LayerInfo, model_layers
+from onnx_nfi.neurons.indexes import IndexLayer
+from onnx_nfi.pipeline import probe as probes
+from onnx_nfi.pipeline.checkpoint import Checkpointer, Shard, read_resumable, run_header
+from onnx_nfi.pipeline.features import compute_nfs, selectivity_indexes, top_image_paths
+from onnx_nfi.pipeline.finite import check_finite
+from onnx_nfi.pipeline.models import open_model
+from onnx_nfi.progress import Progress, phase
+from onnx_nfi.scan.scanner import ScanResult, renumbered, scan
+from onnx_nfi.scan.state import save_state
+from onnx_nfi.store.duckdb_store import check_writable, lock_wait
+from onnx_nfi.store.results import AnalysisRecord, write_analysis
+from onnx_nfi.store.vectors import ProbeSet
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated analysis, before any long work: the model, its layers, the images and the options."""
+
+    name: str
+    lm: LoadedModel
+    pre: Preprocessing
+    infos: list[LayerInfo]
+    imageset: ImageSet
+    class_names: list[str] | None
+    config: AnalyzeConfig
+    shard: Shard
+    probe: ProbeSet
+    header: dict[str, Any]
+
+    @property
+    def layers(self) -> dict[str, Any]:
+        """The analysed layers by tensor name."""
+        return {i.layer.tensor: i.layer for i in self.infos}
+
+    @property
+    def paths(self) -> list[Path]:
+        """Image paths by position in the image list."""
+        return [Path(f.path) for f in self.imageset.files]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What ``finish`` wrote and how long its parts took."""
+
+    record: AnalysisRecord
+    run_id: int
+    dead: int
+    nf_seconds: float
+    index_seconds: float
+    warnings: tuple[str, ...]
+
+
+def plan(
+    model_path: str | Path, images: str | Path, db: str | Path | None, name: str | None, config: AnalyzeConfig,
+    shard: Shard | None = None,
+) -> Plan:
+    """Check the model, layers, images, labels and database (``None``: a shard, which writes none)."""
+    shard = shard or Shard()
+    lm, pre = open_model(model_path, config.preprocess, config.input_size)
+    if lm.batch_one_inside:  # the exporter fixed batch 1 inside the graph: one image at a time
+        config = replace(config, batch_size=1)
+    infos = model_layers(lm, config.layers)
+    imageset = list_images(images, config.labels, config.max_pixels)
+    label_kind, label_arg = parse_label_option(config.labels)
+    class_names = read_class_names(label_arg) if label_kind == "predicted" and label_arg else None
+    if label_kind == "predicted" and not lm.has_class_head:
+        raise ConfigError(
+            "--labels predicted needs a model whose output is class scores [N, classes]; this one has none: "
+            "use --labels folder, csv:FILE or none"
+        )
+    if db is not None:
+        check_writable(db)
+    name = name or Path(model_path).stem
+    # every shard scores the same probe images (chosen from the list); a database's own set is met at the write
+    probe = probes.probe_for_analysis(db, imageset.files, config.probe_size) if shard.count == 1 and db else \
+        probes.choose_probe(imageset.files, config.probe_size)
+    header = run_header(name, lm, pre, config, imageset, shard, probe)
+    return Plan(name, lm, pre, infos, imageset, class_names, config, shard, probe, header)
+
+
+def scan_part(
+    p: Plan, state: Path, *, resume: bool, progress: Progress | None = None,
+) -> tuple[ScanResult, Plan]:
+    """Scan the plan's shard of the image list (ids: list positions), saving its state to ``state``;
+    with ``resume``, continue from the state there. Returns the finished scan and the plan it belongs
+    to (a resumed run keeps scoring the probe images it started with)."""
+    start, end = p.shard.bounds(len(p.imageset.files))
+    partial = None
+    if resume:
+        partial, saved = read_resumable(state, p.header, p.layers, p.paths)
+        p = replace(p, probe=ProbeSet(tuple(saved["probe_sha256"]), tuple(map(Path, saved["probe_paths"])), False),
+                    header={**p.header, "probe_sha256": saved["probe_sha256"], "probe_paths": saved["probe_paths"]})
+        if saved["complete"]:
+            return partial, p
+        start = saved["next_position"]
+    checkpoint = Checkpointer(state, p.header, p.config.checkpoint_every, p.config.checkpoint_seconds)
+    result = scan(
+        p.lm, list(p.layers.values()), p.pre, p.imageset.files[start:end], top_n=p.config.top_n,
+        batch_size=p.config.batch_size, provider=p.config.provider,
+        predict_labels=p.imageset.label_source == "predicted", class_names=p.class_names,
+        probe_sha256=p.probe.sha256, progress=phase(progress, "scan"), resume=partial, first_position=start,
+        checkpoint=checkpoint, renumber=False,
+    )
+    checkpoint.save(result, end, complete=True)
+    return result, p
+
+
+def finish(
+    p: Plan, scanned: ScanResult, db: str | Path, state: Path, *, progress: Progress | None = None,
+    started: dt.datetime | None = None, image_root: str | Path | None = None,
+) -> Finished:
+    """Probe scores, NFs and indexes of a finished scan (ids: list positions), written to ``db`` in one
+    transaction; ``image_root`` stores image paths relative to it. If the write fails, the scan is
+    saved to ``state`` and ResultsNotWritten names the command that writes it later."""
+    started = started or dt.datetime.now()
+    result = renumbered(scanned)
+    if not result.images:
+        reasons = "; ".join(sorted({r for _, r in result.skipped}))
+        raise ImageError(f"no readable image in {p.imageset.root} ({reasons}); check the files")
+    check_finite(result.stats)
+    with _kept_on_failure(p, scanned, db, state, image_root):
+        probe, scores = _probe_scores_for(db, p, result)
+    probe, probe_scores = probes.complete_probe_scores(
+        probe, replace(result, probe_scores=scores), p.lm, p.pre, list(p.layers.values()),
+        batch_size=p.config.batch_size, provider=p.config.provider, progress=progress,
+    )
+    t_nf = dt.datetime.now()
+    topns = {tensor: st.topn for tensor, st in result.stats.items()}
+    needed = p.config.nf or bool(p.config.indexes)
+    display = DisplayImages(top_image_paths(topns.values(), {i.image_id: i.path for i in result.images}) if needed else {}, p.pre)
+    nfs = compute_nfs(topns, p.infos, display, p.pre, p.config, progress) if p.config.nf else {}
+    t_index = dt.datetime.now()
+    index_result = selectivity_indexes(
+        p.lm, p.pre, [IndexLayer(i.layer, i.rf, topns[i.layer.tensor]) for i in p.infos], display,
+        {img.image_id: img.label for img in result.images}, p.config, progress,
+    ) if p.config.indexes else None
+    if image_root is not None:
+        result = replace(result, images=[replace(i, path=relative_to_root(i.path, image_root)) for i in result.images])
+    record = AnalysisRecord(
+        p.name, p.lm, p.pre, p.infos, result, [*p.imageset.rejected, *result.skipped], p.imageset.label_source,
+        p.config, probe, probe_scores, nfs, index_result, started, dt.datetime.now(),
+    )
+    with _kept_on_failure(p, scanned, db, state, image_root), lock_wait(p.config.lock_timeout, phase(progress, "lock")):
+        run_id, dead = write_analysis(db, record)  # finished work waits for a busy database
+    warnings = (
+        *p.lm.notices, *p.imageset.warnings, *p.pre.warnings(),
+        *probes.probe_warnings(probe, len(p.imageset.files), p.config.probe_size),
+    )
+    return Finished(
+        record, run_id, dead, (t_index - t_nf).total_seconds(), (record.finished - t_index).total_seconds(), warnings
+    )
+
+
+@contextmanager
+def _kept_on_failure(
+    p: Plan, scanned: ScanResult, db: str | Path, state: Path, image_root: str | Path | None
+) -> Iterator[None]:
+    """Around each database access of ``finish``: if the database cannot be opened or written (locked
+    until the lock wait gives up, disk full at commit, a signal), save the finished scan to ``state``
+    and raise ResultsNotWritten with the command that writes it later (it recomputes NFs and indexes,
+    which are deterministic and take a fraction of the scan)."""
+    try:
+        yield
+    except (NfiError, duckdb.Error, OSError, KeyboardInterrupt) as exc:
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc).strip().splitlines()[0]
+        save_state(state, {**p.header, "next_position": len(p.imageset.files), "complete": True}, scanned)
+        command = f"onnx-nfi merge {state} --db {db}" + (f" --image-root {image_root}" if image_root else "")
+        raise ResultsNotWritten(
+            f"the analysis of {p.name} finished but could not be written to {db} ({reason}); it is saved in "
+            f"{state}: write it with '{command}'",
+            str(state), command,
+        ) from None
+
+
+def _probe_scores_for(db: str | Path, p: Plan, result: ScanResult) -> tuple[ProbeSet, dict[str, np.ndarray]]:
+    """The probe set the write must score (the database's, if it has one by now) and the scan's scores
+    lined up with it (NaN rows for images the scan did not score, scored in an extra pass)."""
+    probe = probes.probe_for_analysis(db, (), p.config.probe_size) if Path(db).exists() else p.probe
+    if not len(probe):
+        probe = p.probe
+    row = {sha: k for k, sha in enumerate(p.probe.sha256)}
+    take = np.array([row.get(sha, -1) for sha in probe.sha256], np.int64)
+    scores = {}
+    for tensor, s in result.probe_scores.items():
+        aligned = np.full((len(take), s.shape[1]), np.nan, np.float32)
+        aligned[take >= 0] = s[take[take >= 0]]
+        scores[tensor] = aligned
+    return probe, scores

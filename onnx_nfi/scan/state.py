@@ -1,0 +1,116 @@
+"""The scan state file: a partial or finished scan, saved atomically and read back exactly.
+
+Checkpoints, shard results and analyses whose database write failed are all this one file: an
+uncompressed ``.npz`` holding every array and integer field of each layer's ``TopN`` and
+``Moments`` (found through ``dataclasses.fields``, so a field added to them is saved without a
+change here), the probe scores, the images seen (file position, content hash, label) and
+skipped, and a JSON header the caller fills (what run the state belongs to). Paths are not
+stored: an image is its position in the run's image list, whose content hash the header holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from onnx_nfi.errors import StateError
+from onnx_nfi.graph.layers import Layer
+from onnx_nfi.scan.scanner import LayerStats, ScannedImage, ScanResult
+from onnx_nfi.scan.topn import Moments, TopN
+
+#: Version of the file layout; a state of another version is refused, not misread.
+STATE_VERSION = 1
+
+T = TypeVar("T", TopN, Moments)
+
+
+def _fields_to_arrays(prefix: str, obj: TopN | Moments) -> dict[str, np.ndarray]:
+    return {f"{prefix}.{f.name}": np.asarray(getattr(obj, f.name)) for f in fields(obj)}
+
+
+def _fields_from_arrays(cls: type[T], prefix: str, data: Mapping[str, np.ndarray]) -> T:
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        value = data[f"{prefix}.{f.name}"]
+        values[f.name] = value.item() if value.ndim == 0 else value
+    return cls(**values)
+
+
+def save_state(path: str | Path, header: dict[str, Any], result: ScanResult) -> None:
+    """Write ``result`` (ids are file positions) with ``header`` to ``path``: temporary file, fsync, rename.
+
+    A crash at any moment leaves either the previous state or the new one, never a torn file.
+    """
+    path = Path(path)
+    tensors = list(result.stats)
+    files = {
+        "positions": np.array([img.image_id for img in result.images], np.int64),
+        "sha256": np.frombuffer(b"".join(bytes.fromhex(img.sha256) for img in result.images), np.uint8).reshape(-1, 32),
+    }
+    meta = {
+        "version": STATE_VERSION, "header": header, "tensors": tensors, "provider": result.provider,
+        "seconds": result.seconds, "labels": [img.label for img in result.images],
+        "skipped": [[str(p), r] for p, r in result.skipped],
+    }
+    arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), **files}
+    for k, tensor in enumerate(tensors):
+        st = result.stats[tensor]
+        arrays |= _fields_to_arrays(f"L{k}.topn", st.topn) | _fields_to_arrays(f"L{k}.moments", st.moments)
+        if tensor in result.probe_scores:
+            arrays[f"L{k}.probe"] = result.probe_scores[tensor]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The caller's header of a state file (checked before the arrays are used)."""
+    return _meta(path)["header"]
+
+
+def _meta(path: str | Path) -> dict[str, Any]:
+    try:
+        with np.load(path) as data:
+            meta = json.loads(data["meta"].tobytes())
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        raise StateError(f"{path} is not an onnx-nfi scan state file; pass a file written by 'onnx-nfi analyze'") from None
+    if meta.get("version") != STATE_VERSION:
+        raise StateError(f"{path} was written by another version of onnx-nfi; run that analysis again")
+    return meta
+
+
+def load_state(path: str | Path, layers: Mapping[str, Layer], paths: list[Path]) -> ScanResult:
+    """The scan result saved in ``path``; ``layers`` by tensor and ``paths`` (the run's image list) put
+    back what the file does not store."""
+    meta = _meta(path)
+    with np.load(path) as data:
+        stats, probe = {}, {}
+        for k, tensor in enumerate(meta["tensors"]):
+            stats[tensor] = LayerStats(
+                layers[tensor],
+                _fields_from_arrays(TopN, f"L{k}.topn", data),
+                _fields_from_arrays(Moments, f"L{k}.moments", data),
+            )
+            if f"L{k}.probe" in data:
+                probe[tensor] = data[f"L{k}.probe"]
+        positions, hashes = data["positions"], data["sha256"]
+    images = [
+        ScannedImage(int(p), paths[int(p)], h.tobytes().hex(), label)
+        for p, h, label in zip(positions, hashes, meta["labels"])
+    ]
+    skipped = [(Path(p), r) for p, r in meta["skipped"]]
+    return ScanResult(stats, images, skipped, meta["provider"], meta["seconds"], probe)
