@@ -17,7 +17,7 @@ from test_errors import ANALYZE_FAST, assert_clean_error
 
 from onnx_nfi import api
 from onnx_nfi.config import AnalyzeConfig
-from onnx_nfi.errors import ConfigError, StoreError
+from onnx_nfi.errors import ConfigError, ResultsNotWritten
 from onnx_nfi.store.vectors import index_dir, sync_indexes
 
 FAST = AnalyzeConfig(top_n=3, nf=False, indexes=())
@@ -65,8 +65,9 @@ def test_write_waits_for_a_lock_held_by_another_process(tmp_path: Path, photo_di
 
 def test_write_gives_up_after_the_lock_timeout(tmp_path: Path, photo_dir: Path) -> None:
     db = tmp_path / "nfi.duckdb"
-    with pytest.raises(StoreError, match=r"still locked by another process after 1 s; close it or raise --lock-timeout"):
+    with pytest.raises(ResultsNotWritten, match=r"still locked by another process after 1 s; close it or raise --lock-timeout") as err:
         analyze_locked_at_write(db, photo_dir, hold_s=60, timeout=1)
+    assert Path(err.value.state).is_file() and "onnx-nfi merge" in err.value.command  # kept, with the command that writes it
 
 
 def test_waiting_message_is_printed_once_even_without_bars() -> None:

@@ -146,8 +146,8 @@ def finish(
         reasons = "; ".join(sorted({r for _, r in result.skipped}))
         raise ImageError(f"no readable image in {p.imageset.root} ({reasons}); check the files")
     check_finite(result.stats)
-    with _kept_on_failure(p, scanned, db, state, image_root):
-        probe, scores = _probe_scores_for(db, p, result)
+    with _kept_on_failure(p, scanned, db, state, image_root), lock_wait(p.config.lock_timeout, phase(progress, "lock")):
+        probe, scores = _probe_scores_for(db, p, result)  # the scan is done: its work waits for a busy database
     probe, probe_scores = probes.complete_probe_scores(
         probe, replace(result, probe_scores=scores), p.lm, p.pre, list(p.layers.values()),
         batch_size=p.config.batch_size, provider=p.config.provider, progress=progress,
