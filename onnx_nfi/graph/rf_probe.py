@@ -44,19 +44,6 @@ _MAX_DENOMINATOR = 8  # fractional jumps the fit considers (Resize ×2…×8 bel
 Windows = tuple[np.ndarray, np.ndarray]
 
 
-def probe_receptive_fields(
-    model: onnx.ModelProto,
-    input_name: str,
-    input_hw: tuple[int, int],
-    layout: str,
-    tensors: Sequence[str],
-    seed: int = 0,
-) -> dict[str, ReceptiveField]:
-    """Empirical receptive field of each tensor: the linear form that explains the measured windows."""
-    measured = measure_windows(model, input_name, input_hw, layout, tensors, seed)
-    return {name: fit_receptive_field(windows, input_hw) for name, windows in measured.items()}
-
-
 def measure_windows(
     model: onnx.ModelProto,
     input_name: str,
