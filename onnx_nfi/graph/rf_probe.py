@@ -15,7 +15,7 @@ location; the decision and its reasons are in rf_walk.py. A tensor that then dep
 pixel at all (a classifier head after global pooling) is measured again with the summaries free.
 
 The measurement is of windows clipped to the image; ``fit_receptive_field`` finds the linear form
-``(r, j, o)`` that reproduces them, and ``compare`` lists where two fields' clipped windows differ.
+``(r, j, o)`` that reproduces them, and ``compare_windows`` lists where two sets of windows differ.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 
-from onnx_nfi.graph.receptive_field import GraphTrace, ReceptiveField, clipped_windows, global_field
+from onnx_nfi.graph.receptive_field import GraphTrace, ReceptiveField, global_field
 from onnx_nfi.graph.proto import BATCH_DIM, exposing, shape_table, with_input_size
 from onnx_nfi.graph.rf_walk import trace_graph
 from onnx_nfi.graph.session import session_options
@@ -76,13 +76,6 @@ def fit_receptive_field(windows: Windows, input_hw: tuple[int, int]) -> Receptiv
         return global_field(input_hw)
     (ry, jy, oy), (rx, jx, ox) = (_fit_axis(w, extent) for w, extent in zip(windows, input_hw))
     return ReceptiveField(size=(ry, rx), stride=(jy, jx), offset=(oy, ox))
-
-
-def compare(
-    analytic: ReceptiveField, measured: ReceptiveField, input_hw: tuple[int, int], out_hw: tuple[int, int]
-) -> list[str]:
-    """Human-readable differences of the clipped windows at every output index; ``[]`` when they agree."""
-    return compare_windows(clipped_windows(analytic, input_hw, out_hw), clipped_windows(measured, input_hw, out_hw))
 
 
 def compare_windows(analytic: Windows, measured: Windows) -> list[str]:
