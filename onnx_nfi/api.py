@@ -48,7 +48,7 @@ similar = search.similar
 
 __all__ = [
     "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "RFVerification",
-    "ShardSummary", "analyze", "analyze_shard", "compact", "demo", "export_parquet", "import_db", "index", "layers",
+    "ShardSummary", "analyze", "compact", "demo", "export_parquet", "import_db", "index", "layers",
     "match", "merge", "parse_shard", "remove", "set_probe", "similar", "sql", "state_path", "verify_receptive_fields",
 ]
 
@@ -136,18 +136,25 @@ def analyze(
     progress: Progress | None = None,
     resume: bool = False,
     checkpoint: str | Path | None = None,
+    shard: str | None = None,
     ray: str | None = None,
     image_root: str | Path | None = None,
-) -> AnalysisSummary:
+) -> AnalysisSummary | ShardSummary:
     """Scan ``images`` with ``model_path`` and store every selected layer's neurons in ``db``.
 
     The scan state is saved to ``checkpoint`` (default ``DB.NAME.state``) as it goes; ``resume``
-    continues from it. It is removed once the results are committed. ``ray`` (an address, or
-    ``local``) runs the scan as shard tasks on a Ray cluster (``pipeline/distributed.py``).
+    continues from it. It is removed once the results are committed. ``shard`` (``i/n``) scans only
+    part ``i`` of ``n`` of the image list into a state file for ``merge`` (default
+    ``DB.NAME.shard-i-of-n.state``), writes no database and returns a ``ShardSummary``. ``ray`` (an
+    address, or ``local``) runs the scan as shard tasks on a Ray cluster (``pipeline/distributed.py``).
     ``image_root`` stores image paths relative to it, so the database can move with the images.
     """
     started = dt.datetime.now()
     check_runtime_install()
+    if shard is not None:
+        if ray is not None:
+            raise ConfigError("--shard scans one part on this machine; --ray splits the whole run itself: give one of them")
+        return _scan_shard(model_path, images, parse_shard(shard), db, name, config, progress, resume, checkpoint)
     p = analysis.plan(model_path, images, db, name, config)
     if image_root is not None:
         relative_to_root(p.imageset.root, image_root)
@@ -174,7 +181,7 @@ def state_path(db: str | Path, name: str, shard: Shard | None = None) -> Path:
 
 @dataclass(frozen=True)
 class ShardSummary:
-    """What ``analyze_shard`` scanned and where its state is."""
+    """What ``analyze(shard=...)`` scanned and where its state is."""
 
     model: str
     shard: str
@@ -184,22 +191,11 @@ class ShardSummary:
     seconds: float
 
 
-def analyze_shard(
-    model_path: str | Path,
-    images: str | Path,
-    shard: str,
-    *,
-    db: str | Path = DEFAULT_DB,
-    name: str | None = None,
-    config: AnalyzeConfig = AnalyzeConfig(),
-    progress: Progress | None = None,
-    resume: bool = False,
-    checkpoint: str | Path | None = None,
+def _scan_shard(
+    model_path: str | Path, images: str | Path, part: Shard, db: str | Path, name: str | None,
+    config: AnalyzeConfig, progress: Progress | None, resume: bool, checkpoint: str | Path | None,
 ) -> ShardSummary:
-    """``analyze --shard i/n``: scan part ``i`` of ``n`` of the image list into a state file for ``merge``
-    (default ``DB.NAME.shard-i-of-n.state``); writes no database."""
-    check_runtime_install()
-    part = parse_shard(shard)
+    """``analyze --shard i/n``: the part's scan state, for ``merge``."""
     p = analysis.plan(model_path, images, None, name, config, part)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name, part)
     scanned, _ = analysis.scan_part(p, state, resume=resume, progress=progress)

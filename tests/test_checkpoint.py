@@ -19,7 +19,7 @@ from tables import assert_same_analysis
 
 from onnx_nfi import api
 from onnx_nfi.config import AnalyzeConfig
-from onnx_nfi.errors import ResultsNotWritten, StateError
+from onnx_nfi.errors import ConfigError, ResultsNotWritten, StateError
 
 #: small batches and frequent checkpoints, so 81 photos give many points to stop at
 CONFIG = AnalyzeConfig(batch_size=4, checkpoint_every=8, provider="cpu")
@@ -150,11 +150,17 @@ def test_resume_of_another_run_is_refused_saying_what_differs(images: Path, tmp_
 def test_three_shards_merged_equal_one_run(images: Path, reference: Path, tmp_path: Path) -> None:
     db = tmp_path / "nfi.duckdb"
     states = []
-    for i in (3, 1, 2):  # any order, any machine
+    for i in (3, 1):  # any order, any machine
         shard = invoke("analyze", TINY, images, "--db", db, "--shard", f"{i}/3", *OPTIONS)
         assert shard.exit_code == 0, shard.output
         states.append(api.state_path(db, MODEL, api.parse_shard(f"{i}/3")))
         assert f"State: {states[-1].resolve()}" in shard.output
+    summary = api.analyze(TINY, images, db=db, config=CONFIG, shard="2/3")  # the API's twin of --shard
+    assert isinstance(summary, api.ShardSummary)
+    states.append(summary.state)
+    assert summary.state == api.state_path(db, MODEL, api.parse_shard("2/3")).resolve()
+    first, last = api.parse_shard("2/3").bounds(sum(1 for p in images.rglob("*") if p.is_file()))
+    assert (summary.shard, summary.images_seen + summary.images_skipped) == ("2/3", last - first)
     assert not db.exists(), "a shard wrote the database"
     incomplete = invoke("merge", states[0], states[1], "--db", db, "--silent")
     assert incomplete.exit_code == 2
@@ -163,6 +169,12 @@ def test_three_shards_merged_equal_one_run(images: Path, reference: Path, tmp_pa
     assert merged.exit_code == 0, merged.output
     assert "Analysed tiny_lite0: 9 layers, 608 neurons" in merged.output
     assert_same_analysis(db, reference, MODEL)
+
+
+def test_a_shard_of_a_ray_run_is_refused_before_any_work(images: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="give one of them"):
+        api.analyze(TINY, images, db=tmp_path / "nfi.duckdb", shard="1/2", ray="local")
+    assert list(tmp_path.iterdir()) == []
 
 
 LOCKER = """

@@ -17,16 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_nfi.neurons.class_selectivity import SelectivityOptionError, class_selectivity
 from onnx_nfi.neurons.color import color_selectivity, grey_region, to_grey
-from onnx_nfi.neurons.transforms import (
-    ANGLES,
-    AXES,
-    mirror_region,
-    orientation_index,
-    rotate_region,
-    shape_index,
-    shuffle_region,
-    symmetry_index,
-)
+from onnx_nfi.neurons import transforms as tf
 from tests.planted_data import CLASSES, COLOR_CLASSES, make_dataset, make_image
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -273,8 +264,8 @@ def _outside(shape, window):
 @pytest.mark.parametrize("window", WINDOWS)
 def test_transforms_leave_everything_outside_the_window(image, window):
     outside = _outside(image.shape, window)
-    outputs = [rotate_region(image, window, 37), shuffle_region(image, window, np.random.default_rng(0))]
-    outputs += [mirror_region(image, window, axis) for axis in AXES]
+    outputs = [tf.rotate_region(image, window, 37), tf.shuffle_region(image, window, np.random.default_rng(0))]
+    outputs += [tf.mirror_region(image, window, axis) for axis in tf.AXES]
     for out in outputs:
         assert out.dtype == np.float32 and out.shape == image.shape
         np.testing.assert_array_equal(out[outside], image[outside])
@@ -283,12 +274,12 @@ def test_transforms_leave_everything_outside_the_window(image, window):
 
 @pytest.mark.parametrize("window", WINDOWS)
 def test_rotating_by_360_is_identity(image, window):
-    np.testing.assert_array_equal(rotate_region(image, window, 360), image)
-    np.testing.assert_array_equal(rotate_region(image, window, 0), image)
+    np.testing.assert_array_equal(tf.rotate_region(image, window, 360), image)
+    np.testing.assert_array_equal(tf.rotate_region(image, window, 0), image)
 
 
 def test_rotation_by_90_is_rot90_counter_clockwise(image):
-    out = rotate_region(image, (3, 5, 10, 12), 90)
+    out = tf.rotate_region(image, (3, 5, 10, 12), 90)
     np.testing.assert_array_equal(out[3:10, 5:12], np.rot90(image[3:10, 5:12]))
 
 
@@ -301,7 +292,7 @@ def test_mirror_axes_on_a_square_window(image):
         45: region[::-1, ::-1].transpose(1, 0, 2),  # anti-diagonal
     }
     for axis, want in expected.items():
-        np.testing.assert_array_equal(mirror_region(image, (3, 5, 10, 12), axis)[3:10, 5:12], want)
+        np.testing.assert_array_equal(tf.mirror_region(image, (3, 5, 10, 12), axis)[3:10, 5:12], want)
 
 
 @pytest.mark.parametrize("window", WINDOWS[:2])
@@ -309,30 +300,30 @@ def test_mirroring_twice_is_identity(image, window):
     # Only for windows inside the image: a clipped window is mirrored about its unclipped centre,
     # so part of it maps outside the image and is filled by the border rule.
     y0, x0, y1, x1 = window
-    axes = AXES if y1 - y0 == x1 - x0 else (0, 90)  # diagonals map only a square onto itself
+    axes = tf.AXES if y1 - y0 == x1 - x0 else (0, 90)  # diagonals map only a square onto itself
     for axis in axes:
-        twice = mirror_region(mirror_region(image, window, axis), window, axis)
+        twice = tf.mirror_region(tf.mirror_region(image, window, axis), window, axis)
         np.testing.assert_array_equal(twice, image)
 
 
 def test_mirror_rejects_unknown_axis(image):
     with pytest.raises(ValueError):
-        mirror_region(image, (0, 0, 4, 4), 30)
+        tf.mirror_region(image, (0, 0, 4, 4), 30)
 
 
 @pytest.mark.parametrize("window", WINDOWS)
 def test_shuffle_preserves_the_pixel_multiset(image, window):
-    out = shuffle_region(image, window, np.random.default_rng(2))
+    out = tf.shuffle_region(image, window, np.random.default_rng(2))
     inside = ~_outside(image.shape, window)
     sort = lambda px: px[np.lexsort(px.T[::-1])]  # noqa: E731
     np.testing.assert_array_equal(sort(out[inside]), sort(image[inside]))
     assert not np.array_equal(out, image)
-    np.testing.assert_array_equal(out, shuffle_region(image, window, np.random.default_rng(2)))
+    np.testing.assert_array_equal(out, tf.shuffle_region(image, window, np.random.default_rng(2)))
 
 
 def test_angle_and_axis_constants():
-    assert ANGLES == tuple(range(15, 346, 15)) and len(ANGLES) == 23
-    assert AXES == (0, 45, 90, 135)
+    assert tf.ANGLES == tuple(range(15, 346, 15)) and len(tf.ANGLES) == 23
+    assert tf.AXES == (0, 45, 90, 135)
 
 
 def test_further_indexes_equal_loop():
@@ -340,17 +331,17 @@ def test_further_indexes_equal_loop():
     units, n = 12, 30
     acts = rng.normal(0.5, 1, (units, n))
     acts[4] = -0.1  # dead
-    rotated = rng.uniform(-0.5, 2.5, (units, len(ANGLES), n))
-    mirrored = rng.uniform(-0.5, 2.5, (units, len(AXES), n))
+    rotated = rng.uniform(-0.5, 2.5, (units, len(tf.ANGLES), n))
+    mirrored = rng.uniform(-0.5, 2.5, (units, len(tf.AXES), n))
     shuffled = rng.uniform(-0.5, 2.5, (units, n))
 
-    per_angle, mean_angle = orientation_index(acts, rotated)
-    per_axis, mean_axis = symmetry_index(acts, mirrored)
-    shape = shape_index(acts, shuffled)
+    per_angle, mean_angle = tf.orientation_index(acts, rotated)
+    per_axis, mean_axis = tf.symmetry_index(acts, mirrored)
+    shape = tf.shape_index(acts, shuffled)
     clip = lambda v: min(max(v, 0.0), 1.0) if not math.isnan(v) else v  # noqa: E731
     for u in range(units):
-        angles = [clip(1 - loop_ratio(acts[u], rotated[u, k])) for k in range(len(ANGLES))]
-        axes = [clip(loop_ratio(acts[u], mirrored[u, k])) for k in range(len(AXES))]
+        angles = [clip(1 - loop_ratio(acts[u], rotated[u, k])) for k in range(len(tf.ANGLES))]
+        axes = [clip(loop_ratio(acts[u], mirrored[u, k])) for k in range(len(tf.AXES))]
         np.testing.assert_allclose(per_angle[u], angles, rtol=1e-12, equal_nan=True)
         np.testing.assert_allclose(mean_angle[u], np.mean(angles), rtol=1e-12, equal_nan=True)
         np.testing.assert_allclose(per_axis[u], axes, rtol=1e-12, equal_nan=True)
@@ -423,9 +414,9 @@ def test_planted_edge_unit_orientation_and_symmetry():
         batch = np.stack([transform(img, (y - 1, x - 1, y + 2, x + 2), *args) for img, y, x in zip(x, ys, xs)])
         return _planted_conv1(session, batch)[np.arange(len(x)), 0, ys, xs]
 
-    rotated = np.stack([read(rotate_region, angle) for angle in (180, 360)])[None]
-    mirrored = np.stack([read(mirror_region, axis) for axis in AXES])[None]
-    per_angle, _ = orientation_index(a, rotated)
-    per_axis, _ = symmetry_index(a, mirrored)
+    rotated = np.stack([read(tf.rotate_region, angle) for angle in (180, 360)])[None]
+    mirrored = np.stack([read(tf.mirror_region, axis) for axis in tf.AXES])[None]
+    per_angle, _ = tf.orientation_index(a, rotated)
+    per_axis, _ = tf.symmetry_index(a, mirrored)
     np.testing.assert_allclose(per_angle[0], [1.0, 0.0], atol=1e-5)
     np.testing.assert_allclose(per_axis[0, [0, 2]], [1.0, 0.0], atol=1e-5)  # axes 0° and 90°

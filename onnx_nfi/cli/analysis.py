@@ -89,13 +89,12 @@ def analyze(
         rho=rho, input_size=input_size, max_pixels=max_pixels, lock_timeout=lock_timeout,
         checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
     )
-    common = {"db": db, "name": name, "config": config, "resume": resume, "checkpoint": checkpoint}
     try:
         with ProgressBars(silent) as bars:
-            if shard is not None:
-                s = api.analyze_shard(model, images, shard, progress=bars, **common)
-            else:
-                summary = api.analyze(model, images, progress=bars, ray=ray, image_root=image_root, **common)
+            summary = api.analyze(
+                model, images, db=db, name=name, config=config, progress=bars, resume=resume, checkpoint=checkpoint,
+                shard=shard, ray=ray, image_root=image_root,
+            )
     except KeyboardInterrupt:
         state = checkpoint or api.state_path(db, name or model.stem, api.parse_shard(shard) if shard else None)
         console.print(
@@ -103,10 +102,11 @@ def analyze(
             highlight=False,
         )
         raise typer.Exit(130) from None
-    if shard is not None:
+    if isinstance(summary, api.ShardSummary):
         out.print(
-            f"Scanned shard {s.shard} of {s.model}: {s.images_seen} images ({s.images_skipped} skipped) in "
-            f"{s.seconds:.1f} s.\nState: {s.state} (combine all shards with: onnx-nfi merge STATE... --db {db})",
+            f"Scanned shard {summary.shard} of {summary.model}: {summary.images_seen} images "
+            f"({summary.images_skipped} skipped) in {summary.seconds:.1f} s.\nState: {summary.state} "
+            f"(combine all shards with: onnx-nfi merge STATE... --db {db})",
             highlight=False,
         )
         return
