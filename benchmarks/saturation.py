@@ -15,13 +15,26 @@ rule says.
 ```
 
 Counts ties from ``top_activations``, so it reads databases written before ``saturated_top`` existed.
+
+``--reverse`` settles what the numbers above cannot: whether a group's choices follow file order or
+image content. It analyses the photos a second time with the file order reversed (the same files,
+flat, named so they list backwards, labelled through ``--labels csv:``) and reports, per group,
+how many units keep the same rank-1 image (by content) and the mean top image id in both orders
+(in the forward numbering). Choices made by content do not move; a file-order bias would follow
+the order and keep picking the first files.
+
+```
+.venv/bin/python benchmarks/saturation.py --reverse --label reversal
+```
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -86,6 +99,85 @@ def measure(db: Path, model: str, many: int, bound: float) -> dict[str, Any]:
     return out
 
 
+TOPS_SQL = """
+SELECT t.layer, t.unit, i.sha256
+FROM top_activations t JOIN images i ON i.model = t.model AND i.image_id = t.image_id
+WHERE t.model = ? AND t.rank = 1
+"""
+
+
+def groups_of(db: Path, model: str, many: int, bound: float) -> dict[str, set[tuple[str, int]]]:
+    """The (layer, unit) pairs of each group of ``measure``."""
+    with Store.open(db, read_only=True) as store:
+        units = store.columns(UNITS_SQL, [model])
+    live = ~units["dead"].astype(bool)
+    all_tied = live & (units["tied"] == units["kept"])
+    at_bound = units["best"] == np.float32(bound)
+    masks = {
+        "all-saturated": all_tied & at_bound,
+        f"at least {many} tied at the bound": live & at_bound & (units["tied"] >= many),
+        "all tied below the bound": all_tied & ~at_bound,
+        "other live units": live & ~(all_tied & at_bound) & ~(all_tied & ~at_bound),
+    }
+    return {name: set(zip(units["layer"][m], units["unit"][m].tolist())) for name, m in masks.items()}
+
+
+def reversed_copy(photos: Path, folder: Path) -> Path:
+    """The photos, flat, named so that they list in reverse order, and a labels CSV; returns the CSV."""
+    files = sorted(p for p in photos.rglob("*.jpg"))
+    rows = []
+    for k, path in enumerate(files):
+        name = f"{len(files) - 1 - k:05d}.jpg"
+        shutil.copyfile(path, folder / name)
+        rows.append((name, path.parent.name))
+    table = folder.parent / "labels.csv"
+    with table.open("w", newline="") as f:
+        csv.writer(f).writerows([("path", "label"), *rows])
+    return table
+
+
+def order_check(forward: Path, backward: Path, model: str, many: int, bound: float) -> dict[str, Any]:
+    """Per group of the forward run: units whose rank-1 image (by content) is the same in both orders,
+    and the mean rank-1 image id of each run, both in the forward run's numbering."""
+    tops: list[dict[tuple[str, int], str]] = []
+    forward_ids: dict[str, int] = {}
+    for db in (forward, backward):
+        with Store.open(db, read_only=True) as store:
+            rows = store.columns(TOPS_SQL, [model])
+            if db == forward:
+                ids = store.columns("SELECT image_id, sha256 FROM images WHERE model = ?", [model])
+                forward_ids = dict(zip(ids["sha256"], ids["image_id"].tolist()))
+        tops.append(dict(zip(zip(rows["layer"], rows["unit"].tolist()), rows["sha256"])))
+    out: dict[str, Any] = {}
+    for name, units in groups_of(forward, model, many, bound).items():
+        both = [u for u in units if u in tops[0] and u in tops[1]]
+        same = sum(tops[0][u] == tops[1][u] for u in both)
+        out[name] = {
+            "units": len(both),
+            "same_top_image": same / max(len(both), 1),
+            "mean_top_id_forward": float(np.mean([forward_ids[tops[0][u]] for u in both])) if both else math.nan,
+            "mean_top_id_reversed": float(np.mean([forward_ids[tops[1][u]] for u in both])) if both else math.nan,
+        }
+    return out
+
+
+def order_report(check: dict[str, Any], images: int) -> str:
+    """The markdown table of ``order_check``."""
+    lines = [
+        f"File order reversed ({images} images; ids in the forward numbering, uniform mean {(images - 1) / 2:.1f}; "
+        "a file-order choice would pick high ids when reversed):",
+        "",
+        "| live units | count | same rank-1 image in both orders | mean rank-1 image id, forward | reversed |",
+        "|---|---|---|---|---|",
+    ]
+    for name, g in check.items():
+        lines.append(
+            f"| {name} | {g['units']} | {100 * g['same_top_image']:.1f} % | {g['mean_top_id_forward']:.1f} | "
+            f"{g['mean_top_id_reversed']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def report(result: dict[str, Any], label: str) -> str:
     """The markdown table of one measurement."""
     lines = [
@@ -113,17 +205,27 @@ def main() -> None:
     parser.add_argument("--bound", type=float, default=6.0, help="the activation's upper bound (6 for ReLU6)")
     parser.add_argument("--label", default="this code", help="how the results file names the run, e.g. before / after")
     parser.add_argument("--out", type=Path, help="results file stem (default benchmarks/results/saturation-<label>)")
+    parser.add_argument("--reverse", action="store_true", help="also analyse the photos in reversed file order and compare")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        from onnx_nfi import api
+        from onnx_nfi.config import AnalyzeConfig
+
         db = args.db
         if db is None:
-            from onnx_nfi import api
-
             db = Path(tmp) / "nfi.duckdb"
             api.analyze(LITE0, demo_photos(), db=db, name=args.model)
         result = measure(db, args.model, args.many, args.bound)
+        text = report(result, args.label)
+        if args.reverse:
+            flat = Path(tmp) / "reversed" / "photos"
+            flat.mkdir(parents=True)
+            labels = reversed_copy(demo_photos(), flat)
+            backward = Path(tmp) / "reversed.duckdb"
+            api.analyze(LITE0, flat, db=backward, name=args.model, config=AnalyzeConfig(labels=f"csv:{labels}"))
+            result["order_check"] = order_check(db, backward, args.model, args.many, args.bound)
+            text += "\n\n" + order_report(result["order_check"], result["images"])
     result["machine"] = machine()
-    text = report(result, args.label)
     print(text)
     stem = args.out or RESULTS / f"saturation-{args.label.replace(' ', '_')}"
     stem.with_suffix(".md").write_text(text + "\n")
