@@ -7,9 +7,9 @@ mid-grey 127. The canvas is the RF size centre-cropped to the input size.
 **Deviation, recorded as ``nf_max_size``**: a canvas larger than ``nf_max_size`` pixels is
 computed on images scaled down by ``nf_max_size / canvas`` (area interpolation), with crop
 positions rounded to the scaled grid. Deep layers' canvases are the whole 224×224 image; at full
-size Lite0's NFs would take ~2.3 GB in the database (a byte a value) and minutes of CPU per few
-hundred images, while a person looks at them at thumbnail size anyway. ``nf_max_size = 0`` computes the exact
-full-size NF. Layers whose canvas fits are always exact.
+size Lite0's NFs would take ~2.6 GB in the database (a byte a value; 10 GB as floats) and minutes
+of CPU per few hundred images, while a person looks at them at thumbnail size anyway.
+``nf_max_size = 0`` computes the exact full-size NF. Layers whose canvas fits are always exact.
 """
 
 from __future__ import annotations

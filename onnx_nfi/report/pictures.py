@@ -118,7 +118,8 @@ def nf_picture(nf: np.ndarray, header: Sequence[str] = (), scale: int | None = N
     under its ``header`` lines (the first in bold): a file that says which neuron it shows."""
     factor = scale or max(1, math.ceil(NF_MIN_SIDE / max(nf.shape[:2])))
     image = enlarge(nf, factor)
-    body = max(image.shape[1], MIN_TEXT_WIDTH)
+    widest = max([_text_width(h, TITLE_PX if k == 0 else CAPTION_PX + 1, k == 0) for k, h in enumerate(header)], default=0)
+    body = max(image.shape[1], MIN_TEXT_WIDTH, min(widest, 2 * MIN_TEXT_WIDTH))  # a title on one line if it can
     top, texts = _header(header, body)
     page = np.full((top + image.shape[0] + MARGIN, body + 2 * MARGIN, 3), BACKGROUND, np.uint8)
     x0 = MARGIN + (body - image.shape[1]) // 2

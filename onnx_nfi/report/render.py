@@ -186,9 +186,11 @@ def _tiles(data: queries.LayerNFs) -> list[pictures.Tile]:
 
 
 def _card_values(values: dict[str, Any]) -> str:
+    """``color: 0.280   class: 0.739 …``; no-break spaces inside an item, so a wrapped line breaks between items."""
     if not values:
         return "no selectivity index computed yet"
-    return "   ".join(f"{k.replace('_selectivity', '').replace('_', ' ')}: {_value(v)}" for k, v in values.items())
+    names = {k: k.replace("_selectivity", "").replace("_", "\u00a0") for k in values}
+    return "   ".join(f"{names[k]}:\u00a0{_value(v)}".replace(" ", "\u00a0") for k, v in values.items())
 
 
 def _value(value: Any) -> str:
