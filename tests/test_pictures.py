@@ -1,9 +1,14 @@
-"""``onnx-nfi nf / card / top / summary``: real databases in, PNGs read back and checked pixel by pixel.
+"""``onnx-nfi nf / card / top / summary / similar -o / match -o``: real databases in, PNGs read back
+and checked pixel by pixel.
 
 The expected pixels are computed here from the stored rows (SQL) and the image files, independently
 of ``onnx_nfi.report``: an enlarged NF is the stored values rounded, each pixel repeated k×k; a
 card's crop is the RF window ``y·stride + offset`` (centre-cropped to the input) of the image as
-the stored preprocessing feeds it, grey outside the image.
+the stored preprocessing feeds it, grey outside the image; which units a grid page holds comes
+from SQL; a heat map's best cell per row is the argmax of the match scores, its other cells
+viridis of their score. The picture verbs say where they put each tile (``render.Drawn``); the
+tests check that the pixels there are the right ones and that the layout has no empty row,
+column or cut caption.
 """
 
 from __future__ import annotations

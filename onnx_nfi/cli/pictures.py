@@ -32,7 +32,7 @@ def nf_cmd(
     unit: Annotated[int | None, typer.Argument(help="Unit (channel) number; leave out with --grid.")] = None,
     output: Png = ...,  # type: ignore[assignment]
     db: Db = Path(DEFAULT_DB),
-    grid: Annotated[bool, typer.Option("--grid", help="All NFs of the layer in a labelled grid.")] = False,
+    grid: Annotated[bool, typer.Option("--grid", help="The layer's NFs in a labelled grid, a page at a time (--page, --per-page).")] = False,
     scale: Annotated[int | None, typer.Option(
         "--scale", min=1, help="Enlargement factor of a single NF (default: to >= 256 px).")] = None,
     order_by: Annotated[str, typer.Option(

@@ -321,7 +321,7 @@ def _header(lines: Sequence[str], width: int) -> tuple[int, list[_Text]]:
     """
     if not lines:
         return MARGIN, []
-    y, texts = MARGIN, []
+    y, texts = MARGIN, list[_Text]()
     for piece in _wrap(lines[0], width, TITLE_PX, True):
         texts.append(_Text(MARGIN, y, piece, TITLE_PX, True, "left"))
         y += TITLE_PX + 4
