@@ -37,8 +37,6 @@ DEAD = ("conv1", 2)  # made dead in the fixture, as a dead neuron is stored
 GREY = 127
 
 
-
-
 def read_png(path: Path) -> np.ndarray:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]
@@ -48,12 +46,12 @@ def tensor(db: Path, alias: str) -> str:
     return query(db, "SELECT layer FROM layers WHERE model = ? AND alias = ?", [MODEL, alias])[0][0]
 
 
-def stored_nfs(db: Path, alias: str) -> dict[int, np.ndarray | None]:
+def stored_nfs(db: Path, alias: str, model: str = MODEL) -> dict[int, np.ndarray | None]:
     """A layer's stored NFs as [h, w, 3] by unit, None for a dead neuron."""
     rows = query(
         db,
-        "SELECT unit, nf, nf_height, nf_width FROM neurons WHERE model = ? AND layer = ?",
-        [MODEL, tensor(db, alias)],
+        "SELECT unit, nf, nf_height, nf_width FROM neurons JOIN layers USING (model, layer) WHERE model = ? AND alias = ?",
+        [model, alias],
     )
     return {u: None if nf is None else np.array(nf, np.float64).reshape(h, w, 3) for u, nf, h, w in rows}
 
@@ -406,18 +404,11 @@ def test_similar_picture_writes_model_names_in_full(two_models: Path, tmp_path: 
     assert pitch >= name_width  # a column is as wide as the name
     for hit, box, centre in zip(result.hits, drawn.boxes[1:], centres[1:]):
         assert hit.model == LONG
-        np.testing.assert_array_equal(
-            box_pixels(png, box), expected_enlarged(stored_nf_of(two_models, LONG, hit.layer, hit.unit), (box[2] - box[0], box[3] - box[1]))
-        )
+        nf = stored_nfs(two_models, hit.alias, LONG)[hit.unit]
+        np.testing.assert_array_equal(box_pixels(png, box), expected_enlarged(nf, (box[2] - box[0], box[3] - box[1])))
         band = png[box[2] :, centre - pitch // 2 : centre + pitch // 2]
         inked = np.flatnonzero((band < 100).any(axis=(0, 2)))
         assert inked[-1] - inked[0] + 1 >= name_width - 2  # the whole name, not "tiny_lite0_an…"
-
-
-def stored_nf_of(db: Path, model: str, layer: str, unit: int) -> np.ndarray:
-    nf, h, w = query(db, "SELECT nf, nf_height, nf_width FROM neurons WHERE model = ? AND layer = ? AND unit = ?",
-                     [model, layer, unit])[0]
-    return np.array(nf, np.float64).reshape(h, w, 3)
 
 
 def test_match_heat_map_marks_each_rows_best_layer(two_models: Path, tmp_path: Path) -> None:
