@@ -330,7 +330,7 @@ def match(db: str | Path, model_a: str, model_b: str, picture: str | Path | None
     result = search.match(db, model_a, model_b)
     if picture is None:
         return result
-    return replace(result, picture=render.match_png(result, picture))
+    return replace(result, picture=render.match_png(result, picture).path)
 
 
 #: The bundled models and the queries the demo prints.
@@ -388,8 +388,8 @@ def demo(
         if on_analysis:
             on_analysis(analyses[-1])
     lite0 = DEMO_MODELS[0]
-    drawn = [render.grid_png(lite0, layer, folder / f"lite0_{layer}_nfs.png", db, limit=64) for layer in ("conv1", "conv40")]
-    drawn.append(render.card_png(lite0, "conv40", _most_class_selective(db, lite0, "conv40"), folder / "lite0_conv40_card.png", db))
+    drawn = [render.grid_png(lite0, layer, folder / f"lite0_{layer}_nfs.png", db, per_page=64).path for layer in ("conv1", "conv40")]
+    drawn.append(render.card_png(lite0, "conv40", _most_class_selective(db, lite0, "conv40"), folder / "lite0_conv40_card.png", db).path)
     drawn.append(render.summary_png(list(DEMO_MODELS), ["color_selectivity", "class_selectivity"], folder / "selectivity.png", db)[0])
     matched = match(db, *DEMO_MODELS, picture=folder / "match.png")
     site = build_report(output / "report", db, progress=step(f"Building the neuron browser in {output / 'report'}"))

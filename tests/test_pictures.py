@@ -1,9 +1,14 @@
-"""``onnx-nfi nf / card / top / summary``: real databases in, PNGs read back and checked pixel by pixel.
+"""``onnx-nfi nf / card / top / summary / similar -o / match -o``: real databases in, PNGs read back
+and checked pixel by pixel.
 
 The expected pixels are computed here from the stored rows (SQL) and the image files, independently
 of ``onnx_nfi.report``: an enlarged NF is the stored values rounded, each pixel repeated k×k; a
 card's crop is the RF window ``y·stride + offset`` (centre-cropped to the input) of the image as
-the stored preprocessing feeds it, grey outside the image.
+the stored preprocessing feeds it, grey outside the image; which units a grid page holds comes
+from SQL; a heat map's best cell per row is the argmax of the match scores, its other cells
+viridis of their score. The picture verbs say where they put each tile (``render.Drawn``); the
+tests check that the pixels there are the right ones and that the layout has no empty row,
+column or cut caption.
 """
 
 from __future__ import annotations
@@ -18,18 +23,18 @@ import numpy as np
 import pytest
 from cli_helpers import invoke, query
 from conftest import TINY
+from matplotlib import colormaps
 
+from onnx_nfi import api
 from onnx_nfi.api import analyze
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.preprocess import from_dict
-from onnx_nfi.report import pictures
+from onnx_nfi.report import pictures, render
 from onnx_nfi.report.queries import cut_crop
 
 MODEL = "tiny"
 DEAD = ("conv1", 2)  # made dead in the fixture, as a dead neuron is stored
 GREY = 127
-
-
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -41,12 +46,12 @@ def tensor(db: Path, alias: str) -> str:
     return query(db, "SELECT layer FROM layers WHERE model = ? AND alias = ?", [MODEL, alias])[0][0]
 
 
-def stored_nfs(db: Path, alias: str) -> dict[int, np.ndarray | None]:
+def stored_nfs(db: Path, alias: str, model: str = MODEL) -> dict[int, np.ndarray | None]:
     """A layer's stored NFs as [h, w, 3] by unit, None for a dead neuron."""
     rows = query(
         db,
-        "SELECT unit, nf, nf_height, nf_width FROM neurons WHERE model = ? AND layer = ?",
-        [MODEL, tensor(db, alias)],
+        "SELECT unit, nf, nf_height, nf_width FROM neurons JOIN layers USING (model, layer) WHERE model = ? AND alias = ?",
+        [model, alias],
     )
     return {u: None if nf is None else np.array(nf, np.float64).reshape(h, w, 3) for u, nf, h, w in rows}
 
@@ -105,86 +110,158 @@ def db(tmp_path_factory: pytest.TempPathFactory, photo_dir: Path) -> Path:
     return path
 
 
-def test_single_nf_is_the_stored_nf_enlarged(db: Path, tmp_path: Path) -> None:
+def ink(region: np.ndarray) -> bool:
+    """Whether a region holds drawn text (dark pixels), not just background."""
+    return bool((region < 100).any())
+
+
+def check_tiles(png: np.ndarray, drawn: render.Drawn, db: Path, alias: str, units: list[int]) -> None:
+    """The picture holds exactly ``units``' NFs, in order, each pixel for pixel as stored."""
+    assert list(drawn.units) == units and len(drawn.boxes) == len(units)
+    by_unit = stored_nfs(db, alias)
+    for unit, box in zip(units, drawn.boxes):
+        tile = box_pixels(png, box)
+        if by_unit[unit] is None:
+            assert box[2] - box[0] == 96 and (tile[1, tile.shape[1] // 2] == GREY).all()
+            assert (tile[48, 48] < 100).all() and (tile[1, 1] < 100).all()  # crossed out
+        else:
+            np.testing.assert_array_equal(tile, expected_enlarged(by_unit[unit], tile.shape[:2]))
+
+
+def levels(values: list[int]) -> list[int]:
+    """Distinct positions, merging those 1 px apart (odd-sized tiles centred in a cell land half a pixel off)."""
+    out: list[int] = []
+    for v in sorted(values):
+        if not out or v - out[-1] > 1:
+            out.append(v)
+    return out
+
+
+def check_lattice(png: np.ndarray, boxes: tuple) -> tuple[int, int]:
+    """Tiles on a regular lattice, row-major, every row full but the last, and no empty row or
+    column of tiles in the canvas; returns (rows, columns)."""
+    centres = [((b[0] + b[2]) // 2, (b[1] + b[3]) // 2) for b in boxes]  # tiles are centred in their cells
+    tops, lefts = levels([c[0] for c in centres]), levels([c[1] for c in centres])
+    rows, columns = len(tops), len(lefts)
+    assert rows == math.ceil(len(boxes) / columns)
+    assert len(boxes) > (rows - 1) * columns  # the last row is not empty
+    for steps in (np.diff(tops), np.diff(lefts)):
+        assert steps.size == 0 or steps.max() - steps.min() <= 2  # a regular lattice (centres within 1 px)
+    for k, (cy, cx) in enumerate(centres):  # row-major, in order
+        assert abs(cy - tops[k // columns]) <= 1 and abs(cx - lefts[k % columns]) <= 1
+    pitch_y = tops[1] - tops[0] if rows > 1 else 96
+    pitch_x = lefts[1] - lefts[0] if columns > 1 else 96
+    assert png.shape[0] - max(b[2] for b in boxes) < pitch_y  # nothing below the last row of tiles
+    right = png.shape[1] - pictures.MARGIN - max(b[3] for b in boxes)
+    left = min(b[1] for b in boxes) - pictures.MARGIN
+    assert right < pitch_x or png.shape[1] == pictures.MIN_TEXT_WIDTH + 2 * pictures.MARGIN
+    assert abs(right - left) <= 2  # tiles centred when the text column is the wider
+    return rows, columns
+
+
+def test_single_nf_is_the_stored_nf_enlarged_under_a_title(db: Path, tmp_path: Path) -> None:
     nf = stored_nf(db, "conv3", 5)
     r = invoke("nf", MODEL, "conv3", 5, "-o", tmp_path / "nf.png", "--db", db)
     assert r.exit_code == 0, r.output
     assert r.output.strip() == f"Wrote {tmp_path / 'nf.png'}"
     png = read_png(tmp_path / "nf.png")
+    drawn = render.nf_png(MODEL, tensor(db, "conv3"), 5, tmp_path / "api.png", db)
+    assert (tmp_path / "api.png").read_bytes() == (tmp_path / "nf.png").read_bytes()
+    (box,) = drawn.boxes
     k = math.ceil(256 / nf.shape[0])
-    assert png.shape == (nf.shape[0] * k, nf.shape[1] * k, 3) and png.shape[0] >= 256
-    np.testing.assert_array_equal(png, expected_enlarged(nf, png.shape[:2]))
+    assert (box[2] - box[0], box[3] - box[1]) == (nf.shape[0] * k, nf.shape[1] * k) and box[2] - box[0] >= 256
+    np.testing.assert_array_equal(box_pixels(png, box), expected_enlarged(nf, (box[2] - box[0], box[3] - box[1])))
+    # a title above the NF (model / alias / unit, the tensor, the indexes), background everywhere else
+    assert ink(png[: box[0]]) and box[0] > 3 * 16
+    for line in range(pictures.MARGIN, box[0] - 16, 18):
+        assert ink(png[line : line + 18]), line  # three lines, none of them empty
+    outside = png.copy()
+    outside[: box[0]] = pictures.BACKGROUND
+    outside[box[0] : box[2], box[1] : box[3]] = pictures.BACKGROUND
+    assert (outside == pictures.BACKGROUND).all()
+    assert png.shape[0] - box[2] == pictures.MARGIN
 
     r = invoke("nf", MODEL, tensor(db, "conv3"), 5, "-o", tmp_path / "nf4.png", "--db", db, "--scale", 4)
     assert r.exit_code == 0, r.output
-    png = read_png(tmp_path / "nf4.png")
-    assert png.shape == (nf.shape[0] * 4, nf.shape[1] * 4, 3)
-    np.testing.assert_array_equal(png, expected_enlarged(nf, png.shape[:2]))
+    drawn = render.nf_png(MODEL, "conv3", 5, tmp_path / "api4.png", db, 4)
+    (box,) = drawn.boxes
+    assert (box[2] - box[0], box[3] - box[1]) == (nf.shape[0] * 4, nf.shape[1] * 4)
+    tile = box_pixels(read_png(tmp_path / "nf4.png"), box)
+    np.testing.assert_array_equal(tile, expected_enlarged(nf, tile.shape[:2]))
 
 
-def test_layer_grid_places_every_unit_in_order(db: Path, tmp_path: Path) -> None:
+def test_layer_grid_pages_hold_exactly_their_units(db: Path, tmp_path: Path) -> None:
+    units = [u for (u,) in query(db, "SELECT unit FROM neurons WHERE model = ? AND layer = ? ORDER BY unit",
+                                 [MODEL, tensor(db, "conv1")])]
+    assert len(units) == 32 and stored_nf(db, "conv1", DEAD[1]) is None
     out = tmp_path / "grid.png"
-    r = invoke("nf", MODEL, "conv1", "--grid", "-o", out, "--db", db)
+    r = invoke("nf", MODEL, "conv1", "--grid", "-o", out, "--db", db)  # 32 units: one page, 8 x 4
     assert r.exit_code == 0, r.output
+    assert r.output.strip() == f"Wrote {out}"
+    drawn = render.grid_png(MODEL, "conv1", tmp_path / "api.png", db)
+    assert (tmp_path / "api.png").read_bytes() == out.read_bytes() and (drawn.page, drawn.pages) == (1, 1)
     png = read_png(out)
-    units = [
-        u
-        for (u,) in query(
-            db, "SELECT unit FROM neurons WHERE model = ? AND layer = ? ORDER BY unit", [MODEL, tensor(db, "conv1")]
-        )
-    ]
-    by_unit = stored_nfs(db, "conv1")
-    nfs = [by_unit[u] for u in units]
-    assert nfs[DEAD[1]] is None and sum(n is None for n in nfs) < len(units) // 2
-    tiles = [pictures.Tile(nf, (f"unit {u}",)) for u, nf in zip(units, nfs)]
-    picture = pictures.grid(tiles, "title")
-    assert len(picture.boxes) == len(units) == 32
-    columns = math.ceil(math.sqrt(len(units)))
-    tops = sorted({b[0] for b in picture.boxes})
-    lefts = sorted({b[1] for b in picture.boxes})
-    assert len(lefts) == columns and len(tops) == math.ceil(len(units) / columns)
-    assert len(set(np.diff(lefts))) == 1 and len(set(np.diff(tops))) == 1  # a regular lattice
-    assert png.shape[0] > tops[-1] + 96 and png.shape[1] > lefts[-1] + 96
-    for k, (nf, box) in enumerate(zip(nfs, picture.boxes)):
-        assert (box[0], box[1]) == (tops[k // columns], lefts[k % columns])  # row-major, unit order
-        tile = box_pixels(png, box)
-        if nf is None:
-            assert box[2] - box[0] == 96 and (tile[1, tile.shape[1] // 2] == GREY).all()
-            assert (tile[48, 48] < 100).all() and (tile[1, 1] < 100).all()  # crossed out
-        else:
-            np.testing.assert_array_equal(tile, expected_enlarged(nf, tile.shape[:2]))
-        caption = png[box[2] + 2 : box[2] + 2 + 16, box[1] : box[3]]
-        assert (caption < 100).any()  # a caption is drawn under every tile
+    check_tiles(png, drawn, db, "conv1", units)
+    assert check_lattice(png, drawn.boxes) == (4, 8)
+    for box in drawn.boxes:
+        assert ink(png[box[2] + 2 : box[2] + 18, box[1] : box[3]])  # a caption under every tile
+
+    per = 12
+    for page, rows_columns in ((1, (3, 4)), (2, (3, 4)), (3, (2, 4))):
+        out = tmp_path / f"page{page}.png"
+        r = invoke("nf", MODEL, "conv1", "--grid", "--per-page", per, "--page", page, "-o", out, "--db", db)
+        assert r.exit_code == 0, r.output
+        following = f"; --page {page + 1} draws the next" if page < 3 else ""
+        assert r.output == f"Wrote {out}\nPage {page} of 3{following}.\n"
+        drawn = render.grid_png(MODEL, "conv1", tmp_path / "api.png", db, page=page, per_page=per)
+        assert (tmp_path / "api.png").read_bytes() == out.read_bytes() and (drawn.page, drawn.pages) == (page, 3)
+        png = read_png(out)
+        check_tiles(png, drawn, db, "conv1", units[(page - 1) * per : page * per])  # 8 on the last page
+        assert check_lattice(png, drawn.boxes) == rows_columns
+        top = min(b[0] for b in drawn.boxes)
+        assert ink(png[pictures.MARGIN : pictures.MARGIN + 16]) and ink(png[top - 26 : top - 8])  # title, page caption
 
 
-def test_grid_ordered_by_a_column(db: Path, tmp_path: Path) -> None:
+def test_grid_ordered_by_a_column_pages_through_the_ranking(db: Path, tmp_path: Path) -> None:
+    ranking = [u for (u,) in query(
+        db, "SELECT unit FROM neurons WHERE model = ? AND layer = ? ORDER BY max_activation DESC, unit",
+        [MODEL, tensor(db, "conv3")])]
     out = tmp_path / "ordered.png"
-    r = invoke("nf", MODEL, "conv3", "--grid", "--order-by", "max_activation", "--limit", 5, "-o", out, "--db", db)
+    r = invoke("nf", MODEL, "conv3", "--grid", "--order-by", "max_activation", "--per-page", 5, "--page", 2,
+               "-o", out, "--db", db)
+    assert r.exit_code == 0, r.output
+    drawn = render.grid_png(MODEL, "conv3", tmp_path / "api.png", db, order_by="max_activation", page=2, per_page=5)
+    assert (tmp_path / "api.png").read_bytes() == out.read_bytes()
+    png = read_png(out)
+    check_tiles(png, drawn, db, "conv3", ranking[5:10])
+    assert check_lattice(png, drawn.boxes) == (1, 5)  # five tiles: one full row, not 3 + 2
+
+    drawn = render.grid_png(MODEL, "conv3", out, db, order_by="max_activation", descending=False, limit=3)
+    lowest = [u for (u,) in query(
+        db, "SELECT unit FROM neurons WHERE model = ? AND layer = ? ORDER BY max_activation, unit LIMIT 3",
+        [MODEL, tensor(db, "conv3")])]
+    check_tiles(read_png(out), drawn, db, "conv3", lowest)
+    assert drawn.pages == 1
+
+
+def test_top_shows_the_most_selective_neurons(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "top.png"
+    r = invoke("top", MODEL, "conv3", "--by", "color_selectivity", "-k", 6, "-o", out, "--db", db)
     assert r.exit_code == 0, r.output
     rows = query(
         db,
-        "SELECT unit, max_activation FROM neurons WHERE model = ? AND layer = ? ORDER BY max_activation DESC LIMIT 5",
+        "SELECT unit FROM neurons WHERE model = ? AND layer = ? AND color_selectivity IS NOT NULL "
+        "ORDER BY color_selectivity DESC, unit LIMIT 6",
         [MODEL, tensor(db, "conv3")],
     )
-    tiles = [pictures.Tile(stored_nf(db, "conv3", u), (f"unit {u}", f"{v:.3f}")) for u, v in rows]
-    picture = pictures.grid(tiles, "t")
+    drawn = render.top_png(MODEL, "conv3", "color_selectivity", tmp_path / "api.png", db, k=6)
+    assert (tmp_path / "api.png").read_bytes() == out.read_bytes()
     png = read_png(out)
-    for (u, _), box in zip(rows, picture.boxes):
-        tile = box_pixels(png, box)
-        np.testing.assert_array_equal(tile, expected_enlarged(stored_nf(db, "conv3", u), tile.shape[:2]))
-
-    r = invoke(
-        "nf", MODEL, "conv3", "--grid", "--order-by", "max_activation", "--asc", "--limit", 3, "-o", out, "--db", db
-    )
-    assert r.exit_code == 0, r.output
-    first = query(
-        db,
-        "SELECT unit FROM neurons WHERE model = ? AND layer = ? ORDER BY max_activation LIMIT 1",
-        [MODEL, tensor(db, "conv3")],
-    )[0][0]
-    box = pictures.grid([pictures.Tile(stored_nf(db, "conv3", first), ("a", "b"))] * 3, "t").boxes[0]
-    tile = box_pixels(read_png(out), box)
-    np.testing.assert_array_equal(tile, expected_enlarged(stored_nf(db, "conv3", first), tile.shape[:2]))
+    check_tiles(png, drawn, db, "conv3", [u for (u,) in rows])
+    assert check_lattice(png, drawn.boxes) == (2, 3)  # the long title wraps instead of widening the page
+    r = invoke("top", MODEL, "conv3", "--by", "shape_selectivity", "-o", out, "--db", db)
+    assert r.exit_code == 2
+    assert "no neuron of tiny/conv3 has a shape_selectivity value" in r.output
 
 
 def test_card_shows_the_nf_and_its_top_crops(db: Path, tmp_path: Path) -> None:
@@ -219,8 +296,8 @@ def test_card_shows_the_nf_and_its_top_crops(db: Path, tmp_path: Path) -> None:
                     crop[i, j] = image[y0 + i, x0 + j]
         crops.append(crop)
     nf = stored_nf(db, "conv9", 3)
-    picture = pictures.card(nf, [pictures.Tile(c, ("#1 1.00", "label")) for c in crops], ["h", "v", "t"])
-    assert png.shape == picture.image.shape
+    picture = render.card_png(MODEL, "conv9", 3, tmp_path / "api.png", db, top=top)
+    assert (tmp_path / "api.png").read_bytes() == out.read_bytes()
     nf_tile = box_pixels(png, picture.boxes[0])
     assert nf_tile.shape[0] >= 200
     np.testing.assert_array_equal(nf_tile, expected_enlarged(nf, nf_tile.shape[:2]))
@@ -236,27 +313,6 @@ def test_cut_crop_fills_outside_with_grey() -> None:
     crop = cut_crop(image, -2, 1, (4, 5))
     assert (crop[:2] == GREY).all() and (crop[:, 3:] == GREY).all()
     np.testing.assert_array_equal(crop[2:, :3], image[:2, 1:4])
-
-
-def test_top_shows_the_most_selective_neurons(db: Path, tmp_path: Path) -> None:
-    out = tmp_path / "top.png"
-    r = invoke("top", MODEL, "conv3", "--by", "color_selectivity", "-k", 4, "-o", out, "--db", db)
-    assert r.exit_code == 0, r.output
-    rows = query(
-        db,
-        "SELECT unit FROM neurons WHERE model = ? AND layer = ? AND color_selectivity IS NOT NULL "
-        "ORDER BY color_selectivity DESC, unit LIMIT 4",
-        [MODEL, tensor(db, "conv3")],
-    )
-    nfs = [stored_nf(db, "conv3", u) for (u,) in rows]
-    picture = pictures.grid([pictures.Tile(n, ("u", "v")) for n in nfs], "t")
-    png = read_png(out)
-    for nf, box in zip(nfs, picture.boxes):
-        tile = box_pixels(png, box)
-        np.testing.assert_array_equal(tile, expected_enlarged(nf, tile.shape[:2]))
-    r = invoke("top", MODEL, "conv3", "--by", "shape_selectivity", "-o", out, "--db", db)
-    assert r.exit_code == 2
-    assert "no neuron of tiny/conv3 has a shape_selectivity value" in r.output
 
 
 def test_summary_overlays_models_and_skips_empty_indexes(db: Path, tmp_path: Path) -> None:
@@ -297,6 +353,11 @@ def test_summary_overlays_models_and_skips_empty_indexes(db: Path, tmp_path: Pat
         (["summary", "--indexes", "top_class"], "--indexes: 'top_class' is not a numeric neurons column"),
         (["nf", MODEL, "conv1"], "give either a UNIT or --grid"),
         (["nf", MODEL, "conv1", 1, "--grid"], "give either a UNIT or --grid"),
+        (["nf", MODEL, "conv1", "--grid", "--page", 2],
+         "there is no page 2: tiny/conv1 has 32 NFs to show, 1 page of 256; choose --page 1 or lower"),
+        (["nf", MODEL, "conv1", "--grid", "--per-page", 10, "--page", 5],
+         "there is no page 5: tiny/conv1 has 32 NFs to show, 4 pages of 10; choose --page 4 or lower"),
+        (["nf", MODEL, "conv1", 1, "--page", 2], "pages are for --grid; a single NF is one picture"),
     ],
 )
 def test_errors_are_one_clean_line(db: Path, tmp_path: Path, args: list, message: str) -> None:
@@ -314,3 +375,69 @@ def test_output_and_database_errors(db: Path, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "name the output file *.png" in r.output
     r = invoke("nf", MODEL, "conv1", 1, "-o", tmp_path / "x.png", "--db", tmp_path / "none.duckdb")
     assert r.exit_code == 2 and "does not exist; run 'onnx-nfi analyze' first" in " ".join(r.output.split())
+
+
+LONG = "tiny_lite0_analysed_a_second_time"  # wider than a tile: its captions must not be cut
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory: pytest.TempPathFactory, photo_dir: Path) -> Path:
+    """The tiny model analysed twice, once under a long name, with the shared probe set."""
+    path = tmp_path_factory.mktemp("two_models") / "nfi.duckdb"
+    for name in (MODEL, LONG):
+        analyze(TINY, photo_dir, db=path, name=name, config=AnalyzeConfig(top_n=6, indexes=()))
+    return path
+
+
+def test_similar_picture_writes_model_names_in_full(two_models: Path, tmp_path: Path) -> None:
+    out = tmp_path / "similar.png"
+    r = invoke("similar", f"{MODEL}:conv3:5", "--other-models", "-k", 4, "-o", out, "--db", two_models)
+    assert r.exit_code == 0, r.output
+    result = api.similar(two_models, f"{MODEL}:conv3:5", k=4, other_models=True)
+    drawn = render.similar_png(result, tmp_path / "api.png")
+    assert (tmp_path / "api.png").read_bytes() == out.read_bytes()
+    png = read_png(out)
+    assert check_lattice(png, drawn.boxes) == (1, 5)
+    centres = [(b[1] + b[3]) // 2 for b in drawn.boxes]
+    pitch = centres[1] - centres[0]
+    name_width = pictures._text_width(LONG, pictures.CAPTION_PX)
+    assert pitch >= name_width  # a column is as wide as the name
+    for hit, box, centre in zip(result.hits, drawn.boxes[1:], centres[1:]):
+        assert hit.model == LONG
+        nf = stored_nfs(two_models, hit.alias, LONG)[hit.unit]
+        np.testing.assert_array_equal(box_pixels(png, box), expected_enlarged(nf, (box[2] - box[0], box[3] - box[1])))
+        band = png[box[2] :, centre - pitch // 2 : centre + pitch // 2]
+        inked = np.flatnonzero((band < 100).any(axis=(0, 2)))
+        assert inked[-1] - inked[0] + 1 >= name_width - 2  # the whole name, not "tiny_lite0_an…"
+
+
+def test_match_heat_map_marks_each_rows_best_layer(two_models: Path, tmp_path: Path) -> None:
+    out = tmp_path / "match.png"
+    r = invoke("match", MODEL, LONG, "-o", out, "--db", two_models)
+    assert r.exit_code == 0, r.output
+    result = api.match(two_models, MODEL, LONG)
+    drawn = render.match_png(result, tmp_path / "api.png")
+    assert (tmp_path / "api.png").read_bytes() == out.read_bytes()
+    png = read_png(out).astype(int)
+    (y0, x0, y1, x1), (rows, columns) = drawn.boxes[0], result.heat.shape
+    cell_h, cell_w = (y1 - y0) / rows, (x1 - x0) / columns
+    assert min(cell_h, cell_w) >= 20  # room for a 9-pt label per row and column
+    viridis = colormaps["viridis"]
+    marked = 0
+    for i in range(rows):
+        cy = round(y0 + (i + 0.5) * cell_h)
+        assert ink(png[cy - 4 : cy + 5, x0 - 50 : x0 - 4].astype(np.uint8))  # the row's label
+        finite = np.flatnonzero(np.isfinite(result.heat[i]))
+        best = finite[np.argmax(result.heat[i, finite])] if finite.size else None
+        for j in finite:
+            pixel = png[cy, round(x0 + (j + 0.5) * cell_w)]
+            if j == best:
+                assert pixel[0] > 200 and pixel[1] < 60 and pixel[2] < 60, (i, j, pixel)  # the red dot
+                marked += 1
+            else:
+                colour = np.array(viridis(float(result.heat[i, j]))[:3]) * 255
+                assert np.abs(pixel - colour).max() <= 3, (i, j, pixel, colour)
+    assert marked == sum(np.isfinite(result.heat).any(axis=1)) > 0
+    for j in range(columns):
+        cx = round(x0 + (j + 0.5) * cell_w)
+        assert ink(png[y1 + 4 : y1 + 50, cx - 4 : cx + 5].astype(np.uint8))  # the column's label

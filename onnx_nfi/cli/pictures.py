@@ -1,5 +1,8 @@
 """``onnx-nfi nf``, ``top``, ``card`` and ``summary``: pictures drawn from the database.
 
+A layer grid is drawn a page at a time (``--page``, ``--per-page``), so every NF keeps a tile
+large enough to see, however many units the layer has.
+
 Each parses its options, makes one ``onnx_nfi.report.render`` call and prints where the PNG went.
 """
 
@@ -29,7 +32,7 @@ def nf_cmd(
     unit: Annotated[int | None, typer.Argument(help="Unit (channel) number; leave out with --grid.")] = None,
     output: Png = ...,  # type: ignore[assignment]
     db: Db = Path(DEFAULT_DB),
-    grid: Annotated[bool, typer.Option("--grid", help="All NFs of the layer in a labelled grid.")] = False,
+    grid: Annotated[bool, typer.Option("--grid", help="The layer's NFs in a labelled grid, a page at a time (--page, --per-page).")] = False,
     scale: Annotated[int | None, typer.Option(
         "--scale", min=1, help="Enlargement factor of a single NF (default: to >= 256 px).")] = None,
     order_by: Annotated[str, typer.Option(
@@ -37,18 +40,29 @@ def nf_cmd(
     desc: Annotated[bool | None, typer.Option(
         "--desc/--asc", help="Grid order direction (default: ascending units, descending columns).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Show only the first K neurons of the grid.")] = None,
+    page: Annotated[int | None, typer.Option("--page", min=1, help="Which page of the grid to draw (default 1).")] = None,
+    per_page: Annotated[int | None, typer.Option(
+        "--per-page", min=1, help="NFs on one page of the grid (default 256: a 1,280-unit layer is 5 pages).")] = None,
 ) -> None:
-    """Draw one neuron's NF enlarged, or with --grid a layer's NFs in a labelled grid (NEURON: MODEL:LAYER)."""
+    """Draw one neuron's NF enlarged, or with --grid a page of a layer's NFs in a labelled grid (NEURON: MODEL:LAYER)."""
     from onnx_nfi.report import render
 
     model, layer_name, unit = neuron_arguments(neuron, layer, unit, unit_needed=not grid)
     if grid == (unit is not None):
         raise typer.BadParameter("give either a UNIT or --grid", param_hint="UNIT")
-    if grid:
-        path = render.grid_png(model, layer_name, output, db, order_by=order_by, descending=desc, limit=limit)
-    else:
-        path = render.nf_png(model, layer_name, unit, output, db, scale)  # type: ignore[arg-type]
-    wrote(path)
+    if not grid:
+        if page is not None or per_page is not None:
+            raise typer.BadParameter("pages are for --grid; a single NF is one picture", param_hint="--page")
+        wrote(render.nf_png(model, layer_name, unit, output, db, scale).path)  # type: ignore[arg-type]
+        return
+    drawn = render.grid_png(
+        model, layer_name, output, db, order_by=order_by, descending=desc, limit=limit,
+        page=page or 1, per_page=per_page or render.PER_PAGE,
+    )
+    wrote(drawn.path)
+    if drawn.pages > 1:
+        following = f"; --page {drawn.page + 1} draws the next" if drawn.page < drawn.pages else ""
+        out.print(f"Page {drawn.page} of {drawn.pages}{following}.", highlight=False)
 
 
 @app.command("top")
@@ -66,7 +80,7 @@ def top_cmd(
     """Draw the NFs of a layer's most selective neurons with their values."""
     from onnx_nfi.report import render
 
-    wrote(render.top_png(model, layer, by, output, db, k=k, lowest=asc))
+    wrote(render.top_png(model, layer, by, output, db, k=k, lowest=asc).path)
 
 
 @app.command("card")
@@ -86,7 +100,7 @@ def card_cmd(
     model, layer_name, number = neuron_arguments(neuron, layer, unit, unit_needed=True)
     if number is None:
         raise typer.BadParameter("name the unit: MODEL:LAYER:UNIT", param_hint="NEURON")
-    wrote(render.card_png(model, layer_name, number, output, db, top=top, image_root=image_root))
+    wrote(render.card_png(model, layer_name, number, output, db, top=top, image_root=image_root).path)
 
 
 @app.command("summary")

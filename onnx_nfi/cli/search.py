@@ -60,7 +60,7 @@ def similar_cmd(
         ]
         sys.stdout.write(render_rows(columns, rows, fmt))
     if output is not None:
-        wrote(render.similar_png(result, output), out if fmt == "table" else console)  # json/csv on stdout stay parseable
+        wrote(render.similar_png(result, output).path, out if fmt == "table" else console)  # json/csv on stdout stay parseable
 
 
 @app.command("match")

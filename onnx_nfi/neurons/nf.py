@@ -7,9 +7,9 @@ mid-grey 127. The canvas is the RF size centre-cropped to the input size.
 **Deviation, recorded as ``nf_max_size``**: a canvas larger than ``nf_max_size`` pixels is
 computed on images scaled down by ``nf_max_size / canvas`` (area interpolation), with crop
 positions rounded to the scaled grid. Deep layers' canvases are the whole 224×224 image; at full
-size Lite0's NFs would take ~9 GB in the database and minutes of CPU per few hundred images,
-while a person looks at them at thumbnail size anyway. ``nf_max_size = 0`` computes the exact
-full-size NF. Layers whose canvas fits are always exact.
+size Lite0's NFs would take ~2.6 GB in the database (a byte a value; 10 GB as floats) and minutes
+of CPU per few hundred images, while a person looks at them at thumbnail size anyway.
+``nf_max_size = 0`` computes the exact full-size NF. Layers whose canvas fits are always exact.
 """
 
 from __future__ import annotations
@@ -59,6 +59,12 @@ class CropGeometry:
         if self.scale != 1.0:
             ty, tx = np.round(ty * self.scale), np.round(tx * self.scale)
         return ty.astype(np.int64), tx.astype(np.int64)
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    """NF values (float 0-255) as 8-bit pixels, rounded half up as image tools do, and clipped: what
+    every picture shows and what the database stores (``store/nf_storage.py``)."""
+    return np.clip(np.floor(np.asarray(values, np.float64) + 0.5), 0, 255).astype(np.uint8)
 
 
 def crop_geometry(rf: ReceptiveField, input_hw: tuple[int, int], max_size: int = 0) -> CropGeometry:

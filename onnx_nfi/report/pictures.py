@@ -1,12 +1,14 @@
-"""PNG pictures of neurons: one NF, labelled NF grids, neuron cards, selectivity by depth.
+"""PNG pictures of neurons: one NF, labelled NF grids, neuron cards, selectivity by depth, heat maps.
 
 Pure rendering: numpy arrays and small records in, an RGB ``uint8`` image out (``write_png``
 saves it). Tiles are composed pixel by pixel in numpy, so each lands in a known box (returned with
 the picture; the tests read the PNG back there) and an enlarged NF keeps its stored values exactly
 (nearest-neighbour, integer factor). Text is rasterised with matplotlib's FreeType fonts and
 blended into the margins; matplotlib's ``Figure`` on the Agg canvas (no GUI backend, no pyplot
-state) draws only the summary plots. docs/method.md §4 allows scaling one layer's NFs to a common size
-for display; NFs are never resampled otherwise.
+state) draws only the summary plots and heat maps. docs/method.md §4 allows scaling one layer's NFs
+to a common size for display; NFs are never resampled otherwise. Every picture is sized to what it
+draws: grids have as many rows as their tiles fill, titles wrap instead of widening the page, and
+captions are never cut.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from matplotlib.ft2font import FT2Font, LoadFlags
 from matplotlib.lines import Line2D
 
 from onnx_nfi.errors import OutputError
+from onnx_nfi.neurons.nf import to_uint8
 
 DPI = 100
 PT_PER_PX = 72 / DPI
@@ -34,11 +37,19 @@ DEAD_FILL = 127
 DEAD_CROSS = 70
 #: Default longest side of an enlarged single NF.
 NF_MIN_SIDE = 256
+#: Narrowest text column of a picture: a title wraps at this width rather than stretching the
+#: page past its tiles, and a picture of one or two tiles is not narrower than its title needs.
+MIN_TEXT_WIDTH = 320
 CAPTION_PX = 12
 LINE_PX = 16
 MARGIN = 12
 GAP = 8
 TITLE_PX = 16
+#: Heat-map cells in inches (at DPI 100: 24 px, room for 9-pt tick labels, one per row and column).
+HEAT_CELL_IN = 0.24
+HEAT_LABEL_PT = 9
+#: The mark on each row's best cell of a heat map: pure red, a colour viridis never takes.
+MARK_RGB = (255, 0, 0)
 
 
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), half-open, in picture pixels
@@ -87,11 +98,6 @@ class _Text:
     ha: str = "center"
 
 
-def to_uint8(rgb: np.ndarray) -> np.ndarray:
-    """Stored NF values (float 0-255) as display pixels: rounded half up, as image tools do, and clipped."""
-    return np.clip(np.floor(rgb + 0.5), 0, 255).astype(np.uint8)
-
-
 def enlarge(rgb: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour enlargement by an integer factor: each pixel becomes a factor×factor block."""
     return np.repeat(np.repeat(to_uint8(rgb), factor, axis=0), factor, axis=1)
@@ -107,28 +113,42 @@ def fit(rgb: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(to_uint8(rgb), (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
 
 
-def nf_picture(nf: np.ndarray, scale: int | None = None) -> Picture:
-    """One NF enlarged for viewing: by ``scale``, or by the smallest factor reaching ``NF_MIN_SIDE`` px."""
+def nf_picture(nf: np.ndarray, header: Sequence[str] = (), scale: int | None = None) -> Picture:
+    """One NF enlarged for viewing (by ``scale``, or by the smallest factor reaching ``NF_MIN_SIDE`` px)
+    under its ``header`` lines (the first in bold): a file that says which neuron it shows."""
     factor = scale or max(1, math.ceil(NF_MIN_SIDE / max(nf.shape[:2])))
     image = enlarge(nf, factor)
-    return Picture(image, ((0, 0, image.shape[0], image.shape[1]),))
+    widest = max([_text_width(h, TITLE_PX if k == 0 else CAPTION_PX + 1, k == 0) for k, h in enumerate(header)], default=0)
+    body = max(image.shape[1], MIN_TEXT_WIDTH, min(widest, 2 * MIN_TEXT_WIDTH))  # a title on one line if it can
+    top, texts = _header(header, body)
+    page = np.full((top + image.shape[0] + MARGIN, body + 2 * MARGIN, 3), BACKGROUND, np.uint8)
+    x0 = MARGIN + (body - image.shape[1]) // 2
+    page[top : top + image.shape[0], x0 : x0 + image.shape[1]] = image
+    return Picture(_draw_text(page, texts), ((top, x0, top + image.shape[0], x0 + image.shape[1]),))
 
 
-def grid(tiles: Sequence[Tile], title: str = "", *, cell: int = 96, columns: int | None = None) -> Picture:
-    """Tiles in a grid, each fitted into a ``cell`` px square with its caption lines under it."""
-    columns = columns or max(1, math.ceil(math.sqrt(len(tiles))))
-    top = MARGIN + (TITLE_PX + GAP if title else 0)
-    canvas, boxes, texts = _grid_canvas(tiles, cell, columns)
-    height, width = (
-        canvas.shape[0] + top + MARGIN,
-        max(canvas.shape[1], _text_width(title, TITLE_PX, True)) + 2 * MARGIN,
-    )
-    page = np.full((height, width, 3), BACKGROUND, np.uint8)
-    page[top : top + canvas.shape[0], MARGIN : MARGIN + canvas.shape[1]] = canvas
-    texts = [_Text(t.x + MARGIN, t.y + top, t.text, t.size, t.bold, t.ha) for t in texts]
-    if title:
-        texts.append(_Text(MARGIN, MARGIN, title, TITLE_PX, True, "left"))
-    return Picture(_draw_text(page, texts), tuple(_shift(b, top, MARGIN) for b in boxes))
+def balanced_columns(n: int) -> int:
+    """Columns for ``n`` tiles: about square, choosing among up to 1.5x as many columns the count
+    that leaves the fewest empty cells in the last row (5 tiles: one row, not 3 + 2)."""
+    base = max(1, math.ceil(math.sqrt(n)))
+    candidates = range(base, max(base, min(n, math.ceil(base * 1.5))) + 1)
+    return min(candidates, key=lambda c: (math.ceil(n / c) * c - n, c))
+
+
+def grid(tiles: Sequence[Tile], title: str = "", caption: str = "", *, cell: int = 96) -> Picture:
+    """Tiles in a grid, each fitted into a ``cell`` px square with its caption lines under it.
+
+    The page is as wide as the tiles (or ``MIN_TEXT_WIDTH``); the title (bold) and the
+    ``caption`` line under it wrap to that width, so a long title never leaves half the page empty.
+    """
+    canvas, boxes, texts = _grid_canvas(tiles, cell, balanced_columns(len(tiles)))
+    body = max(canvas.shape[1], MIN_TEXT_WIDTH)
+    top, header = _header([line for line in (title, caption) if line], body)
+    page = np.full((top + canvas.shape[0] + MARGIN, body + 2 * MARGIN, 3), BACKGROUND, np.uint8)
+    left = MARGIN + (body - canvas.shape[1]) // 2
+    page[top : top + canvas.shape[0], left : left + canvas.shape[1]] = canvas
+    texts = [_Text(t.x + left, t.y + top, t.text, t.size, t.bold, t.ha) for t in texts]
+    return Picture(_draw_text(page, [*header, *texts]), tuple(_shift(b, top, left) for b in boxes))
 
 
 def card(
@@ -144,24 +164,17 @@ def card(
 
     ``boxes`` holds the NF's box first, then the crops' boxes in order.
     """
-    header_h = MARGIN + TITLE_PX + GAP + (len(header) - 1) * (LINE_PX + 2)
     nf_img = fit(nf, nf_side)
     crops_canvas, crop_boxes, crop_texts = _grid_canvas(crops, cell, min(columns, max(1, len(crops))))
     left_w = max(nf_side, nf_img.shape[1])
     body_h = max(nf_img.shape[0] + GAP + LINE_PX, crops_canvas.shape[0])
-    width = MARGIN + left_w + 3 * GAP + crops_canvas.shape[1] + MARGIN
-    text_w = max([_text_width(header[0], TITLE_PX, True), *(_text_width(h, CAPTION_PX + 1) for h in header[1:])])
-    width = max(width, text_w + 2 * MARGIN)
-    page = np.full((header_h + GAP + body_h + MARGIN, width, 3), BACKGROUND, np.uint8)
-    y0, x0 = header_h + GAP, MARGIN + (left_w - nf_img.shape[1]) // 2
+    body_w = left_w + 3 * GAP + crops_canvas.shape[1]
+    header_h, texts = _header(header, body_w)
+    page = np.full((header_h + body_h + MARGIN, body_w + 2 * MARGIN, 3), BACKGROUND, np.uint8)
+    y0, x0 = header_h, MARGIN + (left_w - nf_img.shape[1]) // 2
     page[y0 : y0 + nf_img.shape[0], x0 : x0 + nf_img.shape[1]] = nf_img
     cx = MARGIN + left_w + 3 * GAP
     page[y0 : y0 + crops_canvas.shape[0], cx : cx + crops_canvas.shape[1]] = crops_canvas
-    texts = [_Text(MARGIN, MARGIN, header[0], TITLE_PX, True, "left")]
-    texts += [
-        _Text(MARGIN, MARGIN + TITLE_PX + GAP + k * (LINE_PX + 2), line, CAPTION_PX + 1, False, "left")
-        for k, line in enumerate(header[1:])
-    ]
     texts.append(_Text(MARGIN + left_w / 2, y0 + nf_img.shape[0] + GAP // 2, "neuron feature", CAPTION_PX))
     texts += [_Text(t.x + cx, t.y + y0, t.text, t.size, t.bold, t.ha) for t in crop_texts]
     boxes = ((y0, x0, y0 + nf_img.shape[0], x0 + nf_img.shape[1]), *(_shift(b, y0, cx) for b in crop_boxes))
@@ -209,22 +222,43 @@ def selectivity_plot(panels: Sequence[Panel], title: str = "", footnote: str = "
     return Picture(_figure_pixels(fig))
 
 
-def heat_map(heat: np.ndarray, rows: Sequence[str], columns: Sequence[str], row_label: str, column_label: str,
-             title: str, colour_label: str) -> Picture:
-    """A matrix in [0, 1] with labelled rows and columns (e.g. mean best correlation, layer by layer)."""
+def heat_map(
+    heat: np.ndarray,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    labels: tuple[str, str, str],
+    title: str,
+    marks: Sequence[tuple[int, int]] = (),
+) -> Picture:
+    """A matrix in [0, 1] with every row and column labelled, and a red dot on each ``(row, column)``
+    of ``marks`` (e.g. each row's best column). ``labels``: row axis, column axis, colour bar.
+
+    Cells are ``HEAT_CELL_IN`` square whatever the size, so the 9-pt labels never overlap; the box
+    returned is the matrix's area in picture pixels (cell ``(i, j)`` is the ``i``-th of ``len(rows)``
+    equal bands down it and the ``j``-th across).
+    """
     la, lb = heat.shape
-    fig = Figure(figsize=(min(3 + 0.22 * lb, 24), min(2.5 + 0.22 * la, 24)), dpi=100)
+    fig = Figure(figsize=(4.2 + HEAT_CELL_IN * lb, 3.2 + HEAT_CELL_IN * la), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(heat), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
-    ax.set_xticks(range(lb), list(columns), rotation=90, fontsize=7)
-    ax.set_yticks(range(la), list(rows), fontsize=7)
-    ax.set_xlabel(column_label)
-    ax.set_ylabel(row_label)
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(image, ax=ax, label=colour_label)
+    if marks:
+        ys, xs = zip(*marks)
+        ax.scatter(xs, ys, s=30, color=np.array(MARK_RGB) / 255, edgecolors="white", linewidths=1)
+    ax.set_xticks(range(lb), list(columns), rotation=90, fontsize=HEAT_LABEL_PT)
+    ax.set_yticks(range(la), list(rows), fontsize=HEAT_LABEL_PT)
+    ax.set_xlim(-0.5, lb - 0.5)
+    ax.set_ylim(la - 0.5, -0.5)
+    ax.set_xlabel(labels[1], fontsize=10)
+    ax.set_ylabel(labels[0], fontsize=10)
+    ax.set_title(title, fontsize=11, loc="left")
+    fig.colorbar(image, ax=ax, label=labels[2])
     fig.tight_layout()
-    return Picture(_figure_pixels(fig))
+    pixels = _figure_pixels(fig)
+    extent = ax.get_window_extent()
+    height = pixels.shape[0]
+    box = (round(height - extent.y1), round(extent.x0), round(height - extent.y0), round(extent.x1))
+    return Picture(pixels, (box,))
 
 
 def check_png(path: str | Path) -> Path:
@@ -254,9 +288,15 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
 
 
 def _grid_canvas(tiles: Sequence[Tile], cell: int, columns: int) -> tuple[np.ndarray, list[Box], list[_Text]]:
-    """Tiles laid out row by row; each tile is centred in its cell, captions under it."""
+    """Tiles laid out row by row; each tile is centred in its cell, captions under it.
+
+    A cell is as wide as its longest caption when that is wider than ``cell``: captions are
+    written in full (a model name cut to ``mobilenetv2_d…`` names nothing).
+    """
     lines = max((len(t.caption) for t in tiles), default=0)
-    cell_h, cell_w = cell + (GAP // 2 + lines * LINE_PX if lines else 0) + GAP, cell + GAP
+    widest = max((_text_width(line, CAPTION_PX) for t in tiles for line in t.caption), default=0)
+    inner_w = max(cell, widest)
+    cell_h, cell_w = cell + (GAP // 2 + lines * LINE_PX if lines else 0) + GAP, inner_w + GAP
     rows = max(1, math.ceil(len(tiles) / columns))
     canvas = np.full((rows * cell_h - GAP, columns * cell_w - GAP, 3), BACKGROUND, np.uint8)
     boxes: list[Box] = []
@@ -264,14 +304,54 @@ def _grid_canvas(tiles: Sequence[Tile], cell: int, columns: int) -> tuple[np.nda
     for k, tile in enumerate(tiles):
         top, left = (k // columns) * cell_h, (k % columns) * cell_w
         img = _dead_tile(cell) if tile.image is None else fit(tile.image, cell)
-        y0, x0 = top + (cell - img.shape[0]) // 2, left + (cell - img.shape[1]) // 2
+        y0, x0 = top + (cell - img.shape[0]) // 2, left + (inner_w - img.shape[1]) // 2
         canvas[y0 : y0 + img.shape[0], x0 : x0 + img.shape[1]] = img
         boxes.append((y0, x0, y0 + img.shape[0], x0 + img.shape[1]))
-        for n, line in enumerate(tile.caption):
-            texts.append(
-                _Text(left + cell / 2, top + cell + GAP // 2 + n * LINE_PX, _truncate(line, cell + GAP), CAPTION_PX)
-            )
+        texts += [
+            _Text(left + inner_w / 2, top + cell + GAP // 2 + n * LINE_PX, line, CAPTION_PX)
+            for n, line in enumerate(tile.caption)
+        ]
     return canvas, boxes, texts
+
+
+def _header(lines: Sequence[str], width: int) -> tuple[int, list[_Text]]:
+    """A picture's heading: the first line bold, the others plain, each wrapped to ``width`` px.
+
+    Returns where the body starts and the texts (left-aligned at the margin).
+    """
+    if not lines:
+        return MARGIN, []
+    y, texts = MARGIN, list[_Text]()
+    for piece in _wrap(lines[0], width, TITLE_PX, True):
+        texts.append(_Text(MARGIN, y, piece, TITLE_PX, True, "left"))
+        y += TITLE_PX + 4
+    y += GAP - 4
+    for line in lines[1:]:
+        for piece in _wrap(line, width, CAPTION_PX + 1):
+            texts.append(_Text(MARGIN, y, piece, CAPTION_PX + 1, False, "left"))
+            y += LINE_PX + 2
+    return y + GAP, texts
+
+
+def _wrap(text: str, width: int, size: int, bold: bool = False) -> list[str]:
+    """``text`` broken into lines no wider than ``width`` px: at spaces, or inside a word longer than a line."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        candidate = f"{line} {word}" if line else word
+        if _text_width(candidate, size, bold) <= width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        while len(word) > 1 and _text_width(word, size, bold) > width:
+            cut = len(word) - 1
+            while cut > 1 and _text_width(word[:cut], size, bold) > width:
+                cut -= 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        line = word
+    return [*lines, line] if line else lines
 
 
 def _dead_tile(side: int) -> np.ndarray:
@@ -289,15 +369,6 @@ def _shift(box: Box, dy: int, dx: int) -> Box:
 def _text_width(text: str, size: int, bold: bool = False) -> int:
     font = _set_text(text, size, bold)
     return math.ceil(font.get_width_height()[0] / 64)
-
-
-def _truncate(text: str, width: int, size: int = CAPTION_PX) -> str:
-    """Shorten a caption so it stays within its cell instead of running into the next one."""
-    if _text_width(text, size) <= width:
-        return text
-    while len(text) > 1 and _text_width(text + "…", size) > width:
-        text = text[:-1]
-    return text.rstrip() + "…"
 
 
 @functools.lru_cache(maxsize=2)

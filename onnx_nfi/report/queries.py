@@ -23,6 +23,7 @@ from onnx_nfi.errors import ImageError, NotFoundError, StoreError
 from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.neurons.nf import GREY, crop_geometry
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.nf_storage import decode
 from onnx_nfi.store.schema import INDEX_COLUMNS
 
 #: Columns shown in a card's header when they have a value.
@@ -46,7 +47,7 @@ class NeuronNF:
     """One neuron's NF and, when the tiles are ordered by a column, that column's value."""
 
     unit: int
-    nf: np.ndarray | None  # float32 [h, w, 3] RGB 0-255; None when dead or never computed
+    nf: np.ndarray | None  # uint8 [h, w, 3] RGB; None when dead or never computed
     value: Any = None
     #: top images sharing the largest activation (``neurons.saturated_top``); None when dead or not stored
     saturated_top: int | None = None
@@ -58,7 +59,11 @@ class LayerNFs:
 
     ref: LayerRef
     column: str | None  # the ordering column, None when ordered by unit
+    descending: bool
     neurons: tuple[NeuronNF, ...]
+    first: int  # position of ``neurons[0]`` in the whole ordering (0 = its first)
+    total: int  # neurons in the whole ordering (after ``limit``)
+    available: int  # neurons of the layer the ordering draws from (before ``limit``)
 
 
 @dataclass(frozen=True)
@@ -129,11 +134,12 @@ def layer_ref(store: Store, model: str, layer: str) -> LayerRef:
     )
 
 
-def neuron_nf(store: Store, model: str, layer: str, unit: int) -> tuple[LayerRef, np.ndarray]:
-    """One neuron's stored NF; a dead neuron (or one analysed with ``--no-nf``) is an error that says so."""
+def neuron_nf(store: Store, model: str, layer: str, unit: int) -> tuple[LayerRef, np.ndarray, dict[str, Any]]:
+    """One neuron's stored NF and its index values (as a card shows them); a dead neuron (or one
+    analysed with ``--no-nf``) is an error that says so."""
     ref = layer_ref(store, model, layer)
     row = _neuron_row(store, ref, unit)
-    return ref, _nf_of(row, ref, unit)
+    return ref, _nf_of(row, ref, unit), _values(row)
 
 
 def layer_nfs(
@@ -145,40 +151,45 @@ def layer_nfs(
     descending: bool | None = None,
     limit: int | None = None,
     only_valued: bool = False,
+    window: tuple[int, int] | None = None,
 ) -> LayerNFs:
     """A layer's NFs ordered by unit or by any scalar ``neurons`` column (NULLs last).
 
     ``descending`` defaults to ascending for ``unit`` and descending for a column (the most
-    selective first). ``only_valued`` drops neurons whose column is NULL.
+    selective first). ``only_valued`` drops neurons whose column is NULL. ``limit`` keeps the
+    first neurons of the ordering; ``window`` = (start, count) reads only that part of it (a page).
     """
     ref = layer_ref(store, model, layer)
     column = None if order_by == "unit" else check_column(store, order_by, "--order-by")
     if descending is None:
         descending = column is not None
     key = column or "unit"
-    where = f" AND {column} IS NOT NULL" if only_valued and column else ""
+    where = f"WHERE model = ? AND layer = ?{f' AND {column} IS NOT NULL' if only_valued and column else ''}"
+    available = int(store.con.execute(f"SELECT count(*) FROM neurons {where}", [ref.model, ref.layer]).fetchone()[0])
+    total = min(available, limit) if limit else available
+    start, count = window or (0, total)
     sql = (
         "SELECT unit, nf, nf_height, nf_width, CASE WHEN NOT dead THEN saturated_top END AS saturated_top"
         f"{', ' + column + ' AS value' if column else ''} FROM neurons "
-        f"WHERE model = ? AND layer = ?{where} ORDER BY {key} {'DESC' if descending else 'ASC'} NULLS LAST, unit"
-        + (f" LIMIT {int(limit)}" if limit else "")
+        f"{where} ORDER BY {key} {'DESC' if descending else 'ASC'} NULLS LAST, unit"
+        f" LIMIT {max(0, min(count, total - start))} OFFSET {int(start)}"
     )
     data = store.con.execute(sql, [ref.model, ref.layer]).fetchnumpy()  # masked arrays keep NULLs
     neurons = tuple(
         NeuronNF(
             int(data["unit"][k]),
-            _nf_array(data["nf"][k], data["nf_height"][k], data["nf_width"][k]),
+            decode(data["nf"][k], data["nf_height"][k], data["nf_width"][k]),
             _plain(data["value"][k]) if column else None,
             _plain(data["saturated_top"][k]),
         )
         for k in range(len(data["unit"]))
     )
-    if only_valued and column and not neurons:
+    if only_valued and column and not available:
         raise NotFoundError(
             f"no neuron of {ref.model}/{ref.alias} has a {column} value; "
             f"compute it with: onnx-nfi index {ref.model} --indexes …"
         )
-    return LayerNFs(ref, column, neurons)
+    return LayerNFs(ref, column, descending, neurons, start, total, available)
 
 
 def neuron_card(
@@ -210,8 +221,7 @@ def neuron_card(
         )
         for t, y, x in zip(tops, ys, xs)
     )
-    values = {c: _plain(row[c]) for c in CARD_COLUMNS if row.get(c) is not None}
-    return NeuronCard(ref, unit, nf, crops, values, _plain(row["saturated_top"]))
+    return NeuronCard(ref, unit, nf, crops, _values(row), _plain(row["saturated_top"]))
 
 
 def cut_crop(image: np.ndarray, y0: int, x0: int, size: tuple[int, int]) -> np.ndarray:
@@ -299,8 +309,13 @@ def _neuron_row(store: Store, ref: LayerRef, unit: int) -> dict[str, Any]:
     return rows[0]
 
 
+def _values(row: dict[str, Any]) -> dict[str, Any]:
+    """A neuron's non-NULL ``CARD_COLUMNS``, in that order."""
+    return {c: _plain(row[c]) for c in CARD_COLUMNS if row.get(c) is not None}
+
+
 def _nf_of(row: dict[str, Any], ref: LayerRef, unit: int) -> np.ndarray:
-    nf = _nf_array(row["nf"], row["nf_height"], row["nf_width"])
+    nf = decode(row["nf"], row["nf_height"], row["nf_width"])
     if nf is not None:
         return nf
     if row["dead"]:
@@ -310,13 +325,6 @@ def _nf_of(row: dict[str, Any], ref: LayerRef, unit: int) -> np.ndarray:
     raise NotFoundError(
         f"no NF stored for {neuron_name(ref, unit)}; the model was analysed with --no-nf, analyse it again with --nf"
     )
-
-
-def _nf_array(values: Any, height: Any, width: Any) -> np.ndarray | None:
-    """The stored flat ``FLOAT[]`` as ``[h, w, 3]``, or None when NULL."""
-    if any(v is None or v is np.ma.masked for v in (values, height, width)):
-        return None
-    return np.asarray(values, np.float32).reshape(int(height), int(width), 3)
 
 
 def _plain(value: Any) -> Any:

@@ -1,26 +1,52 @@
 """The picture verbs: read a database (or a search result), draw, write a PNG.
 
-``onnx-nfi nf/top/card/summary`` call the first four: each opens the store read-only, makes one
-``queries`` call, lays the result out with ``pictures`` and returns the path written (``summary``
-also returns the indexes it left out). ``similar_png`` and ``match_png`` draw search results.
+``onnx-nfi nf/top/card/summary`` call the first ones: each opens the store read-only, makes one
+``queries`` call and lays the result out with ``pictures``. ``similar_png`` and ``match_png`` draw
+search results. Each returns a :class:`Drawn`: the path written with where each NF (or crop, or
+the heat map's matrix) landed and which page it is, so a caller or a test can find every tile;
+``summary_png`` returns the path and the indexes it left out.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from onnx_nfi.errors import NotFoundError
 from onnx_nfi.report import pictures, queries
 from onnx_nfi.search.records import MatchResult, SimilarResult
 from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store
 
+#: NFs on one page of a layer grid: 16 x 16 tiles of 96 px, a sheet a screen shows at full size.
+PER_PAGE = 256
 
-def nf_png(model: str, layer: str, unit: int, output: str | Path, db: str | Path = DEFAULT_DB, scale: int | None = None) -> Path:
-    """One neuron's NF, enlarged (nearest neighbour) for viewing."""
+
+@dataclass(frozen=True)
+class Drawn:
+    """A picture written: where it went, where each NF tile is in it, and which page of how many."""
+
+    path: Path
+    boxes: tuple[pictures.Box, ...]  # (y0, x0, y1, x1) of each NF in the order drawn (a card: its crops
+    # after its NF; a heat map: its matrix)
+    units: tuple[int, ...]  # the unit of each NF box
+    page: int = 1
+    pages: int = 1
+
+
+def nf_png(model: str, layer: str, unit: int, output: str | Path, db: str | Path = DEFAULT_DB, scale: int | None = None) -> Drawn:
+    """One neuron's NF, enlarged (nearest neighbour) under a title naming it and its indexes."""
     with Store.open(db, read_only=True) as store:
-        _, nf = queries.neuron_nf(store, model, layer, unit)
-    return pictures.write_png(output, pictures.nf_picture(nf, scale).image)
+        ref, nf, values = queries.neuron_nf(store, model, layer, unit)
+    header = [
+        f"{ref.model} / {ref.alias} / unit {unit}",
+        f"layer {ref.layer}, NF {nf.shape[0]}x{nf.shape[1]} px",
+        _card_values(values),
+    ]
+    picture = pictures.nf_picture(nf, header, scale)
+    return Drawn(pictures.write_png(output, picture.image), picture.boxes, (unit,))
 
 
 def grid_png(
@@ -32,30 +58,44 @@ def grid_png(
     order_by: str = "unit",
     descending: bool | None = None,
     limit: int | None = None,
-) -> Path:
-    """A layer's NFs in a labelled grid, ordered by unit or by any neurons column."""
+    page: int = 1,
+    per_page: int = PER_PAGE,
+) -> Drawn:
+    """Page ``page`` of a layer's NFs in a labelled grid, ``per_page`` at most, ordered by unit or by
+    any neurons column; the caption says which units (or ranks) of how many the page holds."""
     with Store.open(db, read_only=True) as store:
-        data = queries.layer_nfs(store, model, layer, order_by=order_by, descending=descending, limit=limit)
+        data = queries.layer_nfs(
+            store, model, layer, order_by=order_by, descending=descending, limit=limit,
+            window=((page - 1) * per_page, per_page),
+        )
+    pages = max(1, math.ceil(data.total / per_page))
+    if page > pages:
+        raise NotFoundError(
+            f"there is no page {page}: {data.ref.model}/{data.ref.alias} has {data.total:,} NFs to show, "
+            f"{pages} page{'s' if pages > 1 else ''} of {per_page}; choose --page {pages} or lower"
+        )
     title = f"{data.ref.model} / {data.ref.alias} ({data.ref.layer}): NFs" + (f" by {data.column}" if data.column else "")
-    return pictures.write_png(output, pictures.grid(_tiles(data), title).image)
+    caption = (f"page {page} of {pages}: " if pages > 1 else "") + _span(data)
+    return _write_grid(output, data, title, caption, page, pages)
 
 
 def top_png(
     model: str, layer: str, by: str, output: str | Path, db: str | Path = DEFAULT_DB, *, k: int = 16, lowest: bool = False
-) -> Path:
+) -> Drawn:
     """The NFs of a layer's ``k`` most (or least) selective neurons by column ``by``, with their values."""
     with Store.open(db, read_only=True) as store:
         data = queries.layer_nfs(store, model, layer, order_by=by, descending=not lowest, limit=k, only_valued=True)
     which = "lowest" if lowest else "highest"
     title = f"{data.ref.model} / {data.ref.alias}: the {len(data.neurons)} neurons with the {which} {data.column}"
-    return pictures.write_png(output, pictures.grid(_tiles(data), title).image)
+    return _write_grid(output, data, title, _span(data))
 
 
 def card_png(
     model: str, layer: str, unit: int, output: str | Path, db: str | Path = DEFAULT_DB, *, top: int = 20,
     image_root: str | Path | None = None,
-) -> Path:
-    """A neuron card (the paper's figure 1): the NF beside its top crops with rank, a/a1 and label."""
+) -> Drawn:
+    """A neuron card (the paper's figure 1): the NF beside its top crops with rank, a/a1 and label;
+    ``boxes`` holds the NF's box, then the crops'."""
     with Store.open(db, read_only=True) as store:
         c = queries.neuron_card(store, model, layer, unit, top, image_root)
     crops = [pictures.Tile(x.crop, (f"#{x.rank}  {x.relative:.2f}", x.label or "(no label)")) for x in c.crops]
@@ -65,7 +105,8 @@ def card_png(
         *([_saturation_line(c.saturated_top)] if c.saturated_top and c.saturated_top > 1 else []),
         f"top {len(c.crops)} crops (receptive field in the image as fed to the network); under each: rank, a/a1, label",
     ]
-    return pictures.write_png(output, pictures.card(c.nf, crops, header).image)
+    picture = pictures.card(c.nf, crops, header)
+    return Drawn(pictures.write_png(output, picture.image), picture.boxes, (unit,))
 
 
 def summary_png(
@@ -82,24 +123,29 @@ def summary_png(
     return pictures.write_png(output, pictures.selectivity_plot(panels, footnote=footnote).image), list(data.missing)
 
 
-def similar_png(result: SimilarResult, output: str | Path) -> Path:
+def similar_png(result: SimilarResult, output: str | Path) -> Drawn:
     """The query neuron's NF beside its nearest neighbours' NFs, each with its score."""
     q = result.query
     tiles = [pictures.Tile(q.nf, ("query", q.model, f"{q.alias}:{q.unit}"))] + [
         pictures.Tile(h.nf, (f"{result.by} {h.score:.3f}", h.model, f"{h.alias}:{h.unit}")) for h in result.hits
     ]
     title = f"{q.name} and its nearest neurons by {result.by}"
-    return pictures.write_png(output, pictures.grid(tiles, title, columns=min(len(tiles), 6)).image)
+    picture = pictures.grid(tiles, title)
+    return Drawn(pictures.write_png(output, picture.image), picture.boxes, (q.unit, *(h.unit for h in result.hits)))
 
 
-def match_png(result: MatchResult, output: str | Path) -> Path:
-    """Mean best correlation of A's layers (rows) in B's layers (columns), in depth order."""
+def match_png(result: MatchResult, output: str | Path) -> Drawn:
+    """Mean best correlation of A's layers (rows) in B's layers (columns), in depth order, with a red
+    dot on each row's best layer (``LayerBest.best_alias``, the one ``match`` reports)."""
     a, b = result.model_a, result.model_b
+    marks = [(i, result.aliases_b.index(row.best_alias)) for i, row in enumerate(result.layers) if row.best_alias]
     picture = pictures.heat_map(
-        result.heat, result.aliases_a, result.aliases_b, f"{a} layer", f"{b} layer",
-        f"Mean best correlation of {a} neurons in {b} layers", "mean best correlation (Pearson, probe set)",
+        result.heat, result.aliases_a, result.aliases_b,
+        (f"{a} layer", f"{b} layer", "mean best correlation (Pearson, probe set)"),
+        f"Mean best correlation of {a} neurons in {b} layers\nred dot: the {b} layer that matches each {a} layer best",
+        marks,
     )
-    return pictures.write_png(output, picture.image)
+    return Drawn(pictures.write_png(output, picture.image), picture.boxes, ())
 
 
 def _saturation_line(tied: int) -> str:
@@ -108,6 +154,23 @@ def _saturation_line(tied: int) -> str:
         f"saturated: {tied} top images share the largest activation; "
         "they are ranked, and their crops placed, by the pre-activation maximum"
     )
+
+
+def _write_grid(output: str | Path, data: queries.LayerNFs, title: str, caption: str, page: int = 1, pages: int = 1) -> Drawn:
+    picture = pictures.grid(_tiles(data), title, caption)
+    units = tuple(n.unit for n in data.neurons)
+    return Drawn(pictures.write_png(output, picture.image), picture.boxes, units, page, pages)
+
+
+def _span(data: queries.LayerNFs) -> str:
+    """Which part of the ordering a grid shows: ``units 256-511 of 1,024`` or ``ranks 1-16 of 640 by …``."""
+    first, last = data.neurons[0], data.neurons[-1]
+    if data.column is None:
+        shown = f"unit {first.unit}" if first is last else f"units {first.unit}-{last.unit}"
+        return f"{shown} of {data.available:,}"
+    a, b = data.first + 1, data.first + len(data.neurons)
+    shown = f"rank {a}" if a == b else f"ranks {a}-{b}"
+    return f"{shown} of {data.available:,} by {data.column}, {'highest' if data.descending else 'lowest'} first"
 
 
 def _tiles(data: queries.LayerNFs) -> list[pictures.Tile]:
@@ -123,9 +186,11 @@ def _tiles(data: queries.LayerNFs) -> list[pictures.Tile]:
 
 
 def _card_values(values: dict[str, Any]) -> str:
+    """``color: 0.280   class: 0.739 …``; no-break spaces inside an item, so a wrapped line breaks between items."""
     if not values:
         return "no selectivity index computed yet"
-    return "   ".join(f"{k.replace('_selectivity', '').replace('_', ' ')}: {_value(v)}" for k, v in values.items())
+    names = {k: k.replace("_selectivity", "").replace("_", "\u00a0") for k in values}
+    return "   ".join(f"{names[k]}:\u00a0{_value(v)}".replace(" ", "\u00a0") for k, v in values.items())
 
 
 def _value(value: Any) -> str:

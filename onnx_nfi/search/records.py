@@ -27,7 +27,7 @@ class Neuron:
     score: float
     top_class: str | None
     indexes: dict[str, float | None]
-    nf: np.ndarray | None  # H x W x 3, 0-255; None for dead or no NF
+    nf: np.ndarray | None  # uint8 H x W x 3 RGB, as stored; None for dead or no NF
 
     @property
     def name(self) -> str:

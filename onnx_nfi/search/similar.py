@@ -15,6 +15,7 @@ from onnx_nfi.errors import NotFoundError, SearchError
 from onnx_nfi.names import INDEX_COLUMNS, VECTOR_KINDS, VECTOR_TABLES, parse_neuron
 from onnx_nfi.search.records import MISSING_REASON, Neuron, SimilarResult
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.nf_storage import decode
 from onnx_nfi.store.vectors import in_step, read_vectors
 
 
@@ -32,15 +33,12 @@ _NEURON_SQL = (
 
 
 def _neuron(row: dict[str, Any], score: float) -> Neuron:
-    nf = None
-    if row["nf"] is not None and row["nf_height"]:
-        nf = np.asarray(row["nf"], np.float32).reshape(int(row["nf_height"]), int(row["nf_width"]), 3)
     return Neuron(
         model=row["model"], layer=row["layer"], alias=row["alias"], unit=int(row["unit"]),
         neuron_id=int(row["neuron_id"]), score=float(score), top_class=row["top_class"],
         indexes={c: (None if row[c] is None or (isinstance(row[c], float) and math.isnan(row[c])) else float(row[c]))
                  for c in INDEX_COLUMNS},
-        nf=nf,
+        nf=decode(row["nf"], row["nf_height"], row["nf_width"]),
     )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from onnx_nfi.errors import NotFoundError, StoreError
 from onnx_nfi.names import DEFAULT_DB
+from onnx_nfi.store.nf_storage import convert_float_nfs
 from onnx_nfi.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, TABLES, layer_summary_sql
 
 #: Tables whose rows belong to one model (replaced together).
@@ -128,6 +129,7 @@ class Store:
     def _ensure_schema(self) -> None:
         self.con.execute(TABLES)
         self.con.execute(ADDED_COLUMNS)
+        convert_float_nfs(self.con)
         self.con.execute(layer_summary_sql())
         self.con.execute(
             "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]

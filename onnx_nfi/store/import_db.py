@@ -16,6 +16,7 @@ from pathlib import Path
 
 from onnx_nfi.errors import StoreError
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.nf_storage import FLOAT_TO_STORED
 from onnx_nfi.store.schema import response_vectors_sql
 from onnx_nfi.store.vectors import read_probe, save_probe, sync_indexes
 
@@ -89,8 +90,9 @@ def _copy_model(store: Store, model: str, responses: bool) -> int:
     for table in _PLAIN:
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM src.{table} WHERE model = ?", [model])
     con.execute(
-        "INSERT INTO neurons BY NAME SELECT n.* REPLACE (i.new AS neuron_id) FROM src.neurons n "
-        "JOIN idmap i ON i.old = n.neuron_id",
+        # an older database holds float NFs: they arrive as the bytes this one stores
+        f"INSERT INTO neurons BY NAME SELECT n.* REPLACE (i.new AS neuron_id, {FLOAT_TO_STORED.format(column='n.nf')} AS nf) "
+        "FROM src.neurons n JOIN idmap i ON i.old = n.neuron_id",
     )
     con.execute("INSERT INTO runs BY NAME SELECT r.* REPLACE (m.new AS run_id) FROM src.runs r JOIN runmap m ON m.old = r.run_id")
     con.execute(

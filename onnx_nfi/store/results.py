@@ -22,6 +22,7 @@ from onnx_nfi.neurons.indexes import IndexResult
 from onnx_nfi.scan.scanner import ScanResult
 from onnx_nfi.scan.topn import TopN
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.nf_storage import encode, rounded
 from onnx_nfi.store.vectors import ProbeSet, store_index_vectors, store_vectors
 
 
@@ -52,14 +53,15 @@ def write_analysis(db: str | Path, record: AnalysisRecord) -> tuple[int, int]:
     an empty or half-made file behind.
     """
     created = not Path(db).exists()
+    nfs = {layer: rounded(nf) for layer, nf in record.nfs.items()}  # rows and NF vectors show what is stored
     try:
         with Store.open(db) as store, store.transaction():
             run_id = store.reserve_ids("runs", "run_id", 1)
             store.delete_model(record.name)
-            _insert_rows(store, record, run_id)
+            _insert_rows(store, record, run_id, nfs)
             if record.indexes is not None:
                 write_indexes(store, record.name, record.indexes)
-            store_vectors(store, record.name, record.probe, record.probe_scores, record.nfs)
+            store_vectors(store, record.name, record.probe, record.probe_scores, nfs)
             dead = int(store.con.execute(
                 "SELECT count(*) FROM neurons WHERE model = ? AND dead", [record.name]
             ).fetchone()[0])
@@ -110,8 +112,8 @@ def _repeat(value: object, n: int) -> np.ndarray:
     return np.full(n, value, dtype=object)
 
 
-def _insert_rows(store: Store, record: AnalysisRecord, run_id: int) -> None:
-    """Insert the model's rows (inside the caller's transaction)."""
+def _insert_rows(store: Store, record: AnalysisRecord, run_id: int, nfs: dict[str, np.ndarray]) -> None:
+    """Insert the model's rows (inside the caller's transaction), with ``nfs`` as rounded for storage."""
     name, lm, pre, infos, result = record.name, record.model, record.pre, record.infos, record.scan
     store.insert("models", {
         "model": _repeat(name, 1), "path": _repeat(str(lm.path), 1), "sha256": _repeat(lm.sha256, 1),
@@ -132,7 +134,7 @@ def _insert_rows(store: Store, record: AnalysisRecord, run_id: int) -> None:
     _insert_layers(store, name, infos)
     next_id = store.reserve_ids("neurons", "neuron_id", sum(i.layer.channels for i in infos))
     for info in infos:
-        _insert_neurons(store, name, info, result, record.nfs.get(info.layer.tensor), next_id)
+        _insert_neurons(store, name, info, result, nfs.get(info.layer.tensor), next_id)
         next_id += info.layer.channels
     store.insert("runs", {
         "run_id": np.array([run_id], np.int32), "model": _repeat(name, 1), "kind": _repeat("analyze", 1),
@@ -179,12 +181,8 @@ def _insert_neurons(
     layer, st = info.layer, result.stats[info.layer.tensor]
     c, top = layer.channels, st.topn
     best = top.scores[:, 0]
-    nf_col = np.empty(c, dtype=object)
-    has_nf = np.zeros(c, bool)
-    if nf is not None:
-        has_nf = ~np.isnan(nf).any(axis=(1, 2, 3))
-        for u in np.flatnonzero(has_nf):
-            nf_col[u] = nf[u].reshape(-1)
+    nf_col = encode(nf) if nf is not None else np.empty(c, dtype=object)
+    has_nf = np.array([v is not None for v in nf_col], bool)
     nf_h, nf_w = nf.shape[1:3] if nf is not None else (0, 0)
     store.insert("neurons", {
         "model": _repeat(name, c),

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from onnx_nfi.names import INDEX_COLUMNS, VECTOR_TABLES  # noqa: F401  (the schema's columns and tables)
 
-SCHEMA_VERSION = 1
+#: 2: ``neurons.nf`` holds bytes (``UTINYINT[]``, store/nf_storage.py); 1 held ``FLOAT[]``.
+SCHEMA_VERSION = 2
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -36,7 +37,7 @@ CREATE TABLE IF NOT EXISTS neurons (
     model VARCHAR, layer VARCHAR, unit INTEGER, neuron_id BIGINT UNIQUE,
     max_activation FLOAT, mean_activation DOUBLE, std_activation DOUBLE, active_fraction DOUBLE, dead BOOLEAN,
     saturated_top INTEGER,
-    nf FLOAT[], nf_height INTEGER, nf_width INTEGER,
+    nf UTINYINT[], nf_height INTEGER, nf_width INTEGER,
     color_selectivity DOUBLE, class_selectivity DOUBLE, top_class VARCHAR, top_class_frequency DOUBLE,
     population_code INTEGER, orientation_selectivity DOUBLE, orientation_by_angle DOUBLE[],
     symmetry_selectivity DOUBLE, symmetry_by_axis DOUBLE[], shape_selectivity DOUBLE,

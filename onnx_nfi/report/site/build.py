@@ -32,11 +32,11 @@ import numpy as np
 
 from onnx_nfi.data.preprocess import from_dict
 from onnx_nfi.errors import NotFoundError, ReportError
-from onnx_nfi.report.pictures import to_uint8
 from onnx_nfi.report.queries import display_image
 from onnx_nfi.report.site import data as q
 from onnx_nfi.report.site import pages
 from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store
+from onnx_nfi.store.nf_storage import decode
 from onnx_nfi.names import INDEX_COLUMNS
 
 Progress = Callable[[str, int, int], None]
@@ -191,7 +191,7 @@ def nf_pngs(store: Store, model: str, layer: str, units: Sequence[int] | None = 
         [model, layer] + ([list(units)] if units is not None else []),
     ).fetchnumpy()
     for unit, nf, h, w in zip(cols["unit"], cols["nf"], cols["nf_height"], cols["nf_width"]):
-        rgb = to_uint8(np.asarray(nf, np.float32).reshape(int(h), int(w), 3))
+        rgb = decode(nf, h, w)
         ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
         if ok:
             yield int(unit), buf.tobytes()
