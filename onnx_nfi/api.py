@@ -28,7 +28,9 @@ from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.neurons.indexes import IndexLayer
 from onnx_nfi.pipeline import analysis
 from onnx_nfi.pipeline import probe as probes
-from onnx_nfi.pipeline.checkpoint import Shard, check_same_run, check_shards, config_of, merge_states, parse_shard
+from onnx_nfi.pipeline.checkpoint import (
+    Shard, check_same_run, check_shards, config_of, interruption, merge_states, parse_shard,
+)
 from onnx_nfi.pipeline.features import selectivity_indexes, top_image_paths
 from onnx_nfi.pipeline.models import open_model, reopen_model
 from onnx_nfi.progress import Progress
@@ -152,18 +154,21 @@ def analyze(
     if image_root is not None:
         relative_to_root(p.imageset.root, image_root)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name)
-    if ray is not None:
-        if resume:
-            raise ConfigError("--resume continues a run on one machine; a --ray run retries failed shards itself")
-        from onnx_nfi.pipeline.distributed import distributed_scan
+    if ray is not None and resume:
+        raise ConfigError("--resume continues a run on one machine; a --ray run retries failed shards itself")
+    try:
+        if ray is not None:
+            from onnx_nfi.pipeline.distributed import distributed_scan
 
-        scanned = distributed_scan(p, ray, progress)
-    else:
-        scanned, p = analysis.scan_part(p, state, resume=resume, progress=progress)
-    done = analysis.finish(p, scanned, db, state, progress=progress, started=started, image_root=image_root)
-    state.unlink(missing_ok=True)
-    sync_indexes(db)  # after the commit: FAISS follows DuckDB (and repairs itself if this is cut short)
-    return _summary(db, done, scanned.seconds, started)
+            scanned = distributed_scan(p, ray, progress)
+        else:
+            scanned, p = analysis.scan_part(p, state, resume=resume, progress=progress)
+        return analysis.write(
+            p, scanned, db, state, lambda done: _summary(db, done, scanned.seconds, started), progress=progress,
+            started=started, image_root=image_root, remove_state=True,
+        )
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what the state file holds
+        raise interruption(exc, p.header, state, db, resumable=ray is None) from None
 
 
 def state_path(db: str | Path, name: str, shard: Shard | None = None) -> Path:
@@ -202,7 +207,10 @@ def analyze_shard(
     part = parse_shard(shard)
     p = analysis.plan(model_path, images, None, name, config, part)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name, part)
-    scanned, _ = analysis.scan_part(p, state, resume=resume, progress=progress)
+    try:
+        scanned, _ = analysis.scan_part(p, state, resume=resume, progress=progress)
+    except KeyboardInterrupt as exc:
+        raise interruption(exc, p.header, state, None) from None
     return ShardSummary(p.name, str(part), state.resolve(), len(scanned.images), len(scanned.skipped), scanned.seconds)
 
 
@@ -226,11 +234,10 @@ def merge(
         relative_to_root(p.imageset.root, image_root)
     p = replace(p, probe=ProbeSet(tuple(header["probe_sha256"]), tuple(map(Path, header["probe_paths"])), False))
     scanned = merge_states(paths, p.layers, p.paths)
-    done = analysis.finish(
-        p, scanned, db, state_path(db, p.name), progress=progress, started=started, image_root=image_root
+    return analysis.write(
+        p, scanned, db, state_path(db, p.name), lambda done: _summary(db, done, scanned.seconds, started),
+        progress=progress, started=started, image_root=image_root,
     )
-    sync_indexes(db)
-    return _summary(db, done, scanned.seconds, started)
 
 
 def _summary(db: str | Path, done: analysis.Finished, scan_seconds: float, started: dt.datetime) -> AnalysisSummary:

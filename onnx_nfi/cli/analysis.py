@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -25,13 +26,14 @@ from onnx_nfi.cli.common import (
     Rho,
     Silent,
     app,
-    console,
     out,
     print_table,
+    sigterm_as_ctrl_c,
     user_errors,
     wrote,
 )
 from onnx_nfi.config import HELP, AnalyzeConfig, parse_size
+from onnx_nfi.errors import Interrupted
 
 if TYPE_CHECKING:
     from onnx_nfi.api import AnalysisSummary
@@ -90,27 +92,18 @@ def analyze(
         checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
     )
     common = {"db": db, "name": name, "config": config, "resume": resume, "checkpoint": checkpoint}
-    try:
-        with ProgressBars(silent) as bars:
-            if shard is not None:
-                s = api.analyze_shard(model, images, shard, progress=bars, **common)
-            else:
-                summary = api.analyze(model, images, progress=bars, ray=ray, image_root=image_root, **common)
-    except KeyboardInterrupt:
-        state = checkpoint or api.state_path(db, name or model.stem, api.parse_shard(shard) if shard else None)
-        console.print(
-            f"Interrupted; the scan so far is saved in {state}: run the same command with --resume to continue.",
-            highlight=False,
-        )
-        raise typer.Exit(130) from None
-    if shard is not None:
-        out.print(
-            f"Scanned shard {s.shard} of {s.model}: {s.images_seen} images ({s.images_skipped} skipped) in "
-            f"{s.seconds:.1f} s.\nState: {s.state} (combine all shards with: onnx-nfi merge STATE... --db {db})",
-            highlight=False,
+    if shard is None:
+        summarised(
+            lambda bars: api.analyze(model, images, progress=bars, ray=ray, image_root=image_root, **common), silent
         )
         return
-    print_summary(summary)
+    with sigterm_as_ctrl_c(), ProgressBars(silent) as bars:
+        s = api.analyze_shard(model, images, shard, progress=bars, **common)
+    out.print(
+        f"Scanned shard {s.shard} of {s.model}: {s.images_seen} images ({s.images_skipped} skipped) in "
+        f"{s.seconds:.1f} s.\nState: {s.state} (combine all shards with: onnx-nfi merge STATE... --db {db})",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -124,9 +117,22 @@ def merge(
     """Combine shard states into the result of one run, compute NFs and indexes and write the database."""
     from onnx_nfi import api
 
-    with ProgressBars(silent) as bars:
-        summary = api.merge(states, db=db, progress=bars, image_root=image_root)
-    print_summary(summary)
+    summarised(lambda bars: api.merge(states, db=db, progress=bars, image_root=image_root), silent)
+
+
+def summarised(analyse: Callable[[ProgressBars], AnalysisSummary], silent: bool) -> None:
+    """Run ``analyse`` with progress bars, SIGTERM handled as Ctrl-C, and print its summary; a Ctrl-C
+    or SIGTERM after it returned (while the summary prints) says that the results were written."""
+    summary = None
+    with sigterm_as_ctrl_c():
+        try:
+            with ProgressBars(silent) as bars:
+                summary = analyse(bars)
+            print_summary(summary)
+        except KeyboardInterrupt as exc:
+            if summary is None:  # the analysis said what it had written or saved
+                raise
+            raise Interrupted.written(exc, summary.model, summary.db, summary.run_id) from None
 
 
 def print_summary(s: AnalysisSummary) -> None:
