@@ -93,10 +93,10 @@ class IndexSummary:
 
 def layers(
     model_path: str | Path, patterns: Iterable[str] = (), preprocess: str | None = None,
-    input_size: tuple[int, int] | None = None,
+    input_size: tuple[int, int] | None = None, input_name: str | None = None,
 ) -> list[LayerInfo]:
     """``onnx-nfi layers``: conv layers, aliases, op chains, shapes and receptive fields."""
-    lm, _ = open_model(model_path, preprocess, input_size)
+    lm, _ = open_model(model_path, preprocess, input_size, input_name)
     return model_layers(lm, patterns)
 
 
@@ -110,10 +110,11 @@ class RFVerification:
 
 
 def verify_receptive_fields(
-    model_path: str | Path, preprocess: str | None = None, input_size: tuple[int, int] | None = None
+    model_path: str | Path, preprocess: str | None = None, input_size: tuple[int, int] | None = None,
+    input_name: str | None = None,
 ) -> RFVerification:
     """Analytic (theoretical) vs empirically probed (effective) receptive field of every layer."""
-    lm, _ = open_model(model_path, preprocess, input_size)
+    lm, _ = open_model(model_path, preprocess, input_size, input_name)
     infos = model_layers(lm)
     hw = (lm.input.height, lm.input.width)
     measured = measure_windows(lm.proto, lm.input.name, hw, lm.input.layout, [i.layer.tensor for i in infos])

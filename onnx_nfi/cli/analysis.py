@@ -16,6 +16,7 @@ from onnx_nfi.cli.common import (
     BatchSize,
     ColorMode,
     Db,
+    ImageInput,
     ImageRoot,
     Indexes,
     InputSize,
@@ -58,6 +59,7 @@ def analyze(
     color_mode: ColorMode = AnalyzeConfig.color_mode,
     rho: Rho = AnalyzeConfig.rho,
     input_size: InputSize = None,
+    input_name: ImageInput = None,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help=HELP["max_pixels"])] = AnalyzeConfig.max_pixels,
     lock_timeout: Annotated[
         float, typer.Option("--lock-timeout", help=HELP["lock_timeout"])
@@ -88,7 +90,7 @@ def analyze(
     config = AnalyzeConfig(
         top_n=top_n, batch_size=batch_size, provider=provider, preprocess=preprocess, labels=labels,
         layers=tuple(layers or ()), nf=nf, nf_max_size=nf_max_size, indexes=(indexes,), color_mode=color_mode,
-        rho=rho, input_size=input_size, max_pixels=max_pixels, lock_timeout=lock_timeout,
+        rho=rho, input_size=input_size, input=input_name, max_pixels=max_pixels, lock_timeout=lock_timeout,
         checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
     )
     common = {"db": db, "name": name, "config": config, "resume": resume, "checkpoint": checkpoint}
@@ -199,6 +201,7 @@ def layers_cmd(
     model: Annotated[Path, typer.Argument(help="ONNX model file.")],
     preprocess: Preprocess = None,
     input_size: InputSize = None,
+    input_name: ImageInput = None,
     verify_rf: Annotated[
         bool, typer.Option("--verify-rf", help="Also measure each RF empirically and report differences.")
     ] = False,
@@ -207,8 +210,11 @@ def layers_cmd(
     from onnx_nfi import api
 
     size = parse_size(input_size) if input_size else None
-    infos = api.layers(model, preprocess=preprocess, input_size=size)
-    verified = api.verify_receptive_fields(model, preprocess=preprocess, input_size=size) if verify_rf else None
+    infos = api.layers(model, preprocess=preprocess, input_size=size, input_name=input_name)
+    verified = (
+        api.verify_receptive_fields(model, preprocess=preprocess, input_size=size, input_name=input_name)
+        if verify_rf else None
+    )
     rows = []
     for info in infos:
         rf, layer = info.rf, info.layer

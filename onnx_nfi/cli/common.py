@@ -52,6 +52,7 @@ ColorMode = Annotated[str, typer.Option("--color-mode", help=HELP["color_mode"])
 Rho = Annotated[float, typer.Option("--rho", help=HELP["rho"])]
 LayerPatterns = Annotated[list[str] | None, typer.Option("--layers", help=HELP["layers"])]
 InputSize = Annotated[str | None, typer.Option("--input-size", help=HELP["input_size"])]
+ImageInput = Annotated[str | None, typer.Option("--input", help=HELP["input"])]
 Png = Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")]
 ModelName = Annotated[str, typer.Argument(help="Model name in the database.")]
 ImageRoot = Annotated[Path | None, typer.Option(

@@ -87,7 +87,7 @@ def plan(
 ) -> Plan:
     """Check the model, layers, images, labels and database (``None``: a shard, which writes none)."""
     shard = shard or Shard()
-    lm, pre = open_model(model_path, config.preprocess, config.input_size)
+    lm, pre = open_model(model_path, config.preprocess, config.input_size, config.input)
     if lm.batch_one_inside:  # the exporter fixed batch 1 inside the graph: one image at a time
         config = replace(config, batch_size=1)
     infos = model_layers(lm, config.layers)

@@ -269,8 +269,13 @@ class Store:
         return [r[0] for r in self.con.execute("SELECT model FROM models ORDER BY model").fetchall()]
 
     def model_row(self, model: str) -> dict[str, Any]:
-        """The ``models`` row of ``model``; NotFoundError names the models that exist."""
-        cur = self.con.execute("SELECT * FROM models WHERE model = ?", [model])
+        """The ``models`` row of ``model``, with the analysis's image input (``image_input``, from its
+        run's parameters); NotFoundError names the models that exist."""
+        cur = self.con.execute(
+            "SELECT m.*, r.params ->> 'input' AS image_input FROM models m LEFT JOIN runs r ON r.run_id = m.run_id "
+            "WHERE m.model = ?",
+            [model],
+        )
         row = cur.fetchone()
         if row is None:
             known = ", ".join(self.models()) or "none yet"
