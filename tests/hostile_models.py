@@ -67,3 +67,20 @@ def two_input_conv_net(inputs: dict[str, list], combine: str | None = "Sub") -> 
     model.ir_version = 8
     return model
 
+
+def saturating_and_linear_net() -> onnx.ModelProto:
+    """Two 1x1 conv layers on the raw image (pixels 0..255, preprocessing ``raw``): ``sat``, the mean of
+    R, G, B through Clip(0, 6), at 6 on every photo (all its top activations tie); and ``lin``,
+    R - G - 1 with no activation, -1 wherever the image is grey, so its colour index exceeds 1."""
+    b = NetBuilder(3, (16, 16))
+    ones = b.const(np.full((1, 3, 1, 1), 1 / 3, np.float32), "w")
+    sat = b.node("Clip", [b.node("Conv", ["input", ones]), b.const(np.float32(0), "lo"), b.const(np.float32(6), "hi")])
+    red_green = b.const(np.array([1, -1, 0], np.float32).reshape(1, 3, 1, 1), "w")
+    lin = b.node("Conv", ["input", red_green, b.const(np.array([-1], np.float32), "b")])
+    graph = helper.make_graph(
+        b.nodes, "planted", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info(t, TensorProto.FLOAT, ["N", 1, 16, 16]) for t in (sat, lin)], b.inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model

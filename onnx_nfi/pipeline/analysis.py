@@ -29,6 +29,7 @@ from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
 from onnx_nfi.neurons.indexes import IndexLayer
 from onnx_nfi.pipeline import probe as probes
+from onnx_nfi.pipeline.caveats import caveats
 from onnx_nfi.pipeline.checkpoint import Checkpointer, Shard, read_resumable, run_header
 from onnx_nfi.pipeline.features import compute_nfs, selectivity_indexes, top_image_paths
 from onnx_nfi.pipeline.finite import check_finite
@@ -180,6 +181,7 @@ def finish(
     warnings = (
         *p.lm.notices, *p.imageset.warnings, *p.pre.warnings(),
         *probes.probe_warnings(probe, len(p.imageset.files), p.config.probe_size),
+        *caveats(topns.values(), index_result),
     )
     return Finished(
         record, run_id, dead, (t_index - t_nf).total_seconds(), (record.finished - t_index).total_seconds(), warnings
