@@ -4,9 +4,10 @@ written is checked against the database, the state file and the FAISS files, and
 checkpoint finishes, with the command the message names, to the tables of an uninterrupted run.
 
 The command runs in a subprocess on a pseudo-terminal, so it draws its real progress bars; a phase
-is reached by watching them for the phase's label (NF, indexes) or by watching the files the run
-makes (the checkpoint during the scan, the database file when the write opens it, the FAISS folder
-when the sync starts), then waiting a seeded delay before the signal.
+is reached by watching them for the phase's label (indexes, the lock wait) or by watching the files
+the run makes (the checkpoint during the scan, the finished scan's before the NFs, the database
+file when the write opens it, the FAISS folder when the sync starts), then waiting a seeded delay
+before the signal.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 import pty
 import random
 import re
-import shutil
 import signal
 import struct
 import subprocess
@@ -33,37 +33,17 @@ import pytest
 from cli_helpers import invoke, query
 from conftest import ROOT, TINY
 from tables import assert_same_analysis
+from test_checkpoint import MODEL, images, reference  # noqa: F401  (fixtures)
 
 from onnx_nfi import api
-from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.names import VECTOR_TABLES
 from onnx_nfi.scan.state import read_header
 
 pytestmark = pytest.mark.slow
 
-MODEL = "tiny_lite0"
-CONFIG = AnalyzeConfig(batch_size=4, checkpoint_every=8, provider="cpu")
+#: the options of test_checkpoint's uninterrupted ``reference`` run (over its ``images``), with bars
 OPTIONS = ("--batch-size", "4", "--checkpoint-every", "8", "--provider", "cpu")
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07]*\x07|[()][A-Z0-9])")
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory, photo_dir: Path) -> Path:
-    """Two thirds of the photos: a scan long enough to stop in, short enough to run a dozen times."""
-    folder = tmp_path_factory.mktemp("stop") / "images"
-    for k, path in enumerate(sorted(photo_dir.rglob("*.jpg"))):
-        if k % 3:
-            (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, folder / path.parent.name / path.name)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, images: Path) -> Path:
-    """One uninterrupted analysis with the same options."""
-    db = tmp_path_factory.mktemp("ref") / "ref.duckdb"
-    api.analyze(TINY, images, db=db, config=CONFIG)
-    return db
 
 
 @dataclass(frozen=True)
@@ -182,7 +162,7 @@ RNG = random.Random(2024)
 #: (phase, signal, seconds after the phase is reached): two signals per phase, several delays in the write
 POINTS = [
     ("scan", signal.SIGINT, RNG.uniform(0, 0.5)), ("scan", signal.SIGTERM, RNG.uniform(0, 0.5)),
-    ("nf", signal.SIGINT, RNG.uniform(0, 0.1)), ("nf", signal.SIGTERM, RNG.uniform(0, 0.1)),
+    ("nf", signal.SIGINT, RNG.uniform(0, 0.01)), ("nf", signal.SIGTERM, RNG.uniform(0, 0.01)),
     ("index", signal.SIGINT, 0.0), ("index", signal.SIGTERM, 0.0),
     *[("write", sig, delay) for sig, delay in zip(
         (signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGTERM), (0.0, RNG.uniform(0, 0.02),
@@ -230,7 +210,7 @@ def trigger(phase: str, db: Path) -> Callable[[str], bool]:
     state, faiss = api.state_path(db, MODEL), db.with_name(db.name + ".faiss")
     return {
         "scan": lambda text: state.exists(),  # the first checkpoint: 8 images scanned
-        "nf": lambda text: "Neuron features" in text,
+        "nf": lambda text: state.exists() and read_header(state)["complete"],  # the scan is done: the NFs begin
         "index": lambda text: "Selectivity indexes" in text,
         "write": lambda text: db.exists(),  # the write creates the database as it opens it
         "sync": lambda text: faiss.exists(),
