@@ -233,3 +233,30 @@ def test_message_after_a_signal_is_true(
             locker.kill()
             locker.wait()
     assert check_message(stop, db, images, reference, signum) in EXPECTED[phase], stop.message
+
+
+def test_ctrl_c_during_a_query_is_one_line(tmp_path: Path) -> None:
+    # DuckDB turns a Ctrl-C during a query into RuntimeError('Query interrupted'), or (as often, on
+    # this VM) lets the query finish first, after which the Ctrl-C arrives: either way, one line
+    db = tmp_path / "nfi.duckdb"
+    api.sql("SELECT 1", db, write=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "onnx_nfi", "sql", "SELECT count(*) FROM range(1000000000) t(x) WHERE x % 7 = 3",
+         "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(Path(f"/proc/{proc.pid}/fd/{fd}").resolve() == db.resolve()
+                      for fd in os.listdir(f"/proc/{proc.pid}/fd")):  # the database is open: the query runs
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(1.0)  # past the connection, into the query (seconds long)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.strip() == "Interrupted; nothing was written." and out == ""

@@ -76,8 +76,11 @@ def user_errors(fn: F) -> F:
         except NfiError as exc:
             console.print(f"[red]Error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt as exc:  # an Interrupted says what was written; a bare Ctrl-C came before any write
-            console.print(str(exc) or "Interrupted; nothing was written.", markup=False, highlight=False)
+        except (KeyboardInterrupt, RuntimeError) as exc:  # an Interrupted says what was written
+            if isinstance(exc, RuntimeError) and str(exc) != "Query interrupted":  # DuckDB's form of a Ctrl-C
+                raise
+            console.print(str(exc) if isinstance(exc, Interrupted) and str(exc) else "Interrupted; nothing was written.",
+                          markup=False, highlight=False)
             raise typer.Exit(getattr(exc, "exit_code", 130)) from None
 
     return wrapper  # type: ignore[return-value]
