@@ -85,6 +85,7 @@ class Interrupted(KeyboardInterrupt):
 
     @property
     def exit_code(self) -> int:
+        """What a shell reports for a command this signal stopped."""
         return 128 + self.signum
 
     @classmethod

@@ -69,7 +69,7 @@ def test_analyze_output_is_exact(analysed: tuple[Path, str], photo_dir: Path) ->
     below, above = query(db, "SELECT count(*) FILTER (color_selectivity < 0), count(*) FILTER (color_selectivity > 1) "
                              "FROM neurons")[0]
     if below or above:
-        expected.append(rf"Warning: color_selectivity of {below + above} units is outside \[0, 1\] \({below} below 0, "
+        expected.append(rf"Warning: color_selectivity of {below + above} unit\(s\) is outside \[0, 1\] \({below} below 0, "
                         rf"{above} above 1\); it is not clipped: see docs/method.md §5, Range")
     lines = stdout.splitlines()
     assert len(lines) == len(expected), stdout

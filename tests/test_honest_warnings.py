@@ -156,5 +156,5 @@ def test_tied_units_and_indexes_outside_the_unit_range_are_counted(photo_dir: Pa
             "(neurons.saturated_top > 1; per layer: layer_summary.saturated): their ranking and crops come from the "
             "pre-activation where it differs, else from image order (docs/method.md §2, Saturating activations)"
             ) in result.stdout
-    assert ("Warning: color_selectivity of 1 units is outside [0, 1] (0 below 0, 1 above 1); it is not clipped: "
+    assert ("Warning: color_selectivity of 1 unit(s) is outside [0, 1] (0 below 0, 1 above 1); it is not clipped: "
             "see docs/method.md §5, Range") in result.stdout

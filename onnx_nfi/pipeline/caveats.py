@@ -27,6 +27,7 @@ def caveats(topns: Iterable[TopN], indexes: IndexResult | None) -> tuple[str, ..
 
 
 def _tied(topns: Iterable[TopN]) -> tuple[str, ...]:
+    """Live units with more than one top entry at their largest score, and those with all of them."""
     live = tied = whole = 0
     for top in topns:
         alive = top.scores[:, 0] > 0
@@ -44,16 +45,17 @@ def _tied(topns: Iterable[TopN]) -> tuple[str, ...]:
 
 
 def _out_of_range(indexes: IndexResult | None) -> tuple[str, ...]:
+    """Per index, the values below 0 and above 1 (undefined ones, NaN, are neither)."""
     if indexes is None:
         return ()
     out = []
     for column in INDEX_COLUMNS:
         parts = [np.asarray(c[column], np.float64) for c in indexes.columns.values() if column in c]
         values = np.concatenate(parts) if parts else np.empty(0)
-        below, above = int((values < 0).sum()), int((values > 1).sum())  # NaN (undefined) counts as neither
+        below, above = int((values < 0).sum()), int((values > 1).sum())
         if below or above:
             out.append(
-                f"{column} of {below + above} units is outside [0, 1] ({below} below 0, {above} above 1); it is not "
+                f"{column} of {below + above} unit(s) is outside [0, 1] ({below} below 0, {above} above 1); it is not "
                 f"clipped: see docs/method.md {RANGE_SECTIONS[column]}, Range"
             )
     return tuple(out)

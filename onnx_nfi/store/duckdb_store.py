@@ -83,6 +83,7 @@ class SignalHold:
 
     @property
     def holding(self) -> bool:
+        """Whether signals are being recorded (the write has begun)."""
         return bool(self._previous)
 
     def deliver(self) -> None:
