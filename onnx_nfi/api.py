@@ -28,7 +28,9 @@ from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.neurons.indexes import IndexLayer
 from onnx_nfi.pipeline import analysis
 from onnx_nfi.pipeline import probe as probes
-from onnx_nfi.pipeline.checkpoint import Shard, check_same_run, check_shards, config_of, merge_states, parse_shard
+from onnx_nfi.pipeline.checkpoint import (
+    Shard, check_same_run, check_shards, config_of, interruption, merge_states, parse_shard,
+)
 from onnx_nfi.pipeline.features import selectivity_indexes, top_image_paths
 from onnx_nfi.pipeline.models import open_model, reopen_model
 from onnx_nfi.progress import Progress
@@ -91,10 +93,10 @@ class IndexSummary:
 
 def layers(
     model_path: str | Path, patterns: Iterable[str] = (), preprocess: str | None = None,
-    input_size: tuple[int, int] | None = None,
+    input_size: tuple[int, int] | None = None, input_name: str | None = None,
 ) -> list[LayerInfo]:
     """``onnx-nfi layers``: conv layers, aliases, op chains, shapes and receptive fields."""
-    lm, _ = open_model(model_path, preprocess, input_size)
+    lm, _ = open_model(model_path, preprocess, input_size, input_name)
     return model_layers(lm, patterns)
 
 
@@ -108,10 +110,11 @@ class RFVerification:
 
 
 def verify_receptive_fields(
-    model_path: str | Path, preprocess: str | None = None, input_size: tuple[int, int] | None = None
+    model_path: str | Path, preprocess: str | None = None, input_size: tuple[int, int] | None = None,
+    input_name: str | None = None,
 ) -> RFVerification:
     """Analytic (theoretical) vs empirically probed (effective) receptive field of every layer."""
-    lm, _ = open_model(model_path, preprocess, input_size)
+    lm, _ = open_model(model_path, preprocess, input_size, input_name)
     infos = model_layers(lm)
     hw = (lm.input.height, lm.input.width)
     measured = measure_windows(lm.proto, lm.input.name, hw, lm.input.layout, [i.layer.tensor for i in infos])
@@ -159,18 +162,21 @@ def analyze(
     if image_root is not None:
         relative_to_root(p.imageset.root, image_root)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name)
-    if ray is not None:
-        if resume:
-            raise ConfigError("--resume continues a run on one machine; a --ray run retries failed shards itself")
-        from onnx_nfi.pipeline.distributed import distributed_scan
+    if ray is not None and resume:
+        raise ConfigError("--resume continues a run on one machine; a --ray run retries failed shards itself")
+    try:
+        if ray is not None:
+            from onnx_nfi.pipeline.distributed import distributed_scan
 
-        scanned = distributed_scan(p, ray, progress)
-    else:
-        scanned, p = analysis.scan_part(p, state, resume=resume, progress=progress)
-    done = analysis.finish(p, scanned, db, state, progress=progress, started=started, image_root=image_root)
-    state.unlink(missing_ok=True)
-    sync_indexes(db)  # after the commit: FAISS follows DuckDB (and repairs itself if this is cut short)
-    return _summary(db, done, scanned.seconds, started)
+            scanned = distributed_scan(p, ray, progress)
+        else:
+            scanned, p = analysis.scan_part(p, state, resume=resume, progress=progress)
+        return analysis.write(
+            p, scanned, db, state, lambda done: _summary(db, done, scanned.seconds, started), progress=progress,
+            started=started, image_root=image_root, remove_state=True,
+        )
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what the state file holds
+        raise interruption(exc, p.header, state, db, resumable=ray is None) from None
 
 
 def state_path(db: str | Path, name: str, shard: Shard | None = None) -> Path:
@@ -198,7 +204,10 @@ def _scan_shard(
     """``analyze --shard i/n``: the part's scan state, for ``merge``."""
     p = analysis.plan(model_path, images, None, name, config, part)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name, part)
-    scanned, _ = analysis.scan_part(p, state, resume=resume, progress=progress)
+    try:
+        scanned, _ = analysis.scan_part(p, state, resume=resume, progress=progress)
+    except KeyboardInterrupt as exc:
+        raise interruption(exc, p.header, state, None) from None
     return ShardSummary(p.name, str(part), state.resolve(), len(scanned.images), len(scanned.skipped), scanned.seconds)
 
 
@@ -222,11 +231,10 @@ def merge(
         relative_to_root(p.imageset.root, image_root)
     p = replace(p, probe=ProbeSet(tuple(header["probe_sha256"]), tuple(map(Path, header["probe_paths"])), False))
     scanned = merge_states(paths, p.layers, p.paths)
-    done = analysis.finish(
-        p, scanned, db, state_path(db, p.name), progress=progress, started=started, image_root=image_root
+    return analysis.write(
+        p, scanned, db, state_path(db, p.name), lambda done: _summary(db, done, scanned.seconds, started),
+        progress=progress, started=started, image_root=image_root,
     )
-    sync_indexes(db)
-    return _summary(db, done, scanned.seconds, started)
 
 
 def _summary(db: str | Path, done: analysis.Finished, scan_seconds: float, started: dt.datetime) -> AnalysisSummary:

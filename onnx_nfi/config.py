@@ -42,6 +42,7 @@ class AnalyzeConfig:
     probe_size: int = 1024
     seed: int = 0
     input_size: tuple[int, int] | None = None
+    input: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     lock_timeout: float = 60.0
     checkpoint_every: int = 5000
@@ -64,6 +65,8 @@ class AnalyzeConfig:
             raise ConfigError(f"population_threshold must be in (0, 1], got {self.population_threshold}")
         if self.input_size is not None:
             object.__setattr__(self, "input_size", parse_size(self.input_size))
+        if self.input is not None and (not isinstance(self.input, str) or not self.input):
+            raise ConfigError(f"--input must name one of the model's inputs, got {self.input!r}")
         _at_least("max_pixels", self.max_pixels, 1)
         if isinstance(self.lock_timeout, bool) or not isinstance(self.lock_timeout, (int, float)) or self.lock_timeout < 0:
             raise ConfigError(f"--lock-timeout must be a number of seconds >= 0, got {self.lock_timeout!r}")
@@ -105,6 +108,7 @@ HELP: dict[str, str] = {
     "probe_size": "Images in the database's shared probe set for similarity search.",
     "seed": "Seed for randomised indexes (shape shuffling).",
     "input_size": "H,W for a model whose input size is dynamic (default: the preprocessing file's input_size, else 224,224).",
+    "input": "The image input of a model with several inputs (the others are fed zeros); default: its only 4-D input.",
     "max_pixels": "Largest image in pixels, read from the file header before decoding; larger files are skipped with a reason.",
     "lock_timeout": "Seconds to wait for a database another process holds before giving up.",
     "checkpoint_every": "Save the scan state every this many images (resume with --resume).",

@@ -7,6 +7,8 @@ say what is wrong *and* what to do about it. Anything else escaping the library 
 
 from __future__ import annotations
 
+import signal
+
 
 class NfiError(Exception):
     """Base class of every error a user can fix; the message is shown as is."""
@@ -69,3 +71,35 @@ class ResultsNotWritten(NfiError):
         super().__init__(message)
         self.state = state
         self.command = command
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped a command; the message says what had been written or saved
+    by then, so it is true wherever the signal landed. A KeyboardInterrupt, so everything that saves
+    its work on Ctrl-C does the same on SIGTERM; the CLI exits with 128 + the signal number (130,
+    143), as a shell reports a command stopped by that signal."""
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        """What a shell reports for a command this signal stopped."""
+        return 128 + self.signum
+
+    @classmethod
+    def of(cls, exc: BaseException, message: str) -> Interrupted:
+        """The interrupt ``exc`` (a plain Ctrl-C or an Interrupted) told with ``message``, keeping its signal."""
+        return cls(message, getattr(exc, "signum", signal.SIGINT))
+
+    @classmethod
+    def written(
+        cls, exc: BaseException, model: str, db: object, run_id: int, in_step: bool | None = None
+    ) -> Interrupted:
+        """The interrupt ``exc`` once the analysis of ``model`` is committed; ``in_step``: whether the
+        search indexes beside the database were brought in step too (None: not said)."""
+        step = {True: "; its search indexes are in step", False: "; the next search brings its search indexes in step"}
+        return cls.of(
+            exc, f"Interrupted after the analysis of {model} was written to {db} (run {run_id}){step.get(in_step, '')}."
+        )

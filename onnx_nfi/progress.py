@@ -1,6 +1,7 @@
 """The progress callback every long verb takes: the library never prints, the CLI draws the bars.
 
-``progress(phase, done, total)``; phases are "scan", "probe", "nf" and "index". Stages below the
+``progress(phase, done, total)``; phases are "scan", "probe", "nf", "index" and "write" (the
+database write; "lock" while it waits for another process's lock). Stages below the
 pipeline report ``(done, total)`` of their own single phase; :func:`phase` binds one to a phase.
 """
 

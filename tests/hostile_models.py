@@ -48,3 +48,39 @@ def shufflenet_like_net() -> onnx.ModelProto:
     x = b.node("Reshape", [x, b.const(np.array([1, 8, 16, 16], np.int64), "shape")])
     x = b.conv_relu(x, 8, 6, 3, "c2")
     return _model(b, x, [1, 3, 16, 16], 9)
+
+
+def two_input_conv_net(inputs: dict[str, list], combine: str | None = "Sub") -> onnx.ModelProto:
+    """conv1 > Relu > conv2 > Relu on ``combine(*inputs)``, e.g. ``Sub(image, mask)``; with one input,
+    the same convs (same weights) on it alone (``combine`` None) or on ``Neg`` of it: what an
+    analysis feeding the other input zeros must equal (x - 0 = x, 0 - x = -x)."""
+    b = NetBuilder(3, (16, 16))
+    names = list(inputs)
+    x = b.node(combine, names) if combine else names[0]
+    x = b.conv_relu(x, 3, 4, 3, "c1")
+    x = b.conv_relu(x, 4, 4, 3, "c2")
+    graph = helper.make_graph(
+        b.nodes, "inputs", [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n, dims in inputs.items()],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", None, None, None])], b.inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def saturating_and_linear_net() -> onnx.ModelProto:
+    """Two 1x1 conv layers on the raw image (pixels 0..255, preprocessing ``raw``): ``sat``, the mean of
+    R, G, B through Clip(0, 6), at 6 on every photo (all its top activations tie); and ``lin``,
+    R - G - 1 with no activation, -1 wherever the image is grey, so its colour index exceeds 1."""
+    b = NetBuilder(3, (16, 16))
+    ones = b.const(np.full((1, 3, 1, 1), 1 / 3, np.float32), "w")
+    sat = b.node("Clip", [b.node("Conv", ["input", ones]), b.const(np.float32(0), "lo"), b.const(np.float32(6), "hi")])
+    red_green = b.const(np.array([1, -1, 0], np.float32).reshape(1, 3, 1, 1), "w")
+    lin = b.node("Conv", ["input", red_green, b.const(np.array([-1], np.float32), "b")])
+    graph = helper.make_graph(
+        b.nodes, "planted", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info(t, TensorProto.FLOAT, ["N", 1, 16, 16]) for t in (sat, lin)], b.inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model

@@ -118,7 +118,8 @@ def test_cli_ctrl_c_says_how_to_resume(images: Path, tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert f"Interrupted; the scan so far is saved in {state}: run the same command with --resume to continue." in err
+    assert (f"Interrupted; nothing was written to {db}; the scan so far is saved in {state}: run the same command "
+            "with --resume to continue.") in err
     assert "Traceback" not in err
     assert not db.exists()
 

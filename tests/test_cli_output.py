@@ -7,7 +7,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from cli_helpers import invoke, scalar
+from cli_helpers import invoke, query, scalar
 from conftest import TINY
 from test_errors import ANALYZE_FAST, assert_clean_error, row_counts
 
@@ -61,6 +61,16 @@ def test_analyze_output_is_exact(analysed: tuple[Path, str], photo_dir: Path) ->
         rf"Warning: the similarity probe set has only {images} images \(fewer than 100\); similar/match scores are "
         r"noisy; set a larger one with 'onnx-nfi probe DIR --force'",
     ]
+    live, tied, whole = query(db, "SELECT count(*) FILTER (NOT dead), count(*) FILTER (NOT dead AND saturated_top > 1), "
+                                  "count(*) FILTER (NOT dead AND saturated_top = 4) FROM neurons")[0]
+    if tied:  # ReLU6 layers: units reach 6 on several of their top 4 images
+        expected.append(rf"Warning: {tied} of {live} live units have tied top activations, {whole} of them with every "
+                        r"top image tied \(neurons.saturated_top > 1; .*\(docs/method.md §2, Saturating activations\)")
+    below, above = query(db, "SELECT count(*) FILTER (color_selectivity < 0), count(*) FILTER (color_selectivity > 1) "
+                             "FROM neurons")[0]
+    if below or above:
+        expected.append(rf"Warning: color_selectivity of {below + above} unit\(s\) is outside \[0, 1\] \({below} below 0, "
+                        rf"{above} above 1\); it is not clipped: see docs/method.md §5, Range")
     lines = stdout.splitlines()
     assert len(lines) == len(expected), stdout
     for line, pattern in zip(lines, expected):

@@ -116,7 +116,14 @@ CASES = {
     "text_file_model": Case(lambda t: write(t, "m.onnx", "name,value\nnot,a model\n"), photos, "export your model to ONNX"),
     "missing_model": Case(lambda t: t / "nowhere.onnx", photos, "pass the path of an .onnx file"),
     "no_conv_layer": Case(lambda t: saved(no_conv_net().model, t, "m.onnx"), photos, "no 2-D conv layer"),
-    "two_inputs": Case(lambda t: saved(two_input_net(), t, "m.onnx"), photos, "export it with the other inputs fixed"),
+    "two_inputs": Case(
+        lambda t: saved(two_input_net(), t, "m.onnx"), photos,
+        "has several image inputs (image, mask); pick the one to analyse with --input NAME",
+    ),
+    "unknown_input": Case(
+        lambda t: saved(two_input_net(), t, "m.onnx"), photos,
+        "has no input 'scan'; its inputs are image, mask: pass one of them to --input", lambda t: ["--input", "scan"],
+    ),
     "nothing_readable": pytest.param(Case(tiny, unreadable_images, "no readable image")),
     "empty_folder": Case(tiny, empty_folder, "put .jpg/.png"),
     "missing_folder": Case(tiny, lambda t, p: t / "no_such_folder", "pass the folder that holds the images"),

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from cli_helpers import invoke
+import onnx
+import pytest
+from cli_helpers import invoke, query
 from conftest import TINY
+from hostile_models import saturating_and_linear_net
 from test_errors import ANALYZE_FAST, assert_clean_error
 
 from onnx_nfi import api
@@ -126,3 +129,32 @@ def test_index_command_records_its_run(photo_dir: Path, tmp_path: Path) -> None:
                      "FROM runs WHERE model = 'tiny_lite0' ORDER BY run_id")
     assert rows[0][0] == "analyze"
     assert rows[1] == ("index", "0.9", '["class"]', "image")
+
+
+
+def test_tied_units_and_indexes_outside_the_unit_range_are_counted(photo_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "planted.onnx"
+    onnx.save(saturating_and_linear_net(), model)
+    db = tmp_path / "nfi.duckdb"
+    result = invoke("analyze", model, photo_dir, "--db", db, "--preprocess", "raw", "--top-n", "10",
+                    "--indexes", "color", "--no-nf", "--silent")
+    assert result.exit_code == 0, result.output
+    units = {op: row for op, *row in query(
+        db, "SELECT l.op_type, n.saturated_top, n.color_selectivity, n.dead FROM neurons n JOIN layers l USING (model, layer)"
+    )}
+    top = {op: [a for (a,) in query(db, "SELECT activation FROM top_activations JOIN layers l USING (model, layer) "
+                                        "WHERE l.op_type = ?", [op])] for op in units}
+    # planted: the Clip(0, 6) unit is at 6 on every photo; the linear unit is -1 wherever the image is grey,
+    # so its colour index is 1 - sum(-1) / sum(a_j) = 1 + N' / sum(a_j) over its positive top activations
+    assert top["Conv>Clip"] == [6.0] * 10 and units["Conv>Clip"][0] == 10
+    positive = [a for a in top["Conv"] if a > 0]
+    assert units["Conv"][1] == pytest.approx(1 + len(positive) / sum(positive), rel=1e-5)
+    assert units["Conv"][1] > 1 and 0 <= units["Conv>Clip"][1] <= 1
+    tied = sum(1 for shared, _, dead in units.values() if shared > 1 and not dead)
+    whole = sum(1 for shared, _, dead in units.values() if shared == 10 and not dead)
+    assert (f"Warning: {tied} of 2 live units have tied top activations, {whole} of them with every top image tied "
+            "(neurons.saturated_top > 1; per layer: layer_summary.saturated): their ranking and crops come from the "
+            "pre-activation where it differs, else from image order (docs/method.md §2, Saturating activations)"
+            ) in result.stdout
+    assert ("Warning: color_selectivity of 1 unit(s) is outside [0, 1] (0 below 0, 1 above 1); it is not clipped: "
+            "see docs/method.md §5, Range") in result.stdout

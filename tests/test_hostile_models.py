@@ -8,7 +8,7 @@ import onnx
 import pytest
 from cli_helpers import invoke, query, scalar
 from conftest import TINY
-from hostile_models import shufflenet_like_net, two_conv_net
+from hostile_models import shufflenet_like_net, two_conv_net, two_input_conv_net
 from test_errors import ANALYZE_FAST, assert_clean_error
 
 from onnx_nfi.pipeline.models import open_model
@@ -129,3 +129,71 @@ def test_non_finite_activations_name_the_layer(tmp_path: Path, photo_dir: Path) 
     line = assert_clean_error(invoke("analyze", model, photo_dir, "--db", db, *ANALYZE_FAST), "non-finite activations")
     assert "layer conv2" in line and "--layers" in line
     assert not db.exists()
+
+
+IMAGE = ["N", 3, 16, 16]
+SAME_COLUMNS = (
+    "SELECT l.alias, n.unit, n.max_activation, n.mean_activation, n.dead, n.saturated_top, n.nf, n.color_selectivity "
+    "FROM neurons n JOIN layers l USING (model, layer) ORDER BY ALL"
+)
+SAME_TOP = (
+    "SELECT l.alias, t.unit, t.rank, t.image_id, t.y, t.x, t.activation FROM top_activations t "
+    "JOIN layers l USING (model, layer) ORDER BY ALL"
+)
+OPTIONS = ("--silent", "--top-n", "5", "--indexes", "color", "--provider", "cpu")
+
+
+def analysed(model: onnx.ModelProto, tmp: Path, photo_dir: Path, name: str, *args: str) -> tuple[Path, str]:
+    """The database of one analysis of ``model`` (saved as NAME.onnx, analysed as model ``m``) and its summary."""
+    db = tmp / f"{name}.duckdb"
+    result = invoke("analyze", saved(model, tmp, f"{name}.onnx"), photo_dir, "--db", db, "--name", "m", *OPTIONS, *args)
+    assert result.exit_code == 0, result.output
+    return db, result.stdout
+
+
+def assert_same_neurons(db: Path, expected: Path) -> None:
+    for sql in (SAME_COLUMNS, SAME_TOP):
+        got, want = query(db, sql), query(expected, sql)
+        assert want and got == want
+
+
+@pytest.mark.parametrize(("picked", "alone"), [("image", None), ("mask", "Neg")])
+def test_input_option_picks_the_image_input(picked: str, alone: str | None, tmp_path: Path, photo_dir: Path) -> None:
+    two = two_input_conv_net({"image": IMAGE, "mask": IMAGE})
+    db, summary = analysed(two, tmp_path, photo_dir, "two", "--input", picked)
+    other = "mask" if picked == "image" else "image"
+    assert f"Warning: the model's other input(s) {other} are fed zeros; only {picked} gets the images" in summary
+    assert query(db, "SELECT params::JSON ->> 'input' FROM runs") == [(picked,)]
+    one, _ = analysed(two_input_conv_net({picked: IMAGE}, alone), tmp_path, photo_dir, "one")
+    assert_same_neurons(db, one)
+    # `index` finds the image input again from the stored run
+    assert invoke("index", "m", "--db", db, "--indexes", "color", "--silent").exit_code == 0
+    assert_same_neurons(db, one)
+    layers = invoke("layers", tmp_path / "two.onnx", "--input", picked)
+    assert layers.exit_code == 0 and "conv2" in layers.stdout
+
+
+def test_several_image_inputs_are_named_with_the_option(tmp_path: Path, photo_dir: Path) -> None:
+    model = saved(two_input_conv_net({"image": IMAGE, "mask": IMAGE}), tmp_path)
+    db = tmp_path / "nfi.duckdb"
+    hint = "has several image inputs (image, mask); pick the one to analyse with --input NAME"
+    assert_clean_error(invoke("analyze", model, photo_dir, "--db", db, *ANALYZE_FAST), hint)
+    assert_clean_error(invoke("layers", model), hint)
+    assert_clean_error(invoke("analyze", model, photo_dir, "--db", db, "--input", "depth", *ANALYZE_FAST),
+                       "has no input 'depth'; its inputs are image, mask: pass one of them to --input")
+    assert not db.exists()
+
+
+def test_a_non_image_input_is_fed_zeros_with_a_warning(tmp_path: Path, photo_dir: Path) -> None:
+    # a per-channel offset [3, 1, 1] added to the image: the image input is the only 4-D one
+    db, summary = analysed(two_input_conv_net({"image": IMAGE, "offset": [3, 1, 1]}, "Add"), tmp_path, photo_dir, "offset")
+    assert "Warning: the model's other input(s) offset are fed zeros; only image gets the images (--input)" in summary
+    one, _ = analysed(two_input_conv_net({"image": IMAGE}, None), tmp_path, photo_dir, "one")
+    assert_same_neurons(db, one)
+    assert query(db, "SELECT params::JSON ->> 'input' FROM runs") == [(None,)]
+
+
+def test_an_input_that_cannot_be_fed_zeros_is_named(tmp_path: Path, photo_dir: Path) -> None:
+    model = saved(two_input_conv_net({"image": IMAGE, "offset": [3, "H", 1]}, "Add"), tmp_path)
+    assert_clean_error(invoke("analyze", model, photo_dir, "--db", tmp_path / "x.duckdb", *ANALYZE_FAST),
+                       "input 'offset' (shape 3x?x1) cannot be fed zeros")

@@ -139,3 +139,25 @@ def test_bad_config_raises_before_any_work(option: str, value: object, hint: str
 def test_top_n_zero_through_the_cli(tmp_path: Path, photo_dir: Path) -> None:
     assert_clean_error(invoke("analyze", TINY, photo_dir, "--db", tmp_path / "x.duckdb", *ANALYZE_FAST, "--top-n", "0"),
                        "--top-n must be an integer >= 1")
+
+
+def test_search_indexes_locked_after_the_commit_are_left_to_the_next_search(tmp_path: Path, photo_dir: Path) -> None:
+    db = tmp_path / "nfi.duckdb"
+    holder: list[subprocess.Popen] = []
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase == "write" and done == total and not holder:  # committed: another process takes the lock
+            holder.append(hold_lock(db, 60))
+
+    try:
+        summary = api.analyze(TINY, photo_dir, db=db, config=AnalyzeConfig(top_n=3, nf=False, indexes=(), lock_timeout=1),
+                              progress=progress)
+    finally:
+        for h in holder:
+            h.kill()
+            h.wait()
+    assert holder and scalar(db, "SELECT count(*) FROM neurons") == 608  # written, and the command says so
+    assert any(w.startswith("the search indexes are not in step yet (database") and w.endswith(
+        "the next search brings them in step") for w in summary.warnings), summary.warnings
+    assert invoke("similar", "tiny_lite0:conv3:0", "--db", db).exit_code == 0
+    assert sync_indexes(db)["nf"] == 0 and sync_indexes(db)["response"] > 0

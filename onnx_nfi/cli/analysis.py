@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -15,6 +16,7 @@ from onnx_nfi.cli.common import (
     BatchSize,
     ColorMode,
     Db,
+    ImageInput,
     ImageRoot,
     Indexes,
     InputSize,
@@ -25,13 +27,14 @@ from onnx_nfi.cli.common import (
     Rho,
     Silent,
     app,
-    console,
     out,
     print_table,
+    sigterm_as_ctrl_c,
     user_errors,
     wrote,
 )
 from onnx_nfi.config import HELP, AnalyzeConfig, parse_size
+from onnx_nfi.errors import Interrupted
 
 if TYPE_CHECKING:
     from onnx_nfi.api import AnalysisSummary
@@ -56,6 +59,7 @@ def analyze(
     color_mode: ColorMode = AnalyzeConfig.color_mode,
     rho: Rho = AnalyzeConfig.rho,
     input_size: InputSize = None,
+    input_name: ImageInput = None,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help=HELP["max_pixels"])] = AnalyzeConfig.max_pixels,
     lock_timeout: Annotated[
         float, typer.Option("--lock-timeout", help=HELP["lock_timeout"])
@@ -86,31 +90,22 @@ def analyze(
     config = AnalyzeConfig(
         top_n=top_n, batch_size=batch_size, provider=provider, preprocess=preprocess, labels=labels,
         layers=tuple(layers or ()), nf=nf, nf_max_size=nf_max_size, indexes=(indexes,), color_mode=color_mode,
-        rho=rho, input_size=input_size, max_pixels=max_pixels, lock_timeout=lock_timeout,
+        rho=rho, input_size=input_size, input=input_name, max_pixels=max_pixels, lock_timeout=lock_timeout,
         checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
     )
-    try:
-        with ProgressBars(silent) as bars:
-            summary = api.analyze(
-                model, images, db=db, name=name, config=config, progress=bars, resume=resume, checkpoint=checkpoint,
-                shard=shard, ray=ray, image_root=image_root,
-            )
-    except KeyboardInterrupt:
-        state = checkpoint or api.state_path(db, name or model.stem, api.parse_shard(shard) if shard else None)
-        console.print(
-            f"Interrupted; the scan so far is saved in {state}: run the same command with --resume to continue.",
-            highlight=False,
-        )
-        raise typer.Exit(130) from None
-    if isinstance(summary, api.ShardSummary):
-        out.print(
-            f"Scanned shard {summary.shard} of {summary.model}: {summary.images_seen} images "
-            f"({summary.images_skipped} skipped) in {summary.seconds:.1f} s.\nState: {summary.state} "
-            f"(combine all shards with: onnx-nfi merge STATE... --db {db})",
-            highlight=False,
+    common = {"db": db, "name": name, "config": config, "resume": resume, "checkpoint": checkpoint}
+    if shard is None:
+        summarised(
+            lambda bars: api.analyze(model, images, progress=bars, ray=ray, image_root=image_root, **common), silent
         )
         return
-    print_summary(summary)
+    with sigterm_as_ctrl_c(), ProgressBars(silent) as bars:
+        s = api.analyze(model, images, progress=bars, shard=shard, ray=ray, **common)  # a ShardSummary
+    out.print(
+        f"Scanned shard {s.shard} of {s.model}: {s.images_seen} images ({s.images_skipped} skipped) in "
+        f"{s.seconds:.1f} s.\nState: {s.state} (combine all shards with: onnx-nfi merge STATE... --db {db})",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -124,9 +119,22 @@ def merge(
     """Combine shard states into the result of one run, compute NFs and indexes and write the database."""
     from onnx_nfi import api
 
-    with ProgressBars(silent) as bars:
-        summary = api.merge(states, db=db, progress=bars, image_root=image_root)
-    print_summary(summary)
+    summarised(lambda bars: api.merge(states, db=db, progress=bars, image_root=image_root), silent)
+
+
+def summarised(analyse: Callable[[ProgressBars], AnalysisSummary], silent: bool) -> None:
+    """Run ``analyse`` with progress bars, SIGTERM handled as Ctrl-C, and print its summary; a Ctrl-C
+    or SIGTERM after it returned (while the summary prints) says that the results were written."""
+    summary = None
+    with sigterm_as_ctrl_c():
+        try:
+            with ProgressBars(silent) as bars:
+                summary = analyse(bars)
+            print_summary(summary)
+        except KeyboardInterrupt as exc:
+            if summary is None:  # the analysis said what it had written or saved
+                raise
+            raise Interrupted.written(exc, summary.model, summary.db, summary.run_id) from None
 
 
 def print_summary(s: AnalysisSummary) -> None:
@@ -193,6 +201,7 @@ def layers_cmd(
     model: Annotated[Path, typer.Argument(help="ONNX model file.")],
     preprocess: Preprocess = None,
     input_size: InputSize = None,
+    input_name: ImageInput = None,
     verify_rf: Annotated[
         bool, typer.Option("--verify-rf", help="Also measure each RF empirically and report differences.")
     ] = False,
@@ -201,8 +210,11 @@ def layers_cmd(
     from onnx_nfi import api
 
     size = parse_size(input_size) if input_size else None
-    infos = api.layers(model, preprocess=preprocess, input_size=size)
-    verified = api.verify_receptive_fields(model, preprocess=preprocess, input_size=size) if verify_rf else None
+    infos = api.layers(model, preprocess=preprocess, input_size=size, input_name=input_name)
+    verified = (
+        api.verify_receptive_fields(model, preprocess=preprocess, input_size=size, input_name=input_name)
+        if verify_rf else None
+    )
     rows = []
     for info in infos:
         rf, layer = info.rf, info.layer

@@ -11,8 +11,11 @@ import csv
 import functools
 import io
 import json
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -23,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from onnx_nfi.config import HELP, AnalyzeConfig
-from onnx_nfi.errors import NfiError
+from onnx_nfi.errors import Interrupted, NfiError
 from onnx_nfi.names import DEFAULT_DB  # noqa: F401  (the commands take it from here)
 
 app = typer.Typer(
@@ -49,6 +52,7 @@ ColorMode = Annotated[str, typer.Option("--color-mode", help=HELP["color_mode"])
 Rho = Annotated[float, typer.Option("--rho", help=HELP["rho"])]
 LayerPatterns = Annotated[list[str] | None, typer.Option("--layers", help=HELP["layers"])]
 InputSize = Annotated[str | None, typer.Option("--input-size", help=HELP["input_size"])]
+ImageInput = Annotated[str | None, typer.Option("--input", help=HELP["input"])]
 Png = Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")]
 ModelName = Annotated[str, typer.Argument(help="Model name in the database.")]
 ImageRoot = Annotated[Path | None, typer.Option(
@@ -72,11 +76,32 @@ def user_errors(fn: F) -> F:
         except NfiError as exc:
             console.print(f"[red]Error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            console.print("Interrupted; nothing was written.")
-            raise typer.Exit(130) from None
+        except (KeyboardInterrupt, RuntimeError) as exc:  # an Interrupted says what was written
+            if isinstance(exc, RuntimeError) and str(exc) != "Query interrupted":  # DuckDB's form of a Ctrl-C
+                raise
+            console.print(str(exc) if isinstance(exc, Interrupted) and str(exc) else "Interrupted; nothing was written.",
+                          markup=False, highlight=False)
+            raise typer.Exit(getattr(exc, "exit_code", 130)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler stopping a job) handled as Ctrl-C by the commands that keep their
+    work on Ctrl-C: the scan state is saved, the message says what was written, the exit code is 143."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread handles signals
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Interrupted("", signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ProgressBars:
@@ -85,6 +110,7 @@ class ProgressBars:
     LABELS = {
         "scan": "Scanning images", "nf": "Neuron features", "index": "Selectivity indexes", "probe": "Probe images",
         "images": "Top images", "similar": "Similar neurons", "pages": "Neuron pages",
+        "write": "Writing results",
     }
 
     def __init__(self, silent: bool = False) -> None:

@@ -16,7 +16,7 @@ from onnx import TensorProto, numpy_helper, shape_inference
 
 from onnx_nfi.errors import ModelError
 from onnx_nfi.files import file_sha256
-from onnx_nfi.graph.proto import BATCH_DIM, with_input_size  # noqa: F401  (BATCH_DIM: importable from here)
+from onnx_nfi.graph.proto import BATCH_DIM, copy_model, with_input_size  # noqa: F401  (BATCH_DIM: importable from here)
 
 #: Metadata key, set on protos of external-data models, naming the folder onnxruntime reads the
 #: weights from: every session made from a derived proto (instrumented, pruned, probed) finds them.
@@ -74,12 +74,15 @@ class LoadedModel:
         return next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), 13)
 
 
-def load_model(path: str | Path, input_size: tuple[int, int] | None = None) -> LoadedModel:
+def load_model(
+    path: str | Path, input_size: tuple[int, int] | None = None, input_name: str | None = None
+) -> LoadedModel:
     """Read, check and shape-infer an ONNX file.
 
     ``input_size`` fixes a dynamic spatial size (needed for shapes and receptive fields); models
-    with a fixed size ignore it. Weights stored as external data are never loaded into the proto
-    (protobuf caps a message at 2 GB): the model is checked from its path and sessions read the
+    with a fixed size ignore it. ``input_name`` picks the image input of a model with several
+    (``--input``); the other inputs are fed zeros. Weights stored as external data are never loaded
+    into the proto (protobuf caps a message at 2 GB): the model is checked from its path and sessions read the
     weights from its folder (``EXTERNAL_DATA_DIR``).
     """
     path = Path(path)
@@ -101,8 +104,9 @@ def load_model(path: str | Path, input_size: tuple[int, int] | None = None) -> L
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path} is not a valid ONNX model: {first}") from None
-    spec = _find_input(proto, path)
-    notices = _custom_ops(proto, path)
+    spec = _find_input(proto, path, input_name)
+    proto, fed = _feed_zeros(proto, path, spec)
+    notices = (*fed, *_custom_ops(proto, path))
     if (spec.height == 0 or spec.width == 0) and input_size:
         spec = replace(spec, height=int(input_size[0]), width=int(input_size[1]))
     proto = with_input_size(proto, spec.name, spec.layout, (spec.height, spec.width))
@@ -197,19 +201,32 @@ def _has_external_data(proto: onnx.ModelProto) -> bool:
     return any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer)
 
 
-def _find_input(proto: onnx.ModelProto, path: Path) -> InputSpec:
+def _graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The inputs a caller feeds (old exporters also list the weights as inputs)."""
     initializers = {t.name for t in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in initializers]
-    images = [i for i in inputs if len(i.type.tensor_type.shape.dim) == 4]
-    if not images:
-        raise ModelError(f"{path} has no 4-D image input; onnx-nfi needs a CNN taking [N,C,H,W] or [N,H,W,C] images")
-    if len(images) > 1 or len(inputs) > 1:
-        names = ", ".join(i.name for i in inputs)
-        raise ModelError(
-            f"{path} has several inputs ({names}); onnx-nfi needs a model with one image input — "
-            "export it with the other inputs fixed as constants"
-        )
-    inp = images[0]
+    return [i for i in proto.graph.input if i.name not in initializers]
+
+
+def _find_input(proto: onnx.ModelProto, path: Path, name: str | None = None) -> InputSpec:
+    """The image input: ``name`` (``--input``), else the only 4-D input."""
+    inputs = _graph_inputs(proto)
+    names = ", ".join(i.name for i in inputs)
+    if name is not None:
+        inp = next((i for i in inputs if i.name == name), None)
+        if inp is None:
+            raise ModelError(f"{path} has no input {name!r}; its inputs are {names}: pass one of them to --input")
+        if len(inp.type.tensor_type.shape.dim) != 4:
+            raise ModelError(f"input {name!r} of {path} is not a 4-D image input; pass one of {names} to --input")
+    else:
+        images = [i for i in inputs if len(i.type.tensor_type.shape.dim) == 4]
+        if not images:
+            raise ModelError(f"{path} has no 4-D image input; onnx-nfi needs a CNN taking [N,C,H,W] or [N,H,W,C] images")
+        if len(images) > 1:
+            raise ModelError(
+                f"{path} has several image inputs ({', '.join(i.name for i in images)}); pick the one to analyse "
+                "with --input NAME (the other inputs are fed zeros)"
+            )
+        inp = images[0]
     dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inp.type.tensor_type.shape.dim]
     if dims[1] in (1, 3, 4) and dims[3] not in (1, 3, 4):
         layout, channels, h, w = "NCHW", dims[1], dims[2], dims[3]
@@ -224,3 +241,49 @@ def _find_input(proto: onnx.ModelProto, path: Path) -> InputSpec:
     elem = inp.type.tensor_type.elem_type
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).name
     return InputSpec(inp.name, layout, h, w, channels, dtype, batch=dims[0])
+
+
+def _feed_zeros(proto: onnx.ModelProto, path: Path, image: InputSpec) -> tuple[onnx.ModelProto, tuple[str, ...]]:
+    """The model with every input but the image one replaced by zeros inside the graph, so that every
+    stage sees one input, and the notice naming them. A fixed shape becomes a zero initializer; a
+    leading dynamic dimension is taken as the batch and follows the image's (``ConstantOfShape``);
+    any other dynamic dimension, or a string input, cannot be filled and is refused."""
+    others = [i for i in _graph_inputs(proto) if i.name != image.name]
+    if not others:
+        return proto, ()
+    proto = copy_model(proto)
+    nodes: list[onnx.NodeProto] = []
+    for value in others:
+        t = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type) if t.elem_type != TensorProto.STRING else None
+        if dtype is None or not t.HasField("shape") or 0 in dims[1:]:
+            shape = "x".join(str(d) if d else "?" for d in dims) if t.HasField("shape") else "unknown"
+            raise ModelError(
+                f"{path}: input {value.name!r} (shape {shape}) cannot be fed zeros: only the image input (--input) "
+                "gets images; export the model with it fixed as a constant"
+            )
+        if not dims or dims[0]:
+            proto.graph.initializer.append(numpy_helper.from_array(np.zeros(dims, dtype), value.name))
+        else:
+            rest = numpy_helper.from_array(np.array(dims[1:], np.int64), f"{value.name}__rest")
+            proto.graph.initializer.append(rest)
+            prefix = f"{value.name}__zeros"
+            nodes += [
+                onnx.helper.make_node("Shape", [image.name], [f"{prefix}_shape"]),
+                onnx.helper.make_node("Gather", [f"{prefix}_shape", f"{prefix}_first"], [f"{prefix}_batch"], axis=0),
+                onnx.helper.make_node("Concat", [f"{prefix}_batch", rest.name], [f"{prefix}_dims"], axis=0),
+                onnx.helper.make_node(
+                    "ConstantOfShape", [f"{prefix}_dims"], [value.name],
+                    value=numpy_helper.from_array(np.zeros(1, dtype)),
+                ),
+            ]
+            proto.graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.int64), f"{prefix}_first"))
+    kept = [i for i in proto.graph.input if i.name not in {o.name for o in others}]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
+    graph_nodes = [*nodes, *proto.graph.node]
+    del proto.graph.node[:]
+    proto.graph.node.extend(graph_nodes)
+    names = ", ".join(o.name for o in others)
+    return proto, (f"the model's other input(s) {names} are fed zeros; only {image.name} gets the images (--input)",)

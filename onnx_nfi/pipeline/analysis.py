@@ -4,17 +4,18 @@ are these stages in different orders.
 
 The scan state is saved to a state file on a schedule and when the scan ends, so a crash or
 Ctrl-C loses at most one interval, and a finished analysis whose database write fails (locked
-database, full disk, a signal during the write) is kept there and can be written later.
+database, full disk) or is interrupted while waiting for the database is kept there and can be
+written later; once the write has begun, a signal waits for its commit (``SignalHold``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -23,11 +24,12 @@ from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.display import DisplayImages
 from onnx_nfi.data.images import ImageSet, list_images, parse_label_option, read_class_names, relative_to_root
 from onnx_nfi.data.preprocess import Preprocessing
-from onnx_nfi.errors import ConfigError, ImageError, NfiError, ResultsNotWritten
+from onnx_nfi.errors import ConfigError, ImageError, Interrupted, NfiError, ResultsNotWritten
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
 from onnx_nfi.neurons.indexes import IndexLayer
 from onnx_nfi.pipeline import probe as probes
+from onnx_nfi.pipeline.caveats import caveats
 from onnx_nfi.pipeline.checkpoint import Checkpointer, Shard, read_resumable, run_header
 from onnx_nfi.pipeline.features import compute_nfs, selectivity_indexes, top_image_paths
 from onnx_nfi.pipeline.finite import check_finite
@@ -35,9 +37,11 @@ from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.progress import Progress, phase
 from onnx_nfi.scan.scanner import ScanResult, renumbered, scan
 from onnx_nfi.scan.state import save_state
-from onnx_nfi.store.duckdb_store import check_writable, lock_wait
+from onnx_nfi.store.duckdb_store import SignalHold, check_writable, lock_wait
 from onnx_nfi.store.results import AnalysisRecord, write_analysis
-from onnx_nfi.store.vectors import ProbeSet
+from onnx_nfi.store.vectors import ProbeSet, sync_indexes
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ def plan(
 ) -> Plan:
     """Check the model, layers, images, labels and database (``None``: a shard, which writes none)."""
     shard = shard or Shard()
-    lm, pre = open_model(model_path, config.preprocess, config.input_size)
+    lm, pre = open_model(model_path, config.preprocess, config.input_size, config.input)
     if lm.batch_one_inside:  # the exporter fixed batch 1 inside the graph: one image at a time
         config = replace(config, batch_size=1)
     infos = model_layers(lm, config.layers)
@@ -168,15 +172,52 @@ def finish(
         p.name, p.lm, p.pre, p.infos, result, [*p.imageset.rejected, *result.skipped], p.imageset.label_source,
         p.config, probe, probe_scores, nfs, index_result, started, dt.datetime.now(),
     )
+    if progress:
+        progress("write", 0, 1)
     with _kept_on_failure(p, scanned, db, state, image_root), lock_wait(p.config.lock_timeout, phase(progress, "lock")):
         run_id, dead = write_analysis(db, record)  # finished work waits for a busy database
+    if progress:
+        progress("write", 1, 1)
     warnings = (
         *p.lm.notices, *p.imageset.warnings, *p.pre.warnings(),
         *probes.probe_warnings(probe, len(p.imageset.files), p.config.probe_size),
+        *caveats(topns.values(), index_result),
     )
     return Finished(
         record, run_id, dead, (t_index - t_nf).total_seconds(), (record.finished - t_index).total_seconds(), warnings
     )
+
+
+def write(
+    p: Plan, scanned: ScanResult, db: str | Path, state: Path, summarise: Callable[[Finished], T], *,
+    progress: Progress | None = None, started: dt.datetime | None = None, image_root: str | Path | None = None,
+    remove_state: bool = False,
+) -> T:
+    """``finish``, then the state file removed (``remove_state``: it was this run's checkpoint), FAISS
+    brought in step and ``summarise(finished)``. From the start of the database write on, Ctrl-C and
+    SIGTERM wait until all of this is done (seconds), then stop the command with an Interrupted saying
+    that the results were written: the commit and the FAISS files are never cut. Before it (and while
+    it waits for another process's lock) they stop it at once, and ``finish`` says what it kept."""
+    done, in_step = None, False
+    try:
+        with SignalHold() as hold:
+            done = finish(p, scanned, db, state, progress=progress, started=started, image_root=image_root)
+            if remove_state:
+                state.unlink(missing_ok=True)
+            try:  # after the commit: FAISS follows DuckDB (a cache: the next search repairs it if this fails)
+                with lock_wait(p.config.lock_timeout, phase(progress, "lock")):
+                    sync_indexes(db)
+                in_step = True
+            except NfiError as exc:
+                done = replace(done, warnings=(*done.warnings, f"the search indexes are not in step yet ({exc}); the "
+                                               "next search brings them in step"))
+            summary = summarise(done)
+        hold.deliver()
+    except KeyboardInterrupt as exc:
+        if done is None:  # before the write: ``finish`` said what it kept
+            raise
+        raise Interrupted.written(exc, p.name, Path(db).resolve(), done.run_id, in_step) from None
+    return summary
 
 
 @contextmanager
@@ -184,20 +225,22 @@ def _kept_on_failure(
     p: Plan, scanned: ScanResult, db: str | Path, state: Path, image_root: str | Path | None
 ) -> Iterator[None]:
     """Around each database access of ``finish``: if the database cannot be opened or written (locked
-    until the lock wait gives up, disk full at commit, a signal), save the finished scan to ``state``
-    and raise ResultsNotWritten with the command that writes it later (it recomputes NFs and indexes,
-    which are deterministic and take a fraction of the scan)."""
+    until the lock wait gives up, disk full at commit), save the finished scan to ``state`` and raise
+    ResultsNotWritten with the command that writes it later (it recomputes NFs and indexes, which are
+    deterministic and take a fraction of the scan); a Ctrl-C or SIGTERM, as an Interrupted saying so."""
     try:
         yield
     except (NfiError, duckdb.Error, OSError, KeyboardInterrupt) as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc).strip().splitlines()[0]
         save_state(state, {**p.header, "next_position": len(p.imageset.files), "complete": True}, scanned)
         command = f"onnx-nfi merge {state} --db {db}" + (f" --image-root {image_root}" if image_root else "")
-        raise ResultsNotWritten(
+        message = (
             f"the analysis of {p.name} finished but could not be written to {db} ({reason}); it is saved in "
-            f"{state}: write it with '{command}'",
-            str(state), command,
-        ) from None
+            f"{state}: write it with '{command}'"
+        )
+        if isinstance(exc, KeyboardInterrupt):  # before the transaction began (from then on signals wait for it)
+            raise Interrupted.of(exc, f"Interrupted; {message}.") from None
+        raise ResultsNotWritten(message, str(state), command) from None
 
 
 def _probe_scores_for(db: str | Path, p: Plan, result: ScanResult) -> tuple[ProbeSet, dict[str, np.ndarray]]:

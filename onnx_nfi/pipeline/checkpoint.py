@@ -22,7 +22,7 @@ import numpy as np
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.images import ImageSet
 from onnx_nfi.data.preprocess import Preprocessing
-from onnx_nfi.errors import ConfigError, StateError
+from onnx_nfi.errors import ConfigError, Interrupted, StateError
 from onnx_nfi.graph.layers import Layer
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.scan.scanner import LayerStats, ScanResult
@@ -135,6 +135,29 @@ class Checkpointer:
         save_state(self.path, {**self.header, "next_position": next_position, "complete": complete}, partial)
         self._saved_at_images = self._images
         self._saved_at = time.monotonic()
+
+
+def interruption(
+    exc: KeyboardInterrupt, header: dict[str, Any], state: Path, db: str | Path | None, *, resumable: bool = True
+) -> Interrupted:
+    """A Ctrl-C or SIGTERM that stopped a run before its results were written, told from what the
+    state file at ``state`` holds (a state ``--resume`` accepts: this run's), not from where the
+    signal landed, so the message is true at any point; one that already says what happened is
+    kept. ``db`` None: a shard, which writes no database; ``resumable`` False: a run that cannot be
+    resumed (on Ray)."""
+    if isinstance(exc, Interrupted) and str(exc):
+        return exc
+    nothing = f"Interrupted; nothing was written to {db}" if db is not None else "Interrupted"
+    try:
+        saved = read_header(state) if resumable and state.is_file() else None
+    except StateError:
+        saved = None
+    if saved is None or differences(saved, header):
+        return Interrupted.of(exc, "Interrupted; nothing was written." if db is None else f"{nothing}.")
+    what = "the finished scan" if saved.get("complete") else "the scan so far"
+    return Interrupted.of(
+        exc, f"{nothing}; {what} is saved in {state}: run the same command with --resume to continue."
+    )
 
 
 def read_resumable(path: Path, present: dict[str, Any], layers: dict[str, Layer], paths: list[Path]) -> tuple[ScanResult, dict[str, Any]]:

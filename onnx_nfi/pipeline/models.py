@@ -16,16 +16,17 @@ DEFAULT_INPUT_SIZE = (224, 224)
 
 
 def open_model(
-    model_path: str | Path, preprocess: str | None = None, input_size: tuple[int, int] | None = None
+    model_path: str | Path, preprocess: str | None = None, input_size: tuple[int, int] | None = None,
+    input_name: str | None = None,
 ) -> tuple[LoadedModel, Preprocessing]:
-    """Load a model and decide its preprocessing.
+    """Load a model (``input_name``: its image input, ``--input``) and decide its preprocessing.
 
     A dynamic input size is filled from ``input_size`` (``--input-size``), else from a preprocessing
     file (sidecar or ``--preprocess FILE``), else 224×224 with a notice: receptive fields and layer
     shapes need one fixed size. A model with a fixed size refuses a different ``input_size``.
     """
     model_path = Path(model_path)
-    lm = load_model(model_path)
+    lm = load_model(model_path, input_name=input_name)
     spec = lm.input
     fixed = (spec.height, spec.width)
     if input_size is not None and 0 not in fixed and tuple(input_size) != fixed:
@@ -42,7 +43,7 @@ def open_model(
                 f"the model's input size is dynamic; analysed at {size[0]}x{size[1]} "
                 "(choose another with --input-size H,W or a preprocessing file's input_size)"
             )
-        lm = load_model(model_path, (int(size[0]), int(size[1])))
+        lm = load_model(model_path, (int(size[0]), int(size[1])), input_name)
     pre = resolve(preprocess, model_path, (lm.input.height, lm.input.width), spec.layout, spec.dtype)
     if lm.batch_one_inside:
         notices.append(
@@ -52,12 +53,12 @@ def open_model(
 
 
 def reopen_model(model: str, row: dict[str, Any]) -> tuple[LoadedModel, Preprocessing]:
-    """The ONNX file and preprocessing of a stored model (its ``models`` row), refusing a file that
-    moved or changed since the analysis: its results would no longer describe it."""
+    """The ONNX file, image input and preprocessing of a stored model (its ``models`` row), refusing a
+    file that moved or changed since the analysis: its results would no longer describe it."""
     path = Path(row["path"])
     if not path.is_file():
         raise ModelError(f"model file {path} of {model!r} is gone; analyse it again from its new place, or remove it")
     if file_sha256(path) != row["sha256"]:
         raise ModelError(f"model file {path} changed since {model!r} was analysed; analyse it again, or remove it")
     pre = from_dict(row["preprocessing"], f"stored preprocessing of {model}")
-    return load_model(path, pre.input_size), pre
+    return load_model(path, pre.input_size, row.get("image_input")), pre

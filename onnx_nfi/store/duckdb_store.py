@@ -7,6 +7,9 @@ objects); NaN in float columns becomes NULL, which is how undefined indexes are 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -45,6 +48,83 @@ def lock_wait(timeout: float, on_wait: Callable[[int, int], None] | None = None)
         _LOCK_WAIT.reset(token)
 
 
+class SignalHold:
+    """Inside, Ctrl-C and SIGTERM act as usual until a model's results start being written
+    (``hold_signals()``); from then on they are recorded instead of raised, so neither the
+    transaction nor what the holder does after it (bringing FAISS in step, the summary) is cut
+    short, and the holder can say that the results were written. After the context,
+    ``deliver()`` acts on the first one held as the handler in place would have. Signals are
+    handled by the main thread only: in any other thread nothing is held."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalHold:
+        self._token = _HOLD.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _HOLD.reset(self._token)
+        for signum, handler in self._previous.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(signum, handler)
+
+    def hold(self) -> None:
+        """Record the signals from now on (once; main thread only)."""
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._record)
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.received = self.received or signum
+
+    @property
+    def holding(self) -> bool:
+        """Whether signals are being recorded (the write has begun)."""
+        return bool(self._previous)
+
+    def deliver(self) -> None:
+        """Act on the signal held, if any (once): raise (Ctrl-C, a Python handler) or end the process
+        (the default action)."""
+        signum, self.received = self.received, None
+        handler = self._previous.get(signum) if signum is not None else None
+        if callable(handler):
+            handler(signum, None)
+        elif handler == signal.SIG_DFL:
+            os.kill(os.getpid(), signum)
+
+
+#: The SignalHold around the command running now, if any.
+_HOLD: ContextVar[SignalHold | None] = ContextVar("signal_hold", default=None)
+
+
+def hold_signals() -> None:
+    """From here to the end of the current SignalHold (if there is one), Ctrl-C and SIGTERM wait."""
+    hold = _HOLD.get()
+    if hold is not None:
+        hold.hold()
+
+
+@contextmanager
+def _accesses_whole() -> Iterator[None]:
+    """Inside a SignalHold (``analyze``, ``merge``), every database access runs whole: DuckDB turns a
+    signal handler's exception raised during a query into ``RuntimeError('Query interrupted')``, and
+    the Ctrl-C would be lost in a traceback. A signal inside is acted on when the access ends, or by
+    the SignalHold itself once it holds (the write)."""
+    owner = _HOLD.get()
+    if owner is None or owner.holding:
+        yield
+        return
+    with SignalHold() as local:
+        local.hold()
+        yield
+    local.deliver()
+
+
 def _is_lock_error(exc: duckdb.Error) -> bool:
     return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
 
@@ -66,6 +146,9 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
                 _raise_open_error(path, exc)
             if on_wait is not None:
                 on_wait(int(waited), round(timeout))
+            hold = _HOLD.get()
+            if hold is not None:
+                hold.deliver()  # a signal held while waiting for the lock stops the wait: nothing began
             time.sleep(min(_LOCK_POLL, max(0.0, timeout - waited)))
 
 
@@ -109,16 +192,17 @@ class Store:
         path = Path(path)
         if read_only and not path.exists():
             raise StoreError(f"database {path} does not exist; run 'onnx-nfi analyze' first or pass --db")
-        con = _connect(path, read_only)
-        store = cls(con, path)
-        try:
-            if not read_only:
-                store._ensure_schema()
-            elif not store.has_table("models"):
-                raise StoreError(f"{path} is not an onnx-nfi database (no 'models' table)")
-            yield store
-        finally:
-            con.close()
+        with _accesses_whole():
+            con = _connect(path, read_only)
+            store = cls(con, path)
+            try:
+                if not read_only:
+                    store._ensure_schema()
+                elif not store.has_table("models"):
+                    raise StoreError(f"{path} is not an onnx-nfi database (no 'models' table)")
+                yield store
+            finally:
+                con.close()
 
     def has_table(self, name: str) -> bool:
         """Whether the table exists (``response_vectors`` appears with the first probe set)."""
@@ -188,8 +272,13 @@ class Store:
         return [r[0] for r in self.con.execute("SELECT model FROM models ORDER BY model").fetchall()]
 
     def model_row(self, model: str) -> dict[str, Any]:
-        """The ``models`` row of ``model``; NotFoundError names the models that exist."""
-        cur = self.con.execute("SELECT * FROM models WHERE model = ?", [model])
+        """The ``models`` row of ``model``, with the analysis's image input (``image_input``, from its
+        run's parameters); NotFoundError names the models that exist."""
+        cur = self.con.execute(
+            "SELECT m.*, r.params ->> 'input' AS image_input FROM models m LEFT JOIN runs r ON r.run_id = m.run_id "
+            "WHERE m.model = ?",
+            [model],
+        )
         row = cur.fetchone()
         if row is None:
             known = ", ".join(self.models()) or "none yet"

@@ -21,7 +21,7 @@ from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.neurons.indexes import IndexResult
 from onnx_nfi.scan.scanner import ScanResult
 from onnx_nfi.scan.topn import TopN
-from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.duckdb_store import Store, hold_signals
 from onnx_nfi.store.nf_storage import encode, rounded
 from onnx_nfi.store.vectors import ProbeSet, store_index_vectors, store_vectors
 
@@ -55,6 +55,7 @@ def write_analysis(db: str | Path, record: AnalysisRecord) -> tuple[int, int]:
     created = not Path(db).exists()
     nfs = {layer: rounded(nf) for layer, nf in record.nfs.items()}  # rows and NF vectors show what is stored
     try:
+        hold_signals()  # from here the write runs whole: a Ctrl-C waits for the commit (see SignalHold)
         with Store.open(db) as store, store.transaction():
             run_id = store.reserve_ids("runs", "run_id", 1)
             store.delete_model(record.name)
