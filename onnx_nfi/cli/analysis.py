@@ -11,10 +11,10 @@ import typer
 from rich.markup import escape
 
 from onnx_nfi.cli.common import (
-    DEFAULT_DB,
-    DEFAULT_INDEXES,
     BatchSize,
     ColorMode,
+    DEFAULT_DB,
+    DEFAULT_INDEXES,
     Db,
     ImageInput,
     ImageRoot,
@@ -27,8 +27,8 @@ from onnx_nfi.cli.common import (
     Rho,
     Silent,
     app,
-    out,
     print_table,
+    say,
     sigterm_as_ctrl_c,
     user_errors,
     wrote,
@@ -101,10 +101,9 @@ def analyze(
         return
     with sigterm_as_ctrl_c(), ProgressBars(silent) as bars:
         s = api.analyze(model, images, progress=bars, shard=shard, ray=ray, **common)  # a ShardSummary
-    out.print(
+    say(
         f"Scanned shard {s.shard} of {s.model}: {s.images_seen} images ({s.images_skipped} skipped) in "
         f"{s.seconds:.1f} s.\nState: {s.state} (combine all shards with: onnx-nfi merge STATE... --db {db})",
-        highlight=False,
     )
 
 
@@ -139,29 +138,27 @@ def summarised(analyse: Callable[[ProgressBars], AnalysisSummary], silent: bool)
 
 def print_summary(s: AnalysisSummary) -> None:
     """The closing summary of an analysis."""
-    out.print(
+    say(
         f"Analysed [bold]{s.model}[/bold]: {s.layers} layers, {s.neurons} neurons ({s.dead} dead) "
         f"over {s.images_seen} images ({s.images_skipped} skipped) on {s.provider}.",
-        highlight=False,
     )
     rate = s.images_seen / s.scan_seconds if s.scan_seconds else 0
-    out.print(
+    say(
         f"Preprocessing: {s.preprocessing}; labels: {s.label_source}. Scan {s.scan_seconds:.1f} s ({rate:.1f} img/s), "
         f"NF {s.nf_seconds:.1f} s, indexes {s.index_seconds:.1f} s, total {s.total_seconds:.1f} s.",
-        highlight=False,
     )
-    out.print(f"Results: {s.db} (run {s.run_id})", highlight=False)
+    say(f"Results: {s.db} (run {s.run_id})")
     for warning in s.warnings:
-        out.print(f"Warning: {warning}", highlight=False, markup=False)
+        say(f"Warning: {warning}", markup=False)
     shown = s.skipped[:SKIPPED_SHOWN]
     if shown:
-        out.print(f"Skipped {len(s.skipped)} file(s):", highlight=False)
+        say(f"Skipped {len(s.skipped)} file(s):")
     for path, reason in shown:
-        out.print(f"  {path}: {reason}", highlight=False, markup=False)
+        say(f"  {path}: {reason}", markup=False)
     if len(s.skipped) > len(shown):
-        out.print(
+        say(
             f"  … and {len(s.skipped) - len(shown)} more (SELECT path, reason FROM skipped_images WHERE run_id = {s.run_id})",
-            highlight=False, markup=False,
+            markup=False,
         )
 
 
@@ -188,10 +185,9 @@ def index_cmd(
     config = AnalyzeConfig(indexes=(indexes,), color_mode=color_mode, rho=rho, batch_size=batch_size, provider=provider)
     with ProgressBars(silent) as bars:
         s = api.index(model, db, config=config, progress=bars, image_root=image_root)
-    out.print(
+    say(
         f"Indexed {s.model}: {', '.join(s.indexes) or 'nothing'} for {s.neurons} neurons in {s.layers} layers "
         f"({s.seconds:.1f} s).",
-        highlight=False,
     )
 
 
@@ -228,15 +224,14 @@ def layers_cmd(
         return
     for layer_name, problems in verified.mismatches.items():
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        out.print(f"RF mismatch in {layer_name}: {problems[0]}{more}", highlight=False)
+        say(f"RF mismatch in {layer_name}: {problems[0]}{more}")
     if verified.mismatches:
         raise typer.Exit(1)
-    out.print(f"Receptive fields verified empirically for all {len(infos)} layers.", highlight=False)
+    say(f"Receptive fields verified empirically for all {len(infos)} layers.")
     if verified.effective_smaller:
-        out.print(
+        say(
             f"Effective fields smaller than the theoretical ones (the weights leave border pixels without influence) in "
             f"{len(verified.effective_smaller)} layers: {', '.join(verified.effective_smaller)}.",
-            highlight=False,
         )
 
 
@@ -255,7 +250,7 @@ def demo(
 
         def on_step(title: str) -> ProgressBars:
             stack.close()
-            out.print(f"[bold]{escape(title)}[/bold]", highlight=False)
+            say(f"[bold]{escape(title)}[/bold]")
             return stack.enter_context(ProgressBars(silent))  # a fresh set of bars per step
 
         def on_analysis(summary: AnalysisSummary) -> None:
@@ -266,17 +261,13 @@ def demo(
     for path in result.pictures:
         wrote(path)
     m = result.match
-    out.print(
-        f"Wrote {m.picture}: mean best correlation of a Lite0 neuron with a MobileNetV2 neuron {m.mean_best:.3f}",
-        highlight=False,
-    )
-    out.print(f"\nResults: {result.db.resolve()}\nPictures: {result.db.parent.resolve() / 'pictures'}", highlight=False)
-    out.print(
+    say(f"Wrote {m.picture}: mean best correlation of a Lite0 neuron with a MobileNetV2 neuron {m.mean_best:.3f}")
+    say(f"\nResults: {result.db.resolve()}\nPictures: {result.db.parent.resolve() / 'pictures'}")
+    say(
         f"Neuron browser: file://{(result.report / 'index.html').resolve()} (or: onnx-nfi serve --db {result.db})\nTry:",
-        highlight=False,
     )
     for title, query in api.DEMO_QUERIES:
-        out.print(f"  # {title}\n  onnx-nfi sql --db {result.db} \"{query}\"", highlight=False)
+        say(f"  # {title}\n  onnx-nfi sql --db {result.db} \"{query}\"")
     title, query = api.DEMO_QUERIES[0]
-    out.print(f"\n{title}:", highlight=False)
+    say(f"\n{title}:")
     print_table(*api.sql(query, result.db))

@@ -61,6 +61,11 @@ ImageRoot = Annotated[Path | None, typer.Option(
 DEFAULT_INDEXES = ",".join(AnalyzeConfig.indexes)
 
 
+def say(text: str, *, markup: bool = True) -> None:
+    """A command's result on stdout, as written: rich's automatic colouring of numbers and paths off."""
+    out.print(text, highlight=False, markup=markup)
+
+
 def wrote(path: object, stream: Console = out) -> None:
     """The one line every picture or export command ends with."""
     stream.print(f"Wrote {path}", highlight=False)
@@ -211,7 +216,7 @@ def version_callback(value: bool) -> None:
     if value:
         from onnx_nfi import __version__
 
-        out.print(f"onnx-nfi {__version__}", highlight=False)
+        say(f"onnx-nfi {__version__}")
         raise typer.Exit()
 
 

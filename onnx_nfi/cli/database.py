@@ -9,18 +9,18 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from onnx_nfi.cli.common import (
-    DEFAULT_DB,
     BatchSize,
+    DEFAULT_DB,
     Db,
     ModelName,
-    Provider,
     ProgressBars,
+    Provider,
     Silent,
     app,
-    out,
     plain_table,
     print_table,
     render_rows,
+    say,
     user_errors,
     wrote,
 )
@@ -72,11 +72,11 @@ def remove_cmd(
     from onnx_nfi import api
 
     summary = api.remove(db, model)
-    out.print(f"Removed {summary.model} ({summary.neurons} neurons) from {db}.", highlight=False)
+    say(f"Removed {summary.model} ({summary.neurons} neurons) from {db}.")
     if compact:
         print_compacted(api.compact(db))
     else:
-        out.print("The file keeps its size until 'onnx-nfi compact' (or remove --compact) rewrites it.", highlight=False)
+        say("The file keeps its size until 'onnx-nfi compact' (or remove --compact) rewrites it.")
 
 
 @app.command("compact")
@@ -90,10 +90,9 @@ def compact_cmd(db: Db = Path(DEFAULT_DB)) -> None:
 
 def print_compacted(s: CompactSummary) -> None:
     """Sizes before and after a compaction."""
-    out.print(
+    say(
         f"Compacted {s.db}: {s.bytes_before / 2**20:.1f} MiB -> {s.bytes_after / 2**20:.1f} MiB "
         f"({max(s.freed, 0) / 2**20:.1f} MiB freed).",
-        highlight=False,
     )
 
 
@@ -109,7 +108,7 @@ def import_cmd(
 
     s = api.import_db(db, other, models or ())
     note = "" if s.responses else " (response profiles left out: the databases' probe sets differ)"
-    out.print(f"Imported {', '.join(s.models)} ({s.neurons} neurons) from {other} into {db}{note}.", highlight=False)
+    say(f"Imported {', '.join(s.models)} ({s.neurons} neurons) from {other} into {db}{note}.")
 
 
 @app.command("probe")
@@ -131,7 +130,7 @@ def probe_cmd(
     with ProgressBars(silent) as bars:
         summary = api.set_probe(db, images, size=size, force=force, batch_size=batch_size, provider=provider, progress=bars)
     if not summary.changed:
-        out.print(f"The probe set of {db} already is these {summary.images} images; nothing changed.", highlight=False)
+        say(f"The probe set of {db} already is these {summary.images} images; nothing changed.")
         return
     redone = f"; recomputed the response profiles of {', '.join(summary.recomputed)}" if summary.recomputed else ""
-    out.print(f"Probe set of {db}: {summary.images} images{redone}.", highlight=False)
+    say(f"Probe set of {db}: {summary.images} images{redone}.")

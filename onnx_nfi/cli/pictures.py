@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from onnx_nfi.cli.common import DEFAULT_DB, Db, ImageRoot, ModelName, Png, app, neuron_arguments, out, user_errors, wrote
+from onnx_nfi.cli.common import DEFAULT_DB, Db, ImageRoot, ModelName, Png, app, neuron_arguments, say, user_errors, wrote
 from onnx_nfi.config import parse_list
 from onnx_nfi.names import INDEX_COLUMNS
 
@@ -62,7 +62,7 @@ def nf_cmd(
     wrote(drawn.path)
     if drawn.pages > 1:
         following = f"; --page {drawn.page + 1} draws the next" if drawn.page < drawn.pages else ""
-        out.print(f"Page {drawn.page} of {drawn.pages}{following}.", highlight=False)
+        say(f"Page {drawn.page} of {drawn.pages}{following}.")
 
 
 @app.command("top")
@@ -120,5 +120,5 @@ def summary_cmd(
         raise typer.BadParameter("name at least one index column", param_hint="--indexes")
     path, missing = render.summary_png(models or [], names, output, db)
     for index in missing:
-        out.print(f"Note: {index} has no value in any model; left out (compute it with onnx-nfi index).", highlight=False)
+        say(f"Note: {index} has no value in any model; left out (compute it with onnx-nfi index).")
     wrote(path)

@@ -9,7 +9,19 @@ from typing import Annotated
 
 import typer
 
-from onnx_nfi.cli.common import DEFAULT_DB, Db, LayerPatterns, app, console, out, print_table, render_rows, user_errors, wrote
+from onnx_nfi.cli.common import (
+    DEFAULT_DB,
+    Db,
+    LayerPatterns,
+    app,
+    console,
+    out,
+    print_table,
+    render_rows,
+    say,
+    user_errors,
+    wrote,
+)
 from onnx_nfi.names import INDEX_COLUMNS, VECTOR_KINDS
 
 FORMATS = ("table", "json", "csv")
@@ -46,7 +58,7 @@ def similar_cmd(
     result = api.similar(db, neuron, by=by, k=k, models=parse_list(models), layers=parse_list(layers), other_models=other_models)
     if fmt == "table":
         shown = [c for c in INDEX_COLUMNS if any(h.indexes[c] is not None for h in result.hits)]
-        out.print(f"Neurons most similar to {result.query.name} by {by}:", highlight=False)
+        say(f"Neurons most similar to {result.query.name} by {by}:")
         print_table(
             ["model", "layer", "unit", "score", "top_class", *shown],
             [(h.model, h.alias, str(h.unit), f"{h.score:.4f}", h.top_class or "", *(_num(h.indexes[c]) for c in shown))
@@ -81,10 +93,9 @@ def match_cmd(
         [(row.alias, str(row.neurons), row.best_alias or "-", _num(row.mean_best), _num(row.mean_one_to_one))
          for row in result.layers],
     )
-    out.print(
+    say(
         f"Mean best correlation of {model_a}'s neurons in {model_b}: {result.mean_best:.3f}. Stored "
         f"{result.best_rows} best matches and {result.one_to_one_rows} one-to-one pairs in neuron_matches.",
-        highlight=False,
     )
     if result.picture is not None:
         wrote(result.picture)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from onnx_nfi.cli.common import DEFAULT_DB, Db, ProgressBars, Silent, app, console, out, user_errors
+from onnx_nfi.cli.common import DEFAULT_DB, Db, ProgressBars, Silent, app, console, say, user_errors
 
 
 @app.command("report")
@@ -26,10 +26,9 @@ def report_cmd(
 
     with ProgressBars(silent) as bars:
         s = build_report(output, db, models or None, force=force, progress=bars)
-    out.print(
+    say(
         f"Report: {len(s.written)} model(s) written, {len(s.kept)} up to date; {s.files} files, "
         f"{s.bytes / 2**20:.1f} MiB in {s.seconds:.1f} s.\nOpen: file://{(s.output / 'index.html').resolve()}",
-        highlight=False,
     )
 
 
@@ -47,7 +46,7 @@ def serve_cmd(
     if warning:
         console.print(f"[yellow]Warning:[/yellow] {warning}", highlight=False)
     app_ = serve.create_app(db)
-    out.print(f"Serving {db} on http://{host}:{port}/ (Ctrl-C stops)", highlight=False)
+    say(f"Serving {db} on http://{host}:{port}/ (Ctrl-C stops)")
     import uvicorn
 
     uvicorn.run(app_, host=host, port=port, log_level="warning")
