@@ -222,7 +222,8 @@ def layers_cmd(
     out.print(f"Receptive fields verified empirically for all {len(infos)} layers.", highlight=False)
     if verified.effective_smaller:
         out.print(
-            f"Effective fields smaller than the theoretical ones (the weights leave border pixels without influence) in "
+            f"Effective fields smaller than the theoretical ones (the weights, or float32 rounding of small contributions, "
+            f"leave border pixels without a measurable influence) in "
             f"{len(verified.effective_smaller)} layers: {', '.join(verified.effective_smaller)}.",
             highlight=False,
         )
