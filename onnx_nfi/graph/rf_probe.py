@@ -176,8 +176,7 @@ class _Prober:
         if axes is None:
             return diff.reshape(len(diff), -1).any(axis=1)[:, None]
         keep = axes[axis_index]
-        diff = np.moveaxis(diff, keep, 1)
-        return diff.reshape(diff.shape[0], diff.shape[1], -1).any(axis=2)
+        return diff.any(axis=tuple(a for a in range(1, diff.ndim) if a != keep))  # no copy of the moved axes
 
     def _perturbed(
         self, base: np.ndarray, delta: np.ndarray, image_axis: int
