@@ -51,7 +51,8 @@ def test_planted_wrong_field_fails(tmp_path: Path) -> None:
     lm = load_model(path)
     info = model_layers(lm)[0]  # conv1: a 5x5 field, measured 1x1 at its centre
     hw, out_hw = (20, 20), (info.layer.height, info.layer.width)
-    measured = measure_windows(lm.proto, lm.input.name, hw, "NCHW", [info.layer.tensor])[info.layer.tensor]
+    # one pass, as `layers --verify-rf` makes
+    measured = measure_windows(lm.proto, lm.input.name, hw, "NCHW", [info.layer.tensor], passes=1)[info.layer.tensor]
     # independent expectation: output i sees input pixel i + 2 only
     expected = np.stack([np.arange(16) + 2, np.arange(16) + 3], axis=1)
     assert np.array_equal(measured[0], expected) and np.array_equal(measured[1], expected)
