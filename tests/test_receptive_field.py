@@ -179,7 +179,7 @@ def test_squeeze_excitation_keeps_the_local_window():
 def test_fixed_batch_graph_and_unknown_op(caplog):
     net = nets.fixed_batch_head_net()
     with caplog.at_level(logging.WARNING, logger="onnx_nfi.graph.rf_walk"):
-        fields = assert_analytic_matches_probe(net, repeats=1)
+        fields = assert_analytic_matches_probe(net, passes=2)
     assert "Shrink" in caplog.text
     assert fields["shrink"] == fields["conv1"]
     assert fields["logits"].is_global
@@ -214,7 +214,7 @@ def test_lite0_rf_matches_probe():
     model = onnx.load(LITE0)
     layers = {n.output[0]: n.output[0] for n in model.graph.node if n.op_type in ("Clip", "Add", "ReduceMean", "Gemm")}
     net = nets.BuiltNet(model, "input", (224, 224), "NCHW", layers)
-    fields = assert_analytic_matches_probe(net, repeats=1)  # one base image, both signs: ~1 min on 2 cores
+    fields = assert_analytic_matches_probe(net, passes=2)  # one base image, both signs: ~1 min on 2 cores
     assert fields["_conv_stem.act"] == ReceptiveField((3, 3), (2, 2), (0, 0))
     assert fields["_conv_head.act"] == ReceptiveField((851, 851), (32, 32), (-394, -394))
     assert fields["logits"].is_global

@@ -230,7 +230,8 @@ def layers_cmd(
     say(f"Receptive fields verified empirically for all {len(infos)} layers.")
     if verified.effective_smaller:
         say(
-            f"Effective fields smaller than the theoretical ones (the weights leave border pixels without influence) in "
+            f"Effective fields smaller than the theoretical ones (the weights, or float32 rounding of small contributions, "
+            f"leave border pixels without a measurable influence) in "
             f"{len(verified.effective_smaller)} layers: {', '.join(verified.effective_smaller)}.",
         )
 

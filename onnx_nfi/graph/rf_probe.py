@@ -2,11 +2,13 @@
 
 This is the check on the analytic walk (rf_walk.py) demanded by docs/method.md §3 (nefesi's analytic windows
 drift by a pixel per strided layer in ResNet/MobileNet-style nets; a probe catches that). The
-requested tensors become extra outputs of a copy of the graph, run with onnxruntime on CPU on a
-random base image and on copies with one input row (column) replaced, all rows of a chunk in one
-batch. Output row ``i`` belongs to the window of input row ``r`` if any value in row ``i`` (any
-channel, any column) changes. ReLUs and max pools can hide a change, so the influence is the union
-over two base images and both signs of the perturbation.
+requested tensors become the outputs of a copy of the graph cut down to what they need, run with
+onnxruntime on CPU on copies of a random base image with one input row (column) moved, all rows of a
+chunk in one batch. Output row ``i`` belongs to the window of input row ``r`` if any value in row
+``i`` (any channel, any column) is not bit for bit the one of the unmoved image in a batch of the
+same size. ReLUs and max pools can hide a change, so the influence is the union over passes (base
+images, each moved up and down). Float32 rounding hides one too: a border pixel of a deep window that
+reaches a large value along few paths may move it by less than one step (constant-weight models).
 
 Only bookkeeping comes from the analytic walk: which tensor axes hold image y and x, and which
 tensors are global-pooling summaries. Those summaries (the squeeze of a squeeze-excitation block)
@@ -52,16 +54,17 @@ def measure_windows(
     tensors: Sequence[str],
     seed: int = 0,
     freeze_summaries: bool = True,
-    repeats: int = 2,
+    passes: int = 4,
 ) -> dict[str, Windows]:
     """Per tensor and image axis, the clipped input interval that influences each output index.
 
     A tensor with no image axes (after global pooling, Gemm…) has one index per axis. With
     ``freeze_summaries=False`` global-pooling summaries respond to the perturbation too.
-    ``repeats`` base images are each perturbed with both signs (cost: ``2·repeats·(H + W)`` images).
+    Each of ``passes`` perturbs every row and column once: pass ``2k`` adds a random delta to base
+    image ``k``, pass ``2k + 1`` subtracts it (cost: ``passes·(H + W)`` images).
     """
     trace = trace_graph(model, input_name, input_hw, layout)
-    prober = _Prober(model, trace, input_name, input_hw, layout, seed, repeats)
+    prober = _Prober(model, trace, input_name, input_hw, layout, seed, passes)
     frozen = bool(trace.summaries) and freeze_summaries
     result = prober.measure(list(tensors), frozen)
     blind = [name for name, (wy, wx) in result.items() if not (wy[:, 1] > wy[:, 0]).any()]
@@ -120,7 +123,7 @@ class _Prober:
         input_hw: tuple[int, int],
         layout: str,
         seed: int,
-        repeats: int,
+        passes: int,
     ):
         self.model, self.trace, self.input_name = model, trace, input_name
         self.input_hw, self.layout = tuple(input_hw), layout
@@ -132,9 +135,10 @@ class _Prober:
         shape[c_axis], shape[self.y_axis], shape[self.x_axis] = channels, *self.input_hw
         self.dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         rng = np.random.default_rng(seed)
-        # several base images, each perturbed with both signs: a ReLU or max pool rarely hides a change from all
-        self.bases = [rng.uniform(0.0, 1.0, shape).astype(self.dtype) for _ in range(repeats)]
-        self.deltas = [rng.uniform(0.5, 1.0, shape).astype(self.dtype) for _ in range(repeats)]
+        # passes: base images, each perturbed up then down; a ReLU or max pool rarely hides a change from all
+        bases = [rng.uniform(0.0, 1.0, shape).astype(self.dtype) for _ in range((passes + 1) // 2)]
+        deltas = [rng.uniform(0.5, 1.0, shape).astype(self.dtype) for _ in bases]
+        self.passes = [(bases[k // 2], deltas[k // 2], 1 if k % 2 == 0 else -1) for k in range(passes)]
         self.batched = True
         self.chunk = CHUNK  # set per measured tensor set (see _chunk)
 
@@ -142,23 +146,22 @@ class _Prober:
         session, summaries = self._session(tensors, frozen)
         self.chunk = self._chunk(tensors)
         influence = {name: [None, None] for name in tensors}
-        for base, delta in zip(self.bases, self.deltas):
+        for base, delta, sign in self.passes:
             fixed = self._summaries(base, summaries) if frozen else {}
-            reference = self._run(session, base, fixed)
-            # batching must not change the numbers; if a kernel does, changes below its noise are not counted
-            copies = self._run(session, np.repeat(base, self.chunk, axis=0), fixed)
-            noise = [float(np.abs(c - r).max()) if c.dtype.kind == "f" else 0.0 for c, r in zip(copies, reference)]
-            for sign in (1, -1):
-                for axis_index, image_axis in enumerate((self.y_axis, self.x_axis)):
-                    for rows, batch in self._perturbed(base, sign * delta, image_axis):
-                        outs = self._run(session, batch, fixed)
-                        for name, out, ref, tol in zip(tensors, outs, reference, noise):
-                            diff = (out != ref) if tol == 0 else (np.abs(out - ref) > tol)
-                            changed = self._changed_rows(name, diff, axis_index)
-                            if influence[name][axis_index] is None:
-                                shape = (self.input_hw[axis_index], changed.shape[1])
-                                influence[name][axis_index] = np.zeros(shape, bool)
-                            influence[name][axis_index][rows] |= changed
+            # each batch is compared with unperturbed copies of the same batch size, bit for bit: a kernel
+            # whose rounding depends on the batch size then cannot pass for an influence (or hide one)
+            references: dict[int, list[np.ndarray]] = {}
+            for axis_index, image_axis in enumerate((self.y_axis, self.x_axis)):
+                for rows, batch in self._perturbed(base, sign * delta, image_axis):
+                    if len(rows) not in references:
+                        references[len(rows)] = self._run(session, np.repeat(base, len(rows), axis=0), fixed)
+                    outs = self._run(session, batch, fixed)
+                    for name, out, ref in zip(tensors, outs, references[len(rows)]):
+                        changed = self._changed_rows(name, _differs(out, ref), axis_index)
+                        if influence[name][axis_index] is None:
+                            shape = (self.input_hw[axis_index], changed.shape[1])
+                            influence[name][axis_index] = np.zeros(shape, bool)
+                        influence[name][axis_index][rows] |= changed
         return {name: (_windows(inf[0]), _windows(inf[1])) for name, inf in influence.items()}
 
     def _chunk(self, tensors: list[str]) -> int:
@@ -173,8 +176,7 @@ class _Prober:
         if axes is None:
             return diff.reshape(len(diff), -1).any(axis=1)[:, None]
         keep = axes[axis_index]
-        diff = np.moveaxis(diff, keep, 1)
-        return diff.reshape(diff.shape[0], diff.shape[1], -1).any(axis=2)
+        return diff.any(axis=tuple(a for a in range(1, diff.ndim) if a != keep))  # no copy of the moved axes
 
     def _perturbed(
         self, base: np.ndarray, delta: np.ndarray, image_axis: int
@@ -237,12 +239,41 @@ def _frozen(model: onnx.ModelProto, summaries: Sequence[str]) -> onnx.ModelProto
     return model
 
 
+def _needed_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model (edited in place) without the nodes its outputs do not depend on.
+
+    onnxruntime runs every node of a graph, whether its result is asked for or not: a classifier
+    head after the probed layers costs time on every perturbed image (most of VGG19's, whose
+    constant-of-shape weights are rebuilt on each run), and a ``Reshape`` to ``[1, -1]`` there
+    would refuse the batch of perturbed images that the probed layers take.
+    """
+    needed = {value.name for value in model.graph.output}
+    keep = []
+    for node in reversed(model.graph.node):
+        if needed & set(node.output):
+            keep.append(node)
+            needed.update(node.input)
+            for graph in (g for a in node.attribute for g in [a.g, *a.graphs]):  # If/Loop bodies read outer names
+                needed.update(name for inner in graph.node for name in inner.input)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(keep))
+    return model
+
+
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    model = _needed_only(model)
     options = session_options(model)
     # a batch the graph refuses (Reshape to [1, -1]) is retried image by image: the runtime's own red
     # error line about the refused batch would be noise, the exception alone says it
     options.log_severity_level = 4
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _differs(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Where two outputs are not bit for bit the same (a NaN equals the same NaN; ±0 differ, as only a
+    changed input can flip the sign of a zero)."""
+    unsigned = np.dtype(f"u{out.dtype.itemsize}")
+    return out.view(unsigned) != ref.view(unsigned)
 
 
 def _windows(influence: np.ndarray) -> np.ndarray:
