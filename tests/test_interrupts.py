@@ -171,9 +171,11 @@ POINTS = [
     ("sync", signal.SIGINT, 0.0), ("sync", signal.SIGTERM, 0.0),
     ("lock", signal.SIGINT, RNG.uniform(0, 0.5)), ("lock", signal.SIGTERM, RNG.uniform(0, 0.5)),
 ]
-#: The messages a signal at each phase may give (the write's and the indexes' depend on where it landed).
+#: What each stop may find: the aimed-at phase, or (on a busy machine, where the signal lands late) a later one;
+#: check_message has checked that the message is true either way.
 EXPECTED = {
-    "scan": {"partial scan"}, "nf": {"finished scan"}, "index": {"finished scan", "not written", "written"},
+    "scan": {"partial scan", "finished scan"}, "nf": {"finished scan", "not written", "written"},
+    "index": {"finished scan", "not written", "written"},
     "write": {"not written", "written"}, "sync": {"written"}, "lock": {"not written"},
 }
 
