@@ -15,9 +15,7 @@ from pathlib import Path
 
 from onnx_nfi import search
 from onnx_nfi.config import AnalyzeConfig
-from onnx_nfi.data.display import DisplayImages
 from onnx_nfi.data.images import relative_to_root, stored_image_path
-from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.errors import ConfigError
 from onnx_nfi.graph.layers import find_conv_layers
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
@@ -25,15 +23,13 @@ from onnx_nfi.graph.receptive_field import clipped_windows
 from onnx_nfi.graph.rf_probe import measure_windows, outside_windows
 from onnx_nfi.graph.session import check_runtime_install
 from onnx_nfi.names import DEFAULT_DB
-from onnx_nfi.neurons.indexes import IndexLayer
 from onnx_nfi.pipeline import analysis
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline.checkpoint import Shard, check_same_run, check_shards, config_of, merge_states, parse_shard
-from onnx_nfi.pipeline.features import selectivity_indexes, top_image_paths
+from onnx_nfi.pipeline.features import FeatureWork, compute_features, local_chunks
 from onnx_nfi.pipeline.models import open_model, reopen_model
 from onnx_nfi.progress import Progress
 from onnx_nfi.report import pictures, render
-from onnx_nfi.scan.topn import TopN
 from onnx_nfi.store.compact import CompactSummary
 from onnx_nfi.store.compact import compact as compact_db
 from onnx_nfi.store.duckdb_store import Store
@@ -143,7 +139,8 @@ def analyze(
 
     The scan state is saved to ``checkpoint`` (default ``DB.NAME.state``) as it goes; ``resume``
     continues from it. It is removed once the results are committed. ``ray`` (an address, or
-    ``local``) runs the scan as shard tasks on a Ray cluster (``pipeline/distributed.py``).
+    ``local``) runs the scan as shard tasks and the NF and index passes as chunk tasks on a Ray
+    cluster (``pipeline/distributed.py``).
     ``image_root`` stores image paths relative to it, so the database can move with the images.
     """
     started = dt.datetime.now()
@@ -152,15 +149,19 @@ def analyze(
     if image_root is not None:
         relative_to_root(p.imageset.root, image_root)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name)
+    run_chunks = local_chunks
     if ray is not None:
         if resume:
-            raise ConfigError("--resume continues a run on one machine; a --ray run retries failed shards itself")
-        from onnx_nfi.pipeline.distributed import distributed_scan
+            raise ConfigError("--resume continues a run on one machine; a --ray run retries failed tasks itself")
+        from onnx_nfi.pipeline.distributed import RayChunks, distributed_scan
 
         scanned = distributed_scan(p, ray, progress)
+        run_chunks = RayChunks(ray)
     else:
         scanned, p = analysis.scan_part(p, state, resume=resume, progress=progress)
-    done = analysis.finish(p, scanned, db, state, progress=progress, started=started, image_root=image_root)
+    done = analysis.finish(
+        p, scanned, db, state, progress=progress, started=started, image_root=image_root, run_chunks=run_chunks
+    )
     state.unlink(missing_ok=True)
     sync_indexes(db)  # after the commit: FAISS follows DuckDB (and repairs itself if this is cut short)
     return _summary(db, done, scanned.seconds, started)
@@ -246,11 +247,6 @@ def _summary(db: str | Path, done: analysis.Finished, scan_seconds: float, start
     )
 
 
-def _display(topns: Iterable[TopN], paths: dict[int, Path], pre: Preprocessing, needed: bool) -> DisplayImages:
-    """The top images as the network saw them, decoded on demand; none when nothing reads them."""
-    return DisplayImages(top_image_paths(topns, paths) if needed else {}, pre)
-
-
 def index(
     model: str,
     db: str | Path = DEFAULT_DB,
@@ -269,16 +265,17 @@ def index(
         image_rows = store.rows("SELECT image_id, path, label FROM images WHERE model = ?", [model])
     lm, pre = reopen_model(model, row)
     by_tensor = {layer.tensor: layer for layer in find_conv_layers(lm)}
-    items = [
-        IndexLayer(by_tensor[r["layer"]], stored_rf(r), topns[r["layer"]]) for r in layer_rows if r["layer"] in by_tensor
+    infos = [
+        LayerInfo(by_tensor[r["layer"]], stored_rf(r)) for r in layer_rows if r["layer"] in by_tensor
     ]
     paths = {int(r["image_id"]): stored_image_path(r["path"], image_root) for r in image_rows}
-    display = _display(topns.values(), paths, pre, True)
     labels = {int(r["image_id"]): r["label"] for r in image_rows}
-    write_index_run(db, model, selectivity_indexes(lm, pre, items, display, labels, config, progress), config, started)
+    work = FeatureWork.of(lm, pre, infos, {i.layer.tensor: topns[i.layer.tensor] for i in infos}, paths, labels,
+                          replace(config, nf=False))
+    write_index_run(db, model, compute_features(work, progress).indexes, config, started)
     sync_indexes(db)
     return IndexSummary(
-        model, config.indexes, len(items), sum(i.layer.channels for i in items),
+        model, config.indexes, len(infos), sum(i.layer.channels for i in infos),
         (dt.datetime.now() - started).total_seconds(),
     )
 

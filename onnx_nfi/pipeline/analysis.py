@@ -20,16 +20,14 @@ import duckdb
 import numpy as np
 
 from onnx_nfi.config import AnalyzeConfig
-from onnx_nfi.data.display import DisplayImages
 from onnx_nfi.data.images import ImageSet, list_images, parse_label_option, read_class_names, relative_to_root
 from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.errors import ConfigError, ImageError, NfiError, ResultsNotWritten
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
-from onnx_nfi.neurons.indexes import IndexLayer
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline.checkpoint import Checkpointer, Shard, read_resumable, run_header
-from onnx_nfi.pipeline.features import compute_nfs, selectivity_indexes, top_image_paths
+from onnx_nfi.pipeline.features import FeatureWork, RunChunks, compute_features, local_chunks
 from onnx_nfi.pipeline.finite import check_finite
 from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.progress import Progress, phase
@@ -135,11 +133,12 @@ def scan_part(
 
 def finish(
     p: Plan, scanned: ScanResult, db: str | Path, state: Path, *, progress: Progress | None = None,
-    started: dt.datetime | None = None, image_root: str | Path | None = None,
+    started: dt.datetime | None = None, image_root: str | Path | None = None, run_chunks: RunChunks = local_chunks,
 ) -> Finished:
     """Probe scores, NFs and indexes of a finished scan (ids: list positions), written to ``db`` in one
-    transaction; ``image_root`` stores image paths relative to it. If the write fails, the scan is
-    saved to ``state`` and ResultsNotWritten names the command that writes it later."""
+    transaction; ``image_root`` stores image paths relative to it; ``run_chunks`` runs the NF and index
+    passes' chunks (here, or on a cluster). If the write fails, the scan is saved to ``state`` and
+    ResultsNotWritten names the command that writes it later."""
     started = started or dt.datetime.now()
     result = renumbered(scanned)
     if not result.images:
@@ -152,21 +151,16 @@ def finish(
         probe, replace(result, probe_scores=scores), p.lm, p.pre, list(p.layers.values()),
         batch_size=p.config.batch_size, provider=p.config.provider, progress=progress,
     )
-    t_nf = dt.datetime.now()
-    topns = {tensor: st.topn for tensor, st in result.stats.items()}
-    needed = p.config.nf or bool(p.config.indexes)
-    display = DisplayImages(top_image_paths(topns.values(), {i.image_id: i.path for i in result.images}) if needed else {}, p.pre)
-    nfs = compute_nfs(topns, p.infos, display, p.pre, p.config, progress) if p.config.nf else {}
-    t_index = dt.datetime.now()
-    index_result = selectivity_indexes(
-        p.lm, p.pre, [IndexLayer(i.layer, i.rf, topns[i.layer.tensor]) for i in p.infos], display,
-        {img.image_id: img.label for img in result.images}, p.config, progress,
-    ) if p.config.indexes else None
+    work = FeatureWork.of(
+        p.lm, p.pre, p.infos, {tensor: st.topn for tensor, st in result.stats.items()},
+        {i.image_id: Path(i.path) for i in result.images}, {i.image_id: i.label for i in result.images}, p.config,
+    )
+    features = compute_features(work, progress, run_chunks)
     if image_root is not None:
         result = replace(result, images=[replace(i, path=relative_to_root(i.path, image_root)) for i in result.images])
     record = AnalysisRecord(
         p.name, p.lm, p.pre, p.infos, result, [*p.imageset.rejected, *result.skipped], p.imageset.label_source,
-        p.config, probe, probe_scores, nfs, index_result, started, dt.datetime.now(),
+        p.config, probe, probe_scores, features.nfs, features.indexes, started, dt.datetime.now(),
     )
     with _kept_on_failure(p, scanned, db, state, image_root), lock_wait(p.config.lock_timeout, phase(progress, "lock")):
         run_id, dead = write_analysis(db, record)  # finished work waits for a busy database
@@ -174,9 +168,7 @@ def finish(
         *p.lm.notices, *p.imageset.warnings, *p.pre.warnings(),
         *probes.probe_warnings(probe, len(p.imageset.files), p.config.probe_size),
     )
-    return Finished(
-        record, run_id, dead, (t_index - t_nf).total_seconds(), (record.finished - t_index).total_seconds(), warnings
-    )
+    return Finished(record, run_id, dead, features.nf_seconds, features.index_seconds, warnings)
 
 
 @contextmanager
