@@ -56,7 +56,9 @@ def main() -> None:
                                   replace(config, nf_max_size=size, indexes=()))
             compute_features(work, None)
             phase = time.perf_counter() - t0
-            rows.append({"nf_max_size": size, "scan_s": result.seconds, "phase_s": phase, "top_images": len(work.paths)})
+            rows.append(
+                {"nf_max_size": size, "scan_s": result.seconds, "phase_s": phase, "top_images": len(work.paths)}
+            )
             print(
                 f"repeat {r + 1}/{args.repeats}, nf_max_size {size}: scan {result.seconds:.2f} s, NF phase {phase:.2f} s "
                 f"(decoding included), fraction {phase / result.seconds:.3f}",

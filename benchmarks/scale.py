@@ -15,7 +15,7 @@ Growth exponents are fitted (least squares on log-log) over the sizes that finis
 RSS flat (within 10 %) from the smallest to the largest size, scan time linear, NF and index time
 growing no faster than the number of distinct top images, local Ray within 15 % of the plain run.
 
-    .venv/bin/python benchmarks/scale.py --work /tmp/scale                 # Lite0, all layers: plain 1k, ray 1k, plain 4k, ...
+    .venv/bin/python benchmarks/scale.py --work /tmp/scale                 # Lite0, all layers: plain 1k, ray 1k, ...
     .venv/bin/python benchmarks/scale.py --work /tmp/scale --runs ray:16000  # one more run, appended
     .venv/bin/python benchmarks/scale.py --report                          # the report from the rows so far
 """
@@ -167,7 +167,8 @@ def run_one(model: Path, layers: str, work: Path, mode: str, n: int) -> dict:
     if proc.returncode != 0:
         sys.exit(f"{mode} at {n} failed:\n{proc.stderr[-3000:]}")
     row = json.loads(proc.stdout.strip().splitlines()[-1])
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            check=False)
     return {**row, "mode": mode, "size": n, "model": model.name, "layers_option": layers or "all",
             "commit": commit.stdout.strip(), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
 
@@ -178,8 +179,8 @@ def report(rows: list[dict]) -> tuple[str, dict]:
     by_mode = {m: {n: r for (mm, n), r in sorted(latest.items()) if mm == m} for m in ("plain", "ray")}
     first = next(iter(latest.values()))
     table = [
-        "| mode | images | scan s | NF s | indexes s | write s | total s | peak RSS MiB (scan / NF / indexes / write) "
-        "| largest Ray process peak MiB | DB MiB | FAISS MiB | distinct top images | load avg |",
+        ("| mode | images | scan s | NF s | indexes s | write s | total s | peak RSS MiB (scan / NF / indexes / write) "
+         "| largest Ray process peak MiB | DB MiB | FAISS MiB | distinct top images | load avg |"),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, by_size in by_mode.items():

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from conftest import LITE0, TINY
 
-from onnx_nfi.graph.model_layers import model_layers
-from onnx_nfi.pipeline.features import FeatureWork, compute_features, top_image_ids
-from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.display import decode_display
 from onnx_nfi.data.images import list_images
-from onnx_nfi.errors import ImageError
 from onnx_nfi.data.loader import iter_decoded
+from onnx_nfi.errors import ImageError
+from onnx_nfi.graph.model_layers import model_layers
 from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.neurons.nf import crop_geometry, neuron_features
+from onnx_nfi.pipeline.features import FeatureWork, compute_features, top_image_ids
+from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.scan.scanner import scan
 from onnx_nfi.scan.topn import TopN
 
@@ -162,7 +162,7 @@ def test_nfs_summed_over_image_chunks_equal_one_pass(photo_dir: Path) -> None:
 def test_display_images_of_a_chunk_equal_a_direct_decode(photo_dir: Path, tmp_path: Path) -> None:
     """A chunk's display images are the decoded files under their ids; a file that no longer
     decodes (changed since the scan) is an error naming it."""
-    lm, pre = open_model(TINY)
+    _, pre = open_model(TINY)
     files = list_images(photo_dir).files
     paths = {k * 3 + 1: Path(f.path) for k, f in enumerate(files)}  # ids need not be dense
     direct = {image_id: d.image for image_id, d in zip(sorted(paths), iter_decoded(files, pre))}

@@ -28,6 +28,8 @@ def decode_display(paths: Mapping[int, Path], pre: Preprocessing, workers: int |
     out = {}
     for image_id, decoded in zip(ids, iter_decoded([ImageFile(paths[i], None) for i in ids], pre, workers)):
         if decoded.image is None:
-            raise ImageError(f"image {decoded.file.path} changed or vanished since the scan ({decoded.error}); analyse again")
+            raise ImageError(
+                f"image {decoded.file.path} changed or vanished since the scan ({decoded.error}); analyse again"
+            )
         out[image_id] = decoded.image
     return out

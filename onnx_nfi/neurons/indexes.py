@@ -146,7 +146,8 @@ def indexes_from(
     if "class" in config.indexes:
         _class_columns(layers, labels, config.rho, config.population_threshold, result)
     for item in layers:
-        a, cols, got = item.topn.scores, result.columns[item.layer.tensor], responses.by_layer.get(item.layer.tensor, {})
+        a, cols = item.topn.scores, result.columns[item.layer.tensor]
+        got = responses.by_layer.get(item.layer.tensor, {})
         if "color" in config.indexes and config.color_mode == "image":
             cols["color_selectivity"] = color_selectivity(a, got.get("grey", np.full(a.shape, np.nan, np.float32)))
         kinds = _region_kinds(config)

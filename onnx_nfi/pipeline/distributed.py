@@ -170,7 +170,8 @@ def distributed_scan(p: Plan, address: str, progress: Progress | None = None) ->
                     done, _, _ = ray.get(tally.state.remote())
                     progress("scan", min(sum(done.values()), total), total)
             while len(refs) > 1:  # a tree of merges: pairs, then pairs of pairs
-                refs = [merge_task.remote(*refs[k:k + 2]) if k + 1 < len(refs) else refs[k] for k in range(0, len(refs), 2)]
+                refs = [merge_task.remote(*refs[k:k + 2]) if k + 1 < len(refs) else refs[k]
+                        for k in range(0, len(refs), 2)]
             result = ray.get(refs[0])
     finally:
         ray.kill(tally)

@@ -66,7 +66,8 @@ class FeatureWork:
     @classmethod
     def of(
         cls, lm: LoadedModel, pre: Preprocessing, infos: Iterable[LayerInfo], topns: Mapping[str, TopN],
-        paths: Mapping[int, Path], labels: Mapping[int, str | None], config: AnalyzeConfig, chunk_images: int = CHUNK_IMAGES,
+        paths: Mapping[int, Path], labels: Mapping[int, str | None], config: AnalyzeConfig,
+        chunk_images: int = CHUNK_IMAGES,
     ) -> FeatureWork:
         """The work of ``infos``' layers, keeping of ``paths`` and ``labels`` only the top images."""
         ids = [int(i) for i in top_image_ids(topns.values())]
