@@ -115,9 +115,10 @@ def _chunk_tally() -> tuple[dict[int, int], dict[int, int]] | None:
 def test_ray_run_with_a_worker_killed_in_the_index_pass_equals_one_run(images: Path, tmp_path: Path) -> None:
     """The NF and index passes run as chunk tasks; a worker killed in the middle of one is replaced
     and the chunk computed again: every table, NFs and indexes included, equals the plain run's.
-    (The symmetry index on two layers makes the index pass last long enough to be caught midway.)"""
-    config = AnalyzeConfig(batch_size=4, provider="cpu", layers=("conv1", "conv2"), top_n=20,
-                           indexes=("color", "class", "symmetry"))
+    (The orientation and symmetry indexes, 27 region transforms, on two layers make the index pass
+    last seconds, long enough to be caught midway.)"""
+    config = AnalyzeConfig(batch_size=4, provider="cpu", layers=("conv1", "conv2"), top_n=40,
+                           indexes=("color", "class", "orientation", "symmetry"))
     reference = tmp_path / "plain.duckdb"
     api.analyze(TINY, images, db=reference, config=config)
     killed: list[int] = []
