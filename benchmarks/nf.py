@@ -1,8 +1,8 @@
 """Benchmark of the Neuron Feature phase against the scan, for one model on one image folder.
 
 In one run: the analyse scan (every conv layer, top-N 100) and then the NF phase as ``analyze``
-runs it: decode the union of all neurons' top images once, then every layer's NFs at the default
-``nf_max_size`` of ``onnx_nfi.config.AnalyzeConfig``. The scan + NF pair is repeated
+runs it: the union of all neurons' top images, a chunk at a time (decoded, then every layer's crop
+sums), at the default ``nf_max_size`` of ``onnx_nfi.config.AnalyzeConfig``. The scan + NF pair is repeated
 ``--repeats`` times and the median of NF time / scan time is reported; the goal is <= 0.25.
 
 Usage: python benchmarks/nf.py [--model M.onnx] [--images DIR] [--repeats 3]
@@ -21,9 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import LITE0, demo_photos, load_average, machine, machine_line, markdown_table, write_results  # noqa: E402
 
-from onnx_nfi.data.display import DisplayImages  # noqa: E402
 from onnx_nfi.graph.model_layers import model_layers  # noqa: E402
-from onnx_nfi.pipeline.features import compute_nfs, top_image_paths  # noqa: E402
+from onnx_nfi.pipeline.features import FeatureWork, compute_features  # noqa: E402
 from onnx_nfi.pipeline.models import open_model  # noqa: E402
 from onnx_nfi.config import AnalyzeConfig  # noqa: E402
 from onnx_nfi.data.images import list_images  # noqa: E402
@@ -51,13 +50,15 @@ def main() -> None:
     for r in range(args.repeats):
         result = scan(lm, [i.layer for i in infos], pre, files, top_n=config.top_n, batch_size=config.batch_size, provider=config.provider)
         for size in args.nf_max_size:
-            t0 = time.perf_counter()  # as analyze runs it: the top images are decoded on demand, once per run
+            t0 = time.perf_counter()  # as analyze runs it: the top images are decoded a chunk at a time
             topns = {tensor: st.topn for tensor, st in result.stats.items()}
-            needed = top_image_paths(topns.values(), {img.image_id: img.path for img in result.images})
-            display = DisplayImages(needed, pre)
-            compute_nfs(topns, infos, display, pre, replace(config, nf_max_size=size), None)
+            work = FeatureWork.of(lm, pre, infos, topns, {img.image_id: Path(img.path) for img in result.images}, {},
+                                  replace(config, nf_max_size=size, indexes=()))
+            compute_features(work, None)
             phase = time.perf_counter() - t0
-            rows.append({"nf_max_size": size, "scan_s": result.seconds, "phase_s": phase, "top_images": len(needed)})
+            rows.append(
+                {"nf_max_size": size, "scan_s": result.seconds, "phase_s": phase, "top_images": len(work.paths)}
+            )
             print(
                 f"repeat {r + 1}/{args.repeats}, nf_max_size {size}: scan {result.seconds:.2f} s, NF phase {phase:.2f} s "
                 f"(decoding included), fraction {phase / result.seconds:.3f}",

@@ -15,9 +15,7 @@ from pathlib import Path
 
 from onnx_nfi import search
 from onnx_nfi.config import AnalyzeConfig
-from onnx_nfi.data.display import DisplayImages
 from onnx_nfi.data.images import relative_to_root, stored_image_path
-from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.errors import ConfigError
 from onnx_nfi.graph.layers import find_conv_layers
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
@@ -25,17 +23,15 @@ from onnx_nfi.graph.receptive_field import clipped_windows
 from onnx_nfi.graph.rf_probe import measure_windows, outside_windows
 from onnx_nfi.graph.session import check_runtime_install
 from onnx_nfi.names import DEFAULT_DB
-from onnx_nfi.neurons.indexes import IndexLayer
 from onnx_nfi.pipeline import analysis
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline.checkpoint import (
     Shard, check_same_run, check_shards, config_of, interruption, merge_states, parse_shard,
 )
-from onnx_nfi.pipeline.features import selectivity_indexes, top_image_paths
+from onnx_nfi.pipeline.features import FeatureWork, compute_features, local_chunks
 from onnx_nfi.pipeline.models import open_model, reopen_model
 from onnx_nfi.progress import Progress
 from onnx_nfi.report import pictures, render
-from onnx_nfi.scan.topn import TopN
 from onnx_nfi.store.compact import CompactSummary
 from onnx_nfi.store.compact import compact as compact_db
 from onnx_nfi.store.duckdb_store import Store
@@ -151,7 +147,8 @@ def analyze(
     continues from it. It is removed once the results are committed. ``shard`` (``i/n``) scans only
     part ``i`` of ``n`` of the image list into a state file for ``merge`` (default
     ``DB.NAME.shard-i-of-n.state``), writes no database and returns a ``ShardSummary``. ``ray`` (an
-    address, or ``local``) runs the scan as shard tasks on a Ray cluster (``pipeline/distributed.py``).
+    address, or ``local``) runs the scan as shard tasks and the NF and index passes as chunk tasks on
+    a Ray cluster (``pipeline/distributed.py``).
     ``image_root`` stores image paths relative to it, so the database can move with the images.
     """
     started = dt.datetime.now()
@@ -165,17 +162,19 @@ def analyze(
         relative_to_root(p.imageset.root, image_root)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name)
     if ray is not None and resume:
-        raise ConfigError("--resume continues a run on one machine; a --ray run retries failed shards itself")
+        raise ConfigError("--resume continues a run on one machine; a --ray run retries failed tasks itself")
+    run_chunks = local_chunks
     try:
         if ray is not None:
-            from onnx_nfi.pipeline.distributed import distributed_scan
+            from onnx_nfi.pipeline.distributed import RayChunks, distributed_scan
 
             scanned = distributed_scan(p, ray, progress)
+            run_chunks = RayChunks(ray)
         else:
             scanned, p = analysis.scan_part(p, state, resume=resume, progress=progress)
         return analysis.write(
             p, scanned, db, state, lambda done: _summary(db, done, scanned.seconds, started), progress=progress,
-            started=started, image_root=image_root, remove_state=True,
+            started=started, image_root=image_root, remove_state=True, run_chunks=run_chunks,
         )
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what the state file holds
         raise interruption(exc, p.header, state, db, resumable=ray is None) from None
@@ -252,11 +251,6 @@ def _summary(db: str | Path, done: analysis.Finished, scan_seconds: float, start
     )
 
 
-def _display(topns: Iterable[TopN], paths: dict[int, Path], pre: Preprocessing, needed: bool) -> DisplayImages:
-    """The top images as the network saw them, decoded on demand; none when nothing reads them."""
-    return DisplayImages(top_image_paths(topns, paths) if needed else {}, pre)
-
-
 def index(
     model: str,
     db: str | Path = DEFAULT_DB,
@@ -275,16 +269,17 @@ def index(
         image_rows = store.rows("SELECT image_id, path, label FROM images WHERE model = ?", [model])
     lm, pre = reopen_model(model, row)
     by_tensor = {layer.tensor: layer for layer in find_conv_layers(lm)}
-    items = [
-        IndexLayer(by_tensor[r["layer"]], stored_rf(r), topns[r["layer"]]) for r in layer_rows if r["layer"] in by_tensor
+    infos = [
+        LayerInfo(by_tensor[r["layer"]], stored_rf(r)) for r in layer_rows if r["layer"] in by_tensor
     ]
     paths = {int(r["image_id"]): stored_image_path(r["path"], image_root) for r in image_rows}
-    display = _display(topns.values(), paths, pre, True)
     labels = {int(r["image_id"]): r["label"] for r in image_rows}
-    write_index_run(db, model, selectivity_indexes(lm, pre, items, display, labels, config, progress), config, started)
+    work = FeatureWork.of(lm, pre, infos, {i.layer.tensor: topns[i.layer.tensor] for i in infos}, paths, labels,
+                          replace(config, nf=False))
+    write_index_run(db, model, compute_features(work, progress).indexes, config, started)
     sync_indexes(db)
     return IndexSummary(
-        model, config.indexes, len(items), sum(i.layer.channels for i in items),
+        model, config.indexes, len(infos), sum(i.layer.channels for i in infos),
         (dt.datetime.now() - started).total_seconds(),
     )
 

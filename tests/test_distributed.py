@@ -1,5 +1,5 @@
 """Distributed analysis on a real local Ray instance (2 CPUs): equal to one plain run, also when a
-worker is killed mid-shard (Ray retries its shard)."""
+worker is killed mid-shard or mid-chunk of the NF and index passes (Ray retries its task)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,21 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import TINY
 from tables import assert_same_analysis
 
 from onnx_nfi import api
 from onnx_nfi.config import AnalyzeConfig
+from onnx_nfi.data.images import list_images
 from onnx_nfi.errors import ImageError
+from onnx_nfi.graph.model_layers import model_layers
 from onnx_nfi.pipeline import analysis
-from onnx_nfi.pipeline.distributed import TALLY, distributed_scan
+from onnx_nfi.pipeline.distributed import TALLY, RayChunks, distributed_scan
+from onnx_nfi.pipeline.features import FeatureWork, compute_features
+from onnx_nfi.pipeline.models import open_model
+from onnx_nfi.scan.scanner import scan
 
 ray = pytest.importorskip("ray", reason="the ray extra is part of the dev install (make test)")
 
@@ -69,7 +75,7 @@ def test_ray_run_with_a_worker_killed_mid_shard_equals_one_run(images: Path, ref
         names = [n for n in ray.util.list_named_actors() if n.startswith(TALLY)]
         if not names:  # the progress actor is registered asynchronously: look again at the next report
             return
-        per_shard, pids = ray.get(ray.get_actor(names[0]).state.remote())
+        per_shard, pids, _ = ray.get(ray.get_actor(names[0]).state.remote())
         shard = min(per_shard, key=per_shard.get, default=None)  # the one furthest from its end
         if shard is not None and per_shard[shard] < shard_size - 4:
             os.kill(pids[shard], signal.SIGKILL)
@@ -89,3 +95,78 @@ def test_a_worker_that_cannot_see_the_images_stops_the_run_with_one_line(photo_d
     other_list = replace(p, header={**p.header, "image_list": "0" * 64})
     with pytest.raises(ImageError, match="sees another image list under .* than the driver; images must be on a filesystem"):
         distributed_scan(other_list, "local")
+
+
+def _chunk_tally() -> tuple[dict[int, int], dict[int, int]] | None:
+    """(process id, starts) per chunk of the pass in flight, from its progress actor; None before it
+    is registered (or between passes)."""
+    for name in ray.util.list_named_actors():
+        if name.startswith(TALLY):
+            try:
+                _, pids, starts = ray.get(ray.get_actor(name).state.remote())
+            except (ValueError, ray.exceptions.RayActorError):  # the scan's, killed when it ended
+                continue
+            if starts:
+                return pids, starts
+    return None
+
+
+@pytest.mark.slow
+def test_ray_run_with_a_worker_killed_in_the_index_pass_equals_one_run(images: Path, tmp_path: Path) -> None:
+    """The NF and index passes run as chunk tasks; a worker killed in the middle of one is replaced
+    and the chunk computed again: every table, NFs and indexes included, equals the plain run's.
+    (The orientation and symmetry indexes, 27 region transforms, on two layers make the index pass
+    last seconds, long enough to be caught midway.)"""
+    config = AnalyzeConfig(batch_size=4, provider="cpu", layers=("conv1", "conv2"), top_n=40,
+                           indexes=("color", "class", "orientation", "symmetry"))
+    reference = tmp_path / "plain.duckdb"
+    api.analyze(TINY, images, db=reference, config=config)
+    killed: list[int] = []
+    retried: set[int] = set()
+    reports: dict[str, list[tuple[int, int]]] = {"nf": [], "index": []}
+
+    def kill_one_worker(phase: str, done: int, total: int) -> None:
+        if phase not in reports:
+            return
+        reports[phase].append((done, total))
+        tally = _chunk_tally() if phase == "index" else None
+        if tally is None:
+            return
+        pids, starts = tally
+        retried.update(chunk for chunk, n in starts.items() if n > 1)
+        if not killed:
+            chunk = min(pids)
+            os.kill(pids[chunk], signal.SIGKILL)
+            killed.append(chunk)
+
+    db = tmp_path / "ray.duckdb"
+    api.analyze(TINY, images, db=db, config=config, ray="local", progress=kill_one_worker)
+    assert killed and retried, f"no chunk of the index pass was killed and run again (progress {reports})"
+    for phase, seen in reports.items():  # one bar per pass over the cluster, to the end
+        assert seen and seen[-1][0] == seen[-1][1] > 0, (phase, seen)
+    assert_same_analysis(db, reference, MODEL)
+
+
+def test_nf_and_index_chunks_on_ray_equal_the_same_chunks_here(images: Path) -> None:
+    """Many small chunks (more than the tasks kept in flight), every region index: the cluster's
+    outputs, combined in chunk order on the driver, equal the local pass bit for bit."""
+    lm, pre = open_model(TINY)
+    infos = model_layers(lm)[:4]
+    config = AnalyzeConfig(top_n=12, provider="cpu", indexes=("color", "class", "symmetry", "shape"))
+    result = scan(lm, [i.layer for i in infos], pre, list_images(images).files, top_n=12, provider="cpu")
+    topns = {tensor: st.topn for tensor, st in result.stats.items()}
+    paths = {img.image_id: Path(img.path) for img in result.images}
+    labels = {img.image_id: img.label for img in result.images}
+    work = FeatureWork.of(lm, pre, infos, topns, paths, labels, config, chunk_images=25)
+    assert len(work.chunks()) > 8
+    here = compute_features(work, None)
+    there = compute_features(work, None, RayChunks("local"))
+    for tensor, nf in here.nfs.items():
+        np.testing.assert_array_equal(there.nfs[tensor], nf, err_msg=tensor)
+    for tensor, columns in here.indexes.columns.items():
+        for column, values in columns.items():
+            got = there.indexes.columns[tensor][column]
+            if values.dtype == object:
+                assert [None if v is None else list(v) for v in got] == [None if v is None else list(v) for v in values]
+            else:
+                np.testing.assert_array_equal(got, values, err_msg=f"{tensor} {column}")

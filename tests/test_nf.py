@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 from conftest import LITE0, TINY
 
-from onnx_nfi.graph.model_layers import model_layers
-from onnx_nfi.pipeline.features import compute_nfs, top_image_paths
-from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.config import AnalyzeConfig
-from onnx_nfi.data.display import DisplayImages
+from onnx_nfi.data.display import decode_display
 from onnx_nfi.data.images import list_images
 from onnx_nfi.data.loader import iter_decoded
+from onnx_nfi.errors import ImageError
+from onnx_nfi.graph.model_layers import model_layers
 from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.neurons.nf import crop_geometry, neuron_features
+from onnx_nfi.pipeline.features import FeatureWork, compute_features, top_image_ids
+from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.scan.scanner import scan
 from onnx_nfi.scan.topn import TopN
 
@@ -25,8 +26,11 @@ def topns(result) -> dict[str, TopN]:
     return {tensor: st.topn for tensor, st in result.stats.items()}
 
 
-def top_images(result) -> dict[int, Path]:
-    return top_image_paths(topns(result).values(), {img.image_id: img.path for img in result.images})
+def compute_nfs(lm, pre, result, infos, config: AnalyzeConfig, chunk_images: int | None = None, progress=None):
+    """The analysis's NF pass (``chunk_images`` top images at a time) over a scan's top-N."""
+    paths = {img.image_id: Path(img.path) for img in result.images}
+    work = FeatureWork.of(lm, pre, infos, topns(result), paths, {}, config, *([chunk_images] if chunk_images else []))
+    return compute_features(work, progress).nfs
 
 
 def brute_force_nf(scores, ids, ys, xs, images, size, stride, offset, input_hw):
@@ -60,7 +64,7 @@ def check_nfs(model: Path, photo_dir: Path, pick, top_n: int, unit_step: int) ->
     chosen = pick(model_layers(lm))
     files = list_images(photo_dir).files
     result = scan(lm, [i.layer for i in chosen], pre, files, top_n=top_n, provider="cpu")
-    nfs = compute_nfs(topns(result), chosen, DisplayImages(top_images(result), pre), pre, AnalyzeConfig(nf_max_size=0), None)
+    nfs = compute_nfs(lm, pre, result, chosen, AnalyzeConfig(nf_max_size=0, indexes=()))
     images = {k: d.image.astype(np.float64) for k, d in enumerate(x for x in iter_decoded(files, pre) if x.image is not None)}
     assert any(i.rf.offset[0] < 0 for i in chosen), "some crops must reach outside the image"
     for info in chosen:
@@ -122,9 +126,8 @@ def test_reduced_resolution_nf_approximates_full(photo_dir: Path) -> None:
     info = model_layers(lm)[-1]
     files = list_images(photo_dir).files
     result = scan(lm, [info.layer], pre, files, top_n=8, provider="cpu")
-    images = DisplayImages(top_images(result), pre)
-    full = compute_nfs(topns(result), [info], images, pre, AnalyzeConfig(nf_max_size=0), None)[info.layer.tensor]
-    small = compute_nfs(topns(result), [info], images, pre, AnalyzeConfig(nf_max_size=16), None)[info.layer.tensor]
+    full = compute_nfs(lm, pre, result, [info], AnalyzeConfig(nf_max_size=0, indexes=()))[info.layer.tensor]
+    small = compute_nfs(lm, pre, result, [info], AnalyzeConfig(nf_max_size=16, indexes=()))[info.layer.tensor]
     assert small.shape[1:3] == (16, 16) and full.shape[1:3] == (19, 19)
     alive = ~np.isnan(full).any(axis=(1, 2, 3))
     down = np.stack([cv2.resize(f, (16, 16), interpolation=cv2.INTER_AREA) for f in full[alive]])
@@ -140,33 +143,34 @@ def test_crop_geometry_centre_crops_large_fields(offset) -> None:
 
 
 def test_nfs_summed_over_image_chunks_equal_one_pass(photo_dir: Path) -> None:
-    """Memory stays bounded on large sets by adding crops a chunk of top images at a time; the NFs
+    """Memory stays bounded on large sets by summing crops a chunk of top images at a time; the NFs
     must not depend on the chunking (7 images at a time against all at once, every tiny_lite0 layer)."""
     lm, pre = open_model(TINY)
     infos = model_layers(lm)
     result = scan(lm, [i.layer for i in infos], pre, list_images(photo_dir).files, top_n=10, provider="cpu")
-    needed = top_images(result)
-    assert len(needed) > 20
-    whole = compute_nfs(topns(result), infos, DisplayImages(needed, pre), pre, AnalyzeConfig(), None)
-    lazy = DisplayImages(needed, pre, budget_bytes=0)  # keeps at most 2 blocks
-    steps: list[tuple[int, int]] = []
-    chunked = compute_nfs(topns(result), infos, lazy, pre, AnalyzeConfig(), lambda phase, d, t: steps.append((d, t)), 7)
+    needed = top_image_ids(topns(result).values())
+    assert needed.size > 20
+    config = AnalyzeConfig(indexes=())
+    whole = compute_nfs(lm, pre, result, infos, config)
+    steps: list[tuple[str, int, int]] = []
+    chunked = compute_nfs(lm, pre, result, infos, config, 7, lambda phase, d, t: steps.append((phase, d, t)))
     for info in infos:
         np.testing.assert_allclose(chunked[info.layer.tensor], whole[info.layer.tensor], atol=1e-3, err_msg=info.layer.alias)
-    chunks = -(-len(needed) // 7)
-    assert steps[-1] == (chunks * len(infos), chunks * len(infos))
+    assert len(steps) == -(-needed.size // 7) and steps[-1] == ("nf", needed.size, needed.size)
 
 
-def test_display_images_decode_in_blocks_within_the_budget(photo_dir: Path) -> None:
-    """Lazy display images equal a direct decode, and no more than the capacity is held at any time."""
-    lm, pre = open_model(TINY)
+def test_display_images_of_a_chunk_equal_a_direct_decode(photo_dir: Path, tmp_path: Path) -> None:
+    """A chunk's display images are the decoded files under their ids; a file that no longer
+    decodes (changed since the scan) is an error naming it."""
+    _, pre = open_model(TINY)
     files = list_images(photo_dir).files
-    paths = {k * 3 + 1: f.path for k, f in enumerate(files)}  # ids need not be dense
+    paths = {k * 3 + 1: Path(f.path) for k, f in enumerate(files)}  # ids need not be dense
     direct = {image_id: d.image for image_id, d in zip(sorted(paths), iter_decoded(files, pre))}
-    images = DisplayImages(paths, pre, budget_bytes=0, block=4)
-    assert images.capacity == 8 and len(images) == len(files) > 8
-    for image_id in images:
-        np.testing.assert_array_equal(images[image_id], direct[image_id])
-        assert images.kept() <= images.capacity
-    with pytest.raises(KeyError):
-        images[2]
+    decoded = decode_display(paths, pre)
+    assert sorted(decoded) == sorted(paths)
+    for image_id, image in decoded.items():
+        np.testing.assert_array_equal(image, direct[image_id])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg any more")
+    with pytest.raises(ImageError, match="broken.jpg changed or vanished since the scan"):
+        decode_display({**paths, 0: broken}, pre)

@@ -79,7 +79,8 @@ def analyze(
     ] = None,
     ray: Annotated[
         str | None,
-        typer.Option("--ray", help="Scan on a Ray cluster: its address (ray://host:10001, auto) or local (a local instance)."),
+        typer.Option("--ray", help="Run the scan, NFs and indexes on a Ray cluster: its address "
+                     "(ray://host:10001, auto) or local (a local instance)."),
     ] = None,
     image_root: ImageRoot = None,
     silent: Silent = False,

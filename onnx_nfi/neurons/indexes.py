@@ -9,15 +9,22 @@ Two kinds of pass read each neuron's activation ``a'_j`` at its stored location 
   window of image ``j`` is transformed, so the modified image depends on (image, location). Each
   distinct (image, location) of a layer is transformed once and serves every neuron of the layer
   that has it in its top-N; these images are batched across neurons.
+
+Both are responses per (neuron, top entry), so the passes run over chunks of top images
+(``chunk_responses``), anywhere, and the chunks' responses combine exactly (``Responses.add``);
+the formulas then run once over the combined responses (``indexes_from``). The class index needs
+no image and no pass.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.graph.instrument import with_outputs
 from onnx_nfi.graph.layers import Layer
@@ -25,7 +32,7 @@ from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.graph.session import Runner
 from onnx_nfi.neurons.class_selectivity import class_selectivity
-from onnx_nfi.neurons.color import color_selectivity, grey_region, to_grey
+from onnx_nfi.neurons.color import Window, color_selectivity, grey_region, to_grey
 from onnx_nfi.neurons.transforms import (
     ANGLES,
     AXES,
@@ -36,10 +43,11 @@ from onnx_nfi.neurons.transforms import (
     shuffle_region,
     symmetry_index,
 )
-from onnx_nfi.progress import StageProgress
 from onnx_nfi.scan.topn import TopN
 
-Variant = Callable[[np.ndarray, tuple[int, int, int, int]], np.ndarray]
+#: A region transform: (image, window, key) -> transformed copy; ``key`` (seed, layer, image id,
+#: y, x) seeds the shuffle, so its permutation does not depend on which chunk or process made it.
+Variant = Callable[[np.ndarray, Window, tuple[int, ...]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -59,50 +67,95 @@ class IndexResult:
     class_frequencies: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
-def compute_indexes(
-    model: LoadedModel,
+@dataclass
+class Responses:
+    """``a'`` per layer tensor: ``grey`` ``[C, N]`` (whole-image pass) and ``region`` ``[V, C, N]``
+    (one row per region variant), NaN where not (yet) computed."""
+
+    by_layer: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def add(self, part: Responses) -> None:
+        """Take in another chunk's responses: each (neuron, entry) is computed by exactly one chunk."""
+        for tensor, kinds in part.by_layer.items():
+            mine = self.by_layer.setdefault(tensor, {})
+            for kind, values in kinds.items():
+                if kind not in mine:
+                    mine[kind] = np.full(values.shape, np.nan, np.float32)
+                np.copyto(mine[kind], values, where=~np.isnan(values))
+
+
+def image_passes(config: AnalyzeConfig) -> bool:
+    """Whether the configured indexes need forward passes over the top images (all but class do)."""
+    return any(kind != "class" for kind in config.indexes)
+
+
+class Sessions:
+    """The index passes' inference sessions, made on first use and kept for the next chunks: the
+    whole-image one (every layer's maps) and the last layer's region one (a session per layer is
+    too much memory to keep for all layers of a large model)."""
+
+    def __init__(self, model: LoadedModel, provider: str) -> None:
+        self.model, self.provider = model, provider
+        self._whole: Runner | None = None
+        self._region: tuple[str, Runner] | None = None
+
+    def whole(self, tensors: list[str]) -> Runner:
+        if self._whole is None:
+            self._whole = Runner(with_outputs(self.model, tensors), self.provider)
+        return self._whole
+
+    def region(self, tensor: str) -> Runner:
+        if self._region is None or self._region[0] != tensor:
+            self._region = None  # the previous layer's session goes before the next one is made
+            self._region = (tensor, Runner(with_outputs(self.model, [tensor]), self.provider))
+        return self._region[1]
+
+
+def chunk_responses(
+    sessions: Sessions,
     pre: Preprocessing,
     layers: Sequence[IndexLayer],
     images: Mapping[int, np.ndarray],
-    labels: Mapping[int, str | None],
-    indexes: Sequence[str],
-    *,
-    color_mode: str = "image",
-    rho: float = 1.0,
-    population_threshold: float = 0.1,
-    batch_size: int = 16,
-    provider: str = "auto",
-    seed: int = 0,
-    progress: StageProgress | None = None,
+    chunk: np.ndarray,
+    config: AnalyzeConfig,
+) -> Responses:
+    """The forward passes of the configured indexes for the top entries whose image is in ``chunk``
+    (``images`` holds the chunk's display images)."""
+    batch_size = max(1, config.batch_size // 2)
+    out = Responses({item.layer.tensor: {} for item in layers})
+    if "color" in config.indexes and config.color_mode == "image":
+        runner = sessions.whole([item.layer.tensor for item in layers])
+        grey = whole_image_responses(runner, pre, layers, images, chunk, to_grey, batch_size)
+        for tensor, values in grey.items():
+            out.by_layer[tensor]["grey"] = values
+    variants = [v for _, vs in _region_kinds(config) for v in vs]
+    for item in layers if variants else ():
+        runner = sessions.region(item.layer.tensor)
+        key = (config.seed, zlib.crc32(item.layer.tensor.encode()))
+        out.by_layer[item.layer.tensor]["region"] = region_responses(
+            runner, pre, item, images, chunk, variants, batch_size, key
+        )
+    return out
+
+
+def indexes_from(
+    layers: Sequence[IndexLayer], responses: Responses, labels: Mapping[int, str | None], config: AnalyzeConfig
 ) -> IndexResult:
-    """The requested indexes for every layer; ``images`` are the display images of all top-N ids."""
+    """The configured indexes of every layer from the combined responses of all chunks (and the labels)."""
     result = IndexResult({item.layer.tensor: {} for item in layers})
-    if "class" in indexes:
-        _class_columns(layers, labels, rho, population_threshold, result)
-    region_kinds: list[tuple[str, list[Variant]]] = []
-    if "color" in indexes:
-        if color_mode == "image":
-            grey = whole_image_responses(model, pre, layers, images, to_grey, batch_size, provider, progress)
-            for item in layers:
-                result.columns[item.layer.tensor]["color_selectivity"] = color_selectivity(item.topn.scores, grey[item.layer.tensor])
-        else:
-            region_kinds.append(("color", [grey_region]))
-    if "orientation" in indexes:
-        region_kinds.append(("orientation", [_rotation(a) for a in ANGLES]))
-    if "symmetry" in indexes:
-        region_kinds.append(("symmetry", [_mirror(a) for a in AXES]))
-    if "shape" in indexes:
-        rng = np.random.default_rng(seed)
-        region_kinds.append(("shape", [lambda img, win: shuffle_region(img, win, rng)]))
-    for item in layers if region_kinds else ():
-        variants = [v for _, vs in region_kinds for v in vs]
-        responses = region_responses(model, pre, item, images, variants, batch_size, provider)
-        cols = result.columns[item.layer.tensor]
+    if "class" in config.indexes:
+        _class_columns(layers, labels, config.rho, config.population_threshold, result)
+    for item in layers:
+        a, cols = item.topn.scores, result.columns[item.layer.tensor]
+        got = responses.by_layer.get(item.layer.tensor, {})
+        if "color" in config.indexes and config.color_mode == "image":
+            cols["color_selectivity"] = color_selectivity(a, got.get("grey", np.full(a.shape, np.nan, np.float32)))
+        kinds = _region_kinds(config)
+        region = got.get("region", np.full((sum(len(vs) for _, vs in kinds), *a.shape), np.nan, np.float32))
         k = 0
-        for kind, vs in region_kinds:
-            part = responses[k : k + len(vs)]  # [V, C, N]
+        for kind, vs in kinds:
+            part = region[k : k + len(vs)]  # [V, C, N]
             k += len(vs)
-            a = item.topn.scores
             if kind == "color":
                 cols["color_selectivity"] = color_selectivity(a, part[0])
             elif kind == "orientation":
@@ -113,17 +166,29 @@ def compute_indexes(
                 cols["symmetry_selectivity"], cols["symmetry_by_axis"] = mean, _lists(per_axis)
             else:
                 cols["shape_selectivity"] = shape_index(a, part[0])
-        if progress:
-            progress(layers.index(item) + 1, len(layers))
     return result
 
 
+def _region_kinds(config: AnalyzeConfig) -> list[tuple[str, list[Variant]]]:
+    """The region passes the configured indexes need, each with its transforms, in a fixed order."""
+    kinds: list[tuple[str, list[Variant]]] = []
+    if "color" in config.indexes and config.color_mode != "image":
+        kinds.append(("color", [lambda img, win, key: grey_region(img, win)]))
+    if "orientation" in config.indexes:
+        kinds.append(("orientation", [_rotation(a) for a in ANGLES]))
+    if "symmetry" in config.indexes:
+        kinds.append(("symmetry", [_mirror(a) for a in AXES]))
+    if "shape" in config.indexes:
+        kinds.append(("shape", [lambda img, win, key: shuffle_region(img, win, np.random.default_rng(key))]))
+    return kinds
+
+
 def _rotation(angle: int) -> Variant:
-    return lambda img, win: rotate_region(img, win, angle)
+    return lambda img, win, key: rotate_region(img, win, angle)
 
 
 def _mirror(axis: int) -> Variant:
-    return lambda img, win: mirror_region(img, win, axis)
+    return lambda img, win, key: mirror_region(img, win, axis)
 
 
 def _lists(values: np.ndarray) -> np.ndarray:
@@ -160,28 +225,28 @@ def _class_columns(
         result.class_frequencies[item.layer.tensor] = (d.unit, names_arr[d.label], d.frequency)
 
 
-def _entries(topn: TopN) -> tuple[np.ndarray, np.ndarray]:
-    """(unit, rank) of every top-N entry with a positive score: only those enter the indexes."""
-    return np.nonzero((topn.scores > 0) & (topn.ids >= 0))
+def _entries(topn: TopN, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unit, rank) of every top-N entry with a positive score (only those enter the indexes) whose
+    image is in ``chunk``."""
+    return np.nonzero((topn.scores > 0) & (topn.ids >= 0) & np.isin(topn.ids, chunk))
 
 
 def whole_image_responses(
-    model: LoadedModel,
+    runner: Runner,
     pre: Preprocessing,
     layers: Sequence[IndexLayer],
     images: Mapping[int, np.ndarray],
+    chunk: np.ndarray,
     transform: Callable[[np.ndarray], np.ndarray],
     batch_size: int,
-    provider: str,
-    progress: StageProgress | None = None,
 ) -> dict[str, np.ndarray]:
-    """``a'`` ``[C, N]`` per layer after transforming each whole top image once (NaN where unused)."""
-    runner = Runner(with_outputs(model, [item.layer.tensor for item in layers]), provider)
+    """``a'`` ``[C, N]`` per layer after transforming each whole top image of ``chunk`` once (NaN
+    elsewhere); ``runner`` has every layer's map as an output."""
     out = {item.layer.tensor: np.full(item.topn.scores.shape, np.nan, np.float32) for item in layers}
     # per layer, its entries ordered by image id: a batch of consecutive ids is then one slice
     by_image = {}
     for item in layers:
-        units, ranks = _entries(item.topn)
+        units, ranks = _entries(item.topn, chunk)
         order = np.argsort(item.topn.ids[units, ranks], kind="stable")
         units, ranks = units[order], ranks[order]
         by_image[item.layer.tensor] = (item.topn.ids[units, ranks], units, ranks, item.topn.ys[units, ranks], item.topn.xs[units, ranks])
@@ -197,28 +262,28 @@ def whole_image_responses(
             rows = np.searchsorted(batch_ids, image_ids[a:b])
             u = units[a:b]
             out[item.layer.tensor][u, ranks[a:b]] = maps[item.layer.tensor][rows, u, ys[a:b], xs[a:b]]
-        if progress:
-            progress(min(lo + batch_size, ids.size), ids.size)
     return out
 
 
 def region_responses(
-    model: LoadedModel,
+    runner: Runner,
     pre: Preprocessing,
     item: IndexLayer,
     images: Mapping[int, np.ndarray],
+    chunk: np.ndarray,
     variants: Sequence[Variant],
     batch_size: int,
-    provider: str,
+    key: tuple[int, ...],
 ) -> np.ndarray:
-    """``a'`` ``[V, C, N]``: for each variant, the activation after transforming only the RF window.
+    """``a'`` ``[V, C, N]``: for each variant, the activation after transforming only the RF window,
+    for the entries whose image is in ``chunk`` (NaN elsewhere); ``runner`` outputs the layer's map.
 
-    Each distinct (image, y, x) among the layer's top-N entries is transformed once per variant;
-    every neuron whose entry shares it reads its own channel from the same forward pass.
+    Each distinct (image, y, x) among those entries is transformed once per variant; every neuron
+    whose entry shares it reads its own channel from the same forward pass. ``key`` + (image, y, x)
+    is what a variant may draw its randomness from.
     """
-    runner = Runner(with_outputs(model, [item.layer.tensor]), provider)
     topn = item.topn
-    units, ranks = _entries(topn)
+    units, ranks = _entries(topn, chunk)
     out = np.full((len(variants), *topn.scores.shape), np.nan, np.float32)
     keys = np.stack([topn.ids[units, ranks], topn.ys[units, ranks], topn.xs[units, ranks]], axis=1)
     distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
@@ -226,14 +291,14 @@ def region_responses(
     members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse, minlength=len(distinct)))[:-1])
     jobs = [(k, v) for k in range(len(distinct)) for v in range(len(variants))]
     for lo in range(0, len(jobs), batch_size):
-        chunk = jobs[lo : lo + batch_size]
+        batch_jobs = jobs[lo : lo + batch_size]
         batch = []
-        for k, v in chunk:
+        for k, v in batch_jobs:
             image_id, y, x = (int(t) for t in distinct[k])
             window = item.rf.window(y, x) if not item.rf.is_global else (0, 0, *pre.input_size)
-            batch.append(variants[v](images[image_id], window))
+            batch.append(variants[v](images[image_id], window, (*key, image_id, y, x)))
         maps = runner.run(pre.to_tensor(np.stack(batch)))[item.layer.tensor]
-        for row, (k, v) in enumerate(chunk):
+        for row, (k, v) in enumerate(batch_jobs):
             u, r = units[members[k]], ranks[members[k]]
             out[v, u, r] = maps[row, u, topn.ys[u, r], topn.xs[u, r]]
     return out

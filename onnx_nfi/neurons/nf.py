@@ -26,7 +26,6 @@ import numpy as np
 
 from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.neurons.nf_kernel import add_weighted_crops
-from onnx_nfi.progress import StageProgress
 from onnx_nfi.scan.topn import TopN
 
 T = TypeVar("T")
@@ -101,7 +100,7 @@ def compute_threads() -> int:
 
 
 @dataclass
-class _LayerPlan:
+class NfPlan:
     """One layer's weights, crop corners and top images."""
 
     topn: TopN
@@ -113,7 +112,7 @@ class _LayerPlan:
     used: np.ndarray  # image ids with positive weight
 
     @classmethod
-    def of(cls, topn: TopN, geometry: CropGeometry) -> _LayerPlan:
+    def of(cls, topn: TopN, geometry: CropGeometry) -> NfPlan:
         weights = np.where((topn.scores > 0) & (topn.ids >= 0), topn.scores, 0).astype(np.float64)
         total = weights.sum(axis=1)
         alive = total > 0
@@ -150,51 +149,67 @@ def neuron_features(
     """NFs ``float32 [C, cy, cx, 3]`` (RGB 0-255) and a ``bool [C]`` mask of neurons that have one (not dead).
 
     ``images`` maps image id -> display image (uint8 [H, W, 3]); every id in ``topn`` must be
-    there. One layer of ``layers_features``.
+    there. The analysis computes the same over chunks of top images (``chunk_sums``).
     """
-    return layers_features([(topn, geometry)], images)[0]
+    plans = plan_features([(topn, geometry)])
+    return finish_features(plans, chunk_sums(plans, images, plans[0].used))[0]
 
 
-def layers_features(
-    layers: Sequence[tuple[TopN, CropGeometry]],
-    images: Mapping[int, np.ndarray],
-    on_progress: StageProgress | None = None,
-    max_images: int | None = None,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``neuron_features`` of several layers, in order.
+def plan_features(layers: Sequence[tuple[TopN, CropGeometry]]) -> list[NfPlan]:
+    """Each layer's weights and crop corners: computed once, shared by every chunk of top images."""
+    return [NfPlan.of(topn, geometry) for topn, geometry in layers]
 
-    The top images are read in ascending id order, ``max_images`` at a time (all at once when
-    None): an NF is a sum over crops, so each chunk adds its crops to every layer's numerator
-    and memory stays bounded however many top images there are (``images`` may decode lazily,
-    see ``onnx_nfi.data.display``). Within a chunk, consecutive layers whose crops come from
-    images of one size share one stack, so each image is scaled once per size, not once per
-    layer. The sums run in the compiled ``nf_kernel``; each pixel's valid weight comes from
-    ``_valid_weight``; ``on_progress(done, total)`` counts (chunk, layer) steps.
+
+def chunk_sums(
+    plans: Sequence[NfPlan], images: Mapping[int, np.ndarray], chunk: np.ndarray
+) -> list[np.ndarray]:
+    """Per layer ``float32 [C, cy, cx, 3]``: the weighted crops of the entries whose image is in ``chunk``.
+
+    An NF is a sum over crops, so the sums of disjoint chunks of top images add up to the NF's
+    numerator: a chunk can be summed anywhere (another process, another node) and only its sums
+    travel. Each chunk starts from zero, and the chunks' sums are added in chunk order
+    (``add_sums``), so the result is the same bit for bit wherever the chunks ran. ``images``
+    holds at least the chunk's images. Within a chunk, consecutive layers whose crops come from
+    images of one size share one stack, so each image is scaled once per size, not once per layer.
     """
-    plans = [_LayerPlan.of(topn, geometry) for topn, geometry in layers]
-    nfs = [np.zeros((p.weights.shape[0], *p.geometry.canvas, 3), np.float32) for p in plans]
-    used = np.unique(np.concatenate([p.used for p in plans])) if plans else np.zeros(0, np.int64)
-    step = max(1, max_images or used.size)
-    chunks = [used[lo : lo + step] for lo in range(0, used.size, step)] or [used]
-    runs = _same_size_runs(plans)
+    sums = zero_sums(plans)
     threads = compute_threads()
-    done = 0
     with ThreadPoolExecutor(threads, thread_name_prefix="nfi-nf") if threads > 1 else _no_pool() as pool:
-        for c, chunk in enumerate(chunks):
-            for group in runs:
-                ids = np.intersect1d(np.concatenate([plans[k].used for k in group]), chunk)
-                stack = _Stack(ids, images, plans[group[0]].geometry, pool)
-                for k in group:
-                    _add_layer_crops(plans[k], stack, nfs[k], threads, last=c == len(chunks) - 1)
-                    done += 1
-                    if on_progress:
-                        on_progress(done, len(chunks) * len(plans))
-    for plan, out in zip(plans, nfs):
-        out[~plan.alive] = np.nan
-    return [(out, plan.alive) for plan, out in zip(plans, nfs)]
+        for group in _same_size_runs(list(plans)):
+            ids = np.intersect1d(np.concatenate([plans[k].used for k in group]), chunk)
+            if ids.size == 0:
+                continue
+            stack = _Stack(ids, images, plans[group[0]].geometry, pool)
+            for k in group:
+                _add_layer_crops(plans[k], stack, sums[k], threads)
+    return sums
 
 
-def _same_size_runs(plans: list[_LayerPlan]) -> list[list[int]]:
+def zero_sums(plans: Sequence[NfPlan]) -> list[np.ndarray]:
+    """Per layer a zero ``float32 [C, cy, cx, 3]``: the start of a crop sum."""
+    return [np.zeros((p.weights.shape[0], *p.geometry.canvas, 3), np.float32) for p in plans]
+
+
+def add_sums(total: list[np.ndarray], part: Sequence[np.ndarray]) -> None:
+    """Add one chunk's ``chunk_sums`` to the running ``total`` (in place)."""
+    for t, p in zip(total, part):
+        t += p
+
+
+def finish_features(plans: Sequence[NfPlan], sums: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """NFs and alive masks from the summed crops of every chunk: each pixel divided by its valid
+    weight, mid-grey where that is below 10 %, NaN for dead neurons."""
+    out = []
+    for plan, total in zip(plans, sums):
+        den = _valid_weight(plan)[..., None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            nf = np.where(den >= _THRESHOLD, total / den, np.float32(GREY)).astype(np.float32)
+        nf[~plan.alive] = np.nan
+        out.append((nf, plan.alive))
+    return out
+
+
+def _same_size_runs(plans: list[NfPlan]) -> list[list[int]]:
     """Indices of runs of consecutive layers whose crops come from images of one size."""
     runs: list[list[int]] = []
     for k, plan in enumerate(plans):
@@ -205,19 +220,17 @@ def _same_size_runs(plans: list[_LayerPlan]) -> list[list[int]]:
     return runs
 
 
-def _add_layer_crops(plan: _LayerPlan, stack: _Stack, out: np.ndarray, threads: int, last: bool) -> None:
-    """Add to ``out`` the weighted crops of the layer's entries whose image is in the stack; after the
-    last image chunk, divide by each pixel's valid weight (grey below 10 %)."""
+def _add_layer_crops(plan: NfPlan, stack: _Stack, out: np.ndarray, threads: int) -> None:
+    """Add to ``out`` the weighted crops of the layer's entries whose image is in the stack."""
     live = np.flatnonzero(plan.alive)
     if live.size == 0:
         return
     slot = stack.slots(plan.topn.ids[live])
-    weights = np.where(slot >= 0, plan.weights[live], 0)  # entries whose image is in another chunk wait
-    finish = (_valid_weight(plan)[live], _THRESHOLD, GREY) if last else None
-    add_weighted_crops(stack.array, np.maximum(slot, 0), plan.sy[live], plan.sx[live], weights, out, live, threads, finish)
+    weights = np.where(slot >= 0, plan.weights[live], 0)  # entries whose image is in another chunk: not here
+    add_weighted_crops(stack.array, np.maximum(slot, 0), plan.sy[live], plan.sx[live], weights, out, live, threads)
 
 
-def _valid_weight(plan: _LayerPlan) -> np.ndarray:
+def _valid_weight(plan: NfPlan) -> np.ndarray:
     """``[C, cy, cx]``: per NF pixel, the summed weight of the crops that have that pixel inside the image.
 
     A crop's inside part depends only on its output location and is a rectangle, rows × columns;

@@ -33,16 +33,12 @@ def _add_weighted_crops(
     cx: int,
     rows: np.ndarray,
     out: np.ndarray,
-    finish: bool,
-    den: np.ndarray,
-    threshold: float,
-    grey: float,
 ) -> None:
     units, n = weights.shape
     row = cx * 3
     for u in numba.prange(units):
         target = out[rows[u]]
-        acc = target.copy()  # the sums of earlier image chunks
+        acc = target.copy()  # a cache-resident accumulator, written back once per unit
         for k in range(n):
             wk = weights[u, k]
             if wk == 0:
@@ -59,15 +55,7 @@ def _add_weighted_crops(
                 dst = np.uint64(a * row + x0 * 3)
                 for b in range(length):
                     acc[dst + b] += wk * np.float32(stack[src + b])
-        if not finish:
-            target[:] = acc
-            continue
-        for a in range(cy):
-            for b in range(cx):
-                d = den[u, a, b]
-                p = (a * cx + b) * 3
-                for c in range(3):
-                    target[p + c] = acc[p + c] / d if d >= threshold else grey
+        target[:] = acc
 
 
 def add_weighted_crops(
@@ -79,15 +67,12 @@ def add_weighted_crops(
     out: np.ndarray,
     rows: np.ndarray,
     threads: int,
-    finish: tuple[np.ndarray, float, float] | None = None,
 ) -> None:
     """``out[rows[u]] += Σ_k weights[u, k] · crop_k``, summing only the part of each crop inside its image.
 
     ``stack`` is ``uint8 [S, H, W, 3]``; crop ``k`` of unit ``u`` has its top-left corner at
     ``(ty, tx)`` (possibly outside) of image ``stack[slot]``; zero-weight entries are skipped and
     may point anywhere. ``out`` is ``float32 [C, cy, cx, 3]``, C-contiguous, updated in place.
-    With ``finish = (den, threshold, grey)`` (the last image chunk), each summed pixel is then
-    divided by ``den[u]`` there, or set to ``grey`` where ``den < threshold``.
     """
     _, h, w, _ = stack.shape
     cy, cx = out.shape[1:3]
@@ -95,12 +80,10 @@ def add_weighted_crops(
         raise ValueError("stack and out must be C-contiguous, out float32 [C, cy, cx, 3]")
     if ((slot < 0) | (slot >= stack.shape[0]))[weights > 0].any():
         raise ValueError("a weighted crop's image is not in the stack")
-    den, threshold, grey = finish if finish is not None else (np.zeros((0, 0, 0), np.float32), 0.0, 0.0)
     with _LOCK:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         _add_weighted_crops(
             stack.reshape(-1), h, w, slot.astype(np.int64, copy=False), ty.astype(np.int64, copy=False),
             tx.astype(np.int64, copy=False), weights.astype(np.float32, copy=False), cy, cx,
-            rows.astype(np.int64, copy=False), out.reshape(out.shape[0], -1), finish is not None,
-            den.astype(np.float32, copy=False), threshold, grey,
+            rows.astype(np.int64, copy=False), out.reshape(out.shape[0], -1),
         )

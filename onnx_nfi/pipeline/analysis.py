@@ -21,17 +21,15 @@ import duckdb
 import numpy as np
 
 from onnx_nfi.config import AnalyzeConfig
-from onnx_nfi.data.display import DisplayImages
 from onnx_nfi.data.images import ImageSet, list_images, parse_label_option, read_class_names, relative_to_root
 from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.errors import ConfigError, ImageError, Interrupted, NfiError, ResultsNotWritten
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
-from onnx_nfi.neurons.indexes import IndexLayer
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline.caveats import caveats
 from onnx_nfi.pipeline.checkpoint import Checkpointer, Shard, read_resumable, run_header
-from onnx_nfi.pipeline.features import compute_nfs, selectivity_indexes, top_image_paths
+from onnx_nfi.pipeline.features import FeatureWork, RunChunks, compute_features, local_chunks
 from onnx_nfi.pipeline.finite import check_finite
 from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.progress import Progress, phase
@@ -139,11 +137,12 @@ def scan_part(
 
 def finish(
     p: Plan, scanned: ScanResult, db: str | Path, state: Path, *, progress: Progress | None = None,
-    started: dt.datetime | None = None, image_root: str | Path | None = None,
+    started: dt.datetime | None = None, image_root: str | Path | None = None, run_chunks: RunChunks = local_chunks,
 ) -> Finished:
     """Probe scores, NFs and indexes of a finished scan (ids: list positions), written to ``db`` in one
-    transaction; ``image_root`` stores image paths relative to it. If the write fails, the scan is
-    saved to ``state`` and ResultsNotWritten names the command that writes it later."""
+    transaction; ``image_root`` stores image paths relative to it; ``run_chunks`` runs the NF and index
+    passes' chunks (here, or on a cluster). If the write fails, the scan is saved to ``state`` and
+    ResultsNotWritten names the command that writes it later."""
     started = started or dt.datetime.now()
     result = renumbered(scanned)
     if not result.images:
@@ -156,21 +155,17 @@ def finish(
         probe, replace(result, probe_scores=scores), p.lm, p.pre, list(p.layers.values()),
         batch_size=p.config.batch_size, provider=p.config.provider, progress=progress,
     )
-    t_nf = dt.datetime.now()
     topns = {tensor: st.topn for tensor, st in result.stats.items()}
-    needed = p.config.nf or bool(p.config.indexes)
-    display = DisplayImages(top_image_paths(topns.values(), {i.image_id: i.path for i in result.images}) if needed else {}, p.pre)
-    nfs = compute_nfs(topns, p.infos, display, p.pre, p.config, progress) if p.config.nf else {}
-    t_index = dt.datetime.now()
-    index_result = selectivity_indexes(
-        p.lm, p.pre, [IndexLayer(i.layer, i.rf, topns[i.layer.tensor]) for i in p.infos], display,
-        {img.image_id: img.label for img in result.images}, p.config, progress,
-    ) if p.config.indexes else None
+    work = FeatureWork.of(
+        p.lm, p.pre, p.infos, topns,
+        {i.image_id: Path(i.path) for i in result.images}, {i.image_id: i.label for i in result.images}, p.config,
+    )
+    features = compute_features(work, progress, run_chunks)
     if image_root is not None:
         result = replace(result, images=[replace(i, path=relative_to_root(i.path, image_root)) for i in result.images])
     record = AnalysisRecord(
         p.name, p.lm, p.pre, p.infos, result, [*p.imageset.rejected, *result.skipped], p.imageset.label_source,
-        p.config, probe, probe_scores, nfs, index_result, started, dt.datetime.now(),
+        p.config, probe, probe_scores, features.nfs, features.indexes, started, dt.datetime.now(),
     )
     if progress:
         progress("write", 0, 1)
@@ -181,19 +176,17 @@ def finish(
     warnings = (
         *p.lm.notices, *p.imageset.warnings, *p.pre.warnings(),
         *probes.probe_warnings(probe, len(p.imageset.files), p.config.probe_size),
-        *caveats(topns.values(), index_result),
+        *caveats(topns.values(), features.indexes),
     )
-    return Finished(
-        record, run_id, dead, (t_index - t_nf).total_seconds(), (record.finished - t_index).total_seconds(), warnings
-    )
+    return Finished(record, run_id, dead, features.nf_seconds, features.index_seconds, warnings)
 
 
 def write(
     p: Plan, scanned: ScanResult, db: str | Path, state: Path, summarise: Callable[[Finished], T], *,
     progress: Progress | None = None, started: dt.datetime | None = None, image_root: str | Path | None = None,
-    remove_state: bool = False,
+    remove_state: bool = False, run_chunks: RunChunks = local_chunks,
 ) -> T:
-    """``finish``, then the state file removed (``remove_state``: it was this run's checkpoint), FAISS
+    """``finish`` (its chunks run by ``run_chunks``), then the state file removed (``remove_state``: it was this run's checkpoint), FAISS
     brought in step and ``summarise(finished)``. From the start of the database write on, Ctrl-C and
     SIGTERM wait until all of this is done (seconds), then stop the command with an Interrupted saying
     that the results were written: the commit and the FAISS files are never cut. Before it (and while
@@ -201,7 +194,9 @@ def write(
     done, in_step = None, False
     try:
         with SignalHold() as hold:
-            done = finish(p, scanned, db, state, progress=progress, started=started, image_root=image_root)
+            done = finish(
+                p, scanned, db, state, progress=progress, started=started, image_root=image_root, run_chunks=run_chunks
+            )
             if remove_state:
                 state.unlink(missing_ok=True)
             try:  # after the commit: FAISS follows DuckDB (a cache: the next search repairs it if this fails)

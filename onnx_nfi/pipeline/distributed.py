@@ -1,12 +1,13 @@
-"""The scan of one analysis spread over a Ray cluster (the ``ray`` extra): shards as Ray tasks, merged
-by a tree of merge tasks; the driver alone computes NFs and indexes and writes DuckDB and FAISS.
+"""An analysis spread over a Ray cluster (the ``ray`` extra): the scan as shard tasks merged by a tree
+of merge tasks, then the NF and index passes as tasks over chunks of top images, combined on the
+driver; the driver alone writes DuckDB and FAISS.
 
 One task per GPU where the cluster has GPUs (``num_gpus=1``), else one per CPU. A task whose
-worker dies is retried by Ray (``max_retries``) and scans its shard again from the start; shards
-are deterministic, so the result is unchanged. Every node must see the images (and the model) at
-the same path: a worker re-lists the image root and refuses, naming its node, when it cannot read
-it or sees another list. Progress of all tasks reaches the caller as one ``scan`` count through a
-small actor.
+worker dies is retried by Ray (``max_retries``) and runs its shard or chunk again from the start;
+both are deterministic, so the result is unchanged. Every node must see the images (and the model)
+at the same path: a scan worker re-lists the image root and refuses, naming its node, when it
+cannot read it or sees another list. Progress of all tasks reaches the caller as one count per
+phase (images scanned, top images through each pass).
 """
 
 from __future__ import annotations
@@ -14,21 +15,27 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.errors import ConfigError, ImageError, NfiError
+from onnx_nfi.neurons.indexes import Responses
 from onnx_nfi.pipeline.analysis import Plan, plan
 from onnx_nfi.pipeline.checkpoint import Shard, merge_results
+from onnx_nfi.pipeline.features import FeatureWork, chunk_worker
 from onnx_nfi.progress import Progress
 from onnx_nfi.scan.scanner import ScanResult, scan
 
-#: A killed worker's shard is scanned again up to this many times.
+#: A killed worker's shard or chunk is run again up to this many times.
 MAX_RETRIES = 3
 #: Name prefix of a run's progress actor (a test finds the workers' process ids through it).
-TALLY = "onnx-nfi-scan-progress"
+TALLY = "onnx-nfi-progress"
 
 
 def _ray() -> Any:
@@ -52,17 +59,54 @@ def connect(address: str) -> Any:
 
 @dataclass
 class _Tally:
-    """Per-shard images done and worker process ids, as reported by the scan tasks."""
+    """Per task (shard or chunk number): images done, the process running it, how often it started."""
 
     done: dict[int, int] = field(default_factory=dict)
     pids: dict[int, int] = field(default_factory=dict)
+    starts: dict[int, int] = field(default_factory=dict)
 
-    def report(self, shard: int, done: int, pid: int) -> None:
-        self.done[shard] = done
-        self.pids[shard] = pid
+    def report(self, task: int, done: int, pid: int) -> None:
+        self.done[task] = done
+        self.pids[task] = pid
 
-    def state(self) -> tuple[dict[int, int], dict[int, int]]:
-        return dict(self.done), dict(self.pids)
+    def start(self, task: int, pid: int) -> None:
+        self.starts[task] = self.starts.get(task, 0) + 1
+        self.pids[task] = pid
+
+    def state(self) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+        return dict(self.done), dict(self.pids), dict(self.starts)
+
+
+@dataclass(frozen=True)
+class _Resources:
+    """How tasks are laid out on the cluster: one per GPU, else one per CPU, each with its threads."""
+
+    workers: int
+    per_task: dict[str, int]
+    threads: int
+
+    @classmethod
+    def of(cls, ray: Any) -> _Resources:
+        resources = ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+        per_task = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
+        return cls(gpus or cpus, per_task, 1 if not gpus else max(1, cpus // gpus))
+
+
+@contextmanager
+def _task_errors(ray: Any) -> Iterator[None]:
+    """A task's own error (an ``NfiError``: a worker that cannot read the images, say) reaches the
+    caller as itself, not wrapped in Ray's."""
+    try:
+        yield
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, NfiError):
+            raise exc.cause from None
+        raise
+
+
+def _tally(ray: Any) -> Any:
+    return ray.remote(_Tally).options(name=f"{TALLY}-{uuid.uuid4().hex}", num_cpus=0).remote()
 
 
 def _scan_shard(
@@ -103,19 +147,15 @@ def _merge(*parts: ScanResult) -> ScanResult:
 def distributed_scan(p: Plan, address: str, progress: Progress | None = None) -> ScanResult:
     """The plan's whole scan (ids: list positions) as shard tasks on the cluster, merged by a tree."""
     ray = connect(address)
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
-    workers = gpus or cpus
-    count = max(1, min(workers, len(p.imageset.files)))
-    per_task = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
-    threads = 1 if not gpus else max(1, cpus // gpus)
-    tally = ray.remote(_Tally).options(name=f"{TALLY}-{uuid.uuid4().hex}", num_cpus=0).remote()
-    scan_task = ray.remote(max_retries=MAX_RETRIES)(_scan_shard).options(**per_task)
+    layout = _Resources.of(ray)
+    count = max(1, min(layout.workers, len(p.imageset.files)))
+    tally = _tally(ray)
+    scan_task = ray.remote(max_retries=MAX_RETRIES)(_scan_shard).options(**layout.per_task)
     merge_task = ray.remote(max_retries=MAX_RETRIES)(_merge).options(num_cpus=1)
     refs = [
         scan_task.remote(
             str(Path(p.lm.path).resolve()), str(p.imageset.root), p.name, p.config, Shard(i, count),
-            p.header["image_list"], p.probe.sha256, tally, threads,
+            p.header["image_list"], p.probe.sha256, tally, layout.threads,
         )
         for i in range(1, count + 1)
     ]
@@ -123,20 +163,67 @@ def distributed_scan(p: Plan, address: str, progress: Progress | None = None) ->
     started = time.perf_counter()
     pending = list(refs)
     try:
-        while pending:
-            _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.1)
-            if progress is not None:
-                done, _ = ray.get(tally.state.remote())
-                progress("scan", min(sum(done.values()), total), total)
-        while len(refs) > 1:  # a tree of merges: pairs, then pairs of pairs
-            refs = [merge_task.remote(*refs[k:k + 2]) if k + 1 < len(refs) else refs[k] for k in range(0, len(refs), 2)]
-        result = ray.get(refs[0])
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, NfiError):
-            raise exc.cause from None
-        raise
+        with _task_errors(ray):
+            while pending:
+                _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.1)
+                if progress is not None:
+                    done, _, _ = ray.get(tally.state.remote())
+                    progress("scan", min(sum(done.values()), total), total)
+            while len(refs) > 1:  # a tree of merges: pairs, then pairs of pairs
+                refs = [merge_task.remote(*refs[k:k + 2]) if k + 1 < len(refs) else refs[k]
+                        for k in range(0, len(refs), 2)]
+            result = ray.get(refs[0])
     finally:
         ray.kill(tally)
     if progress is not None:
         progress("scan", total, total)
     return replace(result, seconds=time.perf_counter() - started)  # wall time, not the shards' sum
+
+
+def _run_chunk(
+    work: FeatureWork, kind: str, number: int, chunk: np.ndarray, tally: Any, threads: int
+) -> list[np.ndarray] | Responses:
+    """One chunk of the NF or index pass on a worker; the worker keeps the passes' sessions for the
+    next chunks of the same work."""
+    os.environ["ONNX_NFI_THREADS"] = str(threads)
+    tally.start.remote(number, os.getpid())
+    return chunk_worker(work).run(kind, chunk)
+
+
+class RayChunks:
+    """The NF and index passes' chunks as Ray tasks (a ``features.RunChunks``), their outputs handed
+    back in chunk order. At most two tasks per worker are in flight, so finished outputs waiting
+    for an earlier chunk stay few (a chunk's NF sums are the size of all NFs)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._work: tuple[str, Any] | None = None  # (token, object ref): the work is sent once for both passes
+
+    def __call__(
+        self, work: FeatureWork, kind: str, chunks: list[np.ndarray], progress: Progress | None
+    ) -> Iterator[list[np.ndarray] | Responses]:
+        ray = connect(self.address)
+        if self._work is None or self._work[0] != work.token:
+            self._work = (work.token, ray.put(work))
+        layout = _Resources.of(ray)
+        task = ray.remote(max_retries=MAX_RETRIES)(_run_chunk).options(**layout.per_task)
+        tally = _tally(ray)
+        total, handed = sum(c.size for c in chunks), 0
+        refs: dict[int, Any] = {}
+        try:
+            with _task_errors(ray):
+                for k, chunk in enumerate(chunks):
+                    for m in range(len(refs) + k, min(len(chunks), k + 2 * layout.workers)):
+                        refs[m] = task.remote(self._work[1], kind, m, chunks[m], tally, layout.threads)
+                    while not ray.wait([refs[k]], timeout=0.1)[0]:
+                        if progress is not None:
+                            ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=0)
+                            done = handed + sum(chunks[m].size for m, r in refs.items() if r in ready)
+                            progress(kind, done, total)
+                    out = ray.get(refs.pop(k))
+                    handed += chunk.size
+                    if progress is not None:
+                        progress(kind, handed, total)
+                    yield out
+        finally:
+            ray.kill(tally)

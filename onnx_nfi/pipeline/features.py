@@ -1,58 +1,174 @@
-"""From top-N states to Neuron Features and selectivity indexes (analysis and ``index`` share this)."""
+"""From top-N states to Neuron Features and selectivity indexes (analysis and ``index`` share this).
+
+Both passes read the top images, which on a large set are most of the set, so they work through
+them in chunks of ``CHUNK_IMAGES`` images in ascending id order: a chunk is decoded, gives its NF
+crop sums (``neurons.nf.chunk_sums``) or its index responses (``neurons.indexes.chunk_responses``),
+and is dropped. Memory is then one chunk of display images plus the outputs, whatever the number
+of images. Chunks are independent of each other, so they may run anywhere: here one after the
+other (``local_chunks``), or as Ray tasks (``pipeline.distributed.ray_chunks``); either way the
+driver combines their outputs in chunk order, so the result is the same bit for bit.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from onnx_nfi.config import AnalyzeConfig
-from onnx_nfi.data.display import DisplayImages
+from onnx_nfi.data.display import decode_display
 from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.model_layers import LayerInfo
-from onnx_nfi.neurons.indexes import IndexLayer, IndexResult, compute_indexes
-from onnx_nfi.neurons.nf import crop_geometry, layers_features
-from onnx_nfi.progress import Progress, phase
+from onnx_nfi.neurons.indexes import (
+    IndexLayer,
+    IndexResult,
+    Responses,
+    Sessions,
+    chunk_responses,
+    image_passes,
+    indexes_from,
+)
+from onnx_nfi.neurons.nf import NfPlan, add_sums, chunk_sums, crop_geometry, finish_features, plan_features, zero_sums
+from onnx_nfi.progress import Progress
 from onnx_nfi.scan.topn import TopN
 
-
-def top_image_paths(topns: Iterable[TopN], paths: Mapping[int, Path]) -> dict[int, Path]:
-    """The union of all neurons' top-N images (id -> path): decoded once for NFs and indexes alike."""
-    needed = np.unique(np.concatenate([t.ids[t.ids >= 0] for t in topns]))
-    return {int(i): paths[int(i)] for i in needed}
+#: Top images per chunk of the NF and index passes: 512 display images are 75 MB at 224 px, and
+#: already a 1,000-image set has two chunks, so the passes' memory is the same from there on.
+CHUNK_IMAGES = 512
 
 
-def compute_nfs(
-    topns: Mapping[str, TopN],
-    infos: Sequence[LayerInfo],
-    images: DisplayImages,
-    pre: Preprocessing,
-    config: AnalyzeConfig,
-    progress: Progress | None,
-    max_images: int | None = None,
-) -> dict[str, np.ndarray]:
-    """NFs of every layer from its top-N (by layer tensor), ``max_images`` display images at a time
-    (default: the display images' own chunk, so memory stays within their budget)."""
-    jobs = [(topns[info.layer.tensor], crop_geometry(info.rf, pre.input_size, config.nf_max_size)) for info in infos]
-    features = layers_features(jobs, images, phase(progress, "nf"), max_images or images.chunk)
-    return {info.layer.tensor: nfs for info, (nfs, _) in zip(infos, features)}
+def top_image_ids(topns: Iterable[TopN]) -> np.ndarray:
+    """The union of all neurons' top images that enter NFs and indexes (positive score), ascending."""
+    return np.unique(np.concatenate([t.ids[(t.scores > 0) & (t.ids >= 0)] for t in topns] or [np.zeros(0, np.int64)]))
 
 
-def selectivity_indexes(
-    lm: LoadedModel,
-    pre: Preprocessing,
-    items: list[IndexLayer],
-    images: Mapping[int, np.ndarray],
-    labels: dict[int, str | None],
-    config: AnalyzeConfig,
-    progress: Progress | None,
-) -> IndexResult:
-    """The configured selectivity indexes of ``items``' neurons."""
-    return compute_indexes(
-        lm, pre, items, images, labels, config.indexes,
-        color_mode=config.color_mode, rho=config.rho, population_threshold=config.population_threshold,
-        batch_size=max(1, config.batch_size // 2), provider=config.provider, seed=config.seed,
-        progress=phase(progress, "index"),
-    )
+@dataclass(frozen=True)
+class FeatureWork:
+    """Everything the NF and index passes need, in one picklable value (a Ray run puts it in the
+    object store once; each task names its chunk)."""
+
+    lm: LoadedModel
+    pre: Preprocessing
+    infos: tuple[LayerInfo, ...]
+    topns: Mapping[str, TopN]
+    paths: Mapping[int, Path]  # top image id -> file, for the top images only
+    labels: Mapping[int, str | None]  # top image id -> label
+    config: AnalyzeConfig
+    chunk_images: int = CHUNK_IMAGES
+    #: tells a worker process whether the passes' state it keeps belongs to this work
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @classmethod
+    def of(
+        cls, lm: LoadedModel, pre: Preprocessing, infos: Iterable[LayerInfo], topns: Mapping[str, TopN],
+        paths: Mapping[int, Path], labels: Mapping[int, str | None], config: AnalyzeConfig,
+        chunk_images: int = CHUNK_IMAGES,
+    ) -> FeatureWork:
+        """The work of ``infos``' layers, keeping of ``paths`` and ``labels`` only the top images."""
+        ids = [int(i) for i in top_image_ids(topns.values())]
+        return cls(lm, pre, tuple(infos), dict(topns), {i: paths[i] for i in ids}, {i: labels.get(i) for i in ids},
+                   config, chunk_images)
+
+    def chunks(self) -> list[np.ndarray]:
+        """The top image ids, ``chunk_images`` at a time."""
+        ids = np.array(sorted(self.paths), np.int64)
+        return [ids[lo : lo + self.chunk_images] for lo in range(0, ids.size, self.chunk_images)]
+
+    def index_layers(self) -> list[IndexLayer]:
+        return [IndexLayer(i.layer, i.rf, self.topns[i.layer.tensor]) for i in self.infos]
+
+    def nf_plans(self) -> list[NfPlan]:
+        return plan_features([
+            (self.topns[i.layer.tensor], crop_geometry(i.rf, self.pre.input_size, self.config.nf_max_size))
+            for i in self.infos
+        ])
+
+
+class ChunkWorker:
+    """Runs chunks of one ``FeatureWork``, keeping what the chunks share (NF plans, sessions)."""
+
+    def __init__(self, work: FeatureWork) -> None:
+        self.work = work
+        self._plans: list[NfPlan] | None = None
+        self._sessions = Sessions(work.lm, work.config.provider)
+
+    def run(self, kind: str, chunk: np.ndarray) -> list[np.ndarray] | Responses:
+        """``nf``: the chunk's crop sums per layer; ``index``: its index responses."""
+        w = self.work
+        images = decode_display({int(i): w.paths[int(i)] for i in chunk}, w.pre)
+        if kind == "nf":
+            if self._plans is None:
+                self._plans = w.nf_plans()
+            return chunk_sums(self._plans, images, chunk)
+        return chunk_responses(self._sessions, w.pre, w.index_layers(), images, chunk, w.config)
+
+
+#: ``run_chunks(work, kind, chunks, progress)``: the outputs of ``ChunkWorker.run`` for every chunk, in order.
+RunChunks = Callable[[FeatureWork, str, list[np.ndarray], Progress | None], Iterator]
+
+
+def local_chunks(work: FeatureWork, kind: str, chunks: list[np.ndarray], progress: Progress | None) -> Iterator:
+    """The chunks one after the other in this process."""
+    worker = chunk_worker(work)
+    total, done = sum(c.size for c in chunks), 0
+    for chunk in chunks:
+        yield worker.run(kind, chunk)
+        done += chunk.size
+        if progress is not None:
+            progress(kind, done, total)
+
+
+_kept: dict[str, ChunkWorker] = {}
+
+
+def chunk_worker(work: FeatureWork) -> ChunkWorker:
+    """This process's worker for ``work``: made once, reused by its next chunks (and passes); a
+    worker of earlier work is dropped."""
+    if work.token not in _kept:
+        _kept.clear()
+        _kept[work.token] = ChunkWorker(work)
+    return _kept[work.token]
+
+
+def release_worker(work: FeatureWork) -> None:
+    """Drop this process's worker for ``work`` (its sessions) once both passes are done."""
+    _kept.pop(work.token, None)
+
+
+@dataclass(frozen=True)
+class Features:
+    """NFs by layer tensor, the index result, and each pass's wall time."""
+
+    nfs: dict[str, np.ndarray]
+    indexes: IndexResult | None
+    nf_seconds: float
+    index_seconds: float
+
+
+def compute_features(work: FeatureWork, progress: Progress | None, run_chunks: RunChunks = local_chunks) -> Features:
+    """The NFs (when ``config.nf``) and the configured indexes of ``work``, chunk by chunk through
+    ``run_chunks``, combined here in chunk order."""
+    config, chunks = work.config, work.chunks()
+    started = time.perf_counter()
+    nfs: dict[str, np.ndarray] = {}
+    if config.nf:
+        plans = work.nf_plans()
+        totals = zero_sums(plans)
+        for sums in run_chunks(work, "nf", chunks, progress):
+            add_sums(totals, sums)
+        nfs = {info.layer.tensor: nf for info, (nf, _) in zip(work.infos, finish_features(plans, totals))}
+        del totals
+    t_index = time.perf_counter()
+    result = None
+    if config.indexes:
+        responses = Responses()
+        for part in run_chunks(work, "index", chunks, progress) if image_passes(config) else ():
+            responses.add(part)
+        result = indexes_from(work.index_layers(), responses, work.labels, config)
+    release_worker(work)
+    return Features(nfs, result, t_index - started, time.perf_counter() - t_index)
