@@ -261,4 +261,6 @@ def test_ctrl_c_during_a_query_is_one_line(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, err
-    assert err.strip() == "Interrupted; nothing was written." and out == ""
+    assert err.strip() == (
+        "Interrupted; the database holds all of this command's changes or none of them (each is one transaction)."
+    ) and out == ""

@@ -71,6 +71,11 @@ def wrote(path: object, stream: Console = out) -> None:
     stream.print(f"Wrote {path}", highlight=False)
 
 
+#: What a stopped command other than analyze / merge (which say more) can truly claim: each of them
+#: changes the database in one transaction, and FAISS files behind it are repaired by the next search.
+INTERRUPTED = "Interrupted; the database holds all of this command's changes or none of them (each is one transaction)."
+
+
 def user_errors(fn: F) -> F:
     """Print library errors as one line and exit 2; anything else is a bug and keeps its traceback."""
 
@@ -84,8 +89,7 @@ def user_errors(fn: F) -> F:
         except (KeyboardInterrupt, RuntimeError) as exc:  # an Interrupted says what was written
             if isinstance(exc, RuntimeError) and str(exc) != "Query interrupted":  # DuckDB's form of a Ctrl-C
                 raise
-            console.print(str(exc) if isinstance(exc, Interrupted) and str(exc) else "Interrupted; nothing was written.",
-                          markup=False, highlight=False)
+            console.print(str(exc) if isinstance(exc, Interrupted) and str(exc) else INTERRUPTED, markup=False, highlight=False)
             raise typer.Exit(getattr(exc, "exit_code", 130)) from None
 
     return wrapper  # type: ignore[return-value]
