@@ -161,7 +161,8 @@ def check_message(stop: Stopped, db: Path, images: Path, reference: Path, signum
 RNG = random.Random(2024)
 #: (phase, signal, seconds after the phase is reached): two signals per phase, several delays in the write
 POINTS = [
-    ("scan", signal.SIGINT, RNG.uniform(0, 0.5)), ("scan", signal.SIGTERM, RNG.uniform(0, 0.5)),
+    # the tiny model scans its 82 photos in well under a second: signals follow the first checkpoint closely
+    ("scan", signal.SIGINT, RNG.uniform(0, 0.05)), ("scan", signal.SIGTERM, RNG.uniform(0, 0.05)),
     ("nf", signal.SIGINT, RNG.uniform(0, 0.01)), ("nf", signal.SIGTERM, RNG.uniform(0, 0.01)),
     ("index", signal.SIGINT, 0.0), ("index", signal.SIGTERM, 0.0),
     *[("write", sig, delay) for sig, delay in zip(
@@ -174,7 +175,8 @@ POINTS = [
 #: What each stop may find: the aimed-at phase, or (on a busy machine, where the signal lands late) a later one;
 #: check_message has checked that the message is true either way.
 EXPECTED = {
-    "scan": {"partial scan", "finished scan"}, "nf": {"finished scan", "not written", "written"},
+    "scan": {"partial scan", "finished scan", "not written", "written"},
+    "nf": {"finished scan", "not written", "written"},
     "index": {"finished scan", "not written", "written"},
     "write": {"not written", "written"}, "sync": {"written"}, "lock": {"not written"},
 }
