@@ -192,8 +192,15 @@ def _run_chunk(
 
 class RayChunks:
     """The NF and index passes' chunks as Ray tasks (a ``features.RunChunks``), their outputs handed
-    back in chunk order. At most two tasks per worker are in flight, so finished outputs waiting
-    for an earlier chunk stay few (a chunk's NF sums are the size of all NFs)."""
+    back in chunk order.
+
+    A chunk's NF sums are the size of all NFs (145 MB for EfficientNet-Lite0) and reach the driver
+    through Ray's shared object store, whose pages the driver keeps in its RSS once it has read
+    them. So the NF pass keeps one task per worker in flight, and an output is dropped before the
+    next is fetched: the store then reuses the same few slots and the driver's memory is the same
+    whether the pass has two chunks or two hundred. Index responses are small; that pass keeps two
+    tasks per worker in flight, so a worker never waits for the driver.
+    """
 
     def __init__(self, address: str) -> None:
         self.address = address
@@ -209,21 +216,21 @@ class RayChunks:
         task = ray.remote(max_retries=MAX_RETRIES)(_run_chunk).options(**layout.per_task)
         tally = _tally(ray)
         total, handed = sum(c.size for c in chunks), 0
+        window = layout.workers * (1 if kind == "nf" else 2)
         refs: dict[int, Any] = {}
         try:
             with _task_errors(ray):
                 for k, chunk in enumerate(chunks):
-                    for m in range(len(refs) + k, min(len(chunks), k + 2 * layout.workers)):
+                    for m in range(len(refs) + k, min(len(chunks), k + window)):
                         refs[m] = task.remote(self._work[1], kind, m, chunks[m], tally, layout.threads)
                     while not ray.wait([refs[k]], timeout=0.1)[0]:
                         if progress is not None:
                             ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=0)
                             done = handed + sum(chunks[m].size for m, r in refs.items() if r in ready)
                             progress(kind, done, total)
-                    out = ray.get(refs.pop(k))
                     handed += chunk.size
                     if progress is not None:
                         progress(kind, handed, total)
-                    yield out
+                    yield ray.get(refs.pop(k))  # not kept here: the caller drops it before asking for the next
         finally:
             ray.kill(tally)

@@ -161,6 +161,7 @@ def compute_features(work: FeatureWork, progress: Progress | None, run_chunks: R
         totals = zero_sums(plans)
         for sums in run_chunks(work, "nf", chunks, progress):
             add_sums(totals, sums)
+            del sums  # a Ray chunk's sums stay in the object store while referenced: free them before the next
         nfs = {info.layer.tensor: nf for info, (nf, _) in zip(work.infos, finish_features(plans, totals))}
         del totals
     t_index = time.perf_counter()
