@@ -20,7 +20,7 @@ from onnx_nfi.data.images import list_images
 from onnx_nfi.errors import ImageError
 from onnx_nfi.graph.model_layers import model_layers
 from onnx_nfi.pipeline import analysis
-from onnx_nfi.pipeline.distributed import TALLY, RayChunks, distributed_scan
+from onnx_nfi.pipeline.distributed import FOLD, TALLY, RayChunks, distributed_scan
 from onnx_nfi.pipeline.features import FeatureWork, compute_features
 from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.scan.scanner import scan
@@ -149,7 +149,8 @@ def test_ray_run_with_a_worker_killed_in_the_index_pass_equals_one_run(images: P
 
 def test_nf_and_index_chunks_on_ray_equal_the_same_chunks_here(images: Path) -> None:
     """Many small chunks (more than the tasks kept in flight), every region index: the cluster's
-    outputs, combined in chunk order on the driver, equal the local pass bit for bit."""
+    outputs, combined in chunk order by the fold actor, equal the local pass bit for bit, also when
+    the fold is killed midway through the NF pass (the pass runs again)."""
     lm, pre = open_model(TINY)
     infos = model_layers(lm)[:4]
     config = AnalyzeConfig(top_n=12, provider="cpu", indexes=("color", "class", "symmetry", "shape"))
@@ -160,7 +161,21 @@ def test_nf_and_index_chunks_on_ray_equal_the_same_chunks_here(images: Path) -> 
     work = FeatureWork.of(lm, pre, infos, topns, paths, labels, config, chunk_images=25)
     assert len(work.chunks()) > 8
     here = compute_features(work, None)
-    there = compute_features(work, None, RayChunks("local"))
+    nf_reports: list[int] = []
+    killed: list[int] = []
+
+    def kill_the_fold(phase: str, done: int, total: int) -> None:
+        if phase != "nf":
+            return
+        nf_reports.append(done)
+        if not killed and done >= 50:  # two chunks into the pass
+            (fold,) = [n for n in ray.util.list_named_actors() if n.startswith(FOLD)]
+            os.kill(ray.get(ray.get_actor(fold).pid.remote()), signal.SIGKILL)
+            killed.append(done)
+
+    there = compute_features(work, kill_the_fold, RayChunks("local"))
+    restarts = sum(b < a for a, b in zip(nf_reports, nf_reports[1:]))
+    assert restarts == 1, f"the NF pass did not run again after its fold was killed (progress {nf_reports})"
     for tensor, nf in here.nfs.items():
         np.testing.assert_array_equal(there.nfs[tensor], nf, err_msg=tensor)
     for tensor, columns in here.indexes.columns.items():

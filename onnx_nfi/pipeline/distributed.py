@@ -25,10 +25,9 @@ import numpy as np
 
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.errors import ConfigError, ImageError, NfiError
-from onnx_nfi.neurons.indexes import Responses
 from onnx_nfi.pipeline.analysis import Plan, plan
 from onnx_nfi.pipeline.checkpoint import Shard, merge_results
-from onnx_nfi.pipeline.features import FeatureWork, chunk_worker
+from onnx_nfi.pipeline.features import ChunkOutput, FeatureWork, Fold, chunk_worker
 from onnx_nfi.progress import Progress
 from onnx_nfi.scan.scanner import ScanResult, scan
 
@@ -36,6 +35,8 @@ from onnx_nfi.scan.scanner import ScanResult, scan
 MAX_RETRIES = 3
 #: Name prefix of a run's progress actor (a test finds the workers' process ids through it).
 TALLY = "onnx-nfi-progress"
+#: Name prefix of a pass's fold actor (a test finds it by this name).
+FOLD = "onnx-nfi-fold"
 
 
 def _ray() -> Any:
@@ -180,9 +181,7 @@ def distributed_scan(p: Plan, address: str, progress: Progress | None = None) ->
     return replace(result, seconds=time.perf_counter() - started)  # wall time, not the shards' sum
 
 
-def _run_chunk(
-    work: FeatureWork, kind: str, number: int, chunk: np.ndarray, tally: Any, threads: int
-) -> list[np.ndarray] | Responses:
+def _run_chunk(work: FeatureWork, kind: str, number: int, chunk: np.ndarray, tally: Any, threads: int) -> ChunkOutput:
     """One chunk of the NF or index pass on a worker; the worker keeps the passes' sessions for the
     next chunks of the same work."""
     os.environ["ONNX_NFI_THREADS"] = str(threads)
@@ -190,16 +189,24 @@ def _run_chunk(
     return chunk_worker(work).run(kind, chunk)
 
 
-class RayChunks:
-    """The NF and index passes' chunks as Ray tasks (a ``features.RunChunks``), their outputs handed
-    back in chunk order.
+class _ClusterFold(Fold):
+    """A pass's ``Fold`` as an actor on the driver's node (it also tells a test its process)."""
 
-    A chunk's NF sums are the size of all NFs (145 MB for EfficientNet-Lite0) and reach the driver
-    through Ray's shared object store, whose pages the driver keeps in its RSS once it has read
-    them. So the NF pass keeps one task per worker in flight, and an output is dropped before the
-    next is fetched: the store then reuses the same few slots and the driver's memory is the same
-    whether the pass has two chunks or two hundred. Index responses are small; that pass keeps two
-    tasks per worker in flight, so a worker never waits for the driver.
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayChunks:
+    """The NF and index passes' chunks as Ray tasks (a ``features.RunChunks``), combined in chunk
+    order by a ``Fold`` actor on the driver's node.
+
+    A chunk's NF sums are the size of all NFs (145 MB for EfficientNet-Lite0) and travel through
+    Ray's shared object store, whose pages a process keeps in its RSS once it has read them. So the
+    driver does not add them itself: it hands each finished chunk, in order, to the fold and fetches
+    only the combined value, and its memory is the same whether the pass has two chunks or two
+    hundred. The NF pass keeps one task per worker in flight (each output is freed once folded, so
+    the store holds a few of them); index responses are small, and that pass keeps two per worker,
+    so a worker never waits. A killed chunk task is retried by Ray; a killed fold runs the pass again.
     """
 
     def __init__(self, address: str) -> None:
@@ -208,29 +215,50 @@ class RayChunks:
 
     def __call__(
         self, work: FeatureWork, kind: str, chunks: list[np.ndarray], progress: Progress | None
-    ) -> Iterator[list[np.ndarray] | Responses]:
+    ) -> ChunkOutput | None:
         ray = connect(self.address)
         if self._work is None or self._work[0] != work.token:
             self._work = (work.token, ray.put(work))
+        failures = 0
+        while True:
+            try:
+                return self._pass(ray, self._work[1], kind, chunks, progress)
+            except ray.exceptions.RayActorError:  # the fold died with its sums; the chunks are deterministic
+                failures += 1
+                if failures > MAX_RETRIES:
+                    raise
+
+    @staticmethod
+    def _pass(
+        ray: Any, work: Any, kind: str, chunks: list[np.ndarray], progress: Progress | None
+    ) -> ChunkOutput | None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         layout = _Resources.of(ray)
         task = ray.remote(max_retries=MAX_RETRIES)(_run_chunk).options(**layout.per_task)
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        fold = ray.remote(_ClusterFold).options(
+            name=f"{FOLD}-{uuid.uuid4().hex}", num_cpus=0, scheduling_strategy=here
+        ).remote(kind)
         tally = _tally(ray)
-        total, handed = sum(c.size for c in chunks), 0
+        total, folded = sum(c.size for c in chunks), 0
         window = layout.workers * (1 if kind == "nf" else 2)
         refs: dict[int, Any] = {}
         try:
             with _task_errors(ray):
                 for k, chunk in enumerate(chunks):
                     for m in range(len(refs) + k, min(len(chunks), k + window)):
-                        refs[m] = task.remote(self._work[1], kind, m, chunks[m], tally, layout.threads)
+                        refs[m] = task.remote(work, kind, m, chunks[m], tally, layout.threads)
                     while not ray.wait([refs[k]], timeout=0.1)[0]:
                         if progress is not None:
                             ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=0)
-                            done = handed + sum(chunks[m].size for m, r in refs.items() if r in ready)
+                            done = folded + sum(chunks[m].size for m, r in refs.items() if r in ready)
                             progress(kind, done, total)
-                    handed += chunk.size
+                    ray.get(fold.add.remote(refs.pop(k)))  # in chunk order; the output is freed once folded
+                    folded += chunk.size
                     if progress is not None:
-                        progress(kind, handed, total)
-                    yield ray.get(refs.pop(k))  # not kept here: the caller drops it before asking for the next
+                        progress(kind, folded, total)
+                return ray.get(fold.result.remote())
         finally:
             ray.kill(tally)
+            ray.kill(fold)

@@ -5,15 +5,15 @@ them in chunks of ``CHUNK_IMAGES`` images in ascending id order: a chunk is deco
 crop sums (``neurons.nf.chunk_sums``) or its index responses (``neurons.indexes.chunk_responses``),
 and is dropped. Memory is then one chunk of display images plus the outputs, whatever the number
 of images. Chunks are independent of each other, so they may run anywhere: here one after the
-other (``local_chunks``), or as Ray tasks (``pipeline.distributed.ray_chunks``); either way the
-driver combines their outputs in chunk order, so the result is the same bit for bit.
+other (``local_chunks``), or as Ray tasks (``pipeline.distributed.RayChunks``); either way a
+``Fold`` combines their outputs in chunk order, so the result is the same bit for bit.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,7 +97,7 @@ class ChunkWorker:
         self._plans: list[NfPlan] | None = None
         self._sessions = Sessions(work.lm, work.config.provider)
 
-    def run(self, kind: str, chunk: np.ndarray) -> list[np.ndarray] | Responses:
+    def run(self, kind: str, chunk: np.ndarray) -> ChunkOutput:
         """``nf``: the chunk's crop sums per layer; ``index``: its index responses."""
         w = self.work
         images = decode_display({int(i): w.paths[int(i)] for i in chunk}, w.pre)
@@ -108,19 +108,50 @@ class ChunkWorker:
         return chunk_responses(self._sessions, w.pre, w.index_layers(), images, chunk, w.config)
 
 
-#: ``run_chunks(work, kind, chunks, progress)``: the outputs of ``ChunkWorker.run`` for every chunk, in order.
-RunChunks = Callable[[FeatureWork, str, list[np.ndarray], Progress | None], Iterator]
+#: What a pass's chunks give: NF crop sums per layer (``nf``) or index responses (``index``).
+ChunkOutput = list[np.ndarray] | Responses
 
 
-def local_chunks(work: FeatureWork, kind: str, chunks: list[np.ndarray], progress: Progress | None) -> Iterator:
+class Fold:
+    """One pass's chunk outputs combined in chunk order, wherever the chunks ran: NF crop sums added
+    (float32, from zero), index responses taken in. One fixed order of additions is what makes a
+    chunked or distributed pass equal the plain one bit for bit."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.value: ChunkOutput | None = None
+
+    def add(self, part: ChunkOutput) -> None:
+        """Take in the next chunk's output."""
+        if self.kind == "nf":
+            if self.value is None:
+                self.value = [np.zeros_like(s) for s in part]
+            add_sums(self.value, part)
+        else:
+            if self.value is None:
+                self.value = Responses()
+            self.value.add(part)
+
+    def result(self) -> ChunkOutput | None:
+        """The combined outputs; None when there was no chunk."""
+        return self.value
+
+
+#: ``run_chunks(work, kind, chunks, progress)``: the outputs of ``ChunkWorker.run`` for every chunk,
+#: combined in chunk order by a ``Fold``.
+RunChunks = Callable[[FeatureWork, str, list[np.ndarray], Progress | None], ChunkOutput | None]
+
+
+def local_chunks(work: FeatureWork, kind: str, chunks: list[np.ndarray], progress: Progress | None) -> ChunkOutput | None:
     """The chunks one after the other in this process."""
-    worker = chunk_worker(work)
+    worker, fold = chunk_worker(work), Fold(kind)
     total, done = sum(c.size for c in chunks), 0
     for chunk in chunks:
-        yield worker.run(kind, chunk)
+        fold.add(worker.run(kind, chunk))
         done += chunk.size
         if progress is not None:
             progress(kind, done, total)
+    return fold.result()
 
 
 _kept: dict[str, ChunkWorker] = {}
@@ -158,18 +189,14 @@ def compute_features(work: FeatureWork, progress: Progress | None, run_chunks: R
     nfs: dict[str, np.ndarray] = {}
     if config.nf:
         plans = work.nf_plans()
-        totals = zero_sums(plans)
-        for sums in run_chunks(work, "nf", chunks, progress):
-            add_sums(totals, sums)
-            del sums  # a Ray chunk's sums stay in the object store while referenced: free them before the next
+        totals = run_chunks(work, "nf", chunks, progress)
+        totals = zero_sums(plans) if totals is None else totals
         nfs = {info.layer.tensor: nf for info, (nf, _) in zip(work.infos, finish_features(plans, totals))}
         del totals
     t_index = time.perf_counter()
     result = None
     if config.indexes:
-        responses = Responses()
-        for part in run_chunks(work, "index", chunks, progress) if image_passes(config) else ():
-            responses.add(part)
-        result = indexes_from(work.index_layers(), responses, work.labels, config)
+        responses = run_chunks(work, "index", chunks, progress) if image_passes(config) else None
+        result = indexes_from(work.index_layers(), responses or Responses(), work.labels, config)
     release_worker(work)
     return Features(nfs, result, t_index - started, time.perf_counter() - t_index)
