@@ -16,7 +16,7 @@ from pathlib import Path
 from onnx_nfi import search
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.images import relative_to_root, stored_image_path
-from onnx_nfi.errors import ConfigError
+from onnx_nfi.errors import ConfigError, Interrupted
 from onnx_nfi.graph.layers import find_conv_layers
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
 from onnx_nfi.graph.receptive_field import clipped_windows
@@ -26,7 +26,8 @@ from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.pipeline import analysis
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline.checkpoint import (
-    Shard, check_same_run, check_shards, config_of, interruption, merge_states, parse_shard,
+    Shard, check_same_run, check_shards, check_state_path, config_of, interruption, merge_command, merge_states,
+    parse_shard,
 )
 from onnx_nfi.pipeline.features import FeatureWork, compute_features, local_chunks
 from onnx_nfi.pipeline.models import open_model, reopen_model
@@ -37,7 +38,7 @@ from onnx_nfi.store.compact import compact as compact_db
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.import_db import ImportSummary, import_models
 from onnx_nfi.store.results import stored_rf, stored_topn, write_index_run
-from onnx_nfi.store.vectors import ProbeSet, RemoveSummary, sync_indexes
+from onnx_nfi.store.vectors import ProbeSet, RemoveSummary, sync_after_commit
 from onnx_nfi.store.vectors import remove as remove_model
 
 #: ``onnx-nfi similar``: the neurons nearest to a ``MODEL:LAYER:UNIT`` (draw them with
@@ -85,6 +86,7 @@ class IndexSummary:
     layers: int
     neurons: int
     seconds: float
+    warnings: tuple[str, ...] = ()
 
 
 def layers(
@@ -156,19 +158,23 @@ def analyze(
     if shard is not None:
         if ray is not None:
             raise ConfigError("--shard scans one part on this machine; --ray splits the whole run itself: give one of them")
+        if image_root is not None:
+            raise ConfigError("a shard writes no database: give --image-root to 'onnx-nfi merge', which writes it")
         return _scan_shard(model_path, images, parse_shard(shard), db, name, config, progress, resume, checkpoint)
+    if ray is not None and resume:
+        raise ConfigError("--resume continues a run on one machine; a --ray run retries failed tasks itself")
     p = analysis.plan(model_path, images, db, name, config)
     if image_root is not None:
         relative_to_root(p.imageset.root, image_root)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name)
-    if ray is not None and resume:
-        raise ConfigError("--resume continues a run on one machine; a --ray run retries failed tasks itself")
+    check_state_path(state)
     run_chunks = local_chunks
     try:
         if ray is not None:
             from onnx_nfi.pipeline.distributed import RayChunks, distributed_scan
 
             scanned = distributed_scan(p, ray, progress)
+            analysis.save_finished(p, scanned, state)  # the cluster's scan survives a stop in the later passes
             run_chunks = RayChunks(ray)
         else:
             scanned, p = analysis.scan_part(p, state, resume=resume, progress=progress)
@@ -177,7 +183,8 @@ def analyze(
             started=started, image_root=image_root, remove_state=True, run_chunks=run_chunks,
         )
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what the state file holds
-        raise interruption(exc, p.header, state, db, resumable=ray is None) from None
+        hint = merge_command(state, db, image_root) if ray is not None else None
+        raise interruption(exc, p.header, state, db, merge_hint=hint) from None
 
 
 def state_path(db: str | Path, name: str, shard: Shard | None = None) -> Path:
@@ -205,6 +212,7 @@ def _scan_shard(
     """``analyze --shard i/n``: the part's scan state, for ``merge``."""
     p = analysis.plan(model_path, images, None, name, config, part)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name, part)
+    check_state_path(state)
     try:
         scanned, _ = analysis.scan_part(p, state, resume=resume, progress=progress)
     except KeyboardInterrupt as exc:
@@ -221,21 +229,29 @@ def merge(
 ) -> AnalysisSummary:
     """``onnx-nfi merge``: combine the state files of shards 1..n (or one finished run's) into the result
     of one run over the whole image list, then compute NFs and indexes and write ``db`` (image paths
-    relative to ``image_root`` when given)."""
+    relative to ``image_root`` when given). Shard states are kept; a finished run's state (one that a
+    failed or stopped write left) is removed once written."""
     started = dt.datetime.now()
     check_runtime_install()
     paths = [Path(s) for s in states]
     header = check_shards(paths)
-    p = analysis.plan(header["model_path"], header["image_root"], db, header["name"], config_of(header))
+    saved_probe = ProbeSet(tuple(header["probe_sha256"]), tuple(map(Path, header["probe_paths"])), False)
+    p = analysis.plan(header["model_path"], header["image_root"], db, header["name"], config_of(header), probe=saved_probe)
     check_same_run(paths[0], {**header, "shard": [1, 1]}, p.header)
     if image_root is not None:
         relative_to_root(p.imageset.root, image_root)
-    p = replace(p, probe=ProbeSet(tuple(header["probe_sha256"]), tuple(map(Path, header["probe_paths"])), False))
-    scanned = merge_states(paths, p.layers, p.paths)
-    return analysis.write(
-        p, scanned, db, state_path(db, p.name), lambda done: _summary(db, done, scanned.seconds, started),
-        progress=progress, started=started, image_root=image_root,
-    )
+    whole_run = header["shard"][1] == 1
+    state = paths[0] if whole_run else state_path(db, p.name)
+    try:
+        scanned = merge_states(paths, p.layers, p.paths)
+        return analysis.write(
+            p, scanned, db, state, lambda done: _summary(db, done, scanned.seconds, started),
+            progress=progress, started=started, image_root=image_root, remove_state=whole_run,
+        )
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted) and str(exc):  # the write's own account of what it kept
+            raise
+        raise Interrupted.of(exc, f"Interrupted; nothing was written to {db}; the state files are unchanged.") from None
 
 
 def _summary(db: str | Path, done: analysis.Finished, scan_seconds: float, started: dt.datetime) -> AnalysisSummary:
@@ -262,6 +278,8 @@ def index(
     """(Re)compute selectivity indexes of a model already in the database, without a new scan
     (``image_root``: where images stored relative to their root are now)."""
     started = dt.datetime.now()
+    if not config.indexes:
+        raise ConfigError("index recomputes the indexes named by --indexes; name at least one (e.g. --indexes color,class)")
     with Store.open(db, read_only=True) as store:
         row = store.model_row(model)
         layer_rows = store.layer_rows(model)
@@ -277,10 +295,9 @@ def index(
     work = FeatureWork.of(lm, pre, infos, {i.layer.tensor: topns[i.layer.tensor] for i in infos}, paths, labels,
                           replace(config, nf=False))
     write_index_run(db, model, compute_features(work, progress).indexes, config, started)
-    sync_indexes(db)
     return IndexSummary(
         model, config.indexes, len(infos), sum(i.layer.channels for i in infos),
-        (dt.datetime.now() - started).total_seconds(),
+        (dt.datetime.now() - started).total_seconds(), sync_after_commit(db),
     )
 
 

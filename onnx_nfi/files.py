@@ -53,14 +53,15 @@ def sweep_orphans(folder: Path) -> list[Path]:
     for tmp in folder.glob(f"*{_TMP_SUFFIX}") if folder.is_dir() else ():
         parts = tmp.name[: -len(_TMP_SUFFIX)].split(".")
         pid = int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
-        if pid is not None and _alive(pid):
+        if pid is not None and pid_alive(pid):
             continue  # a writer at work (another process, or this one)
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a temporary named by it belongs to a writer at work)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

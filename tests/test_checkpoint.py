@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import duckdb
 import pytest
 from cli_helpers import invoke
 from conftest import ROOT, TINY
@@ -20,6 +21,7 @@ from tables import assert_same_analysis
 from onnx_nfi import api
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.errors import ConfigError, ResultsNotWritten, StateError
+from onnx_nfi.scan.state import read_header
 
 #: small batches and frequent checkpoints, so 81 photos give many points to stop at
 CONFIG = AnalyzeConfig(batch_size=4, checkpoint_every=8, provider="cpu")
@@ -209,6 +211,7 @@ def test_locked_database_at_write_keeps_the_analysis_and_names_the_command(
     assert "locked by another process" in str(caught.value) and state.is_file()
     written = invoke(*caught.value.command.split()[1:], "--silent")
     assert written.exit_code == 0, written.output
+    assert not state.exists(), "the written state was left behind"
     assert_same_analysis(db, reference, MODEL)
 
 
@@ -220,3 +223,69 @@ def test_merging_a_state_of_another_version_or_file_is_refused(tmp_path: Path) -
     assert result.output.strip() == f"Error: {bogus} is not an onnx-nfi scan state file; pass a file written by 'onnx-nfi analyze'"
     with pytest.raises(StateError):
         api.merge([], db=tmp_path / "nfi.duckdb")
+
+
+def _responses(db: Path, model: str) -> list[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(
+            "SELECT n.layer, n.unit, r.vector FROM response_vectors r JOIN neurons n USING (neuron_id) "
+            "WHERE n.model = ? ORDER BY n.layer, n.unit", [model],
+        ).fetchall()
+    finally:
+        con.close()
+
+
+def test_a_merge_whose_write_fails_keeps_the_shards_probe_scores_with_their_probe_list(
+    images: Path, photo_dir: Path, tmp_path: Path
+) -> None:
+    """The database already has a probe set (10 photos) unlike the shards' own (every image): the
+    state a failed merge saves lists the probe images its scores belong to, so writing it later gives
+    the response profiles an unhindered merge gives."""
+    shards = [api.analyze(TINY, images, db=tmp_path / "s.duckdb", config=CONFIG, shard=f"{i}/2").state for i in (1, 2)]
+    shard_probe = read_header(shards[0])["probe_sha256"]
+    seeded = tmp_path / "seeded.duckdb"
+    assert invoke("probe", photo_dir, "--db", seeded, "--size", 10, "--silent").exit_code == 0
+    clean, db = tmp_path / "clean.duckdb", tmp_path / "nfi.duckdb"
+    shutil.copy(seeded, clean)
+    shutil.copy(seeded, db)
+    api.merge(shards, db=clean)
+    lockers: list[subprocess.Popen] = []
+
+    def lock_during_indexes(phase: str, done: int, total: int) -> None:
+        if phase == "index" and not lockers:
+            lockers.append(subprocess.Popen([sys.executable, "-c", LOCKER, str(db)], stdout=subprocess.PIPE, text=True))
+            assert lockers[0].stdout.readline().strip() == "locked"
+
+    try:
+        with pytest.raises(ResultsNotWritten) as caught:
+            api.merge(shards, db=db, progress=lock_during_indexes)
+    finally:
+        for locker in lockers:
+            locker.kill()
+            locker.wait()
+    saved = Path(caught.value.state)
+    assert read_header(saved)["probe_sha256"] == shard_probe and len(shard_probe) != 10
+    written = invoke(*caught.value.command.split()[1:], "--silent")
+    assert written.exit_code == 0, written.output
+    assert not saved.exists(), "the written state was left behind"
+    assert all(s.exists() for s in shards), "shard states are the user's: merge keeps them"
+    rescued, unhindered = _responses(db, MODEL), _responses(clean, MODEL)
+    assert len(rescued) > 500 and {len(v) for _, _, v in rescued} == {10}  # live neurons, over the 10 probe images
+    assert rescued == unhindered
+
+
+def test_unsaveable_state_and_empty_index_list_are_refused_before_any_work(
+    images: Path, reference: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-folder" / "run.state"
+    result = invoke("analyze", TINY, images, "--db", tmp_path / "nfi.duckdb", "--checkpoint", missing, *OPTIONS)
+    assert (result.exit_code, result.output) == (
+        2, f"Error: the folder of the scan state {missing} does not exist; create it or pass --checkpoint FILE\n"
+    )
+    result = invoke("analyze", TINY, images, "--db", tmp_path / "nfi.duckdb", "--shard", "1/2", "--image-root", images,
+                    *OPTIONS)
+    assert result.exit_code == 2 and "give --image-root to 'onnx-nfi merge'" in result.output
+    assert list(tmp_path.iterdir()) == [], "a refused run left files"
+    result = invoke("index", MODEL, "--db", reference, "--indexes", "none")
+    assert result.exit_code == 2 and result.output.startswith("Error: index recomputes the indexes named by --indexes")

@@ -3,6 +3,7 @@ worker is killed mid-shard or mid-chunk of the NF and index passes (Ray retries 
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 from collections.abc import Iterator
@@ -11,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import invoke
 from conftest import TINY
 from tables import assert_same_analysis
 
 from onnx_nfi import api
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.images import list_images
-from onnx_nfi.errors import ImageError
+from onnx_nfi.errors import ImageError, Interrupted
 from onnx_nfi.graph.model_layers import model_layers
 from onnx_nfi.pipeline import analysis
 from onnx_nfi.pipeline.distributed import FOLD, TALLY, RayChunks, distributed_scan
@@ -147,6 +149,29 @@ def test_ray_run_with_a_worker_killed_in_the_index_pass_equals_one_run(images: P
     assert_same_analysis(db, reference, MODEL)
 
 
+def test_a_ray_run_stopped_after_its_scan_keeps_the_scan_for_merge(images: Path, reference: Path, tmp_path: Path) -> None:
+    """The cluster's scan is saved as soon as it is merged: a stop in the NF pass loses only that pass,
+    and the command the message names writes the same analysis (then removes the state)."""
+    db = tmp_path / "ray.duckdb"
+
+    def stop_in_the_nf_pass(phase: str, done: int, total: int) -> None:
+        if phase == "nf":
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as caught:
+        api.analyze(TINY, images, db=db, config=CONFIG, ray="local", progress=stop_in_the_nf_pass)
+    state = api.state_path(db, MODEL)
+    assert str(caught.value) == (
+        f"Interrupted; nothing was written to {db}; the finished scan is saved in {state}: "
+        f"write it with 'onnx-nfi merge {state} --db {db}'."
+    )
+    assert not db.exists()
+    written = invoke("merge", state, "--db", db, "--silent")
+    assert written.exit_code == 0, written.output
+    assert not state.exists(), "the written state was left behind"
+    assert_same_analysis(db, reference, MODEL)
+
+
 def test_nf_and_index_chunks_on_ray_equal_the_same_chunks_here(images: Path) -> None:
     """Many small chunks (more than the tasks kept in flight), every region index: the cluster's
     outputs, combined in chunk order by the fold actor, equal the local pass bit for bit, also when
@@ -174,7 +199,7 @@ def test_nf_and_index_chunks_on_ray_equal_the_same_chunks_here(images: Path) -> 
             killed.append(done)
 
     there = compute_features(work, kill_the_fold, RayChunks("local"))
-    restarts = sum(b < a for a, b in zip(nf_reports, nf_reports[1:]))
+    restarts = sum(b < a for a, b in itertools.pairwise(nf_reports))
     assert restarts == 1, f"the NF pass did not run again after its fold was killed (progress {nf_reports})"
     for tensor, nf in here.nfs.items():
         np.testing.assert_array_equal(there.nfs[tensor], nf, err_msg=tensor)

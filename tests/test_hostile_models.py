@@ -64,6 +64,11 @@ def test_batch_one_inside_runs_one_image_at_a_time(tmp_path: Path, photo_dir: Pa
     assert n_images > 8
     assert scalar(db, "SELECT (params::JSON ->> 'batch_size')::INT FROM runs") == 1
     assert scalar(db, "SELECT count(*) FROM layers") == 2
+    # the passes over a stored model (indexes, probe set) run it one image at a time too
+    index = invoke("index", Path(model).stem, "--db", db, "--batch-size", "8", "--provider", "cpu", "--silent")
+    assert index.exit_code == 0, index.output
+    probe = invoke("probe", photo_dir, "--db", db, "--size", "12", "--force", "--batch-size", "8", "--silent")
+    assert probe.exit_code == 0, probe.output
 
 
 @pytest.mark.skipif(not (ONNX_LIGHT / "light_shufflenet.onnx").exists(), reason="onnx test data not installed")

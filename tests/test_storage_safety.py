@@ -18,7 +18,7 @@ from test_errors import ANALYZE_FAST, assert_clean_error
 from onnx_nfi import api
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.errors import ConfigError, ResultsNotWritten
-from onnx_nfi.store.vectors import index_dir, sync_indexes
+from onnx_nfi.store.vectors import index_dir, sync_after_commit, sync_indexes
 
 FAST = AnalyzeConfig(top_n=3, nf=False, indexes=())
 
@@ -161,3 +161,29 @@ def test_search_indexes_locked_after_the_commit_are_left_to_the_next_search(tmp_
         "the next search brings them in step") for w in summary.warnings), summary.warnings
     assert invoke("similar", "tiny_lite0:conv3:0", "--db", db).exit_code == 0
     assert sync_indexes(db)["nf"] == 0 and sync_indexes(db)["response"] > 0
+
+
+def test_commands_after_their_commit_warn_when_the_search_indexes_cannot_follow(tmp_path: Path, photo_dir: Path) -> None:
+    """remove, import, index and probe bring FAISS in step after their commit through one helper:
+    another process holding the database then is a warning (the change stands), never an error."""
+    db = tmp_path / "nfi.duckdb"
+    api.analyze(TINY, photo_dir, db=db, config=FAST)
+    holder = hold_lock(db, 60)
+    try:
+        late = sync_after_commit(db)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(late) == 1 and late[0].startswith("the search indexes are not in step yet (database"), late
+    assert sync_after_commit(db) == ()
+
+
+def test_names_and_paths_with_brackets_are_printed_as_they_are(tmp_path: Path, photo_dir: Path) -> None:
+    db = tmp_path / "[old]" / "nfi.duckdb"
+    db.parent.mkdir()
+    result = invoke("analyze", TINY, photo_dir, "--db", db, "--name", "net[v2]", "--silent", *ANALYZE_FAST)
+    assert result.exit_code == 0, result.output
+    assert "Analysed net[v2]: 9 layers" in result.stdout and f"Results: {db.resolve()} (run 0)" in result.stdout
+    result = invoke("remove", "net[v2]", "--db", db)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"Removed net[v2] (608 neurons) from {db}.")

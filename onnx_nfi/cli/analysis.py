@@ -31,6 +31,7 @@ from onnx_nfi.cli.common import (
     say,
     sigterm_as_ctrl_c,
     user_errors,
+    warn,
     wrote,
 )
 from onnx_nfi.config import HELP, AnalyzeConfig, parse_size
@@ -94,14 +95,13 @@ def analyze(
         rho=rho, input_size=input_size, input=input_name, max_pixels=max_pixels, lock_timeout=lock_timeout,
         checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
     )
-    common = {"db": db, "name": name, "config": config, "resume": resume, "checkpoint": checkpoint}
+    common = {"db": db, "name": name, "config": config, "resume": resume, "checkpoint": checkpoint,
+              "ray": ray, "image_root": image_root}
     if shard is None:
-        summarised(
-            lambda bars: api.analyze(model, images, progress=bars, ray=ray, image_root=image_root, **common), silent
-        )
+        summarised(lambda bars: api.analyze(model, images, progress=bars, **common), silent)
         return
     with sigterm_as_ctrl_c(), ProgressBars(silent) as bars:
-        s = api.analyze(model, images, progress=bars, shard=shard, ray=ray, **common)  # a ShardSummary
+        s = api.analyze(model, images, progress=bars, shard=shard, **common)  # a ShardSummary
     say(
         f"Scanned shard {s.shard} of {s.model}: {s.images_seen} images ({s.images_skipped} skipped) in "
         f"{s.seconds:.1f} s.\nState: {s.state} (combine all shards with: onnx-nfi merge STATE... --db {db})",
@@ -140,8 +140,8 @@ def summarised(analyse: Callable[[ProgressBars], AnalysisSummary], silent: bool)
 def print_summary(s: AnalysisSummary) -> None:
     """The closing summary of an analysis."""
     say(
-        f"Analysed [bold]{s.model}[/bold]: {s.layers} layers, {s.neurons} neurons ({s.dead} dead) "
-        f"over {s.images_seen} images ({s.images_skipped} skipped) on {s.provider}.",
+        f"Analysed [bold]{escape(s.model)}[/bold]: {s.layers} layers, {s.neurons} neurons ({s.dead} dead) "
+        f"over {s.images_seen} images ({s.images_skipped} skipped) on {s.provider}.", markup=True,
     )
     rate = s.images_seen / s.scan_seconds if s.scan_seconds else 0
     say(
@@ -149,17 +149,15 @@ def print_summary(s: AnalysisSummary) -> None:
         f"NF {s.nf_seconds:.1f} s, indexes {s.index_seconds:.1f} s, total {s.total_seconds:.1f} s.",
     )
     say(f"Results: {s.db} (run {s.run_id})")
-    for warning in s.warnings:
-        say(f"Warning: {warning}", markup=False)
+    warn(s.warnings)
     shown = s.skipped[:SKIPPED_SHOWN]
     if shown:
         say(f"Skipped {len(s.skipped)} file(s):")
     for path, reason in shown:
-        say(f"  {path}: {reason}", markup=False)
+        say(f"  {path}: {reason}")
     if len(s.skipped) > len(shown):
         say(
             f"  … and {len(s.skipped) - len(shown)} more (SELECT path, reason FROM skipped_images WHERE run_id = {s.run_id})",
-            markup=False,
         )
 
 
@@ -187,9 +185,10 @@ def index_cmd(
     with ProgressBars(silent) as bars:
         s = api.index(model, db, config=config, progress=bars, image_root=image_root)
     say(
-        f"Indexed {s.model}: {', '.join(s.indexes) or 'nothing'} for {s.neurons} neurons in {s.layers} layers "
+        f"Indexed {s.model}: {', '.join(s.indexes)} for {s.neurons} neurons in {s.layers} layers "
         f"({s.seconds:.1f} s).",
     )
+    warn(s.warnings)
 
 
 @app.command("layers")
@@ -252,7 +251,7 @@ def demo(
 
         def on_step(title: str) -> ProgressBars:
             stack.close()
-            say(f"[bold]{escape(title)}[/bold]")
+            say(f"[bold]{escape(title)}[/bold]", markup=True)
             return stack.enter_context(ProgressBars(silent))  # a fresh set of bars per step
 
         def on_analysis(summary: AnalysisSummary) -> None:

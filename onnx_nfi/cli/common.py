@@ -14,7 +14,7 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -61,14 +61,21 @@ ImageRoot = Annotated[Path | None, typer.Option(
 DEFAULT_INDEXES = ",".join(AnalyzeConfig.indexes)
 
 
-def say(text: str, *, markup: bool = True) -> None:
-    """A command's result on stdout, as written: rich's automatic colouring of numbers and paths off."""
+def say(text: str, *, markup: bool = False) -> None:
+    """A command's result on stdout, as written: rich's automatic colouring of numbers and paths off,
+    and brackets in paths and names kept (``markup``: the caller escaped every value in ``text``)."""
     out.print(text, highlight=False, markup=markup)
+
+
+def warn(warnings: Iterable[str]) -> None:
+    """What a command's summary says the user should know, one ``Warning:`` line each."""
+    for warning in warnings:
+        say(f"Warning: {warning}")
 
 
 def wrote(path: object, stream: Console = out) -> None:
     """The one line every picture or export command ends with."""
-    stream.print(f"Wrote {path}", highlight=False)
+    stream.print(f"Wrote {path}", highlight=False, markup=False)
 
 
 #: What a stopped command other than analyze / merge (which say more) can truly claim: each of them

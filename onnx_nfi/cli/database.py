@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -21,13 +21,12 @@ from onnx_nfi.cli.common import (
     print_table,
     render_rows,
     say,
+    sigterm_as_ctrl_c,
     user_errors,
+    warn,
     wrote,
 )
 from onnx_nfi.config import AnalyzeConfig
-
-if TYPE_CHECKING:
-    from onnx_nfi.store.compact import CompactSummary
 
 #: Output formats of ``sql`` (parquet is written by DuckDB itself, to a file).
 SQL_FORMATS = ("table", "csv", "json", "parquet")
@@ -73,8 +72,9 @@ def remove_cmd(
 
     summary = api.remove(db, model)
     say(f"Removed {summary.model} ({summary.neurons} neurons) from {db}.")
+    warn(summary.warnings)
     if compact:
-        print_compacted(api.compact(db))
+        compact_and_say(db)
     else:
         say("The file keeps its size until 'onnx-nfi compact' (or remove --compact) rewrites it.")
 
@@ -83,13 +83,16 @@ def remove_cmd(
 @user_errors
 def compact_cmd(db: Db = Path(DEFAULT_DB)) -> None:
     """Rewrite the database file without the space that removed or replaced rows left behind."""
+    compact_and_say(db)
+
+
+def compact_and_say(db: Path) -> None:
+    """Compact ``db`` and print the sizes before and after; SIGTERM stops it as Ctrl-C does, so the
+    copy it was making (as large as the database) is removed."""
     from onnx_nfi import api
 
-    print_compacted(api.compact(db))
-
-
-def print_compacted(s: CompactSummary) -> None:
-    """Sizes before and after a compaction."""
+    with sigterm_as_ctrl_c():
+        s = api.compact(db)
     say(
         f"Compacted {s.db}: {s.bytes_before / 2**20:.1f} MiB -> {s.bytes_after / 2**20:.1f} MiB "
         f"({max(s.freed, 0) / 2**20:.1f} MiB freed).",
@@ -109,6 +112,7 @@ def import_cmd(
     s = api.import_db(db, other, models or ())
     note = "" if s.responses else " (response profiles left out: the databases' probe sets differ)"
     say(f"Imported {', '.join(s.models)} ({s.neurons} neurons) from {other} into {db}{note}.")
+    warn(s.warnings)
 
 
 @app.command("probe")
@@ -134,3 +138,4 @@ def probe_cmd(
         return
     redone = f"; recomputed the response profiles of {', '.join(summary.recomputed)}" if summary.recomputed else ""
     say(f"Probe set of {db}: {summary.images} images{redone}.")
+    warn(summary.warnings)

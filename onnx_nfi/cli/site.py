@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from onnx_nfi.cli.common import DEFAULT_DB, Db, ProgressBars, Silent, app, console, say, user_errors
 
@@ -44,7 +45,7 @@ def serve_cmd(
 
     warning = serve.warning_for(host)
     if warning:
-        console.print(f"[yellow]Warning:[/yellow] {warning}", highlight=False)
+        console.print(f"[yellow]Warning:[/yellow] {escape(warning)}", highlight=False)
     app_ = serve.create_app(db)
     say(f"Serving {db} on http://{host}:{port}/ (Ctrl-C stops)")
     import uvicorn

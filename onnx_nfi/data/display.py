@@ -21,15 +21,16 @@ from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.errors import ImageError
 
 
-def decode_display(paths: Mapping[int, Path], pre: Preprocessing, workers: int | None = None) -> dict[int, np.ndarray]:
+def decode_display(paths: Mapping[int, Path], pre: Preprocessing) -> dict[int, np.ndarray]:
     """``image id -> uint8 [H, W, 3]`` display image of every path; an image that no longer decodes
     is an error (the scan read it, so it changed or vanished since)."""
     ids = sorted(paths)
     out = {}
-    for image_id, decoded in zip(ids, iter_decoded([ImageFile(paths[i], None) for i in ids], pre, workers)):
+    for image_id, decoded in zip(ids, iter_decoded([ImageFile(paths[i], None) for i in ids], pre)):
         if decoded.image is None:
             raise ImageError(
-                f"image {decoded.file.path} changed or vanished since the scan ({decoded.error}); analyse again"
+                f"image {decoded.file.path} changed or vanished since the scan ({decoded.error}); put it back "
+                "(images that moved: pass --image-root with their new folder) or analyse again"
             )
         out[image_id] = decoded.image
     return out

@@ -58,6 +58,11 @@ class LoadedModel:
         ShuffleNet reshapes to ``{1, g, c/g, h, w}``): such a model runs one image at a time."""
         return self.input.batch == 1 and _reshape_to_batch_one_before_conv(self.proto.graph)
 
+    def batch(self, requested: int) -> int:
+        """How many images a pass may feed at once: ``requested``, or 1 for a ``batch_one_inside``
+        model (every pass over it, the scan, the probe and the index passes, asks here)."""
+        return 1 if self.batch_one_inside else requested
+
     @property
     def has_class_head(self) -> bool:
         """Whether the first output is class scores: ``[N, K]`` (or ``[N, K, 1, 1]``) with K > 1, which

@@ -121,7 +121,7 @@ def chunk_responses(
 ) -> Responses:
     """The forward passes of the configured indexes for the top entries whose image is in ``chunk``
     (``images`` holds the chunk's display images)."""
-    batch_size = max(1, config.batch_size // 2)
+    batch_size = sessions.model.batch(max(1, config.batch_size // 2))
     out = Responses({item.layer.tensor: {} for item in layers})
     if "color" in config.indexes and config.color_mode == "image":
         runner = sessions.whole([item.layer.tensor for item in layers])

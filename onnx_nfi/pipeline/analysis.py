@@ -11,7 +11,7 @@ written later; once the write has begun, a signal waits for its commit (``Signal
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,12 +23,12 @@ import numpy as np
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.images import ImageSet, list_images, parse_label_option, read_class_names, relative_to_root
 from onnx_nfi.data.preprocess import Preprocessing
-from onnx_nfi.errors import ConfigError, ImageError, Interrupted, NfiError, ResultsNotWritten
+from onnx_nfi.errors import ConfigError, ImageError, Interrupted, NfiError, ResultsNotWritten, StateError
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline.caveats import caveats
-from onnx_nfi.pipeline.checkpoint import Checkpointer, Shard, read_resumable, run_header
+from onnx_nfi.pipeline.checkpoint import Checkpointer, Shard, merge_command, read_resumable, run_header
 from onnx_nfi.pipeline.features import FeatureWork, RunChunks, compute_features, local_chunks
 from onnx_nfi.pipeline.finite import check_finite
 from onnx_nfi.pipeline.models import open_model
@@ -37,7 +37,7 @@ from onnx_nfi.scan.scanner import ScanResult, renumbered, scan
 from onnx_nfi.scan.state import save_state
 from onnx_nfi.store.duckdb_store import SignalHold, check_writable, lock_wait
 from onnx_nfi.store.results import AnalysisRecord, write_analysis
-from onnx_nfi.store.vectors import ProbeSet, sync_indexes
+from onnx_nfi.store.vectors import ProbeSet, sync_after_commit
 
 T = TypeVar("T")
 
@@ -67,6 +67,14 @@ class Plan:
         """Image paths by position in the image list."""
         return [Path(f.path) for f in self.imageset.files]
 
+    def with_probe(self, sha256: Sequence[str], paths: Sequence[str | Path]) -> Plan:
+        """This plan scoring the probe images a saved scan was made with (a resume, a merge), in its
+        probe set and in the header of every state it saves, so the saved scores and list agree."""
+        return replace(
+            self, probe=ProbeSet(tuple(sha256), tuple(map(Path, paths)), False),
+            header={**self.header, "probe_sha256": list(sha256), "probe_paths": [str(p) for p in paths]},
+        )
+
 
 @dataclass(frozen=True)
 class Finished:
@@ -82,13 +90,13 @@ class Finished:
 
 def plan(
     model_path: str | Path, images: str | Path, db: str | Path | None, name: str | None, config: AnalyzeConfig,
-    shard: Shard | None = None,
+    shard: Shard | None = None, probe: ProbeSet | None = None,
 ) -> Plan:
-    """Check the model, layers, images, labels and database (``None``: a shard, which writes none)."""
+    """Check the model, layers, images, labels and database (``None``: a shard, which writes none);
+    ``probe``: the probe set already chosen for this run (a Ray worker's shard, a merge), else chosen here."""
     shard = shard or Shard()
     lm, pre = open_model(model_path, config.preprocess, config.input_size, config.input)
-    if lm.batch_one_inside:  # the exporter fixed batch 1 inside the graph: one image at a time
-        config = replace(config, batch_size=1)
+    config = replace(config, batch_size=lm.batch(config.batch_size))  # stored with the run as it ran
     infos = model_layers(lm, config.layers)
     imageset = list_images(images, config.labels, config.max_pixels)
     label_kind, label_arg = parse_label_option(config.labels)
@@ -102,8 +110,9 @@ def plan(
         check_writable(db)
     name = name or Path(model_path).stem
     # every shard scores the same probe images (chosen from the list); a database's own set is met at the write
-    probe = probes.probe_for_analysis(db, imageset.files, config.probe_size) if shard.count == 1 and db else \
-        probes.choose_probe(imageset.files, config.probe_size)
+    if probe is None:
+        probe = probes.probe_for_analysis(db, imageset.files, config.probe_size) if shard.count == 1 and db else \
+            probes.choose_probe(imageset.files, config.probe_size)
     header = run_header(name, lm, pre, config, imageset, shard, probe)
     return Plan(name, lm, pre, infos, imageset, class_names, config, shard, probe, header)
 
@@ -118,8 +127,7 @@ def scan_part(
     partial = None
     if resume:
         partial, saved = read_resumable(state, p.header, p.layers, p.paths)
-        p = replace(p, probe=ProbeSet(tuple(saved["probe_sha256"]), tuple(map(Path, saved["probe_paths"])), False),
-                    header={**p.header, "probe_sha256": saved["probe_sha256"], "probe_paths": saved["probe_paths"]})
+        p = p.with_probe(saved["probe_sha256"], saved["probe_paths"])
         if saved["complete"]:
             return partial, p
         start = saved["next_position"]
@@ -199,13 +207,9 @@ def write(
             )
             if remove_state:
                 state.unlink(missing_ok=True)
-            try:  # after the commit: FAISS follows DuckDB (a cache: the next search repairs it if this fails)
-                with lock_wait(p.config.lock_timeout, phase(progress, "lock")):
-                    sync_indexes(db)
-                in_step = True
-            except NfiError as exc:
-                done = replace(done, warnings=(*done.warnings, f"the search indexes are not in step yet ({exc}); the "
-                                               "next search brings them in step"))
+            late = sync_after_commit(db, p.config.lock_timeout, phase(progress, "lock"))  # FAISS follows DuckDB
+            in_step = not late
+            done = replace(done, warnings=(*done.warnings, *late))
             summary = summarise(done)
         hold.deliver()
     except KeyboardInterrupt as exc:
@@ -213,6 +217,11 @@ def write(
             raise
         raise Interrupted.written(exc, p.name, Path(db).resolve(), done.run_id, in_step) from None
     return summary
+
+
+def save_finished(p: Plan, scanned: ScanResult, state: Path) -> None:
+    """Save a finished scan of the whole list to ``state`` (for ``merge``, or ``--resume``)."""
+    save_state(state, {**p.header, "next_position": len(p.imageset.files), "complete": True}, scanned)
 
 
 @contextmanager
@@ -227,8 +236,12 @@ def _kept_on_failure(
         yield
     except (NfiError, duckdb.Error, OSError, KeyboardInterrupt) as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc).strip().splitlines()[0]
-        save_state(state, {**p.header, "next_position": len(p.imageset.files), "complete": True}, scanned)
-        command = f"onnx-nfi merge {state} --db {db}" + (f" --image-root {image_root}" if image_root else "")
+        try:
+            save_finished(p, scanned, state)
+        except StateError as saving:  # e.g. the disk that refused the commit refuses the state too
+            raise StateError(f"the analysis of {p.name} finished but could not be written to {db} ({reason}), "
+                             f"and {saving}") from None
+        command = merge_command(state, db, image_root)
         message = (
             f"the analysis of {p.name} finished but could not be written to {db} ({reason}); it is saved in "
             f"{state}: write it with '{command}'"

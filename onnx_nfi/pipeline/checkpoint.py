@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +47,16 @@ class Shard:
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
+
+
+def check_state_path(path: Path) -> None:
+    """Refuse, before any work, a state file the run could not save (its first checkpoint would
+    fail only after minutes of scanning)."""
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise ConfigError(f"the folder of the scan state {path} does not exist; create it or pass --checkpoint FILE")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"cannot write the scan state {path} (permission denied); pass --checkpoint FILE in a writable folder")
 
 
 def parse_shard(text: str) -> Shard:
@@ -137,23 +148,31 @@ class Checkpointer:
         self._saved_at = time.monotonic()
 
 
+def merge_command(state: Path, db: str | Path, image_root: str | Path | None) -> str:
+    """The command that writes a finished scan saved in ``state`` to ``db``."""
+    return f"onnx-nfi merge {state} --db {db}" + (f" --image-root {image_root}" if image_root else "")
+
+
 def interruption(
-    exc: KeyboardInterrupt, header: dict[str, Any], state: Path, db: str | Path | None, *, resumable: bool = True
+    exc: KeyboardInterrupt, header: dict[str, Any], state: Path, db: str | Path | None, *,
+    merge_hint: str | None = None,
 ) -> Interrupted:
     """A Ctrl-C or SIGTERM that stopped a run before its results were written, told from what the
     state file at ``state`` holds (a state ``--resume`` accepts: this run's), not from where the
     signal landed, so the message is true at any point; one that already says what happened is
-    kept. ``db`` None: a shard, which writes no database; ``resumable`` False: a run that cannot be
-    resumed (on Ray)."""
+    kept. ``db`` None: a shard, which writes no database; ``merge_hint``: a run that cannot be
+    resumed (on Ray) but whose finished scan that command writes."""
     if isinstance(exc, Interrupted) and str(exc):
         return exc
     nothing = f"Interrupted; nothing was written to {db}" if db is not None else "Interrupted"
     try:
-        saved = read_header(state) if resumable and state.is_file() else None
+        saved = read_header(state) if state.is_file() else None
     except StateError:
         saved = None
-    if saved is None or differences(saved, header):
+    if saved is None or differences(saved, header) or (merge_hint and not saved.get("complete")):
         return Interrupted.of(exc, "Interrupted; nothing was written." if db is None else f"{nothing}.")
+    if merge_hint:
+        return Interrupted.of(exc, f"{nothing}; the finished scan is saved in {state}: write it with '{merge_hint}'.")
     what = "the finished scan" if saved.get("complete") else "the scan so far"
     return Interrupted.of(
         exc, f"{nothing}; {what} is saved in {state}: run the same command with --resume to continue."

@@ -1,6 +1,6 @@
 """An analysis spread over a Ray cluster (the ``ray`` extra): the scan as shard tasks merged by a tree
-of merge tasks, then the NF and index passes as tasks over chunks of top images, combined on the
-driver; the driver alone writes DuckDB and FAISS.
+of merge tasks, then the NF and index passes as tasks over chunks of top images, combined in chunk
+order by an actor beside the driver; the driver alone writes DuckDB and FAISS.
 
 One task per GPU where the cluster has GPUs (``num_gpus=1``), else one per CPU. A task whose
 worker dies is retried by Ray (``max_retries``) and runs its shard or chunk again from the start;
@@ -30,6 +30,7 @@ from onnx_nfi.pipeline.checkpoint import Shard, merge_results
 from onnx_nfi.pipeline.features import ChunkOutput, FeatureWork, Fold, chunk_worker
 from onnx_nfi.progress import Progress
 from onnx_nfi.scan.scanner import ScanResult, scan
+from onnx_nfi.store.vectors import ProbeSet
 
 #: A killed worker's shard or chunk is run again up to this many times.
 MAX_RETRIES = 3
@@ -112,15 +113,16 @@ def _tally(ray: Any) -> Any:
 
 def _scan_shard(
     model_path: str, image_root: str, name: str, config: AnalyzeConfig, shard: Shard, image_list: str,
-    probe_sha256: tuple[str, ...], tally: Any, threads: int,
+    probe: ProbeSet, tally: Any, threads: int,
 ) -> ScanResult:
-    """One shard on a worker: re-plan from the paths (every node sees them), check the list, scan."""
+    """One shard on a worker: re-plan from the paths (every node sees them) with the driver's probe
+    set, check the list, scan."""
     import socket
 
     os.environ["ONNX_NFI_THREADS"] = str(threads)
     node = socket.gethostname()
     try:
-        p = plan(model_path, image_root, None, name, config, shard)
+        p = plan(model_path, image_root, None, name, config, shard, probe)
     except NfiError as exc:
         raise ImageError(f"worker on {node} cannot use the model or images at the driver's paths ({exc}); "
                          "images must be on a filesystem every Ray node sees at the same path") from None
@@ -137,7 +139,7 @@ def _scan_shard(
         p.lm, list(p.layers.values()), p.pre, p.imageset.files[start:end], top_n=config.top_n,
         batch_size=config.batch_size, provider=config.provider,
         predict_labels=p.imageset.label_source == "predicted", class_names=p.class_names,
-        probe_sha256=probe_sha256, progress=progress, first_position=start, renumber=False,
+        probe_sha256=probe.sha256, progress=progress, first_position=start, renumber=False,
     )
 
 
@@ -156,7 +158,7 @@ def distributed_scan(p: Plan, address: str, progress: Progress | None = None) ->
     refs = [
         scan_task.remote(
             str(Path(p.lm.path).resolve()), str(p.imageset.root), p.name, p.config, Shard(i, count),
-            p.header["image_list"], p.probe.sha256, tally, layout.threads,
+            p.header["image_list"], p.probe, tally, layout.threads,
         )
         for i in range(1, count + 1)
     ]

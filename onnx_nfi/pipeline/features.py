@@ -183,20 +183,22 @@ class Features:
 
 def compute_features(work: FeatureWork, progress: Progress | None, run_chunks: RunChunks = local_chunks) -> Features:
     """The NFs (when ``config.nf``) and the configured indexes of ``work``, chunk by chunk through
-    ``run_chunks``, combined here in chunk order."""
+    ``run_chunks``, each pass combined in chunk order."""
     config, chunks = work.config, work.chunks()
     started = time.perf_counter()
     nfs: dict[str, np.ndarray] = {}
-    if config.nf:
-        plans = work.nf_plans()
-        totals = run_chunks(work, "nf", chunks, progress)
-        totals = zero_sums(plans) if totals is None else totals
-        nfs = {info.layer.tensor: nf for info, (nf, _) in zip(work.infos, finish_features(plans, totals))}
-        del totals
-    t_index = time.perf_counter()
-    result = None
-    if config.indexes:
-        responses = run_chunks(work, "index", chunks, progress) if image_passes(config) else None
-        result = indexes_from(work.index_layers(), responses or Responses(), work.labels, config)
-    release_worker(work)
+    try:
+        if config.nf:
+            plans = work.nf_plans()
+            totals = run_chunks(work, "nf", chunks, progress)
+            totals = zero_sums(plans) if totals is None else totals
+            nfs = {info.layer.tensor: nf for info, (nf, _) in zip(work.infos, finish_features(plans, totals))}
+            del totals
+        t_index = time.perf_counter()
+        result = None
+        if config.indexes:
+            responses = run_chunks(work, "index", chunks, progress) if image_passes(config) else None
+            result = indexes_from(work.index_layers(), responses or Responses(), work.labels, config)
+    finally:  # the sessions and top-N it holds go with the work, also when a pass fails
+        release_worker(work)
     return Features(nfs, result, t_index - started, time.perf_counter() - t_index)

@@ -28,7 +28,7 @@ from onnx_nfi.pipeline.models import reopen_model
 from onnx_nfi.progress import Progress, phase
 from onnx_nfi.scan.scanner import ScanResult, scan
 from onnx_nfi.store.duckdb_store import Store
-from onnx_nfi.store.vectors import ProbeSet, ids_by_layer, insert_vectors, read_probe, save_probe, sync_indexes
+from onnx_nfi.store.vectors import ProbeSet, ids_by_layer, insert_vectors, read_probe, save_probe, sync_after_commit
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class ProbeSummary:
     images: int
     changed: bool
     recomputed: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
 
 def _sha256(path: Path) -> str | None:
@@ -200,8 +201,7 @@ def set_probe(
             ids = ids_by_layer(store, m)
             for tensor, scores in per_layer.items():
                 insert_vectors(store, "response", ids[tensor], similarity.response_vectors(scores))
-    sync_indexes(db)
-    return ProbeSummary(len(probe), changed=True, recomputed=tuple(vectors))
+    return ProbeSummary(len(probe), changed=True, recomputed=tuple(vectors), warnings=sync_after_commit(db))
 
 
 def _rescore(

@@ -96,7 +96,6 @@ def create_app(db: str | Path) -> Starlette:
 
     database = _Database(Path(db))
     common = {"live": True, "db_name": Path(db).name}
-    picture_folder = Path(tempfile.mkdtemp(prefix="onnx-nfi-serve-"))
 
     def page(html: str) -> Response:
         return HTMLResponse(html)
@@ -121,7 +120,8 @@ def create_app(db: str | Path) -> Starlette:
 
         with database.store() as store:
             models = store.models()
-        png = build.summary_png_bytes(database.path, models, picture_folder)
+        with tempfile.TemporaryDirectory(prefix="onnx-nfi-serve-") as folder:  # drawn per request, then gone
+            png = build.summary_png_bytes(database.path, models, Path(folder))
         if png is None:
             raise NotFoundError("no selectivity index has been computed yet")
         return Raw(png, media_type="image/png")

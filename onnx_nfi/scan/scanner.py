@@ -98,6 +98,7 @@ def scan(
     turns the positions into ids among readable images at the end (shards keep positions until
     they are merged). On Ctrl-C the checkpoint gets the state of the last finished batch.
     """
+    batch_size = model.batch(batch_size)
     if predict_labels and model.input.batch == 1:
         batch_size = 1  # the exporter fixed batch 1 in the head (e.g. Reshape([1, -1])), which predictions need
     proto, outputs = instrument(model, list(layers), keep_model_outputs=predict_labels)

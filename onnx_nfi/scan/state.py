@@ -25,7 +25,7 @@ from onnx_nfi.scan.scanner import LayerStats, ScannedImage, ScanResult
 from onnx_nfi.scan.topn import Moments, TopN
 
 #: Version of the file layout; a state of another version is refused, not misread.
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: TopN keeps the pre-activation keys
 
 T = TypeVar("T", TopN, Moments)
 
@@ -65,16 +65,24 @@ def save_state(path: str | Path, header: dict[str, Any], result: ScanResult) -> 
         if tensor in result.probe_scores:
             arrays[f"L{k}.probe"] = result.probe_scores[tensor]
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a power cut
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StateError(f"cannot save the scan state to {path} ({exc.strerror or exc}); free disk space or "
+                         "pass --checkpoint FILE in a writable folder") from None
+    except BaseException:  # a signal mid-write: the previous state stays, the torn copy goes
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_header(path: str | Path) -> dict[str, Any]:

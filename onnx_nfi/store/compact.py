@@ -9,6 +9,7 @@ which the copy keeps, so it stays valid.
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import duckdb
 
 from onnx_nfi.errors import StoreError
+from onnx_nfi.files import pid_alive
 from onnx_nfi.store.duckdb_store import Store, quoted_path
 
 
@@ -37,6 +39,7 @@ def compact(db: str | Path) -> CompactSummary:
     db = Path(db)
     if not db.is_file():
         raise StoreError(f"database {db} does not exist; pass the --db file to compact")
+    _sweep_stale(db)
     fresh = db.with_name(f"{db.name}.{os.getpid()}.compact")
     before = db.stat().st_size + _wal_size(db)
     try:
@@ -58,6 +61,15 @@ def compact(db: str | Path) -> CompactSummary:
         fresh.unlink(missing_ok=True)
         Path(f"{fresh}.wal").unlink(missing_ok=True)
     return CompactSummary(db, before, db.stat().st_size + _wal_size(db))
+
+
+def _sweep_stale(db: Path) -> None:
+    """Delete the copies (``DB.PID.compact`` and its ``.wal``) of compactions whose process is gone
+    (killed before it could clean up): each is as large as the database."""
+    for stale in db.parent.glob(f"{glob.escape(db.name)}.*.compact*"):
+        pid = stale.name[len(db.name) + 1 :].split(".")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
 
 
 def _wal_size(db: Path) -> int:

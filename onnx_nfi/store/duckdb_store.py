@@ -94,7 +94,8 @@ class SignalHold:
         handler = self._previous.get(signum) if signum is not None else None
         if callable(handler):
             handler(signum, None)
-        elif handler == signal.SIG_DFL:
+        elif handler == signal.SIG_DFL:  # put the default back first: while held, ours would just record it
+            signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
 
 

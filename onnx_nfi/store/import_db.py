@@ -18,7 +18,7 @@ from onnx_nfi.errors import StoreError
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.nf_storage import FLOAT_TO_STORED
 from onnx_nfi.store.schema import response_vectors_sql
-from onnx_nfi.store.vectors import read_probe, save_probe, sync_indexes
+from onnx_nfi.store.vectors import read_probe, save_probe, sync_after_commit
 
 #: Tables copied as they are, by model.
 _PLAIN = ("images", "layers", "top_activations", "class_frequencies")
@@ -33,6 +33,7 @@ class ImportSummary:
     models: tuple[str, ...]
     neurons: int
     responses: bool  # whether response profiles came along (same probe set)
+    warnings: tuple[str, ...] = ()
 
 
 def import_models(db: str | Path, other: str | Path, models: Sequence[str] = ()) -> ImportSummary:
@@ -64,8 +65,7 @@ def import_models(db: str | Path, other: str | Path, models: Sequence[str] = ())
                 neurons = sum(_copy_model(store, m, responses) for m in names)
         finally:
             store.con.execute("DETACH src")
-    sync_indexes(db)
-    return ImportSummary(tuple(names), neurons, responses)
+    return ImportSummary(tuple(names), neurons, responses, sync_after_commit(db))
 
 
 def _copy_model(store: Store, model: str, responses: bool) -> int:

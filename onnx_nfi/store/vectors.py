@@ -10,17 +10,18 @@ now, so a replaced or removed neuron (ids are never reused) is never served.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from onnx_nfi.errors import StoreError
+from onnx_nfi.errors import NfiError, StoreError
 from onnx_nfi.files import atomic_write, sweep_orphans
 from onnx_nfi.names import INDEX_COLUMNS, VECTOR_TABLES
 from onnx_nfi.neurons import similarity
-from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store
+from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store, lock_wait
 from onnx_nfi.store.schema import response_vectors_sql
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class RemoveSummary:
 
     model: str
     neurons: int
+    warnings: tuple[str, ...] = ()
 
 
 def insert_vectors(store: Store, kind: str, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -216,6 +218,19 @@ def sync_indexes(db: str | Path = DEFAULT_DB) -> dict[str, int]:
         return {kind: len(index) if (index := in_step(store, Path(db), kind)) is not None else 0 for kind in VECTOR_TABLES}
 
 
+def sync_after_commit(
+    db: str | Path, lock_timeout: float = 0.0, on_wait: Callable[[int, int], None] | None = None
+) -> tuple[str, ...]:
+    """``sync_indexes`` once a change is committed, waiting up to ``lock_timeout`` s for another
+    process's lock. Its failure is a warning (returned), not an error: the change stands, and the
+    next search brings the indexes in step, so a command must not report it as failed."""
+    try:
+        with lock_wait(lock_timeout, on_wait):
+            sync_indexes(db)
+    except NfiError as exc:
+        return (f"the search indexes are not in step yet ({exc}); the next search brings them in step",)
+    return ()
+
 
 def remove(db: str | Path, model: str) -> RemoveSummary:
     """Delete every row of ``model`` (neurons, vectors, matches, runs, …) in one transaction, then
@@ -233,8 +248,7 @@ def remove(db: str | Path, model: str) -> RemoveSummary:
             store.con.execute("DELETE FROM skipped_images WHERE run_id IN (SELECT run_id FROM runs WHERE model = ?)", [model])
             store.con.execute("DELETE FROM runs WHERE model = ?", [model])
             store.delete_model(model)
-    sync_indexes(db)
-    return RemoveSummary(model, neurons)
+    return RemoveSummary(model, neurons, sync_after_commit(db))
 
 
 def save_probe(store: Store, probe: ProbeSet) -> None:
