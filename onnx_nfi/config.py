@@ -55,6 +55,7 @@ class AnalyzeConfig:
         _at_least("top_n", self.top_n, 1)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("nf_max_size", self.nf_max_size, 0)
+        _at_least("seed", self.seed, 0)
         _at_least("probe_size", self.probe_size, 1)
         _at_least("checkpoint_every", self.checkpoint_every, 1)
         if not self.checkpoint_seconds > 0:

@@ -7,7 +7,7 @@ imports nothing heavy: the CLI reads it to build ``--help``.
 
 from __future__ import annotations
 
-from onnx_nfi.errors import SearchError
+from onnx_nfi.errors import ConfigError, SearchError
 
 #: Index names understood by ``--indexes`` (``all`` means every one), in canonical order.
 INDEX_NAMES = ("color", "class", "orientation", "symmetry", "shape")
@@ -27,9 +27,23 @@ def parse_neuron(text: str) -> tuple[str, str, int]:
     pages and the API. LAYER is an alias (``conv3``) or a tensor name, which may itself contain ':'."""
     parts = text.split(":")
     unit = parts[-1].strip()
-    if len(parts) < 3 or not parts[0] or not ":".join(parts[1:-1]) or not unit.isdigit():
+    if len(parts) < 3 or not parts[0] or not ":".join(parts[1:-1]) or not (unit.isascii() and unit.isdigit()):
         raise SearchError(f"bad neuron {text!r}; write MODEL:LAYER:UNIT, e.g. lite0:conv3:12 (LAYER: alias or tensor name)")
     return parts[0], ":".join(parts[1:-1]), int(unit)
+
+#: Names at the root of the neuron browser (static site and ``serve``) that a model's folder would hide.
+SITE_NAMES = ("static", "search", "sql", "index.html", "manifest.json", "selectivity.png")
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a model name that neurons or the browser could not address: ``MODEL:LAYER:UNIT``
+    splits at ':', and a model's pages live in a folder named after it at the browser's root."""
+    if not name.strip() or ":" in name:
+        raise ConfigError(f"model name {name!r} cannot be empty or contain ':' (neurons are named MODEL:LAYER:UNIT); "
+                          "choose another with --name")
+    if name in SITE_NAMES:
+        raise ConfigError(f"model name {name!r} is taken by the neuron browser's own pages; choose another with --name")
+
 
 #: The database file commands use unless given ``--db``.
 DEFAULT_DB = "nfi.duckdb"

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -102,7 +103,8 @@ def test_ctrl_c_saves_then_resume_equals_uninterrupted(images: Path, reference: 
         api.analyze(TINY, images, db=db, config=CONFIG, progress=interrupt)
     state = api.state_path(db, MODEL)
     assert state.is_file() and not db.exists()
-    api.analyze(TINY, images, db=db, config=CONFIG, resume=True)
+    # how often it saves and how long it waits for a lock may change on resume: not what it computes
+    api.analyze(TINY, images, db=db, config=replace(CONFIG, checkpoint_every=20, lock_timeout=5), resume=True)
     assert_same_analysis(db, reference, MODEL)
 
 
@@ -200,8 +202,8 @@ def test_locked_database_at_write_keeps_the_analysis_and_names_the_command(
             assert lockers[0].stdout.readline().strip() == "locked"
 
     try:
-        with pytest.raises(ResultsNotWritten) as caught:
-            api.analyze(TINY, images, db=db, config=CONFIG, progress=lock_during_indexes)
+        with pytest.raises(ResultsNotWritten) as caught:  # the lock outlasts a short wait
+            api.analyze(TINY, images, db=db, config=replace(CONFIG, lock_timeout=1), progress=lock_during_indexes)
     finally:
         for locker in lockers:
             locker.kill()
@@ -242,7 +244,8 @@ def test_a_merge_whose_write_fails_keeps_the_shards_probe_scores_with_their_prob
     """The database already has a probe set (10 photos) unlike the shards' own (every image): the
     state a failed merge saves lists the probe images its scores belong to, so writing it later gives
     the response profiles an unhindered merge gives."""
-    shards = [api.analyze(TINY, images, db=tmp_path / "s.duckdb", config=CONFIG, shard=f"{i}/2").state for i in (1, 2)]
+    config = replace(CONFIG, lock_timeout=1)  # the merge's write waits 1 s for the lock below, then saves the state
+    shards = [api.analyze(TINY, images, db=tmp_path / "s.duckdb", config=config, shard=f"{i}/2").state for i in (1, 2)]
     shard_probe = read_header(shards[0])["probe_sha256"]
     seeded = tmp_path / "seeded.duckdb"
     assert invoke("probe", photo_dir, "--db", seeded, "--size", 10, "--silent").exit_code == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import cv2
 from cli_helpers import invoke, query, scalar
 from conftest import TINY
 
@@ -33,6 +34,15 @@ def test_moved_database_and_images_draw_a_card_with_the_new_image_root(photo_dir
     card = invoke("card", "tiny_lite0:conv3:1", "-o", tmp_path / "card.png", "--db", moved, "--image-root", new / "images")
     assert card.exit_code == 0, card.output
     assert (tmp_path / "card.png").stat().st_size > 1000
+    site = tmp_path / "site"
+    lost = invoke("report", "--db", moved, "-o", site, "--silent")
+    assert lost.exit_code == 2 and "pass --image-root DIR, the folder that holds them now" in lost.output
+    report = invoke("report", "--db", moved, "-o", site, "--image-root", new / "images", "--silent")
+    assert report.exit_code == 0, report.output
+    shown = scalar(moved, "SELECT count(DISTINCT image_id) FROM top_activations WHERE rank <= 16")
+    jpegs = list((site / "tiny_lite0" / "images").glob("*.jpg"))
+    assert len(jpegs) == shown > 10
+    assert all(cv2.imread(str(j)).shape == (64, 64, 3) for j in jpegs)  # tiny_lite0 sees 64x64 images
     outside = invoke("analyze", TINY, new / "images", "--db", tmp_path / "x.duckdb", "--image-root", tmp_path / "elsewhere", *OPTIONS)
     assert outside.exit_code == 2 and "is not under --image-root" in outside.output
     assert not (tmp_path / "x.duckdb").exists()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import shutil
 import socket
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urljoin, urlparse
 
 import pytest
 from cli_helpers import invoke, query
@@ -154,6 +156,11 @@ def test_rebuild_writes_only_the_new_model(report: Path, site_db: Path, photo_di
     assert "1 model(s) written, 2 up to date" in result.output
     assert (site / "tiny" / "index.html").stat().st_mtime_ns == before
     assert (site / "tiny_c" / "index.html").exists()
+    # indexes recomputed in place (same analysis run, same neurons): that model's pages are rewritten
+    assert invoke("index", "tiny", "--db", db, "--indexes", "color", "--provider", "cpu", "--silent").exit_code == 0
+    result = invoke("report", "--db", db, "-o", site, "--silent")
+    assert "1 model(s) written, 2 up to date" in result.output
+    assert (site / "tiny" / "index.html").stat().st_mtime_ns > before
 
 
 def test_report_refuses_a_foreign_folder(site_db: Path, tmp_path: Path) -> None:
@@ -236,6 +243,16 @@ def test_serve_refuses_path_traversal(server: str) -> None:
         assert status == 404, path
         assert b"root:" not in body
     assert raw_get(server, "/static/style.css")[0] == 200
+
+
+def test_serve_error_pages_below_the_root_link_back_to_it(server: str) -> None:
+    for path in ("/nope/", "/tiny/conv1/9999/", "/tiny/images/123456.jpg"):
+        status, body = raw_get(server, path)
+        assert status == 404, path
+        hrefs = re.findall(r'href="([^"]+)"', body.decode())
+        resolved = {urljoin(server.rstrip("/") + path, h) for h in hrefs if h.endswith(("style.css", "index.html"))}
+        assert resolved == {server + "static/style.css", server + "index.html"}, (path, hrefs)
+        assert raw_get(server, urlparse(server + "static/style.css").path)[0] == 200
 
 
 def test_serve_warns_on_other_hosts() -> None:

@@ -18,6 +18,7 @@ from test_errors import ANALYZE_FAST, assert_clean_error
 from onnx_nfi import api
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.errors import ConfigError, ResultsNotWritten
+from onnx_nfi.store.duckdb_store import signals_wait
 from onnx_nfi.store.vectors import index_dir, sync_after_commit, sync_indexes
 
 FAST = AnalyzeConfig(top_n=3, nf=False, indexes=())
@@ -129,6 +130,7 @@ def test_parquet_export_to_a_path_with_a_quote(tmp_path: Path) -> None:
     ("max_pixels", 0, "--max-pixels must be an integer >= 1"),
     ("lock_timeout", -1, "--lock-timeout must be a number of seconds >= 0"),
     ("input_size", "0,5", "--input-size must be two positive sizes"),
+    ("seed", -1, "--seed must be an integer >= 0"),
 ])
 def test_bad_config_raises_before_any_work(option: str, value: object, hint: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=hint):
@@ -187,3 +189,27 @@ def test_names_and_paths_with_brackets_are_printed_as_they_are(tmp_path: Path, p
     result = invoke("remove", "net[v2]", "--db", db)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"Removed net[v2] (608 neurons) from {db}.")
+
+
+@pytest.mark.parametrize(("name", "hint"), [
+    ("net:v2", "cannot be empty or contain ':' (neurons are named MODEL:LAYER:UNIT)"),
+    ("static", "is taken by the neuron browser's own pages"),
+    ("search", "is taken by the neuron browser's own pages"),
+])
+def test_model_names_the_neurons_or_the_browser_cannot_address_are_refused(
+    name: str, hint: str, tmp_path: Path, photo_dir: Path
+) -> None:
+    db = tmp_path / "nfi.duckdb"
+    assert_clean_error(invoke("analyze", TINY, photo_dir, "--db", db, "--name", name, *ANALYZE_FAST), hint)
+    assert not db.exists()
+
+
+def test_a_signal_inside_signals_wait_acts_after_the_block() -> None:
+    """What the scan state saves run inside: a Ctrl-C there (it tore the zip being written) is
+    acted on once the block is done."""
+    finished: list[bool] = []
+    with pytest.raises(KeyboardInterrupt), signals_wait():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the signal has arrived by now and was held
+        finished.append(True)
+    assert finished == [True]

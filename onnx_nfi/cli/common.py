@@ -56,7 +56,7 @@ ImageInput = Annotated[str | None, typer.Option("--input", help=HELP["input"])]
 Png = Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")]
 ModelName = Annotated[str, typer.Argument(help="Model name in the database.")]
 ImageRoot = Annotated[Path | None, typer.Option(
-    "--image-root", help="Folder the images are under: analyze stores paths relative to it; card, index find them there.")]
+    "--image-root", help="Folder the images are under: analyze stores paths relative to it; card, index, report, serve find them there.")]
 
 DEFAULT_INDEXES = ",".join(AnalyzeConfig.indexes)
 

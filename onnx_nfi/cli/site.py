@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from onnx_nfi.cli.common import DEFAULT_DB, Db, ProgressBars, Silent, app, console, say, user_errors
+from onnx_nfi.cli.common import DEFAULT_DB, Db, ImageRoot, ProgressBars, Silent, app, console, say, user_errors
 
 
 @app.command("report")
@@ -20,13 +20,14 @@ def report_cmd(
     db: Db = Path(DEFAULT_DB),
     models: list[str] = typer.Option(None, "--models", help="Models to (re)build (default: all)."),
     force: bool = typer.Option(False, "--force", help="Rewrite every model's pages, even those up to date."),
+    image_root: ImageRoot = None,
     silent: Silent = False,
 ) -> None:
     """Write the neuron browser as a static site: open OUTPUT/index.html in a browser, no server needed."""
     from onnx_nfi.report.site.build import build_report
 
     with ProgressBars(silent) as bars:
-        s = build_report(output, db, models or None, force=force, progress=bars)
+        s = build_report(output, db, models or None, force=force, progress=bars, image_root=image_root)
     say(
         f"Report: {len(s.written)} model(s) written, {len(s.kept)} up to date; {s.files} files, "
         f"{s.bytes / 2**20:.1f} MiB in {s.seconds:.1f} s.\nOpen: file://{(s.output / 'index.html').resolve()}",
@@ -39,6 +40,7 @@ def serve_cmd(
     db: Db = Path(DEFAULT_DB),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (another than 127.0.0.1 only when needed)."),
+    image_root: ImageRoot = None,
 ) -> None:
     """Serve the neuron browser from the live database, with similar-neuron search and read-only SQL."""
     from onnx_nfi.report import serve
@@ -46,7 +48,7 @@ def serve_cmd(
     warning = serve.warning_for(host)
     if warning:
         console.print(f"[yellow]Warning:[/yellow] {escape(warning)}", highlight=False)
-    app_ = serve.create_app(db)
+    app_ = serve.create_app(db, image_root)
     say(f"Serving {db} on http://{host}:{port}/ (Ctrl-C stops)")
     import uvicorn
 

@@ -158,10 +158,11 @@ def _rises(node: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
 
 
 def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
-    """The value of an initializer or ``Constant`` node output, None when the tensor is computed."""
+    """The value of an initializer or ``Constant`` node output, None when the tensor is computed or
+    stored as external data (the loaded graph keeps external weights out of memory)."""
     for init in graph.initializer:
         if init.name == name:
-            return numpy_helper.to_array(init)
+            return None if init.data_location == onnx.TensorProto.EXTERNAL else numpy_helper.to_array(init)
     for node in graph.node:
         if node.op_type == "Constant" and node.output[0] == name and node.attribute:
             value = onnx.helper.get_attribute_value(node.attribute[0])

@@ -7,6 +7,7 @@ discovery and receptive fields can read shapes without running the model.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -52,7 +53,7 @@ class LoadedModel:
     #: Facts about the model the user should hear (a dynamic size filled in, convs left out, batch 1).
     notices: tuple[str, ...] = ()
 
-    @property
+    @functools.cached_property  # a walk over the graph and its constants: once per loaded model
     def batch_one_inside(self) -> bool:
         """True when the export fixed batch 1 and a ``Reshape`` feeding a conv hard-codes it (Caffe2's
         ShuffleNet reshapes to ``{1, g, c/g, h, w}``): such a model runs one image at a time."""

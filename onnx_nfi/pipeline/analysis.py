@@ -26,6 +26,7 @@ from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.errors import ConfigError, ImageError, Interrupted, NfiError, ResultsNotWritten, StateError
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
+from onnx_nfi.names import check_model_name
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline.caveats import caveats
 from onnx_nfi.pipeline.checkpoint import Checkpointer, Shard, merge_command, read_resumable, run_header
@@ -35,7 +36,7 @@ from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.progress import Progress, phase
 from onnx_nfi.scan.scanner import ScanResult, renumbered, scan
 from onnx_nfi.scan.state import save_state
-from onnx_nfi.store.duckdb_store import SignalHold, check_writable, lock_wait
+from onnx_nfi.store.duckdb_store import SignalHold, check_writable, lock_wait, signals_wait
 from onnx_nfi.store.results import AnalysisRecord, write_analysis
 from onnx_nfi.store.vectors import ProbeSet, sync_after_commit
 
@@ -109,6 +110,7 @@ def plan(
     if db is not None:
         check_writable(db)
     name = name or Path(model_path).stem
+    check_model_name(name)
     # every shard scores the same probe images (chosen from the list); a database's own set is met at the write
     if probe is None:
         probe = probes.probe_for_analysis(db, imageset.files, config.probe_size) if shard.count == 1 and db else \
@@ -220,8 +222,10 @@ def write(
 
 
 def save_finished(p: Plan, scanned: ScanResult, state: Path) -> None:
-    """Save a finished scan of the whole list to ``state`` (for ``merge``, or ``--resume``)."""
-    save_state(state, {**p.header, "next_position": len(p.imageset.files), "complete": True}, scanned)
+    """Save a finished scan of the whole list to ``state`` (for ``merge``, or ``--resume``); a signal
+    waits for the file to be whole."""
+    with signals_wait():
+        save_state(state, {**p.header, "next_position": len(p.imageset.files), "complete": True}, scanned)
 
 
 @contextmanager

@@ -28,10 +28,12 @@ from onnx_nfi.graph.layers import Layer
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.scan.scanner import LayerStats, ScanResult
 from onnx_nfi.scan.state import load_state, read_header, save_state
+from onnx_nfi.store.duckdb_store import signals_wait
 from onnx_nfi.store.vectors import ProbeSet
 
-#: Options that change how often a run saves, not what it computes: a resume may change them.
-SCHEDULE_OPTIONS = ("checkpoint_every", "checkpoint_seconds")
+#: Options that change how often a run saves or how long it waits for a lock, not what it
+#: computes: a resume or a merge may change them.
+SCHEDULE_OPTIONS = ("checkpoint_every", "checkpoint_seconds", "lock_timeout")
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,8 @@ class Checkpointer:
         return images - self._saved_at_images >= self.every or time.monotonic() - self._saved_at >= self.seconds
 
     def save(self, partial: ScanResult, next_position: int, *, complete: bool = False) -> None:
-        save_state(self.path, {**self.header, "next_position": next_position, "complete": complete}, partial)
+        with signals_wait():  # a Ctrl-C mid-save would tear the zip being written: it waits (under a second)
+            save_state(self.path, {**self.header, "next_position": next_position, "complete": complete}, partial)
         self._saved_at_images = self._images
         self._saved_at = time.monotonic()
 

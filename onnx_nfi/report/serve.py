@@ -86,7 +86,7 @@ class _Database:
             return []
 
 
-def create_app(db: str | Path) -> Starlette:
+def create_app(db: str | Path, image_root: str | Path | None = None) -> Starlette:
     """The web application serving ``db``."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
@@ -137,7 +137,7 @@ def create_app(db: str | Path) -> Starlette:
 
         with database.store() as store:
             model = model_of(store, request.path_params["model"])
-            found = list(build.display_jpegs(store, model, pages.CROPS, [request.path_params["image"]]))
+            found = list(build.display_jpegs(store, model, pages.CROPS, [request.path_params["image"]], image_root))
         if not found:
             raise NotFoundError("no such image among the top images")
         return Raw(found[0][1], media_type="image/jpeg")
@@ -230,7 +230,8 @@ def create_app(db: str | Path) -> Starlette:
     async def not_found(request: Request, exc: Exception) -> Response:
         message = str(exc) if isinstance(exc, NfiError) else "This page does not exist."
         status = getattr(exc, "status_code", 404) if isinstance(exc, HTTPException) else 404
-        return HTMLResponse(pages.render("error.html", depth=0, message=message, **common), status_code=status)
+        depth = request.url.path.count("/") - 1  # folders below the root, so its relative links reach the root
+        return HTMLResponse(pages.render("error.html", depth=depth, message=message, **common), status_code=status)
 
     model_routes = [
         Route("/{model}/", model_page), Route("/{model}/index.html", model_page),
@@ -262,7 +263,8 @@ def _by_class(store: Store, label: str, limit: int = 100) -> list[q.Link]:
 
 
 def _int(text: str, default: int, low: int, high: int) -> int:
-    return min(max(int(text), low), high) if text.strip().isdigit() else default
+    text = text.strip()
+    return min(max(int(text), low), high) if text.isascii() and text.isdigit() else default
 
 
 def _cell(value: Any) -> Any:

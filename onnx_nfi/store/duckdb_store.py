@@ -111,19 +111,31 @@ def hold_signals() -> None:
 
 
 @contextmanager
-def _accesses_whole() -> Iterator[None]:
-    """Inside a SignalHold (``analyze``, ``merge``), every database access runs whole: DuckDB turns a
-    signal handler's exception raised during a query into ``RuntimeError('Query interrupted')``, and
-    the Ctrl-C would be lost in a traceback. A signal inside is acted on when the access ends, or by
-    the SignalHold itself once it holds (the write)."""
+def signals_wait() -> Iterator[None]:
+    """Inside, Ctrl-C and SIGTERM wait for the block to end and then act as they would have (or,
+    inside a SignalHold that already holds them, are left to it): what runs inside, a file being
+    written, is never torn by a signal."""
     owner = _HOLD.get()
-    if owner is None or owner.holding:
+    if owner is not None and owner.holding:
         yield
         return
     with SignalHold() as local:
         local.hold()
         yield
     local.deliver()
+
+
+@contextmanager
+def _accesses_whole() -> Iterator[None]:
+    """Inside a SignalHold (``analyze``, ``merge``), every database access runs whole: DuckDB turns a
+    signal handler's exception raised during a query into ``RuntimeError('Query interrupted')``, and
+    the Ctrl-C would be lost in a traceback. A signal inside is acted on when the access ends, or by
+    the SignalHold itself once it holds (the write)."""
+    if _HOLD.get() is None:
+        yield
+        return
+    with signals_wait():
+        yield
 
 
 def _is_lock_error(exc: duckdb.Error) -> bool:

@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from onnx_nfi.data.images import stored_image_path
 from onnx_nfi.data.preprocess import from_dict
 from onnx_nfi.errors import NotFoundError, ReportError
 from onnx_nfi.report.queries import display_image
@@ -82,12 +83,15 @@ def build_report(
     *,
     force: bool = False,
     progress: Progress | None = None,
+    image_root: str | Path | None = None,
 ) -> ReportSummary:
-    """Write (or bring up to date) the static site for ``models`` (default: all) of ``db`` under ``output``."""
+    """Write (or bring up to date) the static site for ``models`` (default: all) of ``db`` under ``output``
+    (``image_root``: where images stored relative to their root are now)."""
     started = time.perf_counter()
     output, db = Path(output), Path(db)
     progress = progress or (lambda phase, done, total: None)
     manifest = _read_manifest(output)
+    _write_manifest(output, manifest.get("models", {}))  # the folder is a report from here on: a failed build can be rerun
     writer = _Writer(output)
     for asset in sorted(pages.STATIC.iterdir()):  # first, so pages already written look right while the rest is built
         writer.write(f"static/{asset.name}", asset.read_bytes())
@@ -109,7 +113,8 @@ def build_report(
         common = {"live": False, "db_name": db.name, "built_at": dt.datetime.now().strftime("%Y-%m-%d %H:%M")}
         names = q.NeuronNames(store) if stale else None
         for m in stale:
-            _write_model(store, writer, m, [o for o in site if o != m], names, common, progress)  # type: ignore[arg-type]
+            _write_model(store, writer, m, [o for o in site if o != m], names, common, progress,  # type: ignore[arg-type]
+                         image_root)
             built[m] = {"slug": q.slug(m), "fingerprint": prints[m]}
             _write_manifest(output, built)  # a build stopped half-way keeps the models it finished
         for m in gone:
@@ -126,14 +131,14 @@ def build_report(
 
 def _write_model(
     store: Store, writer: _Writer, model: str, others: Sequence[str], names: q.NeuronNames,
-    common: dict[str, object], progress: Progress,
+    common: dict[str, object], progress: Progress, image_root: str | Path | None,
 ) -> None:
     """Every page and picture of one model."""
     overview = q.model_overviews(store, [model])[0]
     rows = q.layer_rows(store, model)
     base = overview.slug
     writer.write(f"{base}/index.html", pages.model_page(overview, rows, **common))
-    _write_images(store, writer, model, base, progress)
+    _write_images(store, writer, model, base, progress, image_root)
     progress("similar", 0, 1)
     similar = q.similar_links(store, names, model, others, pages.SIMILAR)
     progress("similar", 1, 1)
@@ -158,15 +163,20 @@ def _write_model(
         progress("pages", done, total)
 
 
-def _write_images(store: Store, writer: _Writer, model: str, base: str, progress: Progress) -> None:
+def _write_images(
+    store: Store, writer: _Writer, model: str, base: str, progress: Progress, image_root: str | Path | None
+) -> None:
     """Each image shown among the top crops, once, as the network saw it (JPEG)."""
-    for image_id, jpeg, done, total in display_jpegs(store, model, pages.CROPS):
+    for image_id, jpeg, done, total in display_jpegs(store, model, pages.CROPS, image_root=image_root):
         writer.write(f"{base}/images/{image_id}.jpg", jpeg)
         progress("images", done, total)
 
 
-def display_jpegs(store: Store, model: str, top: int, image_ids: Sequence[int] | None = None):
-    """(image id, JPEG bytes, done, total) of the display images the neuron pages show."""
+def display_jpegs(
+    store: Store, model: str, top: int, image_ids: Sequence[int] | None = None, image_root: str | Path | None = None
+):
+    """(image id, JPEG bytes, done, total) of the display images the neuron pages show (paths stored
+    relative to their root are found under ``image_root``)."""
     pre = from_dict(store.model_row(model)["preprocessing"], f"stored preprocessing of {model}")
     where = "" if image_ids is None else " AND image_id IN (SELECT unnest(?::BIGINT[]))"
     params: list[object] = [model, model, top] + ([list(image_ids)] if image_ids is not None else [])
@@ -176,7 +186,7 @@ def display_jpegs(store: Store, model: str, top: int, image_ids: Sequence[int] |
         params,
     )
     for k, r in enumerate(rows):
-        rgb = display_image(Path(r["path"]), pre)
+        rgb = display_image(stored_image_path(r["path"], image_root), pre)
         ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise ReportError(f"cannot encode {r['path']} as JPEG")

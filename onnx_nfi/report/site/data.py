@@ -156,7 +156,6 @@ class LayerData:
     indexes: tuple[str, ...]  # index columns with at least one value in the layer
     units: tuple[Unit, ...]
     histograms: dict[str, Histogram]
-    nf_size: tuple[int, int] | None
     canvas: tuple[int, int]  # the crop (receptive-field window) size in display pixels
     image_size: tuple[int, int]  # the display image (network input) size
 
@@ -189,14 +188,23 @@ def model_overviews(store: Store, models: Sequence[str] | None = None) -> list[M
 
 
 def fingerprint(store: Store, model: str) -> str:
-    """What identifies one analysis of ``model``: its pages are rewritten only when this changes."""
+    """What identifies what the pages of ``model`` show: they are rewritten only when this changes.
+    Besides the analysis (run, neurons), ``index`` re-runs (a new ``runs`` row, values changed in
+    place), the probe set (``probe`` recomputes the response profiles behind similar neurons) and
+    the stored matches (their rows, not only their number) count."""
     row = store.model_row(model)
     extra = store.rows(
         "SELECT count(*) AS n, coalesce(max(neuron_id), -1) AS last, "
-        "(SELECT count(*) FROM neuron_matches WHERE model_a = ? OR model_b = ?) AS matches "
-        "FROM neurons WHERE model = ?", [model, model, model],
+        "(SELECT coalesce(max(run_id), -1) FROM runs WHERE model = ?) AS last_run, "
+        "(SELECT count(*) || ':' || coalesce(sum(hash(sha256)), 0) FROM probe_images) AS probe, "
+        "(SELECT count(*) || ':' || coalesce(sum(hash(model_a, layer_a, unit_a, model_b, layer_b, unit_b, score)), 0) "
+        " FROM neuron_matches WHERE model_a = ? OR model_b = ?) AS matches "
+        "FROM neurons WHERE model = ?", [model, model, model, model],
     )[0]
-    return f"{row['run_id']}|{row['analyzed_at']}|{row['sha256']}|{extra['n']}|{extra['last']}|{extra['matches']}"
+    return "|".join(str(v) for v in (
+        row["run_id"], row["analyzed_at"], row["sha256"], extra["n"], extra["last"], extra["last_run"], extra["probe"],
+        extra["matches"],
+    ))
 
 
 def layer_rows(store: Store, model: str) -> list[LayerRow]:
@@ -238,7 +246,7 @@ def find_layer(rows: Sequence[LayerRow], layer_slug: str) -> LayerRow:
 def layer_data(store: Store, row: LayerRow) -> LayerData:
     """A layer's units with statistics and indexes, and the distribution of every index it has."""
     cols = _numpy(store, 
-        "SELECT unit, neuron_id, dead, nf IS NOT NULL AS has_nf, nf_height, nf_width, top_class, "
+        "SELECT unit, neuron_id, dead, nf IS NOT NULL AS has_nf, top_class, "
         + ", ".join(f"CAST({c} AS DOUBLE) AS {c}" for c in (*STAT_COLUMNS, *INDEX_COLUMNS))
         + " FROM neurons WHERE model = ? AND layer = ? ORDER BY unit",
         [row.model, row.layer],
@@ -255,15 +263,11 @@ def layer_data(store: Store, row: LayerRow) -> LayerData:
         )
         for k in range(len(cols["unit"]))
     )
-    nf_size = None
-    if has_nf.any():
-        first = int(np.flatnonzero(has_nf)[0])
-        nf_size = (int(cols["nf_height"][first]), int(cols["nf_width"][first]))
     ref = layer_ref(store, row.model, row.layer)
     geometry = crop_geometry(ref.rf, ref.input_size, 0)
     return LayerData(
         row=row, model_slug=slug(row.model), columns=shown, indexes=indexes, units=units,
-        histograms={c: histogram(values[c]) for c in indexes}, nf_size=nf_size,
+        histograms={c: histogram(values[c]) for c in indexes},
         canvas=tuple(geometry.canvas), image_size=ref.input_size,
     )
 

@@ -38,7 +38,6 @@ CROPS = 16
 SIMILAR = 10
 
 
-@functools.cache
 @functools.lru_cache(maxsize=4096)
 def _bars(h: Histogram, width: int, height: int) -> Markup:
     """A histogram's bars as SVG rectangles, drawn once per layer and index however many neuron
