@@ -27,7 +27,7 @@ from onnx_nfi.pipeline import analysis
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline.checkpoint import (
     Shard, check_same_run, check_shards, check_state_path, config_of, interruption, merge_command, merge_states,
-    parse_shard,
+    parse_shard, saved_probe,
 )
 from onnx_nfi.pipeline.features import FeatureWork, compute_features, local_chunks
 from onnx_nfi.pipeline.models import open_model, reopen_model
@@ -38,7 +38,7 @@ from onnx_nfi.store.compact import compact as compact_db
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.import_db import ImportSummary, import_models
 from onnx_nfi.store.results import stored_rf, stored_topn, write_index_run
-from onnx_nfi.store.vectors import ProbeSet, RemoveSummary, sync_after_commit
+from onnx_nfi.store.vectors import RemoveSummary, sync_after_commit
 from onnx_nfi.store.vectors import remove as remove_model
 
 #: ``onnx-nfi similar``: the neurons nearest to a ``MODEL:LAYER:UNIT`` (draw them with
@@ -235,8 +235,9 @@ def merge(
     check_runtime_install()
     paths = [Path(s) for s in states]
     header = check_shards(paths)
-    saved_probe = ProbeSet(tuple(header["probe_sha256"]), tuple(map(Path, header["probe_paths"])), False)
-    p = analysis.plan(header["model_path"], header["image_root"], db, header["name"], config_of(header), probe=saved_probe)
+    p = analysis.plan(
+        header["model_path"], header["image_root"], db, header["name"], config_of(header), probe=saved_probe(header)
+    )
     check_same_run(paths[0], {**header, "shard": [1, 1]}, p.header)
     if image_root is not None:
         relative_to_root(p.imageset.root, image_root)

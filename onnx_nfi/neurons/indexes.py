@@ -145,12 +145,12 @@ def indexes_from(
     result = IndexResult({item.layer.tensor: {} for item in layers})
     if "class" in config.indexes:
         _class_columns(layers, labels, config.rho, config.population_threshold, result)
+    kinds = _region_kinds(config)
     for item in layers:
         a, cols = item.topn.scores, result.columns[item.layer.tensor]
         got = responses.by_layer.get(item.layer.tensor, {})
         if "color" in config.indexes and config.color_mode == "image":
             cols["color_selectivity"] = color_selectivity(a, got.get("grey", np.full(a.shape, np.nan, np.float32)))
-        kinds = _region_kinds(config)
         region = got.get("region", np.full((sum(len(vs) for _, vs in kinds), *a.shape), np.nan, np.float32))
         k = 0
         for kind, vs in kinds:

@@ -11,7 +11,7 @@ written later; once the write has begun, a signal waits for its commit (``Signal
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +29,7 @@ from onnx_nfi.graph.model_layers import LayerInfo, model_layers
 from onnx_nfi.names import check_model_name
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline.caveats import caveats
-from onnx_nfi.pipeline.checkpoint import Checkpointer, Shard, merge_command, read_resumable, run_header
+from onnx_nfi.pipeline.checkpoint import Checkpointer, Shard, merge_command, read_resumable, run_header, saved_probe
 from onnx_nfi.pipeline.features import FeatureWork, RunChunks, compute_features, local_chunks
 from onnx_nfi.pipeline.finite import check_finite
 from onnx_nfi.pipeline.models import open_model
@@ -68,13 +68,12 @@ class Plan:
         """Image paths by position in the image list."""
         return [Path(f.path) for f in self.imageset.files]
 
-    def with_probe(self, sha256: Sequence[str], paths: Sequence[str | Path]) -> Plan:
-        """This plan scoring the probe images a saved scan was made with (a resume, a merge), in its
-        probe set and in the header of every state it saves, so the saved scores and list agree."""
-        return replace(
-            self, probe=ProbeSet(tuple(sha256), tuple(map(Path, paths)), False),
-            header={**self.header, "probe_sha256": list(sha256), "probe_paths": [str(p) for p in paths]},
-        )
+    def with_probe(self, probe: ProbeSet) -> Plan:
+        """This plan scoring the probe images a saved scan was made with (a resume), in its probe set
+        and in the header of every state it saves, so the saved scores and list agree."""
+        return replace(self, probe=probe, header={
+            **self.header, "probe_sha256": list(probe.sha256), "probe_paths": [str(p) for p in probe.paths],
+        })
 
 
 @dataclass(frozen=True)
@@ -129,7 +128,7 @@ def scan_part(
     partial = None
     if resume:
         partial, saved = read_resumable(state, p.header, p.layers, p.paths)
-        p = p.with_probe(saved["probe_sha256"], saved["probe_paths"])
+        p = p.with_probe(saved_probe(saved))
         if saved["complete"]:
             return partial, p
         start = saved["next_position"]

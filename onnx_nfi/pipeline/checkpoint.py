@@ -102,6 +102,11 @@ _WHAT = {
 }
 
 
+def saved_probe(header: dict[str, Any]) -> ProbeSet:
+    """The probe images a saved scan scored, in the order of its saved scores."""
+    return ProbeSet(tuple(header["probe_sha256"]), tuple(map(Path, header["probe_paths"])), False)
+
+
 def differences(saved: dict[str, Any], present: dict[str, Any]) -> list[str]:
     """What differs between a saved run and the present one, in words (empty: the same run)."""
     out = []

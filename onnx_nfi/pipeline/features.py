@@ -97,14 +97,19 @@ class ChunkWorker:
         self._plans: list[NfPlan] | None = None
         self._sessions = Sessions(work.lm, work.config.provider)
 
+    @property
+    def plans(self) -> list[NfPlan]:
+        """The NF plans of every layer, made on first use (the driver's finish uses the same ones)."""
+        if self._plans is None:
+            self._plans = self.work.nf_plans()
+        return self._plans
+
     def run(self, kind: str, chunk: np.ndarray) -> ChunkOutput:
         """``nf``: the chunk's crop sums per layer; ``index``: its index responses."""
         w = self.work
         images = decode_display({int(i): w.paths[int(i)] for i in chunk}, w.pre)
         if kind == "nf":
-            if self._plans is None:
-                self._plans = w.nf_plans()
-            return chunk_sums(self._plans, images, chunk)
+            return chunk_sums(self.plans, images, chunk)
         return chunk_responses(self._sessions, w.pre, w.index_layers(), images, chunk, w.config)
 
 
@@ -189,7 +194,7 @@ def compute_features(work: FeatureWork, progress: Progress | None, run_chunks: R
     nfs: dict[str, np.ndarray] = {}
     try:
         if config.nf:
-            plans = work.nf_plans()
+            plans = chunk_worker(work).plans  # a local pass's chunks use these too
             totals = run_chunks(work, "nf", chunks, progress)
             totals = zero_sums(plans) if totals is None else totals
             nfs = {info.layer.tensor: nf for info, (nf, _) in zip(work.infos, finish_features(plans, totals))}

@@ -37,10 +37,11 @@ def rounded(nfs: np.ndarray) -> np.ndarray:
 
 
 def encode(nfs: np.ndarray) -> np.ndarray:
-    """The ``nf`` column of one layer: per unit the flat ``uint8`` NF, or None where it is NaN (dead)."""
+    """The ``nf`` column of one layer from its ``rounded`` NFs: per unit the flat ``uint8`` NF, or None
+    where it is NaN (dead)."""
     column = np.empty(len(nfs), dtype=object)
     for u in np.flatnonzero(~np.isnan(nfs).any(axis=(1, 2, 3))):
-        column[u] = to_uint8(nfs[u]).reshape(-1)
+        column[u] = nfs[u].astype(np.uint8).reshape(-1)  # whole numbers 0-255 already: exact
     return column
 
 
