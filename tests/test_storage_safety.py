@@ -18,7 +18,7 @@ from test_errors import ANALYZE_FAST, assert_clean_error
 from onnx_nfi import api
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.errors import ConfigError, ResultsNotWritten
-from onnx_nfi.store.duckdb_store import signals_wait
+from onnx_nfi.signals import signals_wait
 from onnx_nfi.store.vectors import index_dir, sync_after_commit, sync_indexes
 
 FAST = AnalyzeConfig(top_n=3, nf=False, indexes=())

@@ -13,7 +13,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "onnx_nfi"
 #: The data flow, lowest first: a module may import from its own layer or any layer before it.
 LAYERS = (
-    {"errors", "config", "names", "progress", "files", "jit"},
+    {"errors", "config", "names", "progress", "files", "jit", "signals"},
     {"graph"},
     {"data"},
     {"scan"},

@@ -36,7 +36,8 @@ from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.progress import Progress, phase
 from onnx_nfi.scan.scanner import ScanResult, renumbered, scan
 from onnx_nfi.scan.state import save_state
-from onnx_nfi.store.duckdb_store import SignalHold, check_writable, lock_wait, signals_wait
+from onnx_nfi.signals import SignalHold, signals_wait
+from onnx_nfi.store.duckdb_store import check_writable, lock_wait
 from onnx_nfi.store.results import AnalysisRecord, write_analysis
 from onnx_nfi.store.vectors import ProbeSet, sync_after_commit
 

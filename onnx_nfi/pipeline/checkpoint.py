@@ -28,7 +28,7 @@ from onnx_nfi.graph.layers import Layer
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.scan.scanner import LayerStats, ScanResult
 from onnx_nfi.scan.state import load_state, read_header, save_state
-from onnx_nfi.store.duckdb_store import signals_wait
+from onnx_nfi.signals import signals_wait
 from onnx_nfi.store.vectors import ProbeSet
 
 #: Options that change how often a run saves or how long it waits for a lock, not what it

@@ -24,6 +24,7 @@ from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.session import Runner
 from onnx_nfi.progress import StageProgress
 from onnx_nfi.scan.topn import Moments, TopN
+from onnx_nfi.signals import signals_wait
 
 #: Images whose per-layer outputs are merged into the top-N in one update (per-update work is
 #: 49 small compiled calls for Lite0 plus concatenations; the held outputs are ~0.3 MB an image).
@@ -129,14 +130,15 @@ def scan(
 
     def update_stats() -> None:
         ids = np.concatenate([i for i, _ in held])
-        for tensor, st in stats.items():
-            scores = np.concatenate([r[outputs.max[tensor]] for _, r in held])
-            flat = np.concatenate([r[outputs.argmax[tensor]] for _, r in held])
-            key = outputs.key.get(tensor)
-            keys = np.concatenate([r[key] for _, r in held]) if key else None
-            st.topn.update(ids, scores, flat // st.layer.width, flat % st.layer.width, keys)
-            st.moments.update(scores)
-        held.clear()
+        with signals_wait():  # every layer takes the held batches, or none: a Ctrl-C between two would
+            for tensor, st in stats.items():  # make the checkpoint's save add them twice to the first
+                scores = np.concatenate([r[outputs.max[tensor]] for _, r in held])
+                flat = np.concatenate([r[outputs.argmax[tensor]] for _, r in held])
+                key = outputs.key.get(tensor)
+                keys = np.concatenate([r[key] for _, r in held]) if key else None
+                st.topn.update(ids, scores, flat // st.layer.width, flat % st.layer.width, keys)
+                st.moments.update(scores)
+            held.clear()
 
     def absorb(batch: Batch, result: dict[str, np.ndarray]) -> None:
         nonlocal done

@@ -7,9 +7,6 @@ objects); NaN in float columns becomes NULL, which is how undefined indexes are 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,6 +19,7 @@ import numpy as np
 
 from onnx_nfi.errors import NotFoundError, StoreError
 from onnx_nfi.names import DEFAULT_DB
+from onnx_nfi.signals import current_hold, signals_wait
 from onnx_nfi.store.nf_storage import convert_float_nfs
 from onnx_nfi.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, TABLES, layer_summary_sql
 
@@ -48,90 +46,13 @@ def lock_wait(timeout: float, on_wait: Callable[[int, int], None] | None = None)
         _LOCK_WAIT.reset(token)
 
 
-class SignalHold:
-    """Inside, Ctrl-C and SIGTERM act as usual until a model's results start being written
-    (``hold_signals()``); from then on they are recorded instead of raised, so neither the
-    transaction nor what the holder does after it (bringing FAISS in step, the summary) is cut
-    short, and the holder can say that the results were written. After the context,
-    ``deliver()`` acts on the first one held as the handler in place would have. Signals are
-    handled by the main thread only: in any other thread nothing is held."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> SignalHold:
-        self._token = _HOLD.set(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _HOLD.reset(self._token)
-        for signum, handler in self._previous.items():
-            if handler is not None:  # None: set outside Python, cannot be put back
-                signal.signal(signum, handler)
-
-    def hold(self) -> None:
-        """Record the signals from now on (once; main thread only)."""
-        if self._previous or threading.current_thread() is not threading.main_thread():
-            return
-        for signum in self.SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._record)
-
-    def _record(self, signum: int, frame: object) -> None:
-        self.received = self.received or signum
-
-    @property
-    def holding(self) -> bool:
-        """Whether signals are being recorded (the write has begun)."""
-        return bool(self._previous)
-
-    def deliver(self) -> None:
-        """Act on the signal held, if any (once): raise (Ctrl-C, a Python handler) or end the process
-        (the default action)."""
-        signum, self.received = self.received, None
-        handler = self._previous.get(signum) if signum is not None else None
-        if callable(handler):
-            handler(signum, None)
-        elif handler == signal.SIG_DFL:  # put the default back first: while held, ours would just record it
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-
-#: The SignalHold around the command running now, if any.
-_HOLD: ContextVar[SignalHold | None] = ContextVar("signal_hold", default=None)
-
-
-def hold_signals() -> None:
-    """From here to the end of the current SignalHold (if there is one), Ctrl-C and SIGTERM wait."""
-    hold = _HOLD.get()
-    if hold is not None:
-        hold.hold()
-
-
-@contextmanager
-def signals_wait() -> Iterator[None]:
-    """Inside, Ctrl-C and SIGTERM wait for the block to end and then act as they would have (or,
-    inside a SignalHold that already holds them, are left to it): what runs inside, a file being
-    written, is never torn by a signal."""
-    owner = _HOLD.get()
-    if owner is not None and owner.holding:
-        yield
-        return
-    with SignalHold() as local:
-        local.hold()
-        yield
-    local.deliver()
-
-
 @contextmanager
 def _accesses_whole() -> Iterator[None]:
     """Inside a SignalHold (``analyze``, ``merge``), every database access runs whole: DuckDB turns a
     signal handler's exception raised during a query into ``RuntimeError('Query interrupted')``, and
     the Ctrl-C would be lost in a traceback. A signal inside is acted on when the access ends, or by
     the SignalHold itself once it holds (the write)."""
-    if _HOLD.get() is None:
+    if current_hold() is None:
         yield
         return
     with signals_wait():
@@ -159,7 +80,7 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
                 _raise_open_error(path, exc)
             if on_wait is not None:
                 on_wait(int(waited), round(timeout))
-            hold = _HOLD.get()
+            hold = current_hold()
             if hold is not None:
                 hold.deliver()  # a signal held while waiting for the lock stops the wait: nothing began
             time.sleep(min(_LOCK_POLL, max(0.0, timeout - waited)))

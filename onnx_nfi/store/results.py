@@ -21,7 +21,8 @@ from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.neurons.indexes import IndexResult
 from onnx_nfi.scan.scanner import ScanResult
 from onnx_nfi.scan.topn import TopN
-from onnx_nfi.store.duckdb_store import Store, hold_signals
+from onnx_nfi.signals import hold_signals
+from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.nf_storage import encode, rounded
 from onnx_nfi.store.vectors import ProbeSet, store_index_vectors, store_vectors
 
