@@ -13,16 +13,21 @@ from typing import TYPE_CHECKING, Any
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.errors import NfiError
 
+#: Every name of ``onnx_nfi.api.__all__`` (a test keeps the two equal), listed here so that resolving one
+#: does not import the runtime libraries up front.
 _VERBS = (
-    "analyze", "compact", "demo", "export_parquet", "index", "layers", "match", "remove", "set_probe", "similar", "sql",
-    "verify_receptive_fields",
+    "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "RFVerification",
+    "ShardSummary", "analyze", "compact", "demo", "export_parquet", "import_db", "index", "layers",
+    "match", "merge", "parse_shard", "remove", "set_probe", "similar", "sql", "state_path", "verify_receptive_fields",
 )
 
 __all__ = ["AnalyzeConfig", "NfiError", "__version__", *_VERBS]
 
 if TYPE_CHECKING:
     from onnx_nfi.api import (  # noqa: F401
-        analyze, compact, demo, export_parquet, index, layers, match, remove, set_probe, similar, sql, verify_receptive_fields,
+        AnalysisSummary, CompactSummary, DemoResult, IndexSummary, LayerInfo, ProbeSummary, RFVerification, ShardSummary,
+        analyze, compact, demo, export_parquet, import_db, index, layers, match, merge, parse_shard, remove, set_probe,
+        similar, sql, state_path, verify_receptive_fields,
     )
 
 

@@ -17,7 +17,7 @@ README = (ROOT / "README.md").read_text()
 def test_every_setting_has_help_and_is_in_the_readme() -> None:
     for name in config_fields():
         assert HELP.get(name), f"AnalyzeConfig.{name} has no help text"
-        if name not in ("probe_size", "seed", "population_threshold"):  # API-only settings
+        if name not in ("probe_size", "population_threshold"):  # API-only settings
             assert f"--{name.replace('_', '-')}" in README, f"--{name.replace('_', '-')} is not in README.md"
 
 

@@ -25,6 +25,7 @@ from onnx_nfi.cli.common import (
     ProgressBars,
     Provider,
     Rho,
+    Seed,
     Silent,
     app,
     print_table,
@@ -59,6 +60,7 @@ def analyze(
     indexes: Indexes = DEFAULT_INDEXES,
     color_mode: ColorMode = AnalyzeConfig.color_mode,
     rho: Rho = AnalyzeConfig.rho,
+    seed: Seed = AnalyzeConfig.seed,
     input_size: InputSize = None,
     input_name: ImageInput = None,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help=HELP["max_pixels"])] = AnalyzeConfig.max_pixels,
@@ -92,7 +94,7 @@ def analyze(
     config = AnalyzeConfig(
         top_n=top_n, batch_size=batch_size, provider=provider, preprocess=preprocess, labels=labels,
         layers=tuple(layers or ()), nf=nf, nf_max_size=nf_max_size, indexes=(indexes,), color_mode=color_mode,
-        rho=rho, input_size=input_size, input=input_name, max_pixels=max_pixels, lock_timeout=lock_timeout,
+        rho=rho, seed=seed, input_size=input_size, input=input_name, max_pixels=max_pixels, lock_timeout=lock_timeout,
         checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
     )
     common = {"db": db, "name": name, "config": config, "resume": resume, "checkpoint": checkpoint,
@@ -173,6 +175,7 @@ def index_cmd(
     indexes: Indexes = DEFAULT_INDEXES,
     color_mode: ColorMode = AnalyzeConfig.color_mode,
     rho: Rho = AnalyzeConfig.rho,
+    seed: Seed = AnalyzeConfig.seed,
     batch_size: BatchSize = AnalyzeConfig.batch_size,
     provider: Provider = AnalyzeConfig.provider,
     image_root: ImageRoot = None,
@@ -181,7 +184,9 @@ def index_cmd(
     """(Re)compute selectivity indexes of a model already in the database, without a new scan."""
     from onnx_nfi import api
 
-    config = AnalyzeConfig(indexes=(indexes,), color_mode=color_mode, rho=rho, batch_size=batch_size, provider=provider)
+    config = AnalyzeConfig(
+        indexes=(indexes,), color_mode=color_mode, rho=rho, seed=seed, batch_size=batch_size, provider=provider,
+    )
     with ProgressBars(silent) as bars:
         s = api.index(model, db, config=config, progress=bars, image_root=image_root)
     say(
