@@ -1,0 +1,101 @@
+"""Constant folding of computed shapes and pads, before shape inference (docs/method.md §1).
+
+The classic PyTorch exporter (``torch.onnx.export(dynamo=False)``) writes the pads of an ``F.pad``
+as a small program over constants (``ConstantOfShape → Concat → Reshape → Slice → Transpose →
+Reshape → Cast``), and size arithmetic as ``Shape → Gather → …`` chains. ONNX shape inference does
+not run those programs, so the ``Pad`` in front of each conv, and every conv after it, keep unknown
+sizes and the model would list no layer. Here every integer (or boolean) tensor computed only
+from constants, and from the static dimensions of ``Shape`` outputs, is evaluated once with the
+ONNX reference evaluator and stored as an initializer. Float tensors are left to the runtime
+(weights arithmetic is not ours to round); the batch dimension is never folded (it stays dynamic).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from onnx_nfi.graph.proto import shape_table
+from onnx_nfi.graph.rf_nodes import attr, constants, inferred
+
+#: Ops a fold may run: pure functions of their inputs (no randomness, no subgraphs).
+_FOLDABLE = {
+    "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Floor", "Ceil", "Max", "Min", "Mod", "Cast", "Concat", "Reshape",
+    "Slice", "Gather", "Transpose", "Squeeze", "Unsqueeze", "ConstantOfShape", "Range", "Equal", "Where",
+    "Less", "Greater", "Not", "And", "Or", "Identity", "Expand", "Tile", "Shape", "Size", "ReduceProd",
+    "ReduceSum", "Sqrt", "Pow", "Flatten",
+}
+
+
+def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` (edited in place) with its computed integer tensors replaced by initializers."""
+    graph = proto.graph
+    shapes = shape_table(inferred(proto).graph)
+    values = constants(graph)
+    opsets = list(proto.opset_import)
+    folded: set[str] = set()
+    for node in graph.node:
+        if node.op_type == "Constant" or node.domain not in ("", "ai.onnx") or node.op_type not in _FOLDABLE:
+            continue
+        outs = _shape_value(node, shapes) if node.op_type in ("Shape", "Size") else _run(node, values, opsets)
+        if outs is None or any(np.issubdtype(o.dtype, np.floating) for o in outs):
+            continue
+        for name, out in zip(node.output, outs):
+            values[name] = out
+            folded.add(name)
+    if folded:
+        _replace(graph, folded, values)
+    return proto
+
+
+def _shape_value(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> list[np.ndarray] | None:
+    """``Shape``/``Size`` of a tensor whose dimensions (in the asked range) are all static."""
+    dims = shapes.get(node.input[0])
+    if dims is None:
+        return None
+    if node.op_type == "Size":
+        return None if None in dims else [np.array(int(np.prod(dims)), np.int64)]
+    start, end = attr(node, "start") or 0, attr(node, "end")
+    part = dims[start:end] if end is not None else dims[start:]
+    return None if None in part else [np.array(part, np.int64)]
+
+
+def _run(node: onnx.NodeProto, values: dict[str, np.ndarray], opsets: list) -> list[np.ndarray] | None:  # noqa: ANN001
+    """The node's outputs when every input is known, by the ONNX reference evaluator; None otherwise."""
+    if not node.input or any(i and i not in values for i in node.input):
+        return None
+    inputs = [i for i in node.input if i]
+    model = helper.make_model(
+        helper.make_graph(
+            [node], "fold",
+            [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(values[i].dtype), None) for i in inputs],
+            [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o],
+        ),
+        opset_imports=opsets,
+    )
+    try:
+        outs = ReferenceEvaluator(model).run(None, {i: values[i] for i in inputs})
+    except Exception:  # an op the evaluator does not know, or inputs it refuses: leave the node to the runtime
+        return None
+    return [np.asarray(o) for o in outs]
+
+
+def _replace(graph: onnx.GraphProto, folded: set[str], values: dict[str, np.ndarray]) -> None:
+    """Drop the folded nodes and give the tensors still read (by a node or as an output) as initializers."""
+    kept = [n for n in graph.node if not (n.output and all(o in folded or not o for o in n.output))]
+    read = {i for n in kept for i in _reads(n)} | {o.name for o in graph.output}
+    present = {t.name for t in graph.initializer}
+    graph.initializer.extend(numpy_helper.from_array(values[name], name) for name in sorted(folded & read - present))
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _reads(node: onnx.NodeProto) -> list[str]:
+    """The names a node reads, with those its subgraphs (If/Loop bodies) read from the outer graph."""
+    names = list(node.input)
+    for a in node.attribute:
+        for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            names += [i for n in sub.node for i in _reads(n)]
+    return names
