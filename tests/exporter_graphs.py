@@ -4,7 +4,7 @@ Each builder reproduces the node patterns of one exporter (tiny widths, random w
 spelled-out hard-swish and squeeze-excitation with an unfolded bias, the TorchScript exporter's
 Erf/tanh GELU (ConvNeXt's conv MLP), timm's MixNet mixed kernels (Split → convs → Concat → BN →
 SiLU), and the classic PyTorch exporter's computed ``Pad`` in front of TF-"same" convs
-(EfficientNet-Lite ports). ``python -m tests.exporter_graphs`` writes them to tests/exporter_models/,
+(EfficientNet-Lite ports). ``python tests/exporter_graphs.py`` writes them to tests/exporter_models/,
 where they are committed; the tests read the committed files.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from tests.onnx_builders import NetBuilder
+from onnx_builders import NetBuilder
 
 FOLDER = Path(__file__).parent / "exporter_models"
 
