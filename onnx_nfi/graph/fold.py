@@ -6,8 +6,10 @@ Reshape → Cast``), and size arithmetic as ``Shape → Gather → …`` chains.
 not run those programs, so the ``Pad`` in front of each conv, and every conv after it, keep unknown
 sizes and the model would list no layer. Here every integer (or boolean) tensor computed only
 from constants, and from the static dimensions of ``Shape`` outputs, is evaluated once with the
-ONNX reference evaluator and stored as an initializer. Float tensors are left to the runtime
-(weights arithmetic is not ours to round); the batch dimension is never folded (it stays dynamic).
+ONNX reference evaluator and stored as an initializer. Float tensors are folded only when computed
+from sizes (timm's ``Conv2dSame`` pads use ``ceil(H / s)``): weights arithmetic is the runtime's to
+round. The batch dimension is never folded (it stays dynamic); a ``Gather``/``Slice`` that keeps
+only the static dimensions of a ``Shape`` is.
 """
 
 from __future__ import annotations
@@ -29,29 +31,46 @@ _FOLDABLE = {
 }
 
 
+#: Stands for an unknown dimension (the batch) inside a ``Shape`` output that ``Gather``/``Slice`` may drop.
+_UNKNOWN = -(2**62)
+
+
 def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """``proto`` (edited in place) with its computed integer tensors replaced by initializers."""
+    """``proto`` (edited in place) with its computed integer tensors, and float tensors computed from
+    static sizes (``ceil(H / s)`` of TF-"same" padding), replaced by initializers."""
     graph = proto.graph
     shapes = shape_table(inferred(proto).graph)
     values = constants(graph)
+    partial: dict[str, np.ndarray] = {}  # Shape outputs (and parts of them) holding an unknown dimension
+    from_shape: set[str] = set()  # tensors computed from sizes, where float arithmetic is size arithmetic
     opsets = list(proto.opset_import)
     folded: set[str] = set()
     for node in graph.node:
         if node.op_type == "Constant" or node.domain not in ("", "ai.onnx") or node.op_type not in _FOLDABLE:
             continue
-        outs = _shape_value(node, shapes) if node.op_type in ("Shape", "Size") else _run(node, values, opsets)
-        if outs is None or any(np.issubdtype(o.dtype, np.floating) for o in outs):
+        if node.op_type in ("Shape", "Size"):
+            outs = _shape_value(node, shapes)
+        elif node.input and node.input[0] in partial and node.op_type in ("Gather", "Slice"):
+            outs = _run(node, {**values, node.input[0]: partial[node.input[0]]}, opsets)
+        else:
+            outs = _run(node, values, opsets)
+        sized = node.op_type in ("Shape", "Size") or any(i in from_shape for i in node.input)
+        if outs is None or (not sized and any(np.issubdtype(o.dtype, np.floating) for o in outs)):
             continue
         for name, out in zip(node.output, outs):
-            values[name] = out
-            folded.add(name)
+            from_shape.update([name] if sized else [])
+            if out.dtype == np.int64 and (out == _UNKNOWN).any():
+                partial[name] = out
+            else:
+                values[name] = out
+                folded.add(name)
     if folded:
         _replace(graph, folded, values)
     return proto
 
 
 def _shape_value(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> list[np.ndarray] | None:
-    """``Shape``/``Size`` of a tensor whose dimensions (in the asked range) are all static."""
+    """``Shape``/``Size`` of a tensor of known rank; an unknown dimension is ``_UNKNOWN``."""
     dims = shapes.get(node.input[0])
     if dims is None:
         return None
@@ -59,7 +78,7 @@ def _shape_value(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> l
         return None if None in dims else [np.array(int(np.prod(dims)), np.int64)]
     start, end = attr(node, "start") or 0, attr(node, "end")
     part = dims[start:end] if end is not None else dims[start:]
-    return None if None in part else [np.array(part, np.int64)]
+    return [np.array([_UNKNOWN if d is None else d for d in part], np.int64)]
 
 
 def _run(node: onnx.NodeProto, values: dict[str, np.ndarray], opsets: list) -> list[np.ndarray] | None:  # noqa: ANN001
