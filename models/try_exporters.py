@@ -46,6 +46,19 @@ class _Warnings(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+_NOT_ACTIVATIONS = {"Conv", "BatchNormalization", "InstanceNormalization", "Add", "Sub", "Mul", "Div", "Slice", "Concat"}
+
+
+def _activation(chain: tuple[str, ...]) -> str | None:
+    """The activation a layer is read after (``Sigmoid>Mul`` for a gate), or None."""
+    ops = [op for op in chain if op not in _NOT_ACTIVATIONS or op == "Mul"]
+    for k, op in enumerate(ops):
+        if op == "Mul" and k and ops[k - 1] in ("Sigmoid", "HardSigmoid"):
+            return f"{ops[k - 1]}>Mul"
+    acts = [op for op in ops if op != "Mul"]
+    return acts[-1] if acts else None
+
+
 def row(arch: str, dynamo: bool) -> str:
     """One markdown row for ``arch`` by one exporter."""
     exporter = "dynamo (opset 18)" if dynamo else "TorchScript (opset 17)"
@@ -64,7 +77,7 @@ def row(arch: str, dynamo: bool) -> str:
             return f"| {arch} | {exporter} | {type(exc).__name__}: {exc} | | | |"
         finally:
             logging.getLogger("onnx_nfi").removeHandler(handler)
-    forms = Counter(i.layer.op_chain[-1] for i in infos if i.layer.op_chain[-1] not in ("Conv", "BatchNormalization"))
+    forms = Counter(form for form in (_activation(i.layer.op_chain) for i in infos) if form)
     after = sum(forms.values())
     left = next((m.split(": ", 1)[1].split(" (docs")[0] for m in handler.messages if "do not include" in m), "none")
     rf = "all agree" if not verified.mismatches else f"{len(verified.mismatches)} differ"

@@ -227,3 +227,15 @@ def test_layers_warn_about_activations_they_leave_out(tmp_path, caplog) -> None:
     warnings = [r.getMessage() for r in caplog.records if "activation they do not include" in r.getMessage()]
     assert warnings == ["1 layer(s) end at a tensor that also feeds an activation they do not include, and are read "
                         "before it: Relu (1) (docs/method.md §1)"]
+
+
+def test_layers_warn_about_activations_after_a_channel_split(tmp_path, caplog) -> None:  # noqa: ANN001
+    """A conv split along its channels, each part activated: read at its output, and the warning names it."""
+    b = NetBuilder(channels=3, input_hw=(16, 16), opset=13)
+    parts = b.node("Split", [b.conv("input", 3, 4, 3), b.const(np.array([2, 2], np.int64))], n_outputs=2, axis=1)
+    out = b.node("Concat", [b.node("Relu", [parts[0]]), b.node("Sigmoid", [parts[1]])], axis=1)
+    path = tmp_path / "split.onnx"
+    onnx.save(b.build(out).model, str(path))
+    with caplog.at_level(logging.WARNING):
+        api.layers(path)
+    assert any("read before it: Split>Relu (1)" in r.getMessage() for r in caplog.records)

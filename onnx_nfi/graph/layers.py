@@ -127,11 +127,13 @@ def unread_activations(model: LoadedModel, layers: list[Layer]) -> str | None:
     missed: dict[str, int] = defaultdict(int)
     for layer in layers:
         for user in view.consumers.get(layer.tensor, []):
-            act = find_activation(user.output[0], view) if user.op_type == "Concat" else None
+            joined = user.op_type in ("Concat", "Split")  # the activation comes after a join or a split of channels
+            acts = [find_activation(out, view) for out in user.output] if joined else []
+            act = next((a for a in acts if a is not None), None)
             if user.op_type in FUSED | GATES or user.op_type == "Erf":
                 missed[user.op_type] += 1
             elif act is not None:
-                missed[f"Concat>{'>'.join(act.chain)}"] += 1
+                missed[f"{user.op_type}>{'>'.join(act.chain)}"] += 1
     if not missed:
         return None
     what = ", ".join(f"{op} ({n})" for op, n in sorted(missed.items()))
