@@ -186,12 +186,43 @@ def tf_same_classic() -> onnx.ModelProto:
     return b.build(x).model
 
 
+def _timm_same_pads(b: NetBuilder, x: str, k: int, s: int) -> str:
+    """timm's ``Conv2dSame`` pads as the classic exporter writes them with a dynamic batch: from
+    ``Shape(x)``, per axis ``p = max((ceil(n / s) − 1)·s + k − n, 0)``, ``p // 2`` before, the rest after."""
+    shape = b.node("Shape", [x])
+    before, after = [], []
+    for axis in (2, 3):
+        n = b.node("Cast", [b.node("Gather", [shape, b.const(np.array(axis, np.int64))], axis=0)], to=TensorProto.FLOAT)
+        steps = b.node("Sub", [b.node("Ceil", [b.node("Div", [n, _scalar(b, float(s))])]), _scalar(b, 1.0)])
+        total = b.node("Sub", [b.node("Add", [b.node("Mul", [steps, _scalar(b, float(s))]), _scalar(b, float(k))]), n])
+        total = b.node("Max", [total, _scalar(b, 0.0)])
+        first = b.node("Floor", [b.node("Div", [total, _scalar(b, 2.0)])])
+        before.append(first)
+        after.append(b.node("Sub", [total, first]))
+    zero = _scalar(b, 0.0)
+    flat = [b.node("Unsqueeze", [t, b.const(np.array([0], np.int64))]) for t in (zero, zero, *before, zero, zero, *after)]
+    return b.node("Cast", [b.node("Concat", flat, axis=0)], to=TensorProto.INT64)
+
+
+def tf_same_dynamic() -> onnx.ModelProto:
+    """timm's TF ports (``tf_efficientnet_*``, ``tf_mixnet_*``) by the classic exporter with a dynamic
+    batch: each pad is computed from the size of the tensor before it (32×32 input, opset 13)."""
+    b = NetBuilder(channels=3, input_hw=(32, 32), opset=13, seed=5)
+
+    def same(x: str, c_in: int, c_out: int, k: int, s: int, group: int = 1) -> str:
+        padded = b.node("Pad", [x, _timm_same_pads(b, x, k, s), b.const(np.array(0.0, np.float32))])
+        return b.node("Relu", [b.conv(padded, c_in, c_out, k, strides=[s, s], group=group)])
+
+    return b.build(same(same(same("input", 3, 8, 3, 2), 8, 8, 3, 1, group=8), 8, 8, 5, 2, group=8)).model
+
+
 #: The committed graphs, by file name.
 GRAPHS = {
     "paddle_block.onnx": paddle_block,
     "convnext_block.onnx": convnext_block,
     "mixnet_block.onnx": mixnet_block,
     "tf_same_classic.onnx": tf_same_classic,
+    "tf_same_dynamic.onnx": tf_same_dynamic,
 }
 
 

@@ -110,6 +110,11 @@ LAYERS = {
         ("batchnormalization_107", "BatchNormalization", "Conv>BatchNormalization", 7, 2),
         ("relu_148", "Relu", "Conv>Relu", 15, 4),
     ],
+    "tf_same_dynamic.onnx": [  # the same pads, computed from Shape(x) each time
+        ("relu_101", "Relu", "Conv>Relu", 3, 2),
+        ("relu_203", "Relu", "Conv>Relu", 7, 2),
+        ("relu_305", "Relu", "Conv>Relu", 15, 4),
+    ],
 }
 
 
@@ -163,7 +168,7 @@ def _probe_rows(model: onnx.ModelProto, tensors: list[str], hw: tuple[int, int])
     return spans
 
 
-@pytest.mark.parametrize("name", ["mixnet_block.onnx", "tf_same_classic.onnx"])
+@pytest.mark.parametrize("name", ["mixnet_block.onnx", "tf_same_classic.onnx", "tf_same_dynamic.onnx"])
 def test_branch_and_computed_pad_receptive_fields_match_a_probe(name: str) -> None:
     lm = load_model(FOLDER / name)
     infos = api.layers(FOLDER / name)
@@ -193,12 +198,15 @@ def test_branch_slices_are_scanned() -> None:
         np.testing.assert_array_equal(got[outputs.max[layer.tensor]], relu[:, channels].max(axis=(2, 3)))
 
 
-def test_classic_export_pads_are_folded() -> None:
-    graph = load_model(FOLDER / "tf_same_classic.onnx").proto.graph
+@pytest.mark.parametrize("name", ["tf_same_classic.onnx", "tf_same_dynamic.onnx"])
+def test_classic_export_pads_are_folded(name: str) -> None:
+    """TF-"same" pads: total ``max((ceil(n/s) − 1)·s + k − n, 0)``, half (rounded down) before."""
+    graph = load_model(FOLDER / name).proto.graph
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
     pads = [inits[n.input[1]].tolist() for n in graph.node if n.op_type == "Pad"]
     assert pads == [[0, 0, 0, 0, 0, 0, 1, 1], [0, 0, 1, 1, 0, 0, 1, 1], [0, 0, 1, 1, 0, 0, 2, 2]]
-    assert not any(n.op_type in ("ConstantOfShape", "Transpose", "Cast") for n in graph.node)
+    assert not any(n.op_type in ("ConstantOfShape", "Transpose", "Cast", "Shape", "Ceil") for n in graph.node)
+    assert [i.name for i in graph.input] == ["input"] and graph.input[0].type.tensor_type.shape.dim[0].dim_param
 
 
 def test_unknown_conv_sizes_name_the_cause_and_the_fix(tmp_path) -> None:  # noqa: ANN001

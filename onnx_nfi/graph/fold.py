@@ -6,9 +6,9 @@ Reshape → Cast``), and size arithmetic as ``Shape → Gather → …`` chains.
 not run those programs, so the ``Pad`` in front of each conv, and every conv after it, keep unknown
 sizes and the model would list no layer. Here every integer (or boolean) tensor computed only
 from constants, and from the static dimensions of ``Shape`` outputs, is evaluated once with the
-ONNX reference evaluator and stored as an initializer. Float tensors are folded only when computed
-from sizes (timm's ``Conv2dSame`` pads use ``ceil(H / s)``): weights arithmetic is the runtime's to
-round. The batch dimension is never folded (it stays dynamic); a ``Gather``/``Slice`` that keeps
+ONNX reference evaluator and stored as an initializer. Float tensors of more than ``_SMALL`` values
+are folded only when computed from sizes (timm's ``Conv2dSame`` pads use ``ceil(H / s)``): weights
+arithmetic is the runtime's to round. The batch dimension is never folded (it stays dynamic); a ``Gather``/``Slice`` that keeps
 only the static dimensions of a ``Shape`` is.
 """
 
@@ -27,8 +27,13 @@ _FOLDABLE = {
     "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Floor", "Ceil", "Max", "Min", "Mod", "Cast", "Concat", "Reshape",
     "Slice", "Gather", "Transpose", "Squeeze", "Unsqueeze", "ConstantOfShape", "Range", "Equal", "Where",
     "Less", "Greater", "Not", "And", "Or", "Identity", "Expand", "Tile", "Shape", "Size", "ReduceProd",
-    "ReduceSum", "Sqrt", "Pow", "Flatten",
+    "ReduceSum", "Sqrt", "Pow", "Flatten", "Clip", "Round", "Sign",
 }
+#: Most rounds of folding and shape inference: each round's sizes let the next fold the pads of the
+#: convs after them (a TF-"same" port computes every pad from the size of the tensor before it).
+_MAX_ROUNDS = 500
+#: Float tensors up to this many values are folded whatever they come from (pad values, scalars).
+_SMALL = 8
 
 
 #: Stands for an unknown dimension (the batch) inside a ``Shape`` output that ``Gather``/``Slice`` may drop.
@@ -38,6 +43,14 @@ _UNKNOWN = -(2**62)
 def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``proto`` (edited in place) with its computed integer tensors, and float tensors computed from
     static sizes (``ceil(H / s)`` of TF-"same" padding), replaced by initializers."""
+    for _ in range(_MAX_ROUNDS):
+        if not _fold_once(proto):
+            break
+    return proto
+
+
+def _fold_once(proto: onnx.ModelProto) -> bool:
+    """One round: fold what the sizes known now allow; whether anything was folded."""
     graph = proto.graph
     shapes = shape_table(inferred(proto).graph)
     values = constants(graph)
@@ -55,7 +68,7 @@ def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
         else:
             outs = _run(node, values, opsets)
         sized = node.op_type in ("Shape", "Size") or any(i in from_shape for i in node.input)
-        if outs is None or (not sized and any(np.issubdtype(o.dtype, np.floating) for o in outs)):
+        if outs is None or (not sized and any(np.issubdtype(o.dtype, np.floating) and o.size > _SMALL for o in outs)):
             continue
         for name, out in zip(node.output, outs):
             from_shape.update([name] if sized else [])
@@ -66,7 +79,7 @@ def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
                 folded.add(name)
     if folded:
         _replace(graph, folded, values)
-    return proto
+    return bool(folded)
 
 
 def _shape_value(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> list[np.ndarray] | None:
@@ -105,6 +118,7 @@ def _replace(graph: onnx.GraphProto, folded: set[str], values: dict[str, np.ndar
     """Drop the folded nodes and give the tensors still read (by a node or as an output) as initializers."""
     kept = [n for n in graph.node if not (n.output and all(o in folded or not o for o in n.output))]
     read = {i for n in kept for i in _reads(n)} | {o.name for o in graph.output}
+    kept = [n for n in kept if n.op_type != "Shape" or n.output[0] in read]  # all its readers folded
     present = {t.name for t in graph.initializer}
     graph.initializer.extend(numpy_helper.from_array(values[name], name) for name in sorted(folded & read - present))
     del graph.node[:]
