@@ -82,16 +82,19 @@ SAMPLES = np.concatenate([np.linspace(-9.0, 9.0, 721), [-3.0, 0.0, 3.0, 6.0]])
 _MAX_NODES = 12
 
 
-def _clip(x: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray | None = None, node=None) -> np.ndarray:
-    if node is not None and lo is None and hi is None:  # opset < 11: bounds are attributes
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        lo, hi = attrs.get("min"), attrs.get("max")
-    return np.clip(x, -np.inf if lo is None else lo, np.inf if hi is None else hi)
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _hard_sigmoid(x: np.ndarray, node) -> np.ndarray:
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    return np.clip(attrs.get("alpha", 0.2) * x + attrs.get("beta", 0.5), 0.0, 1.0)
+def _clip(args: list, node: onnx.NodeProto) -> np.ndarray:
+    """Clip with its bounds as inputs (opset 11+) or attributes (before)."""
+    lo, hi = (args + [None, None])[1:3] if len(args) > 1 else (_attrs(node).get("min"), _attrs(node).get("max"))
+    return np.clip(args[0], -np.inf if lo is None else lo, np.inf if hi is None else hi)
+
+
+def _hard_sigmoid(args: list, node: onnx.NodeProto) -> np.ndarray:
+    attrs = _attrs(node)
+    return np.clip(attrs.get("alpha", 0.2) * args[0] + attrs.get("beta", 0.5), 0.0, 1.0)
 
 
 #: Element-wise ops a spelled-out activation is made of, as numpy functions of their inputs.
@@ -169,7 +172,7 @@ def evaluate(nodes: list[onnx.NodeProto], x: str, samples: np.ndarray, view: Gra
         for node in nodes:
             args = [arg(i) for i in node.input]
             if node.op_type in _WITH_NODE:
-                out = _WITH_NODE[node.op_type](*args, node=node) if node.op_type == "Clip" else _hard_sigmoid(args[0], node)
+                out = _WITH_NODE[node.op_type](args, node)
             elif node.op_type in ("Min", "Max"):
                 out = args[0]
                 for other in args[1:]:
