@@ -102,7 +102,7 @@ _NUMPY: dict[str, Callable[..., np.ndarray]] = {
     "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide, "Pow": np.power,
     "Min": np.minimum, "Max": np.maximum, "Erf": special.erf, "Tanh": np.tanh, "Sigmoid": special.expit,
     "Relu": lambda x: np.maximum(x, 0.0), "Softplus": _softplus, "Exp": np.exp, "Log": np.log, "Sqrt": np.sqrt,
-    "Neg": np.negative, "Abs": np.abs, "Reciprocal": np.reciprocal, "Identity": lambda x: x, "Cast": lambda x: x,
+    "Neg": np.negative, "Abs": np.abs, "Reciprocal": np.reciprocal, "Identity": lambda x: x,
 }
 _WITH_NODE = {"Clip": _clip, "HardSigmoid": _hard_sigmoid}
 
@@ -135,7 +135,8 @@ def spelled_out(x: str, view: GraphView) -> Activation | None:
         tensors.add(node.output[0])
         exit_ = node.output[0]
         inner = tensors - {exit_}
-        if any(t in view.outputs or any(u not in nodes for u in view.consumers.get(t, [])) for t in inner):
+        taken = {id(n) for n in nodes}
+        if any(t in view.outputs or any(id(u) not in taken for u in view.consumers.get(t, [])) for t in inner):
             continue  # a tensor inside still leaves the subgraph: not closed yet
         ops = {n.op_type for n in nodes}
         values = evaluate(nodes, x, SAMPLES, view)
@@ -149,9 +150,10 @@ def spelled_out(x: str, view: GraphView) -> Activation | None:
 def _next_node(tensors: set[str], taken: list[onnx.NodeProto], view: GraphView) -> onnx.NodeProto | None:
     """The first (graph order) element-wise node reading the subgraph whose other inputs are scalar constants."""
     candidates = []
+    ids = {id(n) for n in taken}
     for tensor in tensors:
         for user in view.consumers.get(tensor, []):
-            if user in taken or user.op_type not in _NUMPY.keys() | _WITH_NODE.keys() or len(user.output) != 1:
+            if id(user) in ids or user.op_type not in _NUMPY.keys() | _WITH_NODE.keys() or len(user.output) != 1:
                 continue
             others = [i for i in user.input if i and i not in tensors]
             if all(view.scalar(i) is not None for i in others):
