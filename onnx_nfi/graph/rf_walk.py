@@ -15,6 +15,7 @@ per image axis, the jump ``j`` and two exact spans per output index (``AxisWindo
   223 of a 224 image, so conv5's last windows stop at 214), dilation holes, reflect padding. The
   probe measures exactly this, so it is the strict test of the walk.
 
+Channel ranges of the branches of a channel ``Concat`` keep their own windows (rf_channels.py).
 Image axes are tracked through ``Transpose``/``Reshape``/``Squeeze``…, so NHWC models that
 transpose to NCHW right after the input (tf2onnx) work.
 
