@@ -1,9 +1,10 @@
 """Find the conv layers of an ONNX graph (docs/method.md §1).
 
-A conv layer is a ``Conv`` node plus the chain that directly follows it: BatchNormalization,
-constant bias/scale arithmetic, and one activation (including the two-node forms ``x·Sigmoid(x)``
-(SiLU/Swish) and ``x·HardSigmoid(x)``). The layer's tensor is the last node of that chain, which
-is what exporters from PyTorch, Keras (tf2onnx) and Paddle produce for "conv + bn + act".
+A conv layer is a ``Conv`` node plus the chain that directly follows it (chains.py):
+BatchNormalization, constant bias/scale arithmetic, and one activation in any form an exporter
+writes it (activations.py). The layer's tensor is the end of that chain, which is what exporters
+from PyTorch, Keras (tf2onnx) and Paddle produce for "conv + bn + act". A conv whose activation
+comes after a channel ``Concat`` is read on its channels of that activation (channel_slices.py).
 
 A layer also records the tensor that enters its activation when the activation rises where its
 input is positive (docs/method.md §2): saturating units (ReLU6 at 6) are then ranked and located
@@ -16,27 +17,22 @@ import fnmatch
 from collections import defaultdict
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnx_nfi.errors import LayerError, ModelError
+from onnx_nfi.graph.activations import FUSED, GATES, Activation, find_activation
+from onnx_nfi.graph.chains import follow_chain
+from onnx_nfi.graph.channel_slices import branch_read
+from onnx_nfi.graph.graph_view import GraphView
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.proto import shape_table
 
-_NORM_OPS = {"BatchNormalization", "InstanceNormalization"}
-_AFFINE_OPS = {"Add", "Sub", "Mul", "Div"}
-_ACTIVATIONS = {
-    "Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "HardSwish", "Gelu", "Softplus",
-    "Tanh", "Mish", "ThresholdedRelu", "Softsign",
-}
-_GATES = {"Sigmoid", "HardSigmoid"}
 #: Activations whose largest output sits where their largest input does whenever that input is
 #: positive: non-decreasing everywhere, or negative below 0 and rising above it (SiLU, GELU,
 #: HardSwish, Mish). Parameters that could break it (a negative slope) are checked per node.
 _RISING = {
     "Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "HardSwish", "Gelu", "Softplus", "Tanh",
-    "Mish", "ThresholdedRelu", "Softsign", "Sigmoid", "HardSigmoid",
+    "Mish", "ThresholdedRelu", "Softsign", "Sigmoid", "HardSigmoid", "Silu",
 }
 #: Of those, the piecewise-linear ones: float rounding is monotone too, so ``f(max pre)`` equals
 #: ``max f(pre)`` bit for bit and the layer's own map need not be read to score it.
@@ -71,82 +67,96 @@ class Layer:
 def find_conv_layers(model: LoadedModel) -> list[Layer]:
     """All conv layers of the model in graph order, with aliases ``conv1``, ``conv2``, …"""
     graph = model.proto.graph
-    constants = {t.name for t in graph.initializer} | {
-        o for n in graph.node if n.op_type == "Constant" for o in n.output
-    }
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
+    view = GraphView(graph)
     shapes = _shapes(model.proto)
+    table = shape_table(graph)
     layers: list[Layer] = []
-    for node in graph.node:
+    unknown: list[onnx.NodeProto] = []
+    for node in view.nodes:
         if node.op_type != "Conv":
             continue
-        tensor, chain, act = _follow_chain(node, consumers, constants)
+        chain = follow_chain(node.output[0], ("Conv",), view)
+        tensor, ops, act, entering = chain.tensor, chain.ops, chain.activation, chain.entering
+        branch = branch_read(chain, view, table)
+        if branch is not None and branch.tensor in view.producers:  # read on its channels after the activation
+            tensor, act, entering = branch.tensor, branch.after.activation, branch.entering
+            ops = (*ops, "Concat", *branch.after.ops, "Slice")
         shape = shapes.get(tensor)
         if shape is None or len(shape) != 4:
-            continue  # not a 2-D conv (1-D/3-D convs are not image layers)
+            if len(table.get(node.input[0]) or ()) == 4:
+                unknown.append(node)
+            continue  # not a 2-D conv (1-D/3-D convs are not image layers), or sizes unknown
         _, c, h, w = shape
-        rises = act is not None and _rises(act, graph)
+        rises = act is not None and _rises(act, view)
         layers.append(
             Layer(
                 tensor=tensor,
                 alias=f"conv{len(layers) + 1}",
-                op_chain=tuple(chain),
+                op_chain=ops,
                 depth=len(layers) + 1,
                 channels=int(c),
                 height=int(h),
                 width=int(w),
                 conv_node=node.name,
-                pre_activation=act.input[0] if rises else None,
-                score_from_pre=rises and chain[-1] in _PIECEWISE_LINEAR,
+                pre_activation=entering if rises else None,
+                score_from_pre=rises and act.node is not None and branch is None and ops[-1] in _PIECEWISE_LINEAR,
             )
         )
     if not layers:
-        raise ModelError(f"{model.path} has no 2-D conv layer; onnx-nfi analyses convolutional networks")
+        raise ModelError(_no_layer_reason(model, unknown))
     return layers
 
 
-def _follow_chain(
-    conv: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]], constants: set[str]
-) -> tuple[str, list[str], onnx.NodeProto | None]:
-    """The layer tensor, its op chain and the activation node (for a gated ``x·g(x)``, the gate)."""
-    tensor, chain = conv.output[0], ["Conv"]
-    while True:
-        users = consumers.get(tensor, [])
-        if len(users) == 1:
-            user = users[0]
-            if user.op_type in _NORM_OPS and user.input[0] == tensor:
-                tensor, chain = user.output[0], chain + [user.op_type]
-                continue
-            if user.op_type in _AFFINE_OPS and _other_is_constant(user, tensor, constants):
-                tensor, chain = user.output[0], chain + [user.op_type]
-                continue
-            if user.op_type in _ACTIVATIONS:
-                return user.output[0], chain + [user.op_type], user
-            return tensor, chain, None
-        gates = [u for u in users if u.op_type in _GATES]
-        muls = [u for u in users if u.op_type == "Mul"]
-        if len(users) == 2 and len(gates) == 1 and len(muls) == 1:  # x·Sigmoid(x), x·HardSigmoid(x)
-            gate, mul = gates[0], muls[0]
-            if set(mul.input) == {tensor, gate.output[0]}:
-                return mul.output[0], chain + [gate.op_type, "Mul"], gate
-        return tensor, chain, None
+def _no_layer_reason(model: LoadedModel, unknown: list[onnx.NodeProto]) -> str:
+    """Why no layer was found: no 2-D conv at all, or convs whose sizes shape inference could not know."""
+    if not unknown:
+        return f"{model.path} has no 2-D conv layer; onnx-nfi analyses convolutional networks"
+    first = unknown[0].name or unknown[0].output[0]
+    return (
+        f"{model.path}: the output sizes of its {len(unknown)} 2-D conv nodes cannot be inferred (first: {first}; "
+        "a size or padding computed at run time from the input's shape); if the input size is dynamic pass "
+        "--input-size H,W, else export the model again with torch.onnx.export(..., dynamo=True) or "
+        "with constant shapes"
+    )
 
 
-def _rises(node: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
+def unread_activations(model: LoadedModel, layers: list[Layer]) -> str | None:
+    """A warning when layers end at a tensor that feeds an activation they did not take in (read
+    before it): which activations and how many layers; None when every layer takes its own."""
+    view = GraphView(model.proto.graph)
+    missed: dict[str, int] = defaultdict(int)
+    for layer in layers:
+        for user in view.consumers.get(layer.tensor, []):
+            joined = user.op_type in ("Concat", "Split")  # the activation comes after a join or a split of channels
+            acts = [find_activation(out, view) for out in user.output] if joined else []
+            act = next((a for a in acts if a is not None), None)
+            if user.op_type in FUSED | GATES or user.op_type == "Erf":
+                missed[user.op_type] += 1
+            elif act is not None:
+                missed[f"{user.op_type}>{'>'.join(act.chain)}"] += 1
+    if not missed:
+        return None
+    what = ", ".join(f"{op} ({n})" for op, n in sorted(missed.items()))
+    return (
+        f"{sum(missed.values())} layer(s) end at a tensor that also feeds an activation they do not include, and are "
+        f"read before it: {what} (docs/method.md §1)"
+    )
+
+
+def _rises(act: Activation, view: GraphView) -> bool:
     """The activation's largest output is where its largest positive input is (see ``_RISING``).
 
-    For a gate the activation is ``x·g(x)``: Sigmoid always qualifies, HardSigmoid when its slope
-    and offset are non-negative. Slopes below zero (LeakyRelu, PRelu, Elu, Selu's scale, a
+    A spelled-out activation is the fused op it equals (``acts_as``; its constants were matched
+    exactly). For a gate the activation is ``x·g(x)``: Sigmoid always qualifies, HardSigmoid when
+    its slope and offset are non-negative. Slopes below zero (LeakyRelu, PRelu, Elu, Selu's scale, a
     negative ThresholdedRelu threshold) make a function that falls somewhere, which keeps today's rule.
     """
-    if node.op_type not in _RISING:
-        return False
+    node = act.node
+    if node is None or node.op_type not in _RISING:
+        return node is None and act.acts_as in _RISING
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type == "PRelu":
-        slope = _constant(graph, node.input[1])
+        slope = view.value(node.input[1])  # None when stored as external data: the rule is not applied
         return slope is not None and bool((slope >= 0).all())
     defaults = {"LeakyRelu": ("alpha", 0.01), "Elu": ("alpha", 1.0), "Selu": ("gamma", 1.0507),
                 "ThresholdedRelu": ("alpha", 1.0), "HardSigmoid": ("alpha", 0.2)}
@@ -155,24 +165,6 @@ def _rises(node: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
         if attrs.get(key, default) < 0 or (node.op_type == "Selu" and attrs.get("alpha", 1.67) < 0):
             return False
     return not (node.op_type == "HardSigmoid" and attrs.get("beta", 0.5) < 0)
-
-
-def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
-    """The value of an initializer or ``Constant`` node output, None when the tensor is computed or
-    stored as external data (the loaded graph keeps external weights out of memory)."""
-    for init in graph.initializer:
-        if init.name == name:
-            return None if init.data_location == onnx.TensorProto.EXTERNAL else numpy_helper.to_array(init)
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name and node.attribute:
-            value = onnx.helper.get_attribute_value(node.attribute[0])
-            return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
-    return None
-
-
-def _other_is_constant(node: onnx.NodeProto, tensor: str, constants: set[str]) -> bool:
-    others = [i for i in node.input if i != tensor]
-    return len(others) == 1 and others[0] in constants
 
 
 def _shapes(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:

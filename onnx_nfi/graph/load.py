@@ -17,6 +17,8 @@ from onnx import TensorProto, numpy_helper, shape_inference
 
 from onnx_nfi.errors import ModelError
 from onnx_nfi.files import file_sha256
+from onnx_nfi.graph.channel_slices import add_branch_slices
+from onnx_nfi.graph.fold import fold_constants
 from onnx_nfi.graph.proto import BATCH_DIM, copy_model, with_input_size  # noqa: F401  (BATCH_DIM: importable from here)
 
 #: Metadata key, set on protos of external-data models, naming the folder onnxruntime reads the
@@ -120,11 +122,18 @@ def load_model(
         onnx.helper.set_model_props(
             proto, {**{p.key: p.value for p in proto.metadata_props}, EXTERNAL_DATA_DIR: str(path.parent.resolve())}
         )
+    proto = fold_constants(proto)
+    proto = _infer(proto, path)
+    if add_branch_slices(proto):
+        proto = _infer(proto, path)
+    return LoadedModel(proto=proto, path=path.resolve(), sha256=file_sha256(path), input=spec, notices=notices)
+
+
+def _infer(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     try:
-        proto = shape_inference.infer_shapes(proto, data_prop=True)
+        return shape_inference.infer_shapes(proto, data_prop=True)
     except Exception as exc:
         raise ModelError(f"shape inference failed on {path}: {str(exc).splitlines()[0]}") from None
-    return LoadedModel(proto=proto, path=path.resolve(), sha256=file_sha256(path), input=spec, notices=notices)
 
 
 def _check_opset(proto: onnx.ModelProto, path: Path) -> None:

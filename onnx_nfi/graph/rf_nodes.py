@@ -29,6 +29,10 @@ def join(states: Sequence[State]) -> State:
     if any(s.axes != first.axes for s in locals_[1:]):
         log.warning("Joining tensors whose image axes differ: receptive field taken as global.")
         return STRONG
+    sizes = {n for s in locals_ for n in (s.y.n, s.x.n)} - {1}
+    if any(s.y.n not in (1, first.y.n) or s.x.n not in (1, first.x.n) for s in locals_) and len(sizes) > 1:
+        log.warning("Joining tensors of different image sizes (sizes unknown to shape inference): receptive field taken as global.")
+        return STRONG
     y, x = first.y, first.x
     for other in locals_[1:]:
         y, x = y.union(other.y), x.union(other.x)

@@ -15,6 +15,7 @@ per image axis, the jump ``j`` and two exact spans per output index (``AxisWindo
   223 of a 224 image, so conv5's last windows stop at 214), dilation holes, reflect padding. The
   probe measures exactly this, so it is the strict test of the walk.
 
+Channel ranges of the branches of a channel ``Concat`` keep their own windows (rf_channels.py).
 Image axes are tracked through ``Transpose``/``Reshape``/``Squeeze``…, so NHWC models that
 transpose to NCHW right after the input (tf2onnx) work.
 
@@ -38,6 +39,7 @@ import onnx
 
 from onnx_nfi.errors import ModelError
 from onnx_nfi.graph.proto import shape_table, with_input_size
+from onnx_nfi.graph.rf_channels import ChannelParts
 from onnx_nfi.graph.rf_nodes import attr, constants, globalise, inferred, join, resize_sources, same_axis, str_attr
 from onnx_nfi.graph.receptive_field import LAYOUTS, POOLED, STRONG, AxisWindows, GraphTrace, Local, ReceptiveField, State
 
@@ -96,6 +98,7 @@ class _Tracer:
         self.states: dict[str, State] = {}
         self.summaries: list[str] = []
         self.unknown: set[str] = set()
+        self.channels = ChannelParts(self.shapes, self.consts)
 
     def run(self) -> GraphTrace:
         for value in self.graph.input:
@@ -106,7 +109,8 @@ class _Tracer:
         h, w = self.input_hw
         self.states[self.input_name] = Local(axes, AxisWindows.identity(h), AxisWindows.identity(w))
         for node in self.graph.node:
-            outs = self._node(node)
+            ins = [self.states.get(name) if name else None for name in node.input]
+            outs = self.channels.update(node, ins, self._node(node), node.op_type in _POINTWISE)
             for name, state in zip(node.output, outs):
                 if name:
                     self.states[name] = state
