@@ -168,6 +168,7 @@ def analyze(
         relative_to_root(p.imageset.root, image_root)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name)
     check_state_path(state)
+    resume, notes = _state_to_resume(state, resume)
     run_chunks = local_chunks
     try:
         if ray is not None:
@@ -179,12 +180,21 @@ def analyze(
         else:
             scanned, p = analysis.scan_part(p, state, resume=resume, progress=progress)
         return analysis.write(
-            p, scanned, db, state, lambda done: _summary(db, done, scanned.seconds, started), progress=progress,
+            p, scanned, db, state, lambda done: _summary(db, done, scanned.seconds, started, notes), progress=progress,
             started=started, image_root=image_root, remove_state=True, run_chunks=run_chunks,
         )
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what the state file holds
         hint = merge_command(state, db, image_root) if ray is not None else None
         raise interruption(exc, p.header, state, db, merge_hint=hint) from None
+
+
+def _state_to_resume(state: Path, resume: bool) -> tuple[bool, tuple[str, ...]]:
+    """Whether to resume from ``state``, and what to tell the user: ``--resume`` with no state there
+    (a scheduler rerunning the same command after a stop that came before the first save) starts
+    the run from the beginning instead of failing."""
+    if resume and not state.exists():
+        return False, (f"no scan state at {state} to resume from: the analysis started from the beginning",)
+    return resume, ()
 
 
 def state_path(db: str | Path, name: str, shard: Shard | None = None) -> Path:
@@ -203,6 +213,7 @@ class ShardSummary:
     images_seen: int
     images_skipped: int
     seconds: float
+    warnings: tuple[str, ...] = ()  # what the user should know about the run (the CLI prints them)
 
 
 def _scan_shard(
@@ -213,11 +224,14 @@ def _scan_shard(
     p = analysis.plan(model_path, images, None, name, config, part)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name, part)
     check_state_path(state)
+    resume, notes = _state_to_resume(state, resume)
     try:
         scanned, _ = analysis.scan_part(p, state, resume=resume, progress=progress)
     except KeyboardInterrupt as exc:
         raise interruption(exc, p.header, state, None) from None
-    return ShardSummary(p.name, str(part), state.resolve(), len(scanned.images), len(scanned.skipped), scanned.seconds)
+    return ShardSummary(
+        p.name, str(part), state.resolve(), len(scanned.images), len(scanned.skipped), scanned.seconds, notes
+    )
 
 
 def merge(
@@ -255,7 +269,9 @@ def merge(
         raise Interrupted.of(exc, f"Interrupted; nothing was written to {db}; the state files are unchanged.") from None
 
 
-def _summary(db: str | Path, done: analysis.Finished, scan_seconds: float, started: dt.datetime) -> AnalysisSummary:
+def _summary(
+    db: str | Path, done: analysis.Finished, scan_seconds: float, started: dt.datetime, notes: tuple[str, ...] = ()
+) -> AnalysisSummary:
     record = done.record
     return AnalysisSummary(
         model=record.name, db=Path(db).resolve(), run_id=done.run_id, images_seen=len(record.scan.images),
@@ -264,7 +280,7 @@ def _summary(db: str | Path, done: analysis.Finished, scan_seconds: float, start
         label_source=record.label_source, preprocessing=record.pre.name, scan_seconds=scan_seconds,
         nf_seconds=done.nf_seconds, index_seconds=done.index_seconds,
         total_seconds=(record.finished - started).total_seconds(),
-        warnings=done.warnings, skipped=tuple(record.skipped),
+        warnings=(*notes, *done.warnings), skipped=tuple(record.skipped),
     )
 
 

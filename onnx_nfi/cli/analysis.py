@@ -106,6 +106,7 @@ def analyze(
         f"Scanned shard {s.shard} of {s.model}: {s.images_seen} images ({s.images_skipped} skipped) in "
         f"{s.seconds:.1f} s.\nState: {s.state} (combine all shards with: onnx-nfi merge STATE... --db {db})",
     )
+    warn(s.warnings)
 
 
 @app.command()

@@ -72,8 +72,8 @@ def choose_probe(files: Sequence[ImageFile], size: int, *, check_decodable: bool
 def probe_for_analysis(db: str | Path, files: Sequence[ImageFile], size: int) -> ProbeSet:
     """The probe set an analysis into ``db`` must score: the stored one, else chosen from ``files``."""
     if Path(db).exists():
-        with Store.open(db) as store:
-            stored = read_probe(store)
+        with Store.open(db, read_only=True, any_duckdb=True) as store:  # a look: a run refused later leaves the file as it was
+            stored = read_probe(store) if store.has_table("probe_images") else None
         if stored is not None:
             return stored
     return choose_probe(files, size)
