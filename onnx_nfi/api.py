@@ -27,10 +27,11 @@ from onnx_nfi.pipeline import analysis
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline.checkpoint import (
     Shard, check_same_run, check_shards, check_state_path, config_of, interruption, merge_command, merge_states,
-    parse_shard, saved_probe,
+    parse_shard, resume_or_start, saved_probe,
 )
 from onnx_nfi.pipeline.features import FeatureWork, compute_features, local_chunks
 from onnx_nfi.pipeline.models import open_model, reopen_model
+from onnx_nfi.pipeline.run_lock import run_lock
 from onnx_nfi.progress import Progress
 from onnx_nfi.report import pictures, render
 from onnx_nfi.store.compact import CompactSummary
@@ -168,7 +169,16 @@ def analyze(
         relative_to_root(p.imageset.root, image_root)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name)
     check_state_path(state)
-    resume, notes = _state_to_resume(state, resume)
+    with run_lock(state):
+        return _analyze_plan(p, db, state, resume, ray, image_root, progress, started)
+
+
+def _analyze_plan(
+    p: analysis.Plan, db: str | Path, state: Path, resume: bool, ray: str | None, image_root: str | Path | None,
+    progress: Progress | None, started: dt.datetime,
+) -> AnalysisSummary:
+    """``analyze`` once planned, holding the run lock of ``state``."""
+    resume, notes = resume_or_start(state, resume)
     run_chunks = local_chunks
     try:
         if ray is not None:
@@ -186,15 +196,6 @@ def analyze(
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what the state file holds
         hint = merge_command(state, db, image_root) if ray is not None else None
         raise interruption(exc, p.header, state, db, merge_hint=hint) from None
-
-
-def _state_to_resume(state: Path, resume: bool) -> tuple[bool, tuple[str, ...]]:
-    """Whether to resume from ``state``, and what to tell the user: ``--resume`` with no state there
-    (a scheduler rerunning the same command after a stop that came before the first save) starts
-    the run from the beginning instead of failing."""
-    if resume and not state.exists():
-        return False, (f"no scan state at {state} to resume from: the analysis started from the beginning",)
-    return resume, ()
 
 
 def state_path(db: str | Path, name: str, shard: Shard | None = None) -> Path:
@@ -224,11 +225,12 @@ def _scan_shard(
     p = analysis.plan(model_path, images, None, name, config, part)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name, part)
     check_state_path(state)
-    resume, notes = _state_to_resume(state, resume)
-    try:
-        scanned, _ = analysis.scan_part(p, state, resume=resume, progress=progress)
-    except KeyboardInterrupt as exc:
-        raise interruption(exc, p.header, state, None) from None
+    with run_lock(state):
+        resume, notes = resume_or_start(state, resume)
+        try:
+            scanned, _ = analysis.scan_part(p, state, resume=resume, progress=progress)
+        except KeyboardInterrupt as exc:
+            raise interruption(exc, p.header, state, None) from None
     return ShardSummary(
         p.name, str(part), state.resolve(), len(scanned.images), len(scanned.skipped), scanned.seconds, notes
     )
@@ -258,11 +260,12 @@ def merge(
     whole_run = header["shard"][1] == 1
     state = paths[0] if whole_run else state_path(db, p.name)
     try:
-        scanned = merge_states(paths, p.layers, p.paths)
-        return analysis.write(
-            p, scanned, db, state, lambda done: _summary(db, done, scanned.seconds, started),
-            progress=progress, started=started, image_root=image_root, remove_state=whole_run,
-        )
+        with run_lock(state):
+            scanned = merge_states(paths, p.layers, p.paths)
+            return analysis.write(
+                p, scanned, db, state, lambda done: _summary(db, done, scanned.seconds, started),
+                progress=progress, started=started, image_root=image_root, remove_state=whole_run,
+            )
     except KeyboardInterrupt as exc:
         if isinstance(exc, Interrupted) and str(exc):  # the write's own account of what it kept
             raise

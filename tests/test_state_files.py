@@ -1,21 +1,26 @@
 """Damaged and inconsistent scan state files: cut short, bit-flipped, empty, or holding a batch twice.
 Each is refused in one line, by ``analyze --resume`` and by ``merge``, and a refused resume leaves
-the database file byte for byte as it was."""
+the database file byte for byte as it was. Two runs into one state file: the second is refused."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cli_helpers import invoke
-from conftest import TINY
+from conftest import ROOT, TINY
 from test_checkpoint import CONFIG, MODEL, OPTIONS, images  # noqa: F401  (fixture)
 
 from onnx_nfi import api
+from onnx_nfi.scan.state import read_header
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +131,58 @@ def test_resume_of_another_run_leaves_the_database_file_as_it_was(
     result = invoke("analyze", TINY, images, "--db", db, "--checkpoint", copy, "--resume", "--top-n", "50", *OPTIONS)
     assert result.exit_code == 2 and "made by another run: the analysis options differ (--top-n 100 -> 50)" in result.output
     assert fingerprint(db) == before
+
+
+#: Holds a database's lock until killed (retrying while a run holds it for a moment).
+LOCKER = """
+import sys, time, duckdb
+while True:
+    try:
+        con = duckdb.connect(sys.argv[1])
+        break
+    except duckdb.IOException:
+        time.sleep(0.01)
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_run_into_the_same_state_file_is_refused(images: Path, tmp_path: Path) -> None:
+    """The first run, its scan done, waits for a database another process took once it had started; meanwhile
+    a second run of the same model into the same checkpoint file (another database) is refused in one line."""
+    first_db, second_db, state = tmp_path / "first.duckdb", tmp_path / "second.duckdb", tmp_path / "shared.state"
+    many = tmp_path / "images"
+    for copy in "abc":  # a scan long enough for the locker to start during it
+        shutil.copytree(images, many / copy)
+    images = many
+    api.sql("SELECT 1", first_db, write=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "onnx_nfi", "analyze", str(TINY), str(images), "--db", str(first_db),
+         "--checkpoint", str(state), "--lock-timeout", "120", *OPTIONS],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    locker = None
+    try:
+        deadline = time.monotonic() + 120
+        while not (state.is_file() and read_header(state)["complete"]):  # scanned: then it waits for the lock
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            if state.is_file() and locker is None:  # the first checkpoint: past the start-up check
+                locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(first_db)], stdout=subprocess.PIPE, text=True)
+                assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+            time.sleep(0.01)
+        assert locker is not None
+        second = invoke("analyze", TINY, images, "--db", second_db, "--checkpoint", state, *OPTIONS)
+        assert (second.exit_code, second.output.strip()) == (2, (
+            f"Error: another onnx-nfi run is using the scan state {state} (same model and database); wait for it "
+            "to end, or give this run another --checkpoint FILE or --name"
+        ))
+        assert not second_db.exists()
+        assert first.poll() is None, "the first run was disturbed"
+    finally:
+        if locker is not None:
+            locker.kill()
+            locker.wait()
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert not state.exists() and not Path(f"{state}.lock").exists()

@@ -187,6 +187,15 @@ def interruption(
     )
 
 
+def resume_or_start(state: Path, resume: bool) -> tuple[bool, tuple[str, ...]]:
+    """Whether to resume from ``state``, and what to tell the user: ``--resume`` with no state there
+    (a scheduler rerunning the same command after a stop that came before the first save) starts
+    the run from the beginning instead of failing."""
+    if resume and not state.exists():
+        return False, (f"no scan state at {state} to resume from: the analysis started from the beginning",)
+    return resume, ()
+
+
 def read_resumable(path: Path, present: dict[str, Any], layers: dict[str, Layer], paths: list[Path]) -> tuple[ScanResult, dict[str, Any]]:
     """The saved state of this same run and its header; a missing file, another run's or one whose
     images are not the files before its resume point is refused."""
