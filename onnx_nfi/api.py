@@ -15,9 +15,8 @@ from pathlib import Path
 
 from onnx_nfi import search
 from onnx_nfi.config import AnalyzeConfig
-from onnx_nfi.data.images import relative_to_root, stored_image_path
+from onnx_nfi.data.images import relative_to_root
 from onnx_nfi.errors import ConfigError, Interrupted
-from onnx_nfi.graph.layers import find_conv_layers
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
 from onnx_nfi.graph.receptive_field import clipped_windows
 from onnx_nfi.graph.rf_probe import measure_windows, outside_windows
@@ -29,16 +28,16 @@ from onnx_nfi.pipeline.checkpoint import (
     Shard, check_same_run, check_shards, check_state_path, config_of, interruption, merge_command, merge_states,
     parse_shard, resume_or_start, saved_probe,
 )
-from onnx_nfi.pipeline.features import FeatureWork, compute_features, local_chunks
-from onnx_nfi.pipeline.models import open_model, reopen_model
+from onnx_nfi.pipeline.features import local_chunks
+from onnx_nfi.pipeline.models import open_model
+from onnx_nfi.pipeline.reindex import reindex
 from onnx_nfi.pipeline.run_lock import run_lock
 from onnx_nfi.progress import Progress
 from onnx_nfi.report import pictures, render
 from onnx_nfi.store.compact import CompactSummary
 from onnx_nfi.store.compact import compact as compact_db
-from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.duckdb_store import Store, lock_wait
 from onnx_nfi.store.import_db import ImportSummary, import_models
-from onnx_nfi.store.results import stored_rf, stored_topn, write_index_run
 from onnx_nfi.store.vectors import RemoveSummary, sync_after_commit
 from onnx_nfi.store.vectors import remove as remove_model
 
@@ -294,30 +293,19 @@ def index(
     config: AnalyzeConfig = AnalyzeConfig(),
     progress: Progress | None = None,
     image_root: str | Path | None = None,
+    saved: str | Path | None = None,
 ) -> IndexSummary:
     """(Re)compute selectivity indexes of a model already in the database, without a new scan
-    (``image_root``: where images stored relative to their root are now)."""
+    (``image_root``: where images stored relative to their root are now). The write waits up to
+    ``config.lock_timeout`` for a locked database; if it cannot happen the indexes are saved and
+    ResultsNotWritten names the command that writes them: ``saved``, that file (nothing is computed)."""
     started = dt.datetime.now()
-    if not config.indexes:
+    if not config.indexes and saved is None:
         raise ConfigError("index recomputes the indexes named by --indexes; name at least one (e.g. --indexes color,class)")
-    with Store.open(db, read_only=True) as store:
-        row = store.model_row(model)
-        layer_rows = store.layer_rows(model)
-        topns = {r["layer"]: stored_topn(store, model, r["layer"], r["channels"]) for r in layer_rows}
-        image_rows = store.rows("SELECT image_id, path, label FROM images WHERE model = ?", [model])
-    lm, pre = reopen_model(model, row)
-    by_tensor = {layer.tensor: layer for layer in find_conv_layers(lm)}
-    infos = [
-        LayerInfo(by_tensor[r["layer"]], stored_rf(r)) for r in layer_rows if r["layer"] in by_tensor
-    ]
-    paths = {int(r["image_id"]): stored_image_path(r["path"], image_root) for r in image_rows}
-    labels = {int(r["image_id"]): r["label"] for r in image_rows}
-    work = FeatureWork.of(lm, pre, infos, {i.layer.tensor: topns[i.layer.tensor] for i in infos}, paths, labels,
-                          replace(config, nf=False))
-    write_index_run(db, model, compute_features(work, progress).indexes, config, started)
+    done = reindex(model, db, config, progress, image_root, saved, started)
     return IndexSummary(
-        model, config.indexes, len(infos), sum(i.layer.channels for i in infos),
-        (dt.datetime.now() - started).total_seconds(), sync_after_commit(db),
+        model, done.config.indexes, done.layers, done.neurons, (dt.datetime.now() - started).total_seconds(),
+        sync_after_commit(db),
     )
 
 
@@ -342,10 +330,13 @@ def set_probe(
     batch_size: int = AnalyzeConfig.batch_size,
     provider: str = AnalyzeConfig.provider,
     progress: Progress | None = None,
+    lock_timeout: float = AnalyzeConfig.lock_timeout,
 ) -> ProbeSummary:
-    """``onnx-nfi probe``: make up to ``size`` images of ``images_dir`` the database's probe set."""
+    """``onnx-nfi probe``: make up to ``size`` images of ``images_dir`` the database's probe set (the
+    write of the recomputed profiles waits up to ``lock_timeout`` s for a locked database)."""
     return probes.set_probe(
-        db, images_dir, size=size, force=force, batch_size=batch_size, provider=provider, progress=progress
+        db, images_dir, size=size, force=force, batch_size=batch_size, provider=provider, progress=progress,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -364,12 +355,17 @@ def compact(db: str | Path = DEFAULT_DB) -> CompactSummary:
     return compact_db(db)
 
 
-def match(db: str | Path, model_a: str, model_b: str, picture: str | Path | None = None) -> search.MatchResult:
+def match(
+    db: str | Path, model_a: str, model_b: str, picture: str | Path | None = None, *,
+    lock_timeout: float = AnalyzeConfig.lock_timeout,
+) -> search.MatchResult:
     """``onnx-nfi match``: match every neuron of ``model_a`` in ``model_b`` (stored in ``neuron_matches``);
-    ``picture`` gets the heat map of mean best correlation, layer by layer (checked before the work)."""
+    ``picture`` gets the heat map of mean best correlation, layer by layer (checked before the work). A
+    database another process holds is waited for up to ``lock_timeout`` s (match holds it while it works)."""
     if picture is not None:
         pictures.check_png(picture)
-    result = search.match(db, model_a, model_b)
+    with lock_wait(lock_timeout):
+        result = search.match(db, model_a, model_b)
     if picture is None:
         return result
     return replace(result, picture=render.match_png(result, picture).path)

@@ -50,6 +50,7 @@ Preprocess = Annotated[str | None, typer.Option("--preprocess", help=HELP["prepr
 Indexes = Annotated[str, typer.Option("--indexes", help=HELP["indexes"])]
 ColorMode = Annotated[str, typer.Option("--color-mode", help=HELP["color_mode"])]
 Rho = Annotated[float, typer.Option("--rho", help=HELP["rho"])]
+LockTimeout = Annotated[float, typer.Option("--lock-timeout", help=HELP["lock_timeout"])]
 LayerPatterns = Annotated[list[str] | None, typer.Option("--layers", help=HELP["layers"])]
 InputSize = Annotated[str | None, typer.Option("--input-size", help=HELP["input_size"])]
 ImageInput = Annotated[str | None, typer.Option("--input", help=HELP["input"])]
