@@ -46,7 +46,7 @@ def reindex(
         layer_rows = store.layer_rows(model)
         if saved is None:
             topns = {r["layer"]: stored_topn(store, model, r["layer"], r["channels"]) for r in layer_rows}
-            image_rows = store.rows("SELECT image_id, path, label FROM images WHERE model = ?", [model])
+            image_rows = store.rows("SELECT image_id, path, label, sha256 FROM images WHERE model = ?", [model])
     neurons = sum(int(r["channels"]) for r in layer_rows)
     if saved is not None:
         result, made_with = load_indexes(Path(saved), model, row["sha256"])
@@ -60,7 +60,7 @@ def reindex(
     paths = {int(r["image_id"]): stored_image_path(r["path"], image_root) for r in image_rows}
     labels = {int(r["image_id"]): r["label"] for r in image_rows}
     work = FeatureWork.of(lm, pre, infos, {i.layer.tensor: topns[i.layer.tensor] for i in infos}, paths, labels,
-                          replace(config, nf=False))
+                          replace(config, nf=False), sha256={int(r["image_id"]): r["sha256"] for r in image_rows})
     _write_or_keep(db, model, row["sha256"], compute_features(work, progress).indexes, config, started, progress)
     return Reindexed(config, len(infos), sum(i.layer.channels for i in infos))
 
