@@ -23,6 +23,7 @@ from onnx_nfi.graph.layers import Layer
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.session import Runner
 from onnx_nfi.progress import StageProgress
+from onnx_nfi.scan.finite import check_batch
 from onnx_nfi.scan.topn import Moments, TopN
 from onnx_nfi.signals import signals_wait
 
@@ -149,6 +150,8 @@ def scan(
             logits = result[outputs.model_outputs[0]].reshape(len(batch.ids), -1)
             top1 = logits.argmax(axis=1)
             labels = [class_names[k] if class_names and k < len(class_names) else str(int(k)) for k in top1]
+        for tensor, st in stats.items():  # refused at the batch where they appear, not after the scan
+            check_batch(st.layer, result[outputs.max[tensor]])
         for row, sha in enumerate(batch.sha256):
             if sha in probe_index:
                 for tensor in stats:
