@@ -116,13 +116,13 @@ def assert_state_consistent(state: Path) -> None:
 
 
 RNG = random.Random(23)
-#: (frame to aim at, how many sightings or seconds, signal, --checkpoint-every): 1000 saves only at the stop
+#: (frame to aim at, how many sightings or seconds, signal, --checkpoint-every): 1000 saves only at the stop.
+#: Eight points keep the test near a minute on a busy machine (each is an analysis and a resume).
 POINTS = [
     ("update", RNG.randint(1, 12), signal.SIGINT, 1000), ("update", RNG.randint(1, 12), signal.SIGTERM, 1000),
     ("update", RNG.randint(12, 40), signal.SIGINT, 8),
     ("absorb", RNG.randint(1, 30), signal.SIGINT, 1000), ("absorb", RNG.randint(1, 30), signal.SIGTERM, 8),
-    ("save_state", 1, signal.SIGINT, 8), ("save_state", RNG.randint(2, 6), signal.SIGTERM, 8),
-    ("result", RNG.randint(5, 60), signal.SIGINT, 8), ("result", RNG.randint(5, 60), signal.SIGTERM, 1000),
+    ("save_state", RNG.randint(1, 6), signal.SIGTERM, 8), ("result", RNG.randint(5, 60), signal.SIGINT, 1000),
     ("delay", RNG.uniform(0, 0.4), signal.SIGTERM, 8),
 ]
 
