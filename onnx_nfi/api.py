@@ -15,9 +15,8 @@ from pathlib import Path
 
 from onnx_nfi import search
 from onnx_nfi.config import AnalyzeConfig
-from onnx_nfi.data.images import relative_to_root, stored_image_path
+from onnx_nfi.data.images import relative_to_root
 from onnx_nfi.errors import ConfigError, Interrupted
-from onnx_nfi.graph.layers import find_conv_layers
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
 from onnx_nfi.graph.receptive_field import clipped_windows
 from onnx_nfi.graph.rf_probe import measure_windows, outside_windows
@@ -27,17 +26,18 @@ from onnx_nfi.pipeline import analysis
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline.checkpoint import (
     Shard, check_same_run, check_shards, check_state_path, config_of, interruption, merge_command, merge_states,
-    parse_shard, saved_probe,
+    parse_shard, resume_or_start, saved_probe,
 )
-from onnx_nfi.pipeline.features import FeatureWork, compute_features, local_chunks
-from onnx_nfi.pipeline.models import open_model, reopen_model
+from onnx_nfi.pipeline.features import local_chunks
+from onnx_nfi.pipeline.models import open_model
+from onnx_nfi.pipeline.reindex import reindex
+from onnx_nfi.pipeline.run_lock import run_lock
 from onnx_nfi.progress import Progress
 from onnx_nfi.report import pictures, render
 from onnx_nfi.store.compact import CompactSummary
 from onnx_nfi.store.compact import compact as compact_db
-from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.duckdb_store import Store, lock_wait
 from onnx_nfi.store.import_db import ImportSummary, import_models
-from onnx_nfi.store.results import stored_rf, stored_topn, write_index_run
 from onnx_nfi.store.vectors import RemoveSummary, sync_after_commit
 from onnx_nfi.store.vectors import remove as remove_model
 
@@ -168,6 +168,16 @@ def analyze(
         relative_to_root(p.imageset.root, image_root)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name)
     check_state_path(state)
+    with run_lock(state):
+        return _analyze_plan(p, db, state, resume, ray, image_root, progress, started)
+
+
+def _analyze_plan(
+    p: analysis.Plan, db: str | Path, state: Path, resume: bool, ray: str | None, image_root: str | Path | None,
+    progress: Progress | None, started: dt.datetime,
+) -> AnalysisSummary:
+    """``analyze`` once planned, holding the run lock of ``state``."""
+    resume, notes = resume_or_start(state, resume)
     run_chunks = local_chunks
     try:
         if ray is not None:
@@ -179,7 +189,7 @@ def analyze(
         else:
             scanned, p = analysis.scan_part(p, state, resume=resume, progress=progress)
         return analysis.write(
-            p, scanned, db, state, lambda done: _summary(db, done, scanned.seconds, started), progress=progress,
+            p, scanned, db, state, lambda done: _summary(db, done, scanned.seconds, started, notes), progress=progress,
             started=started, image_root=image_root, remove_state=True, run_chunks=run_chunks,
         )
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what the state file holds
@@ -203,6 +213,7 @@ class ShardSummary:
     images_seen: int
     images_skipped: int
     seconds: float
+    warnings: tuple[str, ...] = ()  # what the user should know about the run (the CLI prints them)
 
 
 def _scan_shard(
@@ -213,11 +224,15 @@ def _scan_shard(
     p = analysis.plan(model_path, images, None, name, config, part)
     state = Path(checkpoint) if checkpoint else state_path(db, p.name, part)
     check_state_path(state)
-    try:
-        scanned, _ = analysis.scan_part(p, state, resume=resume, progress=progress)
-    except KeyboardInterrupt as exc:
-        raise interruption(exc, p.header, state, None) from None
-    return ShardSummary(p.name, str(part), state.resolve(), len(scanned.images), len(scanned.skipped), scanned.seconds)
+    with run_lock(state):
+        resume, notes = resume_or_start(state, resume)
+        try:
+            scanned, _ = analysis.scan_part(p, state, resume=resume, progress=progress)
+        except KeyboardInterrupt as exc:
+            raise interruption(exc, p.header, state, None) from None
+    return ShardSummary(
+        p.name, str(part), state.resolve(), len(scanned.images), len(scanned.skipped), scanned.seconds, notes
+    )
 
 
 def merge(
@@ -244,18 +259,21 @@ def merge(
     whole_run = header["shard"][1] == 1
     state = paths[0] if whole_run else state_path(db, p.name)
     try:
-        scanned = merge_states(paths, p.layers, p.paths)
-        return analysis.write(
-            p, scanned, db, state, lambda done: _summary(db, done, scanned.seconds, started),
-            progress=progress, started=started, image_root=image_root, remove_state=whole_run,
-        )
+        with run_lock(state):
+            scanned = merge_states(paths, p.layers, p.paths)
+            return analysis.write(
+                p, scanned, db, state, lambda done: _summary(db, done, scanned.seconds, started),
+                progress=progress, started=started, image_root=image_root, remove_state=whole_run,
+            )
     except KeyboardInterrupt as exc:
         if isinstance(exc, Interrupted) and str(exc):  # the write's own account of what it kept
             raise
         raise Interrupted.of(exc, f"Interrupted; nothing was written to {db}; the state files are unchanged.") from None
 
 
-def _summary(db: str | Path, done: analysis.Finished, scan_seconds: float, started: dt.datetime) -> AnalysisSummary:
+def _summary(
+    db: str | Path, done: analysis.Finished, scan_seconds: float, started: dt.datetime, notes: tuple[str, ...] = ()
+) -> AnalysisSummary:
     record = done.record
     return AnalysisSummary(
         model=record.name, db=Path(db).resolve(), run_id=done.run_id, images_seen=len(record.scan.images),
@@ -264,7 +282,7 @@ def _summary(db: str | Path, done: analysis.Finished, scan_seconds: float, start
         label_source=record.label_source, preprocessing=record.pre.name, scan_seconds=scan_seconds,
         nf_seconds=done.nf_seconds, index_seconds=done.index_seconds,
         total_seconds=(record.finished - started).total_seconds(),
-        warnings=done.warnings, skipped=tuple(record.skipped),
+        warnings=(*notes, *done.warnings), skipped=tuple(record.skipped),
     )
 
 
@@ -275,30 +293,19 @@ def index(
     config: AnalyzeConfig = AnalyzeConfig(),
     progress: Progress | None = None,
     image_root: str | Path | None = None,
+    saved: str | Path | None = None,
 ) -> IndexSummary:
     """(Re)compute selectivity indexes of a model already in the database, without a new scan
-    (``image_root``: where images stored relative to their root are now)."""
+    (``image_root``: where images stored relative to their root are now). The write waits up to
+    ``config.lock_timeout`` for a locked database; if it cannot happen the indexes are saved and
+    ResultsNotWritten names the command that writes them: ``saved``, that file (nothing is computed)."""
     started = dt.datetime.now()
-    if not config.indexes:
+    if not config.indexes and saved is None:
         raise ConfigError("index recomputes the indexes named by --indexes; name at least one (e.g. --indexes color,class)")
-    with Store.open(db, read_only=True) as store:
-        row = store.model_row(model)
-        layer_rows = store.layer_rows(model)
-        topns = {r["layer"]: stored_topn(store, model, r["layer"], r["channels"]) for r in layer_rows}
-        image_rows = store.rows("SELECT image_id, path, label FROM images WHERE model = ?", [model])
-    lm, pre = reopen_model(model, row)
-    by_tensor = {layer.tensor: layer for layer in find_conv_layers(lm)}
-    infos = [
-        LayerInfo(by_tensor[r["layer"]], stored_rf(r)) for r in layer_rows if r["layer"] in by_tensor
-    ]
-    paths = {int(r["image_id"]): stored_image_path(r["path"], image_root) for r in image_rows}
-    labels = {int(r["image_id"]): r["label"] for r in image_rows}
-    work = FeatureWork.of(lm, pre, infos, {i.layer.tensor: topns[i.layer.tensor] for i in infos}, paths, labels,
-                          replace(config, nf=False))
-    write_index_run(db, model, compute_features(work, progress).indexes, config, started)
+    done = reindex(model, db, config, progress, image_root, saved, started)
     return IndexSummary(
-        model, config.indexes, len(infos), sum(i.layer.channels for i in infos),
-        (dt.datetime.now() - started).total_seconds(), sync_after_commit(db),
+        model, done.config.indexes, done.layers, done.neurons, (dt.datetime.now() - started).total_seconds(),
+        sync_after_commit(db),
     )
 
 
@@ -323,10 +330,13 @@ def set_probe(
     batch_size: int = AnalyzeConfig.batch_size,
     provider: str = AnalyzeConfig.provider,
     progress: Progress | None = None,
+    lock_timeout: float = AnalyzeConfig.lock_timeout,
 ) -> ProbeSummary:
-    """``onnx-nfi probe``: make up to ``size`` images of ``images_dir`` the database's probe set."""
+    """``onnx-nfi probe``: make up to ``size`` images of ``images_dir`` the database's probe set (the
+    write of the recomputed profiles waits up to ``lock_timeout`` s for a locked database)."""
     return probes.set_probe(
-        db, images_dir, size=size, force=force, batch_size=batch_size, provider=provider, progress=progress
+        db, images_dir, size=size, force=force, batch_size=batch_size, provider=provider, progress=progress,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -345,12 +355,17 @@ def compact(db: str | Path = DEFAULT_DB) -> CompactSummary:
     return compact_db(db)
 
 
-def match(db: str | Path, model_a: str, model_b: str, picture: str | Path | None = None) -> search.MatchResult:
+def match(
+    db: str | Path, model_a: str, model_b: str, picture: str | Path | None = None, *,
+    lock_timeout: float = AnalyzeConfig.lock_timeout,
+) -> search.MatchResult:
     """``onnx-nfi match``: match every neuron of ``model_a`` in ``model_b`` (stored in ``neuron_matches``);
-    ``picture`` gets the heat map of mean best correlation, layer by layer (checked before the work)."""
+    ``picture`` gets the heat map of mean best correlation, layer by layer (checked before the work). A
+    database another process holds is waited for up to ``lock_timeout`` s (match holds it while it works)."""
     if picture is not None:
         pictures.check_png(picture)
-    result = search.match(db, model_a, model_b)
+    with lock_wait(lock_timeout):
+        result = search.match(db, model_a, model_b)
     if picture is None:
         return result
     return replace(result, picture=render.match_png(result, picture).path)

@@ -1,10 +1,11 @@
-"""Content hashes of files (models and images are recognised by content, not by path), and
-atomic writes that leave no temporary behind for good."""
+"""Content hashes of files (models and images are recognised by content, not by path), reads that
+cannot block, and atomic writes that leave no temporary behind for good."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,24 @@ def file_sha256(path: str | Path) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class NotARegularFile(OSError):
+    """A path that is a FIFO, socket, device or folder where a file was expected."""
+
+
+def read_regular(path: str | Path) -> bytes:
+    """The bytes of ``path``, which must be a regular file. It is opened with O_NONBLOCK (a FIFO put
+    in an image's place would otherwise wait forever for a writer, and no signal would end the
+    wait) and checked with fstat on the open file, so nothing can be swapped in between."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotARegularFile(f"{path} is not a regular file (a FIFO, socket, device or folder)")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 # ---- atomic writes ---------------------------------------------------------------------------

@@ -147,9 +147,10 @@ def test_resume_of_another_run_is_refused_saying_what_differs(images: Path, tmp_
     assert listed.exit_code == 2 and "made by another run: the image list differs;" in listed.output
     other = invoke("analyze", TINY, images, "--db", db, "--shard", "2/3", "--resume", "--checkpoint", state, *OPTIONS)
     assert other.exit_code == 2 and "the shard differs (1/3 -> 2/3);" in other.output, other.output
-    missing = invoke("analyze", TINY, images, "--db", db, "--resume", *OPTIONS)
-    assert missing.exit_code == 2
-    assert f"no checkpoint at {api.state_path(db, MODEL)} to resume from" in missing.output
+    missing = invoke("analyze", TINY, images, "--db", db, "--resume", *OPTIONS)  # a scheduler's rerun: starts over
+    assert missing.exit_code == 0, missing.output
+    assert (f"Warning: no scan state at {api.state_path(db, MODEL)} to resume from: the analysis started from the "
+            "beginning") in missing.output.splitlines()
 
 
 def test_three_shards_merged_equal_one_run(images: Path, reference: Path, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from onnx_nfi.cli.common import (
     Indexes,
     InputSize,
     LayerPatterns,
+    LockTimeout,
     Preprocess,
     ProgressBars,
     Provider,
@@ -108,6 +109,7 @@ def analyze(
         f"Scanned shard {s.shard} of {s.model}: {s.images_seen} images ({s.images_skipped} skipped) in "
         f"{s.seconds:.1f} s.\nState: {s.state} (combine all shards with: onnx-nfi merge STATE... --db {db})",
     )
+    warn(s.warnings)
 
 
 @app.command()
@@ -179,6 +181,10 @@ def index_cmd(
     batch_size: BatchSize = AnalyzeConfig.batch_size,
     provider: Provider = AnalyzeConfig.provider,
     image_root: ImageRoot = None,
+    lock_timeout: LockTimeout = AnalyzeConfig.lock_timeout,
+    saved: Annotated[
+        Path | None, typer.Option("--saved", help="Write the indexes a failed write kept in FILE (nothing is computed).")
+    ] = None,
     silent: Silent = False,
 ) -> None:
     """(Re)compute selectivity indexes of a model already in the database, without a new scan."""
@@ -186,9 +192,10 @@ def index_cmd(
 
     config = AnalyzeConfig(
         indexes=(indexes,), color_mode=color_mode, rho=rho, seed=seed, batch_size=batch_size, provider=provider,
+        lock_timeout=lock_timeout,
     )
     with ProgressBars(silent) as bars:
-        s = api.index(model, db, config=config, progress=bars, image_root=image_root)
+        s = api.index(model, db, config=config, progress=bars, image_root=image_root, saved=saved)
     say(
         f"Indexed {s.model}: {', '.join(s.indexes)} for {s.neurons} neurons in {s.layers} layers "
         f"({s.seconds:.1f} s).",

@@ -12,6 +12,7 @@ from onnx_nfi.cli.common import (
     BatchSize,
     DEFAULT_DB,
     Db,
+    LockTimeout,
     ModelName,
     ProgressBars,
     Provider,
@@ -125,6 +126,7 @@ def probe_cmd(
         "--force", help="Replace an existing probe set and recompute every model's response profiles.")] = False,
     batch_size: BatchSize = AnalyzeConfig.batch_size,
     provider: Provider = AnalyzeConfig.provider,
+    lock_timeout: LockTimeout = AnalyzeConfig.lock_timeout,
     silent: Silent = False,
     db: Db = Path(DEFAULT_DB),
 ) -> None:
@@ -132,7 +134,8 @@ def probe_cmd(
     from onnx_nfi import api
 
     with ProgressBars(silent) as bars:
-        summary = api.set_probe(db, images, size=size, force=force, batch_size=batch_size, provider=provider, progress=bars)
+        summary = api.set_probe(db, images, size=size, force=force, batch_size=batch_size, provider=provider,
+                                progress=bars, lock_timeout=lock_timeout)
     if not summary.changed:
         say(f"The probe set of {db} already is these {summary.images} images; nothing changed.")
         return

@@ -13,6 +13,7 @@ from onnx_nfi.cli.common import (
     DEFAULT_DB,
     Db,
     LayerPatterns,
+    LockTimeout,
     app,
     console,
     out,
@@ -22,6 +23,7 @@ from onnx_nfi.cli.common import (
     user_errors,
     wrote,
 )
+from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.names import INDEX_COLUMNS, VECTOR_KINDS
 
 FORMATS = ("table", "json", "csv")
@@ -83,11 +85,12 @@ def match_cmd(
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="Heat map of mean best correlation, layer by layer (PNG).")] = None,
     db: Db = Path(DEFAULT_DB),
+    lock_timeout: LockTimeout = AnalyzeConfig.lock_timeout,
 ) -> None:
     """Match every neuron of MODEL_A to MODEL_B by response correlation (results in neuron_matches)."""
     from onnx_nfi import api
 
-    result = api.match(db, model_a, model_b, output)
+    result = api.match(db, model_a, model_b, output, lock_timeout=lock_timeout)
     print_table(
         [f"{model_a} layer", "neurons", f"best {model_b} layer", "mean best corr", "mean one-to-one"],
         [(row.alias, str(row.neurons), row.best_alias or "-", _num(row.mean_best), _num(row.mean_one_to_one))

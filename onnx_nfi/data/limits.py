@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from onnx_nfi.config import DEFAULT_MAX_PIXELS
 
@@ -19,9 +20,9 @@ __all__ = ["DEFAULT_MAX_PIXELS", "header_size", "too_large"]
 _PILLOW_LIMIT = threading.Lock()
 
 
-def header_size(path: Path) -> tuple[int, int] | None:
-    """(height, width) from the image header, or None when Pillow does not know the format (the
-    decoder then reports the file as it finds it)."""
+def header_size(path: Path | BinaryIO) -> tuple[int, int] | None:
+    """(height, width) from the image header (of a file, or of bytes already read), or None when
+    Pillow does not know the format (the decoder then reports the file as it finds it)."""
     from PIL import Image
 
     with _PILLOW_LIMIT:  # Pillow's own bomb limit would refuse before telling the size: we judge it

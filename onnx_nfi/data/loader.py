@@ -20,6 +20,7 @@ import numpy as np
 
 from onnx_nfi.data.images import ImageFile
 from onnx_nfi.data.preprocess import Preprocessing
+from onnx_nfi.files import NotARegularFile, read_regular
 
 # Every unreadable file becomes a reason in the summary; OpenCV's own "[ WARN:0@…]" lines on
 # stderr would only repeat it, raw, in the middle of the progress bars.
@@ -50,9 +51,16 @@ class Batch:
 def decode(file: ImageFile, pre: Preprocessing, normalise: bool = False) -> Decoded:
     """Read, hash and preprocess one file (and normalise it: off the main thread); failures become a reason."""
     try:
-        data = Path(file.path).read_bytes()
+        data = read_regular(file.path)  # never blocks: a FIFO swapped in mid-run is a reason, not a hang
+    except NotARegularFile:
+        return Decoded(file, None, "", "not a regular file (a FIFO, socket or device)")
     except OSError as exc:
         return Decoded(file, None, "", f"cannot read file ({exc.strerror or exc})")
+    return decode_bytes(file, data, pre, normalise)
+
+
+def decode_bytes(file: ImageFile, data: bytes, pre: Preprocessing, normalise: bool = False) -> Decoded:
+    """Hash and preprocess the bytes ``data`` read from ``file``; failures become a reason."""
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         return Decoded(file, None, digest, "empty file")

@@ -169,6 +169,7 @@ def finish(
     work = FeatureWork.of(
         p.lm, p.pre, p.infos, topns,
         {i.image_id: Path(i.path) for i in result.images}, {i.image_id: i.label for i in result.images}, p.config,
+        sha256={i.image_id: i.sha256 for i in result.images},
     )
     features = compute_features(work, progress, run_chunks)
     if image_root is not None:

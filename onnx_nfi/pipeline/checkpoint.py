@@ -187,13 +187,28 @@ def interruption(
     )
 
 
+def resume_or_start(state: Path, resume: bool) -> tuple[bool, tuple[str, ...]]:
+    """Whether to resume from ``state``, and what to tell the user: ``--resume`` with no state there
+    (a scheduler rerunning the same command after a stop that came before the first save) starts
+    the run from the beginning instead of failing."""
+    if resume and not state.exists():
+        return False, (f"no scan state at {state} to resume from: the analysis started from the beginning",)
+    return resume, ()
+
+
 def read_resumable(path: Path, present: dict[str, Any], layers: dict[str, Layer], paths: list[Path]) -> tuple[ScanResult, dict[str, Any]]:
-    """The saved state of this same run and its header; a missing file or another run's is refused."""
+    """The saved state of this same run and its header; a missing file, another run's or one whose
+    images are not the files before its resume point is refused."""
     if not path.is_file():
         raise StateError(f"no checkpoint at {path} to resume from; run without --resume (or pass --checkpoint FILE)")
     saved = read_header(path)
     check_same_run(path, saved, present)
-    return load_state(path, layers, paths), saved
+    partial = load_state(path, layers, paths)
+    start = Shard(*saved["shard"]).bounds(len(paths))[0]
+    if any(not start <= img.image_id < saved["next_position"] for img in partial.images):
+        raise StateError(f"{path} is inconsistent (an image after its resume point); delete it and run the "
+                         "analysis again without --resume")
+    return partial, saved
 
 
 def merge_states(paths: Sequence[Path], layers: dict[str, Layer], files: list[Path]) -> ScanResult:
@@ -233,6 +248,11 @@ def check_shards(paths: Sequence[Path]) -> dict[str, Any]:
         if diff:
             raise StateError(f"{path} belongs to another run than {paths[0]}: {'; '.join(diff)}; merge shards of one run")
     for path, h in zip(paths, headers):
+        if not h.get("complete") and h["shard"][1] == 1:
+            raise StateError(
+                f"{path} is the checkpoint of an unfinished analysis, not a finished scan; continue it with the same "
+                "'onnx-nfi analyze' command plus --resume, which writes the database when done"
+            )
         if not h.get("complete"):
             raise StateError(
                 f"{path} is an unfinished shard ({h['shard'][0]}/{h['shard'][1]}); finish it with the same "

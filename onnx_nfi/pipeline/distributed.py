@@ -13,6 +13,8 @@ phase (images scanned, top images through each pass).
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -52,10 +54,14 @@ def connect(address: str) -> Any:
     """Join the cluster at ``address`` (``local``: start a local instance), unless already joined."""
     ray = _ray()
     if not ray.is_initialized():
+        on_sigterm = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise ConfigError(f"cannot reach the Ray cluster at {address!r} ({exc}); check --ray ADDRESS") from None
+        finally:  # ray.init makes SIGTERM exit(15) at once; ours saves the scan and says so, as on Ctrl-C
+            if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, on_sigterm)
     return ray
 
 
@@ -109,6 +115,16 @@ def _task_errors(ray: Any) -> Iterator[None]:
 
 def _tally(ray: Any) -> Any:
     return ray.remote(_Tally).options(name=f"{TALLY}-{uuid.uuid4().hex}", num_cpus=0).remote()
+
+
+def _tally_done(ray: Any, answer: Any) -> int | None:
+    """Images the shards have scanned, from the progress actor's ``answer``; None when it cannot say
+    (killed, unreachable): progress is only shown, so the run goes on without it."""
+    try:
+        done, _, _ = ray.get(answer)
+    except ray.exceptions.RayError:
+        return None
+    return sum(done.values())
 
 
 def _scan_shard(
@@ -167,11 +183,17 @@ def distributed_scan(p: Plan, address: str, progress: Progress | None = None) ->
     pending = list(refs)
     try:
         with _task_errors(ray):
+            asked, reporting = None, progress is not None  # the actor's answer is awaited without blocking
             while pending:
                 _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.1)
-                if progress is not None:
-                    done, _, _ = ray.get(tally.state.remote())
-                    progress("scan", min(sum(done.values()), total), total)
+                if not reporting or progress is None:
+                    continue
+                asked = tally.state.remote() if asked is None else asked
+                if ray.wait([asked], timeout=0)[0]:
+                    done, asked = _tally_done(ray, asked), None
+                    reporting = done is not None  # the actor is gone: the run goes on without a moving bar
+                    if done is not None:
+                        progress("scan", min(done, total), total)
             while len(refs) > 1:  # a tree of merges: pairs, then pairs of pairs
                 refs = [merge_task.remote(*refs[k:k + 2]) if k + 1 < len(refs) else refs[k]
                         for k in range(0, len(refs), 2)]

@@ -62,17 +62,20 @@ class FeatureWork:
     chunk_images: int = CHUNK_IMAGES
     #: tells a worker process whether the passes' state it keeps belongs to this work
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: top image id -> content hash the scan recorded: an image read again must still be that one
+    sha256: Mapping[int, str] = field(default_factory=dict)
 
     @classmethod
     def of(
         cls, lm: LoadedModel, pre: Preprocessing, infos: Iterable[LayerInfo], topns: Mapping[str, TopN],
         paths: Mapping[int, Path], labels: Mapping[int, str | None], config: AnalyzeConfig,
-        chunk_images: int = CHUNK_IMAGES,
+        chunk_images: int = CHUNK_IMAGES, sha256: Mapping[int, str] | None = None,
     ) -> FeatureWork:
-        """The work of ``infos``' layers, keeping of ``paths`` and ``labels`` only the top images."""
+        """The work of ``infos``' layers, keeping of ``paths``, ``labels`` and ``sha256`` only the top images."""
         ids = [int(i) for i in top_image_ids(topns.values())]
+        hashes = {i: sha256[i] for i in ids if i in sha256} if sha256 else {}
         return cls(lm, pre, tuple(infos), dict(topns), {i: paths[i] for i in ids}, {i: labels.get(i) for i in ids},
-                   config, chunk_images)
+                   config, chunk_images, sha256=hashes)
 
     def chunks(self) -> list[np.ndarray]:
         """The top image ids, ``chunk_images`` at a time."""
@@ -107,7 +110,7 @@ class ChunkWorker:
     def run(self, kind: str, chunk: np.ndarray) -> ChunkOutput:
         """``nf``: the chunk's crop sums per layer; ``index``: its index responses."""
         w = self.work
-        images = decode_display({int(i): w.paths[int(i)] for i in chunk}, w.pre)
+        images = decode_display({int(i): w.paths[int(i)] for i in chunk}, w.pre, w.sha256)
         if kind == "nf":
             return chunk_sums(self.plans, images, chunk)
         return chunk_responses(self._sessions, w.pre, w.index_layers(), images, chunk, w.config)

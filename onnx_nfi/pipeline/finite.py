@@ -1,4 +1,5 @@
-"""Non-finite activations (NaN, ±Inf) found right after the scan, with the layer named.
+"""Non-finite activations (NaN, ±Inf) found in a finished scan (a merged or saved one: a scan refuses
+them per batch, ``onnx_nfi.scan.finite``), with the layer named.
 
 A ``Log`` or a division in the graph can make a layer's maxima NaN or infinite on some images; top-N
 ranking, moments and every index are meaningless then, and the database write would fail late with
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from onnx_nfi.errors import ModelError
+from onnx_nfi.scan.finite import non_finite
 from onnx_nfi.scan.scanner import LayerStats
 
 
@@ -23,9 +24,4 @@ def check_finite(stats: Mapping[str, LayerStats]) -> None:
         bad_top = kept & ~np.isfinite(st.topn.scores)
         bad = np.flatnonzero(bad_top.any(axis=1) | ~np.isfinite(st.moments.mean))
         if bad.size:
-            layer = st.layer
-            raise ModelError(
-                f"layer {layer.alias} ({layer.tensor}) gives non-finite activations (NaN or Inf) in "
-                f"{bad.size} of {layer.channels} units (first: unit {int(bad[0])}); the model computes them "
-                f"(e.g. a Log or a division before it): fix the model or leave the layer out with --layers"
-            )
+            raise non_finite(st.layer, bad)

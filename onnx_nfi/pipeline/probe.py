@@ -27,7 +27,7 @@ from onnx_nfi.neurons import similarity
 from onnx_nfi.pipeline.models import reopen_model
 from onnx_nfi.progress import Progress, phase
 from onnx_nfi.scan.scanner import ScanResult, scan
-from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.duckdb_store import Store, lock_wait
 from onnx_nfi.store.vectors import ProbeSet, ids_by_layer, insert_vectors, read_probe, save_probe, sync_after_commit
 
 
@@ -72,8 +72,8 @@ def choose_probe(files: Sequence[ImageFile], size: int, *, check_decodable: bool
 def probe_for_analysis(db: str | Path, files: Sequence[ImageFile], size: int) -> ProbeSet:
     """The probe set an analysis into ``db`` must score: the stored one, else chosen from ``files``."""
     if Path(db).exists():
-        with Store.open(db) as store:
-            stored = read_probe(store)
+        with Store.open(db, read_only=True, any_duckdb=True) as store:  # a look: a run refused later leaves the file as it was
+            stored = read_probe(store) if store.has_table("probe_images") else None
         if stored is not None:
             return stored
     return choose_probe(files, size)
@@ -166,13 +166,15 @@ def set_probe(
     batch_size: int = 32,
     provider: str = "auto",
     progress: Progress | None = None,
+    lock_timeout: float = 60.0,
 ) -> ProbeSummary:
     """Make up to ``size`` images of ``images_dir`` (evenly spaced, decodable) the database's probe set.
 
     **Decision**: with models already in the database the probe set changes only with ``force``,
     and then every model's response profiles are recomputed from its ONNX file (which must be
     unchanged, checked by hash) over the new probe images, so all profiles stay comparable.
-    Everything is written in one transaction after all models are scored.
+    Everything is written in one transaction after all models are scored; the write waits up to
+    ``lock_timeout`` s for a database another process holds (the scoring may have taken hours).
     """
     if size < 1:
         raise SearchError(f"the probe set needs at least one image, got --size {size}")
@@ -192,7 +194,7 @@ def set_probe(
             )
         work = [(m, store.model_row(m), [r["layer"] for r in store.layer_rows(m)]) for m in models]
     vectors = {m: _rescore(m, row, layer_names, probe, batch_size, provider, progress) for m, row, layer_names in work}
-    with Store.open(db) as store, store.transaction():
+    with lock_wait(lock_timeout, phase(progress, "lock")), Store.open(db) as store, store.transaction():
         store.con.execute("DELETE FROM probe_images")
         store.con.execute("DROP TABLE IF EXISTS response_vectors")
         store.con.execute("DELETE FROM neuron_matches")

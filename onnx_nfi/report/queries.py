@@ -15,11 +15,11 @@ from pathlib import Path
 from onnx_nfi.data.images import stored_image_path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from onnx_nfi.data.preprocess import Preprocessing, from_dict
-from onnx_nfi.errors import ImageError, NotFoundError, StoreError
+from onnx_nfi.data.display import display_image
+from onnx_nfi.data.preprocess import from_dict
+from onnx_nfi.errors import NotFoundError, StoreError
 from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.neurons.nf import GREY, crop_geometry
 from onnx_nfi.store.duckdb_store import Store
@@ -202,7 +202,7 @@ def neuron_card(
     nf = _nf_of(row, ref, unit)
     pre = from_dict(store.model_row(model)["preprocessing"], f"stored preprocessing of {model}")
     tops = store.rows(
-        "SELECT t.rank, t.image_id, t.y, t.x, t.activation, i.path, i.label FROM top_activations t "
+        "SELECT t.rank, t.image_id, t.y, t.x, t.activation, i.path, i.label, i.sha256 FROM top_activations t "
         "JOIN images i ON i.model = t.model AND i.image_id = t.image_id "
         "WHERE t.model = ? AND t.layer = ? AND t.unit = ? ORDER BY t.rank LIMIT ?",
         [ref.model, ref.layer, unit, top],
@@ -217,7 +217,8 @@ def neuron_card(
             label=t["label"],
             activation=float(t["activation"]),
             relative=float(t["activation"]) / best,
-            crop=cut_crop(display_image(stored_image_path(t["path"], image_root), pre), int(y), int(x), geometry.canvas),
+            crop=cut_crop(display_image(stored_image_path(t["path"], image_root), pre, t["sha256"]), int(y), int(x),
+                          geometry.canvas),
         )
         for t, y, x in zip(tops, ys, xs)
     )
@@ -338,9 +339,3 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def display_image(path: Path, pre: Preprocessing) -> np.ndarray:
-    """The image as the network saw it (resized, cropped RGB), decoded with the stored preprocessing."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ImageError(f"top image {path} cannot be read any more (moved or deleted); analyse the model again")
-    return pre.to_display(bgr)

@@ -23,6 +23,7 @@ from onnx_nfi.graph.layers import Layer
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.session import Runner
 from onnx_nfi.progress import StageProgress
+from onnx_nfi.scan.finite import check_batch
 from onnx_nfi.scan.topn import Moments, TopN
 from onnx_nfi.signals import signals_wait
 
@@ -126,18 +127,20 @@ def scan(
     if progress:
         progress(len(images) + len(skipped), total)
 
-    held: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []  # (ids, outputs) not yet in the statistics
+    # (ids, outputs, images) of batches run but not yet in the statistics
+    held: list[tuple[np.ndarray, dict[str, np.ndarray], list[ScannedImage]]] = []
 
     def update_stats() -> None:
-        ids = np.concatenate([i for i, _ in held])
-        with signals_wait():  # every layer takes the held batches, or none: a Ctrl-C between two would
-            for tensor, st in stats.items():  # make the checkpoint's save add them twice to the first
-                scores = np.concatenate([r[outputs.max[tensor]] for _, r in held])
-                flat = np.concatenate([r[outputs.argmax[tensor]] for _, r in held])
+        ids = np.concatenate([i for i, _, _ in held])
+        with signals_wait():  # every layer takes the held batches and ``images`` lists them, or none of this
+            for tensor, st in stats.items():  # happens: the saved list is exactly what the statistics hold
+                scores = np.concatenate([r[outputs.max[tensor]] for _, r, _ in held])
+                flat = np.concatenate([r[outputs.argmax[tensor]] for _, r, _ in held])
                 key = outputs.key.get(tensor)
-                keys = np.concatenate([r[key] for _, r in held]) if key else None
+                keys = np.concatenate([r[key] for _, r, _ in held]) if key else None
                 st.topn.update(ids, scores, flat // st.layer.width, flat % st.layer.width, keys)
                 st.moments.update(scores)
+            images.extend(img for _, _, batch_images in held for img in batch_images)
             held.clear()
 
     def absorb(batch: Batch, result: dict[str, np.ndarray]) -> None:
@@ -147,22 +150,22 @@ def scan(
             logits = result[outputs.model_outputs[0]].reshape(len(batch.ids), -1)
             top1 = logits.argmax(axis=1)
             labels = [class_names[k] if class_names and k < len(class_names) else str(int(k)) for k in top1]
+        for tensor, st in stats.items():  # refused at the batch where they appear, not after the scan
+            check_batch(st.layer, result[outputs.max[tensor]])
         for row, sha in enumerate(batch.sha256):
             if sha in probe_index:
                 for tensor in stats:
                     probe_scores[tensor][probe_index[sha]] = result[outputs.max[tensor]][row]
         ids = np.array([position[Path(f.path)] for f in batch.files], np.int64)
         kept = (*outputs.max.values(), *outputs.argmax.values(), *outputs.key.values())
-        held.append((ids, {name: result[name] for name in kept}))
-        if sum(len(i) for i, _ in held) >= _STATS_EVERY:
-            update_stats()
-        images.extend(
-            ScannedImage(int(i), Path(f.path), sha, label)
-            for i, f, sha, label in zip(ids, batch.files, batch.sha256, labels)
-        )
+        scanned = [ScannedImage(int(i), Path(f.path), sha, label)
+                   for i, f, sha, label in zip(ids, batch.files, batch.sha256, labels)]
+        held.append((ids, {name: result[name] for name in kept}, scanned))  # one step: a signal is before or after
         done += len(batch.ids)
+        if sum(len(i) for i, _, _ in held) >= _STATS_EVERY:
+            update_stats()
         if progress:
-            progress(len(images) + len(skipped), total)
+            progress(len(images) + sum(len(i) for i, _, _ in held) + len(skipped), total)
         if checkpoint is not None and checkpoint.due(done):
             save()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -90,21 +91,42 @@ def read_header(path: str | Path) -> dict[str, Any]:
     return _meta(path)["header"]
 
 
+#: What a damaged file raises while NumPy reads it: a cut or bit-flipped zip (bad CRC, bad
+#: directory), an empty file (EOFError), a damaged array header or meta (ValueError, KeyError...).
+_DAMAGE = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, MemoryError, zipfile.BadZipFile)
+
+
+def _not_a_state(path: str | Path) -> StateError:
+    return StateError(f"{path} is not an onnx-nfi scan state file; pass a file written by 'onnx-nfi analyze'")
+
+
 def _meta(path: str | Path) -> dict[str, Any]:
     try:
         with np.load(path) as data:
             meta = json.loads(data["meta"].tobytes())
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
-        raise StateError(f"{path} is not an onnx-nfi scan state file; pass a file written by 'onnx-nfi analyze'") from None
+    except (*_DAMAGE, json.JSONDecodeError, UnicodeDecodeError):
+        raise _not_a_state(path) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("header"), dict):
+        raise _not_a_state(path)
     if meta.get("version") != STATE_VERSION:
         raise StateError(f"{path} was written by another version of onnx-nfi; run that analysis again")
     return meta
 
 
 def load_state(path: str | Path, layers: Mapping[str, Layer], paths: list[Path]) -> ScanResult:
-    """The scan result saved in ``path``; ``layers`` by tensor and ``paths`` (the run's image list) put
-    back what the file does not store."""
+    """The saved scan result in ``path``, checked whole (see ``check_counts``); ``layers`` by tensor and
+    ``paths`` (the run's image list) put back what the file does not store."""
     meta = _meta(path)
+    try:
+        result = _read_arrays(path, meta, layers, paths)
+    except _DAMAGE:
+        raise StateError(f"{path} is damaged (cut short or changed on disk); delete it and run the analysis "
+                         "again without --resume") from None
+    check_counts(path, result)
+    return result
+
+
+def _read_arrays(path: str | Path, meta: dict[str, Any], layers: Mapping[str, Layer], paths: list[Path]) -> ScanResult:
     with np.load(path) as data:
         stats, probe = {}, {}
         for k, tensor in enumerate(meta["tensors"]):
@@ -116,9 +138,34 @@ def load_state(path: str | Path, layers: Mapping[str, Layer], paths: list[Path])
             if f"L{k}.probe" in data:
                 probe[tensor] = data[f"L{k}.probe"]
         positions, hashes = data["positions"], data["sha256"]
+    if len(positions) != len(hashes) or len(positions) != len(meta["labels"]):
+        raise ValueError("image fields of different lengths")
+    for st in stats.values():
+        if st.topn.ids.shape != (st.layer.channels, st.topn.ids.shape[1]) or st.moments.active.shape != (st.layer.channels,):
+            raise ValueError("statistics of another shape than the layer")
     images = [
         ScannedImage(int(p), paths[int(p)], h.tobytes().hex(), label)
         for p, h, label in zip(positions, hashes, meta["labels"])
     ]
     skipped = [(Path(p), r) for p, r in meta["skipped"]]
     return ScanResult(stats, images, skipped, meta["provider"], meta["seconds"], probe)
+
+
+def check_counts(path: str | Path, result: ScanResult) -> None:
+    """Refuse a state whose statistics do not hold exactly its list of images: an image listed
+    twice, a layer that took a different number of images than the list has, or a neuron whose top
+    list names an image twice or one not in the list (a batch counted twice, or a file not ours)."""
+    positions = np.array([img.image_id for img in result.images], np.int64)
+    problem = "an image is listed twice" if np.unique(positions).size != positions.size else None
+    for st in result.stats.values():
+        if problem:
+            break
+        ids = np.sort(st.topn.ids, axis=1)
+        if st.moments.count != positions.size:
+            problem = f"layer {st.layer.alias} took {st.moments.count} images but {positions.size} are listed"
+        elif np.any((ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] >= 0)):
+            problem = f"a neuron of layer {st.layer.alias} lists an image twice in its top images"
+        elif not np.isin(ids[ids >= 0], positions).all():
+            problem = f"a neuron of layer {st.layer.alias} lists an image the state has not seen"
+    if problem:
+        raise StateError(f"{path} is inconsistent ({problem}); delete it and run the analysis again without --resume")

@@ -121,8 +121,9 @@ class Store:
 
     @classmethod
     @contextmanager
-    def open(cls, path: str | Path = DEFAULT_DB, read_only: bool = False) -> Iterator[Store]:
-        """Open (creating the schema when writable) and always close."""
+    def open(cls, path: str | Path = DEFAULT_DB, read_only: bool = False, *, any_duckdb: bool = False) -> Iterator[Store]:
+        """Open (creating the schema when writable) and always close; ``any_duckdb``: read-only, a DuckDB
+        file without our tables is accepted too (a look that must leave the file as it was)."""
         path = Path(path)
         if read_only and not path.exists():
             raise StoreError(f"database {path} does not exist; run 'onnx-nfi analyze' first or pass --db")
@@ -132,7 +133,7 @@ class Store:
             try:
                 if not read_only:
                     store._ensure_schema()
-                elif not store.has_table("models"):
+                elif not any_duckdb and not store.has_table("models"):
                     raise StoreError(f"{path} is not an onnx-nfi database (no 'models' table)")
                 yield store
             finally:

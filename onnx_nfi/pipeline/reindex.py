@@ -1,0 +1,85 @@
+"""``onnx-nfi index``: the selectivity indexes of a stored model computed again from its stored top
+images, then written in one transaction. The computation can take hours (region passes over every
+layer), so the write waits for a locked database (``--lock-timeout``) and, if it still cannot
+happen, the indexes are kept in a file that ``--saved`` writes later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import duckdb
+
+from onnx_nfi.config import AnalyzeConfig
+from onnx_nfi.data.images import stored_image_path
+from onnx_nfi.errors import NfiError, ResultsNotWritten
+from onnx_nfi.graph.layers import find_conv_layers
+from onnx_nfi.graph.model_layers import LayerInfo
+from onnx_nfi.neurons.indexes import IndexResult
+from onnx_nfi.pipeline.checkpoint import config_of
+from onnx_nfi.pipeline.features import FeatureWork, compute_features
+from onnx_nfi.pipeline.index_state import finish_command, index_state_path, load_indexes, save_indexes
+from onnx_nfi.pipeline.models import reopen_model
+from onnx_nfi.progress import Progress, phase
+from onnx_nfi.store.duckdb_store import Store, lock_wait
+from onnx_nfi.store.results import stored_rf, stored_topn, write_index_run
+
+
+@dataclass(frozen=True)
+class Reindexed:
+    """What ``reindex`` wrote: the options that made the indexes, and the layers and neurons they cover."""
+
+    config: AnalyzeConfig
+    layers: int
+    neurons: int
+
+
+def reindex(
+    model: str, db: str | Path, config: AnalyzeConfig, progress: Progress | None, image_root: str | Path | None,
+    saved: str | Path | None, started: dt.datetime,
+) -> Reindexed:
+    """Compute (or, with ``saved``, read back) the indexes of ``model`` and write them to ``db``."""
+    with Store.open(db, read_only=True) as store:
+        row = store.model_row(model)
+        layer_rows = store.layer_rows(model)
+        if saved is None:
+            topns = {r["layer"]: stored_topn(store, model, r["layer"], r["channels"]) for r in layer_rows}
+            image_rows = store.rows("SELECT image_id, path, label, sha256 FROM images WHERE model = ?", [model])
+    neurons = sum(int(r["channels"]) for r in layer_rows)
+    if saved is not None:
+        result, made_with = load_indexes(Path(saved), model, row["sha256"])
+        config = replace(config_of({"config": made_with}), lock_timeout=config.lock_timeout)
+        _write_or_keep(db, model, row["sha256"], result, config, started, progress)
+        Path(saved).unlink(missing_ok=True)
+        return Reindexed(config, len(result.columns), neurons)
+    lm, pre = reopen_model(model, row)
+    by_tensor = {layer.tensor: layer for layer in find_conv_layers(lm)}
+    infos = [LayerInfo(by_tensor[r["layer"]], stored_rf(r)) for r in layer_rows if r["layer"] in by_tensor]
+    paths = {int(r["image_id"]): stored_image_path(r["path"], image_root) for r in image_rows}
+    labels = {int(r["image_id"]): r["label"] for r in image_rows}
+    work = FeatureWork.of(lm, pre, infos, {i.layer.tensor: topns[i.layer.tensor] for i in infos}, paths, labels,
+                          replace(config, nf=False), sha256={int(r["image_id"]): r["sha256"] for r in image_rows})
+    _write_or_keep(db, model, row["sha256"], compute_features(work, progress).indexes, config, started, progress)
+    return Reindexed(config, len(infos), sum(i.layer.channels for i in infos))
+
+
+def _write_or_keep(
+    db: str | Path, model: str, sha256: str, result: IndexResult, config: AnalyzeConfig, started: dt.datetime,
+    progress: Progress | None,
+) -> None:
+    """Write the indexes, waiting up to ``config.lock_timeout`` for a locked database; if the write
+    cannot happen, save them and raise ResultsNotWritten naming the command that writes them."""
+    try:
+        with lock_wait(config.lock_timeout, phase(progress, "lock")):
+            write_index_run(db, model, result, config, started)
+    except (NfiError, duckdb.Error, OSError) as exc:
+        path = index_state_path(db, model)
+        save_indexes(path, model, sha256, config, result)
+        command = finish_command(path, model, db)
+        raise ResultsNotWritten(
+            f"the indexes of {model} were computed but could not be written to {db} "
+            f"({str(exc).strip().splitlines()[0]}); they are saved in {path}: write them with '{command}'",
+            str(path), command,
+        ) from None
