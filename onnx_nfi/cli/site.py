@@ -50,6 +50,4 @@ def serve_cmd(
         console.print(f"[yellow]Warning:[/yellow] {escape(warning)}", highlight=False)
     app_ = serve.create_app(db, image_root)
     say(f"Serving {db} on http://{host}:{port}/ (Ctrl-C stops)")
-    import uvicorn
-
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    serve.server(app_, host, port).run()
