@@ -30,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 from onnx_nfi.errors import NfiError, NotFoundError, SearchError
 from onnx_nfi.report import serve_pages as sp
 from onnx_nfi.report.serve_db import DatabaseBusy, ServedDatabase, ServerStopping, etag
-from onnx_nfi.report.serve_sql import SqlRefused, sql_page
+from onnx_nfi.report.serve_sql import SQL_TIMEOUT_S, SqlRefused, sql_page
 from onnx_nfi.report.site import pages
 
 if TYPE_CHECKING:
@@ -170,13 +170,15 @@ async def error_page(request: Request, exc: Exception) -> Response:
     return HTMLResponse(html, status_code=status, headers=headers)
 
 
-def create_app(db: str | Path, image_root: str | Path | None = None) -> Starlette:
-    """The web application serving ``db`` (opened here, so a bad path fails before serving)."""
+def create_app(db: str | Path, image_root: str | Path | None = None, *, sql_timeout: float = SQL_TIMEOUT_S) -> Starlette:
+    """The web application serving ``db`` (opened here, so a bad path fails before serving);
+    SQL box queries are interrupted after ``sql_timeout`` seconds."""
     app = Starlette(
         routes=[*ROUTES, *MODEL_ROUTES],
         exception_handlers={NfiError: error_page, 404: error_page, 405: error_page, Exception: error_page},
     )
     app.state.database = ServedDatabase(Path(db), image_root)
+    app.state.sql_timeout = sql_timeout
     return app
 
 

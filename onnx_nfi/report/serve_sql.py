@@ -20,9 +20,9 @@ from onnx_nfi.errors import NfiError
 from onnx_nfi.report.serve_db import ServedDatabase
 from onnx_nfi.report.site import pages
 from onnx_nfi.store.duckdb_store import Store
-from onnx_nfi.store.user_sql import SqlResult, run_user_query, schema
+from onnx_nfi.store.user_sql import EmptyQuery, SqlResult, run_user_query, schema
 
-#: Seconds a SQL box query may run before it is interrupted.
+#: Seconds a SQL box query may run before it is interrupted (``serve --sql-timeout``).
 SQL_TIMEOUT_S = 5.0
 #: Rows a SQL box query shows at most.
 SQL_ROWS = 500
@@ -51,16 +51,17 @@ async def run_sql(request: Request, db: ServedDatabase, text: str) -> SqlResult 
         running["cursor"] = store.con
         return run_user_query(store.con, text, SQL_ROWS)
 
+    timeout = request.app.state.sql_timeout
     task = asyncio.ensure_future(db.run(work))
     loop = asyncio.get_running_loop()
-    deadline, stop, why = loop.time() + SQL_TIMEOUT_S, None, ""
+    deadline, stop, why = loop.time() + timeout, None, ""
     while not task.done():
         await asyncio.wait({task}, timeout=POLL_S)
         if task.done():
             break
         if stop is None:
             if loop.time() > deadline:
-                why = f"the query ran longer than {SQL_TIMEOUT_S:g} s and was stopped; add a LIMIT or a WHERE clause"
+                why = f"the query ran longer than {timeout:g} s and was stopped; add a LIMIT or a WHERE clause"
             elif db.stopping or await request.is_disconnected():
                 why = "the query was cancelled"
             stop = loop.time() + ABANDON_S if why else None
@@ -74,6 +75,8 @@ async def run_sql(request: Request, db: ServedDatabase, text: str) -> SqlResult 
         return task.result()
     except duckdb.InterruptException:
         raise SqlRefused(why or "the query was cancelled") from None
+    except EmptyQuery:
+        raise SqlRefused("the query holds no SQL statement; write one (see the example)") from None
     except duckdb.Error as exc:
         raise SqlRefused(str(exc).splitlines()[0]) from None
 
@@ -89,7 +92,7 @@ async def sql_page(request: Request, db: ServedDatabase, common: dict[str, Any])
             error = str(exc).replace(str(db.path), db.path.name)
     tables = await db.run(lambda store: db.memo.get(("schema",), lambda: schema(store.con)))
     html = pages.render(
-        "sql.html", depth=0, query=query, example=EXAMPLE, tables=tables, timeout=SQL_TIMEOUT_S, limit=SQL_ROWS,
+        "sql.html", depth=0, query=query, example=EXAMPLE, tables=tables, timeout=request.app.state.sql_timeout, limit=SQL_ROWS,
         columns=result.columns if result else (), rows=[tuple(map(_cell, r)) for r in result.rows] if result else (),
         truncated=bool(result and result.truncated), answered=bool(query) and error is None and result is None,
         error=error, **common,

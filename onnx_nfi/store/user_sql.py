@@ -27,6 +27,10 @@ class SqlResult:
     truncated: bool
 
 
+class EmptyQuery(ValueError):
+    """The text holds no SQL statement (only blanks, comments or semicolons)."""
+
+
 def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -42,9 +46,11 @@ def _summarised(column: str, type_id: str) -> str:
 def run_user_query(con: duckdb.DuckDBPyConnection, text: str, max_rows: int) -> SqlResult | None:
     """The first ``max_rows`` rows of ``text`` (None when its last statement returns no rows).
 
-    Raises ``duckdb.Error`` for a query DuckDB refuses, and ``duckdb.InterruptException`` when the
-    connection is interrupted (the timeout of the SQL box).
+    Raises ``duckdb.Error`` for a query DuckDB refuses, ``duckdb.InterruptException`` when the
+    connection is interrupted (the timeout of the SQL box), EmptyQuery when there is no statement.
     """
+    if not con.extract_statements(text):
+        raise EmptyQuery(text)
     relation = con.sql(text)
     if relation is None:
         return None
