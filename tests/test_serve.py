@@ -226,3 +226,15 @@ def test_a_database_being_written_answers_503_without_host_details(server: Serve
     finally:
         holder.communicate("\n", timeout=30)
     assert server.get("/")[0] == 200  # answered again once the writer is done
+
+
+def test_index_page_shows_input_and_preprocessing_but_no_host_path(server: Server, served_db: Path) -> None:
+    status, _, body = server.get("/")
+    html = body.decode()
+    height, width, layout, path = query(served_db, "SELECT input_height, input_width, layout, path FROM models")[0]
+    assert status == 200
+    assert f'<td class="input">{height}×{width} {layout}</td>' in html
+    pre = re.search(r'<td class="pre">([^<]+)</td>', html).group(1)
+    assert pre.count("/") >= 4 and ("crop" in pre or "resize" in pre or "shorter side" in pre), pre
+    assert Path(path).name in html and str(Path(path).parent) not in html
+    assert str(served_db.parent) not in html
