@@ -238,3 +238,23 @@ def test_index_page_shows_input_and_preprocessing_but_no_host_path(server: Serve
     assert pre.count("/") >= 4 and ("crop" in pre or "resize" in pre or "shorter side" in pre), pre
     assert Path(path).name in html and str(Path(path).parent) not in html
     assert str(served_db.parent) not in html
+
+
+def test_neuron_page_marks_its_value_on_the_layer_distribution(server: Server, served_db: Path) -> None:
+    alias, tensor, _ = layer(served_db)
+    values = [v for (v,) in query(served_db, "SELECT color_selectivity FROM neurons WHERE model='tiny' AND layer=? "
+                                             "AND color_selectivity IS NOT NULL AND isfinite(color_selectivity)", [tensor])]
+    unit, value = query(served_db, "SELECT unit, color_selectivity FROM neurons WHERE model='tiny' AND layer=? "
+                                   "AND color_selectivity IS NOT NULL ORDER BY unit LIMIT 1", [tensor])[0]
+    low, high = (0.0, 1.0) if min(values) >= 0 and max(values) <= 1 else (min(values), max(values))
+    expected = 50.0 if high <= low else 100 * min(max((value - low) / (high - low), 0), 1)
+    status, _, body = server.get(f"/tiny/{alias}/{unit}/")
+    html = body.decode()
+    assert status == 200
+    shown = re.search(r'<img src="../hist/color_selectivity.svg"[^>]*><i style="left:([0-9.]+)%">', html)
+    assert shown and abs(float(shown.group(1)) - expected) <= 0.05
+    status, headers, svg = server.get(f"/tiny/{alias}/hist/color_selectivity.svg")
+    assert status == 200 and headers["content-type"].startswith("image/svg+xml")
+    assert svg.count(b"<rect ") == 20
+    counts = [int(c) for c in re.findall(rb"<title>(\d+)</title>", svg)]
+    assert sum(counts) == len(values)

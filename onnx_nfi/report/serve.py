@@ -108,6 +108,12 @@ async def nf(request: Request) -> Response:
     return picture(request, png, "image/png", tag)
 
 
+async def hist(request: Request) -> Response:
+    db, p = _database(request), request.path_params
+    svg, tag = await db.run(sp.hist_svg, db, p["model"], p["layer"], p["index"])
+    return picture(request, svg, "image/svg+xml", tag)
+
+
 async def search(request: Request) -> Response:
     db = _database(request)
     html, ok = await db.run(sp.search_html, db, dict(request.query_params), _common(request))
@@ -131,7 +137,7 @@ MODEL_ROUTES: list[BaseRoute] = [
     Route("/{model}/", model_page), Route("/{model}/index.html", model_page),
     Route("/{model}/images/{image:int}.jpg", image),
     Route("/{model}/{layer}/", layer_page), Route("/{model}/{layer}/index.html", layer_page),
-    Route("/{model}/{layer}/nf/{unit:int}.png", nf),
+    Route("/{model}/{layer}/nf/{unit:int}.png", nf), Route("/{model}/{layer}/hist/{index}.svg", hist),
     Route("/{model}/{layer}/{unit:int}", neuron_redirect),
     Route("/{model}/{layer}/{unit:int}/", neuron_page), Route("/{model}/{layer}/{unit:int}/index.html", neuron_page),
 ]

@@ -162,6 +162,19 @@ def nf_png(store: Store, db: ServedDatabase, model_slug: str, layer_slug: str, u
     return pngs[unit]
 
 
+def hist_svg(store: Store, db: ServedDatabase, model_slug: str, layer_slug: str, index: str) -> tuple[bytes, str]:
+    """A layer's distribution of one index (the picture neuron pages draw their marker over)."""
+    row = layer_row(store, db, model_slug, layer_slug)
+    histograms = _layer_data(store, db, row).histograms
+    if index not in histograms:
+        raise NotFoundError(f"layer {row.alias} has no {index} values")
+    return db.memo.get(("hist", row.model, row.layer, index), lambda: _tagged(pages.hist_svg(histograms[index]).encode()))
+
+
+def _tagged(content: bytes) -> tuple[bytes, str]:
+    return content, etag(content)
+
+
 def _int(text: str, default: int, low: int, high: int) -> int:
     text = text.strip()
     return min(max(int(text), low), high) if text.isascii() and text.isdigit() else default

@@ -148,6 +148,8 @@ def _write_model(
         layer = q.layer_data(store, row)
         folder = f"{base}/{row.slug}"
         writer.write(f"{folder}/index.html", pages.layer_page(layer, **common))
+        for index, h in layer.histograms.items():
+            writer.write(f"{folder}/hist/{index}.svg", pages.hist_svg(h))
         for unit, png in nf_pngs(store, model, row.layer):
             writer.write(f"{folder}/nf/{unit}.png", png)
         crops = q.layer_crops(store, layer, pages.CROPS)
