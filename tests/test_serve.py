@@ -92,7 +92,15 @@ def layer(db: Path) -> tuple[str, str, int]:
     return alias, tensor, unit
 
 
-def test_runaway_query_stops_at_the_time_limit_while_pages_answer(server: Server, served_db: Path) -> None:
+@pytest.fixture()
+def default_server(served_db: Path):
+    s = Server(served_db)
+    yield s
+    s.stop()
+
+
+def test_runaway_query_stops_at_the_time_limit_while_pages_answer(default_server: Server, served_db: Path) -> None:
+    server = default_server  # the documented 5 s limit
     n = query(served_db, "SELECT count(*) FROM top_activations")[0][0]
     assert n**3 > 10**10  # far more work than two seconds
     result: dict[str, object] = {}
@@ -117,8 +125,8 @@ def test_runaway_query_stops_at_the_time_limit_while_pages_answer(server: Server
     thread.join(60)
     status, _, body = result["answer"]
     assert status == 400
-    assert b"ran longer than 2 s and was stopped" in body
-    assert 2 <= result["seconds"] < 30  # stopped at the limit, not after the minutes the join needs
+    assert b"ran longer than 5 s and was stopped" in body
+    assert 5 <= result["seconds"] < 30  # stopped at the limit, not after the minutes the join needs
     assert server.get("/")[0] == 200  # and the server still answers
 
 

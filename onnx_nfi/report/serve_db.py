@@ -78,6 +78,11 @@ class Memo:
                     self._data.popitem(last=False)
         return value
 
+    def peek(self, key: Any) -> Any:
+        """The value of ``key`` if it is held (None otherwise); nothing is computed."""
+        with self._lock:
+            return self._data.get(key)
+
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
@@ -117,6 +122,16 @@ class ServedDatabase:
             except FileNotFoundError:
                 state += [-1, -1]
         return tuple(state)
+
+    def fresh(self, key: Any) -> Any:
+        """What the memo holds for ``key`` if the file is unchanged since it was made (None otherwise).
+
+        Cheap enough for the event loop (two ``stat`` calls): a picture already made is sent
+        without a worker thread or a cursor, which is most of what a 1,280-NF layer page asks for.
+        """
+        if self._state is None or self._file_state() != self._state:
+            return None
+        return self.memo.peek(key)
 
     def _open(self) -> None:
         """Open the shared connection (under ``_lock``); a changed file drops everything derived."""

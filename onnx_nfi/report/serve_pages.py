@@ -65,9 +65,14 @@ def model_html(store: Store, db: ServedDatabase, model_slug: str, common: dict[s
 
 
 def layer_html(store: Store, db: ServedDatabase, model_slug: str, layer_slug: str, common: dict[str, Any]) -> str:
+    """A layer's grid page with its NFs inlined (made once per database state)."""
     row = layer_row(store, db, model_slug, layer_slug)
-    return db.memo.get(("layer-page", row.model, row.layer),
-                       lambda: pages.layer_page(_layer_data(store, db, row), **common))
+
+    def render() -> str:
+        pngs = db.memo.get(nf_key(model_slug, layer_slug), lambda: _layer_nfs(store, row))
+        return pages.layer_page(_layer_data(store, db, row), {u: png for u, (png, _) in pngs.items()}, **common)
+
+    return db.memo.get(("layer-page", row.model, row.layer), render)
 
 
 def neuron_html(store: Store, db: ServedDatabase, model_slug: str, layer_slug: str, unit: int, common: dict[str, Any]) -> str:
@@ -154,9 +159,23 @@ def display_jpeg(store: Store, db: ServedDatabase, model_slug: str, image_id: in
 
 def nf_png(store: Store, db: ServedDatabase, model_slug: str, layer_slug: str, unit: int) -> tuple[bytes, str]:
     """A unit's NF picture (PNG and its ETag); the first request of a layer encodes the whole layer's."""
-    row = layer_row(store, db, model_slug, layer_slug)
-    pngs = db.memo.get(("nfs", row.model, row.layer),
-                       lambda: {u: (png, etag(png)) for u, png in build.nf_pngs(store, row.model, row.layer)})
+
+    key = nf_key(model_slug, layer_slug)
+    return pick_nf(db.memo.get(key, lambda: _layer_nfs(store, layer_row(store, db, model_slug, layer_slug))), unit)
+
+
+def _layer_nfs(store: Store, row: q.LayerRow) -> dict[int, tuple[bytes, str]]:
+    """Every NF picture of a layer with its ETag, by unit."""
+    return {u: _tagged(png) for u, png in build.nf_pngs(store, row.model, row.layer)}
+
+
+def nf_key(model_slug: str, layer_slug: str) -> tuple[str, str, str]:
+    """The memo key of a layer's NF pictures (by URL segments, so a request finds them without the database)."""
+    return ("nfs", model_slug, layer_slug)
+
+
+def pick_nf(pngs: dict[int, tuple[bytes, str]], unit: int) -> tuple[bytes, str]:
+    """One unit's NF among its layer's."""
     if unit not in pngs:
         raise NotFoundError(f"no NF for unit {unit}")
     return pngs[unit]

@@ -87,10 +87,17 @@ def model_page(model: ModelOverview, layers: Sequence[LayerRow], **common: Any) 
     return render("model.html", depth=1, model=model, layers=layers, indexes=model_indexes(layers), **common)
 
 
-def layer_page(data: LayerData, **common: Any) -> str:
-    """A layer's unit grid (sortable, filterable) and its index distributions."""
+def layer_page(data: LayerData, nf_pngs: dict[int, bytes] | None = None, **common: Any) -> str:
+    """A layer's unit grid (sortable, filterable) and its index distributions.
+
+    With ``nf_pngs`` the NFs are inlined as ``data:`` URLs (``serve``: one response instead of one
+    request per unit, which a browser sends at most six at a time); else they are ``nf/UNIT.png`` files.
+    """
+    import base64
+
     classes = sorted({u.top_class for u in data.units if u.top_class is not None})
-    return render("layer.html", depth=2, d=data, classes=classes, **common)
+    sources = {u: "data:image/png;base64," + base64.b64encode(png).decode() for u, png in (nf_pngs or {}).items()}
+    return render("layer.html", depth=2, d=data, classes=classes, sources=sources, **common)
 
 
 def neuron_page(
