@@ -104,9 +104,12 @@ async def image(request: Request) -> Response:
 
 async def nf(request: Request) -> Response:
     db, p, unit = _database(request), request.path_params, _unit(request)
-    layer_pngs = db.fresh(sp.nf_key(p["model"], p["layer"]))  # made before: no thread, no cursor
+    key = sp.nf_key(p["model"], p["layer"])
+    layer_pngs, one = db.fresh(key), db.fresh(key + (str(unit),))  # made before: no thread, no cursor
     if layer_pngs is not None:
         png, tag = sp.pick_nf(layer_pngs, unit)
+    elif one is not None:
+        png, tag = one
     else:
         png, tag = await db.run(sp.nf_png, db, p["model"], p["layer"], unit)
     return picture(request, png, "image/png", tag)

@@ -35,8 +35,8 @@ SAFE_CONFIG = {"enable_external_access": False, "lock_configuration": True}
 IDLE_CLOSE = 1.0
 #: Worker threads answering requests at once.
 THREADS = 8
-#: Entries (pictures, layers, pages) kept per database state.
-MEMO_ENTRIES = 512
+#: Entries kept per database state: layers (data, pages, NF sets: up to a few MB each) and single pictures.
+MEMO_ENTRIES, PICTURE_ENTRIES = 128, 4096
 
 
 class DatabaseBusy(StoreError):
@@ -50,7 +50,7 @@ class ServerStopping(StoreError):
 class Memo:
     """Values computed at most once each (concurrent askers of one key wait for the first), LRU-bounded."""
 
-    def __init__(self, entries: int = MEMO_ENTRIES) -> None:
+    def __init__(self, entries: int) -> None:
         self._entries = entries
         self._data: OrderedDict[Any, Any] = OrderedDict()
         self._lock = threading.Lock()
@@ -99,7 +99,8 @@ class ServedDatabase:
     def __init__(self, path: Path, image_root: str | Path | None = None) -> None:
         self.path = path
         self.image_root = image_root
-        self.memo = Memo()
+        self.memo = Memo(MEMO_ENTRIES)
+        self.pictures = Memo(PICTURE_ENTRIES)
         self.stopping = False
         self._lock = threading.Lock()
         self._con: Any = None
@@ -131,7 +132,7 @@ class ServedDatabase:
         """
         if self._state is None or self._file_state() != self._state:
             return None
-        return self.memo.peek(key)
+        return self.memo.peek(key) or self.pictures.peek(key)
 
     def _open(self) -> None:
         """Open the shared connection (under ``_lock``); a changed file drops everything derived."""
@@ -148,6 +149,7 @@ class ServedDatabase:
         state = self._file_state()
         if state != self._state:
             self.memo.clear()
+            self.pictures.clear()
             self._state = state
 
     @contextmanager

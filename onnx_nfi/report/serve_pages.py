@@ -109,14 +109,14 @@ def _similar_links(store: Store, db: ServedDatabase, neuron: str, scope: str, by
 
 def similar(store: Store, db: ServedDatabase, neuron: str, by: str, scope: str, k: int) -> list[q.Link]:
     """``onnx_nfi.search.similar`` on the served database's cursor."""
-    from onnx_nfi.search.similar import similar_in
     from onnx_nfi.names import parse_neuron
+    from onnx_nfi.search.similar import Searcher, similar_in
 
     model = parse_neuron(neuron)[0]
     if scope not in dict(SCOPES):
         raise NotFoundError(f"unknown scope {scope!r}; use {', '.join(dict(SCOPES))}")
     result = similar_in(store, db.path, [neuron], by=by, k=k, models=(model,) if scope == "same" else (),
-                        other_models=scope == "other")[0]
+                        other_models=scope == "other", kept=db.memo.get(("searcher",), lambda: Searcher(store, db.path)))[0]
     return [q.link(h.model, h.alias, h.unit, h.score) for h in result.hits]
 
 
@@ -151,17 +151,28 @@ def display_jpeg(store: Store, db: ServedDatabase, model_slug: str, image_id: in
         found = list(build.display_jpegs(store, model, pages.CROPS, [image_id], db.image_root))
         return (found[0][1], etag(found[0][1])) if found else None
 
-    jpeg = db.memo.get(("image", model, image_id), encode)
+    jpeg = db.pictures.get(("image", model, image_id), encode)
     if jpeg is None:
         raise NotFoundError("no such image among the top images")
     return jpeg
 
 
 def nf_png(store: Store, db: ServedDatabase, model_slug: str, layer_slug: str, unit: int) -> tuple[bytes, str]:
-    """A unit's NF picture (PNG and its ETag); the first request of a layer encodes the whole layer's."""
+    """A unit's NF picture (PNG and its ETag): from its layer's set when a layer page made it, else alone
+    (a neuron page's links show NFs of many layers; encoding each of those layers whole would be waste)."""
+    layer_pngs = db.memo.peek(nf_key(model_slug, layer_slug))
+    if layer_pngs is not None:
+        return pick_nf(layer_pngs, unit)
 
-    key = nf_key(model_slug, layer_slug)
-    return pick_nf(db.memo.get(key, lambda: _layer_nfs(store, layer_row(store, db, model_slug, layer_slug))), unit)
+    def encode() -> tuple[bytes, str] | None:
+        row = layer_row(store, db, model_slug, layer_slug)
+        found = list(build.nf_pngs(store, row.model, row.layer, [unit]))
+        return _tagged(found[0][1]) if found else None
+
+    png = db.pictures.get(nf_key(model_slug, layer_slug) + (str(unit),), encode)
+    if png is None:
+        raise NotFoundError(f"no NF for unit {unit}")
+    return png
 
 
 def _layer_nfs(store: Store, row: q.LayerRow) -> dict[int, tuple[bytes, str]]:
@@ -169,7 +180,7 @@ def _layer_nfs(store: Store, row: q.LayerRow) -> dict[int, tuple[bytes, str]]:
     return {u: _tagged(png) for u, png in build.nf_pngs(store, row.model, row.layer)}
 
 
-def nf_key(model_slug: str, layer_slug: str) -> tuple[str, str, str]:
+def nf_key(model_slug: str, layer_slug: str) -> tuple[str, ...]:
     """The memo key of a layer's NF pictures (by URL segments, so a request finds them without the database)."""
     return ("nfs", model_slug, layer_slug)
 
@@ -187,7 +198,7 @@ def hist_svg(store: Store, db: ServedDatabase, model_slug: str, layer_slug: str,
     histograms = _layer_data(store, db, row).histograms
     if index not in histograms:
         raise NotFoundError(f"layer {row.alias} has no {index} values")
-    return db.memo.get(("hist", row.model, row.layer, index), lambda: _tagged(pages.hist_svg(histograms[index]).encode()))
+    return db.pictures.get(("hist", row.model, row.layer, index), lambda: _tagged(pages.hist_svg(histograms[index]).encode()))
 
 
 def _tagged(content: bytes) -> tuple[bytes, str]:
