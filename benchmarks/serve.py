@@ -110,6 +110,28 @@ def median(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
 
+def measure(base: str, site: Path, alias: str, repeats: int) -> dict:
+    """Every timing of one run: the served layer page's first visit, paired layer loads, neuron pages."""
+    from playwright.sync_api import sync_playwright
+
+    static_layer = (site / "lite0" / alias / "index.html").as_uri()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        first = layer_load(browser, f"{base}lite0/{alias}/")
+        pairs: dict[str, list[tuple[float, float]]] = {"static": [], "serve": []}
+        for r in range(repeats):
+            for kind in ("static", "serve") if r % 2 == 0 else ("serve", "static"):
+                pairs[kind].append(layer_load(browser, static_layer if kind == "static" else f"{base}lite0/{alias}/"))
+        page_load(browser, f"{base}lite0/{alias}/0/")  # the layer's data, kept by the server
+        units = range(1, 1 + repeats)
+        neuron_browser = [page_load(browser, f"{base}lite0/{alias}/{u}/") for u in units]
+        neuron_static = [page_load(browser, (site / "lite0" / alias / str(u) / "index.html").as_uri()) for u in units]
+        neuron_http = [http_seconds(f"{base}lite0/{alias}/{u + 100}/") for u in units]
+        browser.close()
+    return {"first": first, "pairs": pairs, "neuron_browser": neuron_browser, "neuron_static": neuron_static,
+            "neuron_http": neuron_http}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work", type=Path, default=Path("/tmp/onnx-nfi-serve-bench"))
@@ -122,42 +144,28 @@ def main() -> None:
         alias = store.rows("SELECT alias FROM layers WHERE model = 'lite0' AND channels = 1280")[0]["alias"]
     site = args.work / "report"
     shutil.rmtree(site, ignore_errors=True)
-    build_report(site, db)
-    static_layer = (site / "lite0" / alias / "index.html").as_uri()
+    built = build_report(site, db)
     load_start = load_average()
     proc, base = start_server(db)
-    from playwright.sync_api import sync_playwright
-
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            first = layer_load(browser, f"{base}lite0/{alias}/")
-            pairs: dict[str, list[tuple[float, float]]] = {"static": [], "serve": []}
-            for r in range(args.repeats):
-                order = ("static", "serve") if r % 2 == 0 else ("serve", "static")
-                for kind in order:
-                    pairs[kind].append(layer_load(browser, static_layer if kind == "static" else f"{base}lite0/{alias}/"))
-            page_load(browser, f"{base}lite0/{alias}/0/")  # the layer's data, kept by the server
-            units = range(1, 1 + args.repeats)
-            neuron_browser = [page_load(browser, f"{base}lite0/{alias}/{u}/") for u in units]
-            neuron_static = [page_load(browser, (site / "lite0" / alias / str(u) / "index.html").as_uri()) for u in units]
-            neuron_http = [http_seconds(f"{base}lite0/{alias}/{u + 100}/") for u in units]
-            browser.close()
+        timings = measure(base, site, alias, args.repeats)
     finally:
         proc.terminate()
         proc.wait(10)
+    pairs = timings["pairs"]
     result = {
         "machine": machine(), "load_average_start": load_start, "load_average_end": load_average(),
         "images": images, "layer": alias, "repeats": args.repeats,
+        "report_files": built.files, "report_bytes": built.bytes, "report_build_s": round(built.seconds, 1),
         "layer_static_load_s": median([a for a, _ in pairs["static"]]),
         "layer_static_all_nfs_s": median([b for _, b in pairs["static"]]),
         "layer_serve_load_s": median([a for a, _ in pairs["serve"]]),
         "layer_serve_all_nfs_s": median([b for _, b in pairs["serve"]]),
-        "layer_serve_first_visit_all_nfs_s": round(first[1], 3),
-        "neuron_serve_warm_browser_s": median(neuron_browser),
-        "neuron_static_browser_s": median(neuron_static),
-        "neuron_serve_warm_http_s": median(neuron_http),
-        "raw": {"pairs": pairs, "neuron_browser": neuron_browser, "neuron_static": neuron_static, "neuron_http": neuron_http},
+        "layer_serve_first_visit_all_nfs_s": round(timings["first"][1], 3),
+        "neuron_serve_warm_browser_s": median(timings["neuron_browser"]),
+        "neuron_static_browser_s": median(timings["neuron_static"]),
+        "neuron_serve_warm_http_s": median(timings["neuron_http"]),
+        "raw": timings,
     }
     ratio = result["layer_serve_all_nfs_s"] / result["layer_static_all_nfs_s"]
     rows = [
@@ -171,7 +179,8 @@ def main() -> None:
         f"{machine_line(result['machine'])} Load average {load_start} -> {result['load_average_end']}.\n\n"
         f"Lite0 over {images} demo photos; layer {alias}; medians of {args.repeats} paired loads (seconds).\n\n"
         + markdown_table(["measure", "static report", "serve"], rows)
-        + f"\n\nserve / static, all NFs: {ratio:.2f}x\n"
+        + f"\n\nserve / static, all NFs: {ratio:.2f}x\n\nStatic report: {built.files} files, "
+        f"{built.bytes / 2**20:.1f} MiB, built in {built.seconds:.0f} s.\n"
     )
     print(write_results("serve", markdown, result).read_text())
 

@@ -266,3 +266,28 @@ def test_neuron_page_marks_its_value_on_the_layer_distribution(server: Server, s
     assert svg.count(b"<rect ") == 20
     counts = [int(c) for c in re.findall(rb"<title>(\d+)</title>", svg)]
     assert sum(counts) == len(values)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_query_is_cancelled_when_the_browser_goes_away(served_db: Path) -> None:
+    server = Server(served_db, "--sql-timeout", "600")
+    try:
+        client = socket.create_connection(("127.0.0.1", server.port))
+        client.sendall(f"GET {sql_path(RUNAWAY)} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(1.0)
+        before = cpu_seconds(server.proc.pid)
+        time.sleep(2.0)
+        running = cpu_seconds(server.proc.pid) - before  # the join at work
+        client.close()
+        time.sleep(1.5)  # the server notices within a poll and interrupts DuckDB
+        before = cpu_seconds(server.proc.pid)
+        time.sleep(2.0)
+        after = cpu_seconds(server.proc.pid) - before
+        assert after < 0.2 < running, (running, after)
+        assert server.get("/")[0] == 200
+    finally:
+        server.stop()
