@@ -222,12 +222,15 @@ class ServedDatabase:
                 future.set_result(value)
 
         def work() -> None:
+            value, error = None, None
             try:
                 value = call()
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
-                loop.call_soon_threadsafe(settle, None, exc)
-            else:
-                loop.call_soon_threadsafe(settle, value, None)
+                error = exc
+            try:
+                loop.call_soon_threadsafe(settle, value, error)
+            except RuntimeError:
+                pass  # the server stopped meanwhile: nobody waits for this answer
 
         async with self._slots:
             threading.Thread(target=work, name="serve-worker", daemon=True).start()
