@@ -42,7 +42,7 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (another than 127.0.0.1 only when needed)."),
     image_root: ImageRoot = None,
     sql_timeout: float = typer.Option(
-        5.0, "--sql-timeout", min=0.1, help="Seconds a query of the SQL page may run before it is stopped."),
+        5.0, "--sql-timeout", min=0.1, metavar="SECONDS", help="Seconds a query of the SQL page may run before it is stopped."),
 ) -> None:
     """Serve the neuron browser from the live database, with similar-neuron search and read-only SQL."""
     from onnx_nfi.report import serve

@@ -145,7 +145,8 @@ class ServedDatabase:
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
                 raise DatabaseBusy("the database is being written; retry shortly") from None
-            raise StoreError(f"cannot open {self.path.name}: {str(exc).splitlines()[0].replace(str(self.path), self.path.name)}") from None
+            reason = str(exc).splitlines()[0].replace(str(self.path), self.path.name).rstrip("!.")
+            raise StoreError(f"cannot open {self.path.name}: {reason}; pass another --db") from None
         state = self._file_state()
         if state != self._state:
             self.memo.clear()
