@@ -291,3 +291,34 @@ def test_a_query_is_cancelled_when_the_browser_goes_away(served_db: Path) -> Non
         assert server.get("/")[0] == 200
     finally:
         server.stop()
+
+
+def test_pictures_follow_the_database_when_it_changes(served_db: Path, tmp_path: Path) -> None:
+    import cv2
+    import duckdb
+    import numpy as np
+
+    db = tmp_path / "nfi.duckdb"
+    db.write_bytes(served_db.read_bytes())
+    alias, tensor, unit = layer(db)
+    server = Server(db)
+    try:
+        status, headers, before = server.get(f"/tiny/{alias}/nf/{unit}.png")
+        assert status == 200
+        deadline = time.monotonic() + 30
+        while True:  # serve lets go of the file once idle; then another process writes it
+            try:
+                con = duckdb.connect(str(db))
+                break
+            except duckdb.IOException:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        con.execute("UPDATE neurons SET nf = list_transform(nf, lambda x: (255 - x)::UTINYINT) "
+                    "WHERE model = 'tiny' AND layer = ? AND unit = ?", [tensor, unit])
+        con.close()
+        status, headers2, after = server.get(f"/tiny/{alias}/nf/{unit}.png", {"If-None-Match": headers["etag"]})
+        assert status == 200 and headers2["etag"] != headers["etag"]
+        decode = lambda png: cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).astype(int)  # noqa: E731
+        assert np.array_equal(decode(after), 255 - decode(before))
+    finally:
+        server.stop()
