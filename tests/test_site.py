@@ -260,3 +260,17 @@ def test_serve_warns_on_other_hosts() -> None:
 
     assert warning_for("127.0.0.1") is None
     assert "anyone who can reach" in warning_for("0.0.0.0")
+
+
+def test_static_neuron_pages_share_their_layer_distributions(browser, report: Path, site_db: Path) -> None:
+    alias, tensor, _ = layer_row(site_db)
+    unit = query(site_db, "SELECT min(unit) FROM neurons WHERE model='tiny' AND layer=? AND color_selectivity IS NOT NULL", [tensor])[0][0]
+    page = open_page(browser, (report / "tiny" / alias / str(unit) / "index.html").as_uri())
+    sources = page.eval_on_selector_all(".dist img", "is => is.map(i => i.getAttribute('src'))")
+    assert "../hist/color_selectivity.svg" in sources
+    page.wait_for_function("Array.from(document.querySelectorAll('.dist img')).every(i => i.complete && i.naturalWidth > 0)")
+    assert {f.name for f in (report / "tiny" / alias / "hist").iterdir()} == {s.rsplit("/", 1)[1] for s in sources}
+    assert page.locator("#indexes svg").count() == 0  # drawn once per layer, not per page
+    boxes = page.eval_on_selector_all("#crops .window", "ws => ws.map(w => [w.offsetWidth, w.offsetHeight])")
+    assert boxes and all(max(w, h) == 96 for w, h in boxes)  # the crop geometry stated once still sizes every crop
+    assert page.errors == []

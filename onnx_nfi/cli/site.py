@@ -41,6 +41,8 @@ def serve_cmd(
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (another than 127.0.0.1 only when needed)."),
     image_root: ImageRoot = None,
+    sql_timeout: float = typer.Option(
+        5.0, "--sql-timeout", min=0.1, metavar="SECONDS", help="Seconds a query of the SQL page may run before it is stopped."),
 ) -> None:
     """Serve the neuron browser from the live database, with similar-neuron search and read-only SQL."""
     from onnx_nfi.report import serve
@@ -48,8 +50,6 @@ def serve_cmd(
     warning = serve.warning_for(host)
     if warning:
         console.print(f"[yellow]Warning:[/yellow] {escape(warning)}", highlight=False)
-    app_ = serve.create_app(db, image_root)
+    app_ = serve.create_app(db, image_root, sql_timeout=sql_timeout)
     say(f"Serving {db} on http://{host}:{port}/ (Ctrl-C stops)")
-    import uvicorn
-
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    serve.server(app_, host, port).run()

@@ -210,15 +210,13 @@ def selectivity_plot(panels: Sequence[Panel], title: str = "", footnote: str = "
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     handles = [Line2D([], [], color=colours[m], lw=2, label=m) for m in models]
-    fig.legend(handles=handles, loc="outside upper right", ncol=min(len(models), 5), fontsize=10, frameon=False)
-    fig.suptitle(
-        title or "Selectivity by depth: per-layer median, 25-75 % band, one dot per neuron",
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(models), 5), fontsize=10, frameon=False)
+    fig.suptitle(  # the title (and the footnote under it) own the top, the legend the bottom: they never meet
+        (title or "Selectivity by depth: per-layer median, 25-75 % band, one dot per neuron") + (f"\n{footnote}" if footnote else ""),
         x=0.01,
         ha="left",
         fontsize=12,
     )
-    if footnote:
-        fig.supxlabel(footnote, x=0.01, ha="left", fontsize=9, color="0.35")
     return Picture(_figure_pixels(fig))
 
 

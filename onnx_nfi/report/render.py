@@ -114,13 +114,19 @@ def summary_png(
 ) -> tuple[Path, list[str]]:
     """Per-layer distributions of each index against relative depth, models overlaid; and the indexes left out."""
     with Store.open(db, read_only=True) as store:
-        data = queries.selectivity_by_depth(store, list(models), list(indexes))
+        image, missing = summary_picture(store, models, indexes)
+    return pictures.write_png(output, image), missing
+
+
+def summary_picture(store: Store, models: Sequence[str], indexes: Sequence[str]) -> tuple[Any, list[str]]:
+    """The picture of :func:`summary_png` (RGB array) read through an open store, and the indexes left out."""
+    data = queries.selectivity_by_depth(store, list(models), list(indexes))
     panels = [
         pictures.Panel(index, tuple(pictures.Series(d.model, d.relative_depth, d.values) for d in dists))
         for index, dists in data.indexes.items()
     ]
     footnote = f"not computed for any of these models: {', '.join(data.missing)}" if data.missing else ""
-    return pictures.write_png(output, pictures.selectivity_plot(panels, footnote=footnote).image), list(data.missing)
+    return pictures.selectivity_plot(panels, footnote=footnote).image, list(data.missing)
 
 
 def similar_png(result: SimilarResult, output: str | Path) -> Drawn:

@@ -1,279 +1,212 @@
 """``onnx-nfi serve``: the neuron browser's pages from the live database, plus search and a read-only SQL box.
 
 A Starlette application (run by uvicorn) renders the same templates as the static build, at the
-same relative layout (``/MODEL/LAYER/UNIT/``), so every link works in both. Safety:
+same relative layout (``/MODEL/LAYER/UNIT/``), so every link works in both. Every database call
+runs on a worker thread (:mod:`onnx_nfi.report.serve_db`), so a slow query never blocks another
+page; pictures and layer pages are made once per database state and sent with ETags.
 
-- the database is opened read-only and with DuckDB's external access disabled and its
-  configuration locked, so neither the pages nor the SQL box can write it or read other files;
-- URL segments are looked up among the names in the database (never used as paths); images are
-  served only by id from the ``images`` table, static assets through Starlette's ``StaticFiles``;
-- connections are opened one at a time (a lock), as DuckDB refuses two differently configured
-  connections to one file.
+Safety: the database is opened read-only with external access off and its configuration locked;
+URL segments are looked up among the names in the database (never used as paths); images are
+served only by id from the ``images`` table; error pages show no host path.
+
+Adding a page: write ``async def handler(request) -> Response`` in its own module (the served
+database is ``request.app.state.database``; run database work with ``await database.run(fn, ...)``)
+and add one line ``Route("/path", handler)`` to :data:`ROUTES` below. Routes in ``ROUTES`` are
+matched before the ``/MODEL/...`` pages, so any path shape works.
 """
 
 from __future__ import annotations
 
-import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnx_nfi.errors import NfiError, NotFoundError, StoreError
-from onnx_nfi.report.site import build, pages
-from onnx_nfi.report.site import data as q
-from onnx_nfi.store.duckdb_store import Store
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from onnx_nfi.errors import NfiError, NotFoundError, SearchError
+from onnx_nfi.report import serve_pages as sp
+from onnx_nfi.report.serve_db import DatabaseBusy, ServedDatabase, ServerStopping, etag
+from onnx_nfi.report.serve_sql import SQL_TIMEOUT_S, SqlRefused, sql_page
+from onnx_nfi.report.site import pages
 
 if TYPE_CHECKING:
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import Response
+    import uvicorn
 
-#: DuckDB settings of every connection ``serve`` opens.
-SAFE_CONFIG = {"enable_external_access": False, "lock_configuration": True}
-#: Rows a SQL box query shows at most.
-SQL_ROWS = 500
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-SCOPES = (("all", "all models"), ("same", "its own model"), ("other", "other models"))
+#: Seconds uvicorn waits for open requests after SIGTERM / Ctrl-C (running queries are interrupted at once).
+GRACEFUL_S = 0.5
 
 
-class _Database:
-    """The served database: safe read-only connections, one at a time."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        with self.store():  # fail at start-up, not at the first request
-            pass
-
-    @contextmanager
-    def store(self) -> Iterator[Store]:
-        import duckdb
-
-        with self._lock:
-            if not self.path.exists():
-                raise StoreError(f"database {self.path} does not exist; pass --db")
-            try:
-                con = duckdb.connect(str(self.path), read_only=True, config=SAFE_CONFIG)
-            except duckdb.Error as exc:
-                raise StoreError(f"cannot open {self.path}: {str(exc).splitlines()[0]}") from None
-            try:
-                yield Store(con, self.path)
-            finally:
-                con.close()
-
-    def similar(self, neuron: str, by: str, scope: str, k: int) -> list[q.Link]:
-        """``onnx_nfi.search.similar`` on this database (its own connection, so never inside ``store()``)."""
-        from onnx_nfi.search import parse_neuron, similar
-
-        model = parse_neuron(neuron)[0]
-        if scope not in dict(SCOPES):
-            raise NotFoundError(f"unknown scope {scope!r}; use {', '.join(dict(SCOPES))}")
-        with self._lock:
-            result = similar(
-                self.path, neuron, by=by, k=k, models=(model,) if scope == "same" else (), other_models=scope == "other"
-            )
-        return [q.link(h.model, h.alias, h.unit, h.score) for h in result.hits]
-
-    def similar_or_none(self, neuron: str, scope: str, k: int) -> list[q.Link]:
-        """Response-profile neighbours for a neuron page; none when the neuron has no profile."""
-        from onnx_nfi.search import SearchError
-
-        try:
-            return self.similar(neuron, "response", scope, k)
-        except SearchError:
-            return []
+def _database(request: Request) -> ServedDatabase:
+    return request.app.state.database
 
 
-def create_app(db: str | Path, image_root: str | Path | None = None) -> Starlette:
-    """The web application serving ``db``."""
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.responses import HTMLResponse, RedirectResponse
-    from starlette.routing import Mount, Route
-    from starlette.staticfiles import StaticFiles
+def _common(request: Request) -> dict[str, Any]:
+    return {"live": True, "db_name": _database(request).path.name}
 
-    database = _Database(Path(db))
-    common = {"live": True, "db_name": Path(db).name}
 
-    def page(html: str) -> Response:
-        return HTMLResponse(html)
+def _unit(request: Request, key: str = "unit") -> int:
+    """An integer path segment; one beyond any stored id is simply not found (never a database error)."""
+    value = request.path_params[key]
+    if not 0 <= value < 2**31:
+        raise NotFoundError(f"no {key} {value} in this database")
+    return value
 
-    def model_of(store: Store, model_slug: str) -> str:
-        for m in store.models():
-            if q.slug(m) == model_slug:
-                return m
-        raise NotFoundError(f"no model {model_slug!r} in {database.path.name}")
 
-    def layer_of(store: Store, request: Request) -> q.LayerRow:
-        model = model_of(store, request.path_params["model"])
-        return q.find_layer(q.layer_rows(store, model), request.path_params["layer"])
+def picture(request: Request, content: bytes, media_type: str, tag: str | None = None) -> Response:
+    """A picture with its ETag: 304 when the browser already holds this exact content."""
+    tag = tag or etag(content)
+    headers = {"ETag": tag, "Cache-Control": "no-cache"}
+    sent = {t.strip() for t in request.headers.get("if-none-match", "").split(",")}
+    if tag in sent or "*" in sent:
+        return Response(status_code=304, headers=headers)
+    return Response(content, media_type=media_type, headers=headers)
 
-    async def index(request: Request) -> Response:
-        with database.store() as store:
-            overviews = q.model_overviews(store)
-        return page(pages.index_page(overviews, "selectivity.png" if overviews else None, **common))
 
-    async def selectivity(request: Request) -> Response:
-        from starlette.responses import Response as Raw
+async def index(request: Request) -> Response:
+    html = await _database(request).run(sp.index_html, _database(request), _common(request))
+    return HTMLResponse(html)
 
-        with database.store() as store:
-            models = store.models()
-        with tempfile.TemporaryDirectory(prefix="onnx-nfi-serve-") as folder:  # drawn per request, then gone
-            png = build.summary_png_bytes(database.path, models, Path(folder))
-        if png is None:
-            raise NotFoundError("no selectivity index has been computed yet")
-        return Raw(png, media_type="image/png")
 
-    async def model_page(request: Request) -> Response:
-        with database.store() as store:
-            model = model_of(store, request.path_params["model"])
-            html = pages.model_page(q.model_overviews(store, [model])[0], q.layer_rows(store, model), **common)
-        return page(html)
+async def selectivity(request: Request) -> Response:
+    png, tag = await _database(request).run(sp.selectivity_png, _database(request))
+    return picture(request, png, "image/png", tag)
 
-    async def image(request: Request) -> Response:
-        from starlette.responses import Response as Raw
 
-        with database.store() as store:
-            model = model_of(store, request.path_params["model"])
-            found = list(build.display_jpegs(store, model, pages.CROPS, [request.path_params["image"]], image_root))
-        if not found:
-            raise NotFoundError("no such image among the top images")
-        return Raw(found[0][1], media_type="image/jpeg")
+async def model_page(request: Request) -> Response:
+    db = _database(request)
+    return HTMLResponse(await db.run(sp.model_html, db, request.path_params["model"], _common(request)))
 
-    async def layer_page(request: Request) -> Response:
-        with database.store() as store:
-            html = pages.layer_page(q.layer_data(store, layer_of(store, request)), **common)
-        return page(html)
 
-    async def nf(request: Request) -> Response:
-        from starlette.responses import Response as Raw
+async def layer_page(request: Request) -> Response:
+    db, p = _database(request), request.path_params
+    return HTMLResponse(await db.run(sp.layer_html, db, p["model"], p["layer"], _common(request)))
 
-        unit = request.path_params["unit"]
-        with database.store() as store:
-            row = layer_of(store, request)
-            found = list(build.nf_pngs(store, row.model, row.layer, [unit]))
-        if not found:
-            raise NotFoundError(f"no NF for unit {unit}")
-        return Raw(found[0][1], media_type="image/png")
 
-    async def neuron_redirect(request: Request) -> Response:
-        return RedirectResponse(request.url.path + "/", status_code=308)
+async def neuron_page(request: Request) -> Response:
+    db, p = _database(request), request.path_params
+    return HTMLResponse(await db.run(sp.neuron_html, db, p["model"], p["layer"], _unit(request), _common(request)))
 
-    async def neuron_page(request: Request) -> Response:
-        unit = request.path_params["unit"]
-        with database.store() as store:
-            row = layer_of(store, request)
-            others = [m for m in store.models() if m != row.model]
-        name = f"{row.model}:{row.alias}:{unit}"
-        same = database.similar_or_none(name, "same", pages.SIMILAR)
-        other = database.similar_or_none(name, "other", pages.SIMILAR) if others else []
-        with database.store() as store:
-            layer = q.layer_data(store, row)
-            chosen = [u for u in layer.units if u.unit == unit]
-            if not chosen:
-                raise NotFoundError(f"layer {row.alias} has units 0-{row.channels - 1}")
-            matches = q.layer_matches(store, row.model, row.layer, q.NeuronNames(store), others, pages.SIMILAR)
-            html = pages.neuron_page(
-                layer, chosen[0], q.layer_crops(store, layer, pages.CROPS, [unit]).get(unit, []),
-                q.layer_classes(store, row.model, row.layer, [unit]).get(unit, []),
-                same, other, matches.get(unit, []), **common,
-            )
-        return page(html)
 
-    async def search(request: Request) -> Response:
-        params = request.query_params
-        neuron, klass = params.get("neuron", "").strip(), params.get("class", "").strip()
-        by, scope = params.get("by", "response"), params.get("scope", "all")
-        k = _int(params.get("k", ""), pages.SIMILAR, 1, 100)
-        similar = by_class = error = None
-        try:
-            if neuron:
-                similar = database.similar(neuron, by, scope, k)
-        except NfiError as exc:
-            error = str(exc)
-        with database.store() as store:
-            classes = [r["top_class"] for r in store.rows(
-                "SELECT DISTINCT top_class FROM neurons WHERE top_class IS NOT NULL ORDER BY top_class")]
-            if klass:
-                by_class = _by_class(store, klass)
-        from onnx_nfi.names import VECTOR_KINDS as KINDS
+async def neuron_redirect(request: Request) -> Response:
+    return RedirectResponse(request.url.path + "/", status_code=308)
 
-        return page(pages.render(
-            "search.html", depth=0, neuron=neuron, by=by, scope=scope, k=k, kinds=KINDS, scopes=SCOPES,
-            similar=similar, klass=klass, classes=classes, by_class=by_class, error=error, **common,
-        ))
 
-    async def sql(request: Request) -> Response:
-        query = request.query_params.get("q", "").strip()
-        columns: list[str] = []
-        rows: list[tuple[Any, ...]] = []
-        error, truncated = None, False
-        if query:
-            import duckdb
+async def image(request: Request) -> Response:
+    db = _database(request)
+    jpeg, tag = await db.run(sp.display_jpeg, db, request.path_params["model"], _unit(request, "image"))
+    return picture(request, jpeg, "image/jpeg", tag)
 
-            with database.store() as store:
-                try:
-                    cursor = store.con.execute(query)
-                    if cursor.description:
-                        columns = [d[0] for d in cursor.description]
-                        rows = [tuple(_cell(v) for v in r) for r in cursor.fetchmany(SQL_ROWS + 1)]
-                        truncated = len(rows) > SQL_ROWS
-                        rows = rows[:SQL_ROWS]
-                except duckdb.Error as exc:
-                    error = str(exc).splitlines()[0]
-        return page(pages.render(
-            "sql.html", depth=0, query=query, columns=columns, rows=rows, truncated=truncated, error=error, **common
-        ))
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        message = str(exc) if isinstance(exc, NfiError) else "This page does not exist."
-        status = getattr(exc, "status_code", 404) if isinstance(exc, HTTPException) else 404
-        depth = request.url.path.count("/") - 1  # folders below the root, so its relative links reach the root
-        return HTMLResponse(pages.render("error.html", depth=depth, message=message, **common), status_code=status)
+async def nf(request: Request) -> Response:
+    db, p, unit = _database(request), request.path_params, _unit(request)
+    key = sp.nf_key(p["model"], p["layer"])
+    layer_pngs, one = db.fresh(key), db.fresh(key + (str(unit),))  # made before: no thread, no cursor
+    if layer_pngs is not None:
+        png, tag = sp.pick_nf(layer_pngs, unit)
+    elif one is not None:
+        png, tag = one
+    else:
+        png, tag = await db.run(sp.nf_png, db, p["model"], p["layer"], unit)
+    return picture(request, png, "image/png", tag)
 
-    model_routes = [
-        Route("/{model}/", model_page), Route("/{model}/index.html", model_page),
-        Route("/{model}/images/{image:int}.jpg", image),
-        Route("/{model}/{layer}/", layer_page), Route("/{model}/{layer}/index.html", layer_page),
-        Route("/{model}/{layer}/nf/{unit:int}.png", nf),
-        Route("/{model}/{layer}/{unit:int}", neuron_redirect),
-        Route("/{model}/{layer}/{unit:int}/", neuron_page), Route("/{model}/{layer}/{unit:int}/index.html", neuron_page),
-    ]
-    return Starlette(
-        routes=[
-            Route("/", index), Route("/index.html", index), Route("/selectivity.png", selectivity),
-            Route("/search", search), Route("/sql", sql),
-            Mount("/static", app=StaticFiles(directory=pages.STATIC), name="static"),
-            *model_routes,
-        ],
-        exception_handlers={NfiError: not_found, 404: not_found, 405: not_found},
+
+async def hist(request: Request) -> Response:
+    db, p = _database(request), request.path_params
+    svg, tag = await db.run(sp.hist_svg, db, p["model"], p["layer"], p["index"])
+    return picture(request, svg, "image/svg+xml", tag)
+
+
+async def search(request: Request) -> Response:
+    db = _database(request)
+    html, ok = await db.run(sp.search_html, db, dict(request.query_params), _common(request))
+    return HTMLResponse(html, status_code=200 if ok else 400)
+
+
+async def sql(request: Request) -> Response:
+    html, ok = await sql_page(request, _database(request), _common(request))
+    return HTMLResponse(html, status_code=200 if ok else 400)
+
+
+#: Site-wide pages, matched first. A new page adds one line here (see the module's docstring).
+ROUTES: list[BaseRoute] = [
+    Route("/", index), Route("/index.html", index), Route("/selectivity.png", selectivity),
+    Route("/search", search),
+    Route("/sql", sql),
+    Mount("/static", app=StaticFiles(directory=pages.STATIC), name="static"),
+]
+#: The ``/MODEL/LAYER/UNIT/`` pages, laid out as the static report's files.
+MODEL_ROUTES: list[BaseRoute] = [
+    Route("/{model}/", model_page), Route("/{model}/index.html", model_page),
+    Route("/{model}/images/{image:int}.jpg", image),
+    Route("/{model}/{layer}/", layer_page), Route("/{model}/{layer}/index.html", layer_page),
+    Route("/{model}/{layer}/nf/{unit:int}.png", nf), Route("/{model}/{layer}/hist/{index}.svg", hist),
+    Route("/{model}/{layer}/{unit:int}", neuron_redirect),
+    Route("/{model}/{layer}/{unit:int}/", neuron_page), Route("/{model}/{layer}/{unit:int}/index.html", neuron_page),
+]
+
+
+def status_of(exc: Exception) -> int:
+    """The HTTP status of an error: 404 not found, 400 a bad request, 503 retry later, 500 our fault."""
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    if isinstance(exc, (DatabaseBusy, ServerStopping)):
+        return 503
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, (SearchError, SqlRefused)):
+        return 400
+    return 500
+
+
+async def error_page(request: Request, exc: Exception) -> Response:
+    """Every error as a page with its status and one line, without host paths or tracebacks."""
+    status = status_of(exc)
+    if isinstance(exc, NfiError):
+        message = str(exc)
+    elif status == 404:
+        message = "This page does not exist."
+    elif isinstance(exc, HTTPException):
+        message = exc.detail
+    else:
+        message = "The server failed on this page; the command line shows more (onnx-nfi card, sql)."
+    db = _database(request)
+    message = message.replace(str(db.path.parent.resolve()), "…").replace(str(db.path.parent), "…")
+    depth = request.url.path.count("/") - 1  # folders below the root, so its relative links reach the root
+    title = {404: "Not found", 503: "Busy", 400: "Bad request"}.get(status, "Error")
+    html = pages.render("error.html", depth=depth, message=message, title=title, **_common(request))
+    headers = {"Retry-After": "2"} if status == 503 else None
+    return HTMLResponse(html, status_code=status, headers=headers)
+
+
+def create_app(db: str | Path, image_root: str | Path | None = None, *, sql_timeout: float = SQL_TIMEOUT_S) -> Starlette:
+    """The web application serving ``db`` (opened here, so a bad path fails before serving);
+    SQL box queries are interrupted after ``sql_timeout`` seconds."""
+    app = Starlette(
+        routes=[*ROUTES, *MODEL_ROUTES],
+        exception_handlers={NfiError: error_page, 404: error_page, 405: error_page, Exception: error_page},
     )
+    app.state.database = ServedDatabase(Path(db), image_root)
+    app.state.sql_timeout = sql_timeout
+    return app
 
 
-def _by_class(store: Store, label: str, limit: int = 100) -> list[q.Link]:
-    """Neurons whose top class is ``label``, most dominated by it first."""
-    rows = store.rows(
-        "SELECT n.model, l.alias, n.unit, n.top_class_frequency FROM neurons n JOIN layers l USING (model, layer) "
-        "WHERE n.top_class = ? ORDER BY n.top_class_frequency DESC, n.model, l.depth, n.unit LIMIT ?",
-        [label, limit],
-    )
-    return [q.link(r["model"], r["alias"], int(r["unit"]), float(r["top_class_frequency"] or 0)) for r in rows]
+def server(app: Starlette, host: str, port: int) -> uvicorn.Server:
+    """A uvicorn server for ``app`` that, on SIGTERM or Ctrl-C, interrupts running queries at once."""
+    import uvicorn
 
+    database: ServedDatabase = app.state.database
 
-def _int(text: str, default: int, low: int, high: int) -> int:
-    text = text.strip()
-    return min(max(int(text), low), high) if text.isascii() and text.isdigit() else default
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            database.stop()
+            super().handle_exit(sig, frame)
 
-
-def _cell(value: Any) -> Any:
-    """A SQL result value as the table shows it (long arrays summarised)."""
-    if isinstance(value, list) and len(value) > 8:
-        return f"[{len(value)} values]"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return "NULL" if value is None else value
+    return _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=GRACEFUL_S))
 
 
 def warning_for(host: str) -> str | None:
@@ -282,4 +215,3 @@ def warning_for(host: str) -> str | None:
         return None
     return (f"serving on {host}: anyone who can reach this machine can browse the database, its images "
             "and run read-only SQL on it")
-

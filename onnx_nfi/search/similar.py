@@ -72,36 +72,53 @@ def similar_many(
     other_models: bool = False,
 ) -> list[SimilarResult]:
     """:func:`similar` for many queries at once: one database visit and one batched search."""
+    with Store.open(db, read_only=True) as store:
+        return similar_in(store, Path(db), queries, by=by, k=k, models=models, layers=layers, other_models=other_models)
+
+
+def similar_in(
+    store: Store,
+    db: Path,
+    queries: Sequence[str],
+    *,
+    by: str = "response",
+    k: int = 10,
+    models: Sequence[str] = (),
+    layers: Sequence[str] = (),
+    other_models: bool = False,
+    kept: Searcher | None = None,
+) -> list[SimilarResult]:
+    """:func:`similar_many` through an open store (``serve`` uses its own read-only connection, and
+    ``kept``: the neuron table and indexes of the database's current state, read once)."""
     _check_kind(by)
     if k < 1:
         raise SearchError(f"-k must be at least 1, got {k}")
     parsed = [parse_neuron(q) for q in queries]
     table = VECTOR_TABLES[by]
-    with Store.open(db, read_only=True) as store:
-        known = set(store.models())
-        unknown = [m for m in models if m not in known]
-        if unknown:
-            raise NotFoundError(f"model {unknown[0]!r} is not in {db} (models: {', '.join(sorted(known))})")
-        neurons = _NeuronTable(store)
-        qids = np.array([neurons.resolve(store, *q) for q in parsed], np.int64)
-        found, qvecs = read_vectors(store, table, np.unique(qids)) if store.has_table(table) else (np.empty(0, np.int64), None)
-        missing = np.setdiff1d(qids, found)
-        if len(missing):
-            name = neurons.name(int(missing[0]))
-            raise SearchError(f"neuron {name} has no {by} vector ({MISSING_REASON[by]}); try another --by")
-        vectors = qvecs[np.searchsorted(found, qids)]
-        index = in_step(store, Path(db), by)
-        hit_lists: list[list[tuple[int, float]]] = [[] for _ in parsed]
-        for model in sorted({m for m, _, _ in parsed}) if other_models else [None]:
-            rows = [i for i, (m, _, _) in enumerate(parsed) if model is None or m == model]
-            allowed = neurons.candidates(models, layers, model)
-            if index is None or not len(allowed):
-                continue
-            scores, ids = index.search(vectors[rows], k + 1, allowed_ids=allowed)  # +1: the query itself may come back
-            for row, s_row, i_row in zip(rows, scores, ids):
-                hit_lists[row] = [(int(i), float(s)) for s, i in zip(s_row, i_row) if i >= 0 and i != qids[row]][:k]
-        wanted = sorted(set(qids.tolist()) | {i for hits in hit_lists for i, _ in hits})
-        by_id = {int(r["neuron_id"]): r for r in store.rows(_NEURON_SQL + " WHERE n.neuron_id IN (SELECT unnest(?::BIGINT[]))", [wanted])}
+    known = set(store.models())
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        raise NotFoundError(f"model {unknown[0]!r} is not in {db} (models: {', '.join(sorted(known))})")
+    neurons = kept.neurons if kept is not None else _NeuronTable(store)
+    qids = np.array([neurons.resolve(store, *q) for q in parsed], np.int64)
+    found, qvecs = read_vectors(store, table, np.unique(qids)) if store.has_table(table) else (np.empty(0, np.int64), None)
+    missing = np.setdiff1d(qids, found)
+    if len(missing):
+        name = neurons.name(int(missing[0]))
+        raise SearchError(f"neuron {name} has no {by} vector ({MISSING_REASON[by]}); try another --by")
+    vectors = qvecs[np.searchsorted(found, qids)]
+    index = kept.index(store, by) if kept is not None else in_step(store, Path(db), by)
+    hit_lists: list[list[tuple[int, float]]] = [[] for _ in parsed]
+    for model in sorted({m for m, _, _ in parsed}) if other_models else [None]:
+        rows = [i for i, (m, _, _) in enumerate(parsed) if model is None or m == model]
+        allowed = neurons.candidates(models, layers, model)
+        if index is None or not len(allowed):
+            continue
+        scores, ids = index.search(vectors[rows], k + 1, allowed_ids=allowed)  # +1: the query itself may come back
+        for row, s_row, i_row in zip(rows, scores, ids):
+            hit_lists[row] = [(int(i), float(s)) for s, i in zip(s_row, i_row) if i >= 0 and i != qids[row]][:k]
+    wanted = sorted(set(qids.tolist()) | {i for hits in hit_lists for i, _ in hits})
+    by_id = {int(r["neuron_id"]): r for r in store.rows(_NEURON_SQL + " WHERE n.neuron_id IN (SELECT unnest(?::BIGINT[]))", [wanted])}
     template = {i: _neuron(row, 1.0) for i, row in by_id.items()}  # each NF decoded once, however many hits share it
     return [
         SimilarResult(
@@ -110,6 +127,22 @@ def similar_many(
         )
         for qid, hits in zip(qids, hit_lists)
     ]
+
+
+class Searcher:
+    """What every search of one database state shares: the neuron table and the vector indexes
+    (read once by a long-lived reader such as ``serve``, instead of once per query)."""
+
+    def __init__(self, store: Store, db: Path) -> None:
+        self.db = db
+        self.neurons = _NeuronTable(store)
+        self._indexes: dict[str, Any] = {}
+
+    def index(self, store: Store, by: str) -> Any:
+        """The ``by`` index in step with the database (None when it holds no such vectors)."""
+        if by not in self._indexes:
+            self._indexes[by] = in_step(store, self.db, by)
+        return self._indexes[by]
 
 
 class _NeuronTable:

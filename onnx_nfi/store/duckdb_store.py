@@ -206,6 +206,19 @@ class Store:
         """Model names in the database."""
         return [r[0] for r in self.con.execute("SELECT model FROM models ORDER BY model").fetchall()]
 
+    def top_classes(self) -> list[str]:
+        """The distinct top classes of the neurons (the browser's class search offers them)."""
+        return [r[0] for r in self.con.execute(
+            "SELECT DISTINCT top_class FROM neurons WHERE top_class IS NOT NULL ORDER BY top_class").fetchall()]
+
+    def neurons_of_class(self, label: str, limit: int) -> list[tuple[str, str, int, float]]:
+        """(model, layer alias, unit, share) of neurons whose top class is ``label``, most dominated first."""
+        rows = self.con.execute(
+            "SELECT n.model, l.alias, n.unit, coalesce(n.top_class_frequency, 0) FROM neurons n JOIN layers l "
+            "USING (model, layer) WHERE n.top_class = ? ORDER BY n.top_class_frequency DESC, n.model, l.depth, n.unit "
+            "LIMIT ?", [label, limit]).fetchall()
+        return [(m, a, int(u), float(f)) for m, a, u, f in rows]
+
     def model_row(self, model: str) -> dict[str, Any]:
         """The ``models`` row of ``model``, with the analysis's image input (``image_input``, from its
         run's parameters); NotFoundError names the models that exist."""

@@ -118,9 +118,9 @@ def read_vectors(store: Store, table: str, ids: np.ndarray | None = None) -> tup
     if ids is None:
         cols = store.con.execute(f"SELECT neuron_id, vector FROM {table} ORDER BY neuron_id").fetchnumpy()
     else:
-        wanted = {"neuron_id": np.asarray(ids, np.int64)}  # noqa: F841  (DuckDB scans the local by name)
-        cols = store.con.execute(
-            f"SELECT t.neuron_id, t.vector FROM {table} t JOIN wanted w USING (neuron_id) ORDER BY t.neuron_id"
+        cols = store.con.execute(  # a list parameter, not a scan of a Python local: serve's connection has those off
+            f"SELECT t.neuron_id, t.vector FROM {table} t WHERE t.neuron_id IN (SELECT unnest(?::BIGINT[])) "
+            "ORDER BY t.neuron_id", [np.asarray(ids, np.int64).tolist()]
         ).fetchnumpy()
     found = np.asarray(cols["neuron_id"], np.int64)
     if not len(found):

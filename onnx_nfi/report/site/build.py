@@ -120,7 +120,7 @@ def build_report(
         for m in gone:
             built.pop(m, None)
         overviews = q.model_overviews(store, site)
-    picture = _summary_picture(db, site, output, writer)
+        picture = _summary_picture(store, site, output, writer)
     writer.write("index.html", pages.index_page(overviews, picture, **common))
     _write_manifest(output, built)
     return ReportSummary(
@@ -148,6 +148,8 @@ def _write_model(
         layer = q.layer_data(store, row)
         folder = f"{base}/{row.slug}"
         writer.write(f"{folder}/index.html", pages.layer_page(layer, **common))
+        for index, h in layer.histograms.items():
+            writer.write(f"{folder}/hist/{index}.svg", pages.hist_svg(h))
         for unit, png in nf_pngs(store, model, row.layer):
             writer.write(f"{folder}/nf/{unit}.png", png)
         crops = q.layer_crops(store, layer, pages.CROPS)
@@ -207,26 +209,28 @@ def nf_pngs(store: Store, model: str, layer: str, units: Sequence[int] | None = 
             yield int(unit), buf.tobytes()
 
 
-def summary_png_bytes(db: Path, models: Sequence[str], folder: Path) -> bytes | None:
+def summary_png_bytes(store: Store, models: Sequence[str]) -> bytes | None:
     """The selectivity-by-depth picture of ``models`` (PNG bytes), None when no index has a value."""
     from onnx_nfi.report import render
 
     if not models:
         return None
     try:
-        path, _ = render.summary_png(models, INDEX_COLUMNS, folder / "selectivity.png", db)
+        image, _ = render.summary_picture(store, models, INDEX_COLUMNS)
     except NotFoundError:
         return None
-    return path.read_bytes()
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
+    if not ok:
+        raise ReportError("cannot encode the selectivity picture as PNG")
+    return buf.tobytes()
 
 
-def _summary_picture(db: Path, models: Sequence[str], output: Path, writer: _Writer) -> str | None:
-    png = summary_png_bytes(db, models, output)
+def _summary_picture(store: Store, models: Sequence[str], output: Path, writer: _Writer) -> str | None:
+    png = summary_png_bytes(store, models)
     if png is None:
         (output / "selectivity.png").unlink(missing_ok=True)
         return None
-    writer.files += 1
-    writer.bytes += len(png)
+    writer.write("selectivity.png", png)
     return "selectivity.png"
 
 

@@ -7,6 +7,7 @@ pages of a model costs a few queries per layer however many neurons it has.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -58,6 +59,8 @@ class ModelOverview:
     path: str
     analyzed_at: Any
     run: dict[str, Any]
+    input: str = ""  # "224×224 NCHW"
+    preprocessing: str = ""  # one line: resize, crop, channel order, normalisation
 
 
 @dataclass(frozen=True)
@@ -181,10 +184,32 @@ def model_overviews(store: Store, models: Sequence[str] | None = None) -> list[M
         )
         out.append(ModelOverview(
             model=m, slug=slug(m), layers=int(row["n_layers"] or 0), neurons=int(counts["neurons"]),
-            dead=int(counts["dead"]), images=int(images), path=str(row["path"]), analyzed_at=row["analyzed_at"],
-            run=runs[0] if runs else {},
+            dead=int(counts["dead"]), images=int(images), path=Path(str(row["path"])).name, analyzed_at=row["analyzed_at"],
+            run=runs[0] if runs else {}, input=f"{row['input_height']}×{row['input_width']} {row['layout']}",
+            preprocessing=preprocessing_text(row["preprocessing"]),
         ))
     return out
+
+
+def preprocessing_text(stored: Any) -> str:
+    """A model's stored preprocessing in one line, in the order it is applied."""
+    pre = json.loads(stored) if isinstance(stored, str) else dict(stored or {})
+    resize, crop = pre.get("resize") or {}, pre.get("crop") or {}
+    steps = []
+    if resize.get("mode") == "shorter_side":
+        steps.append(f"shorter side to {resize['size']} ({resize.get('interpolation', 'bilinear')})")
+    elif resize.get("mode") == "exact":
+        steps.append(f"resize to {resize['height']}×{resize['width']} ({resize.get('interpolation', 'bilinear')})")
+    if crop.get("mode") == "center":
+        steps.append(f"centre crop {crop['height']}×{crop['width']}")
+    scale = pre.get("pixel_scale", 1.0)
+    steps.append(f"{pre.get('channel_order', 'RGB')} (x{'' if scale == 1 else f' × {scale:g}'} − {_per_channel(pre.get('mean'))}) "
+                 f"/ {_per_channel(pre.get('std'))}")
+    return ", ".join(steps)
+
+
+def _per_channel(values: Any) -> str:
+    return "/".join(f"{float(v):g}" for v in values or ())
 
 
 def fingerprint(store: Store, model: str) -> str:

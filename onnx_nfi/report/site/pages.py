@@ -87,10 +87,17 @@ def model_page(model: ModelOverview, layers: Sequence[LayerRow], **common: Any) 
     return render("model.html", depth=1, model=model, layers=layers, indexes=model_indexes(layers), **common)
 
 
-def layer_page(data: LayerData, **common: Any) -> str:
-    """A layer's unit grid (sortable, filterable) and its index distributions."""
+def layer_page(data: LayerData, nf_pngs: dict[int, bytes] | None = None, **common: Any) -> str:
+    """A layer's unit grid (sortable, filterable) and its index distributions.
+
+    With ``nf_pngs`` the NFs are inlined as ``data:`` URLs (``serve``: one response instead of one
+    request per unit, which a browser sends at most six at a time); else they are ``nf/UNIT.png`` files.
+    """
+    import base64
+
     classes = sorted({u.top_class for u in data.units if u.top_class is not None})
-    return render("layer.html", depth=2, d=data, classes=classes, **common)
+    sources = {u: "data:image/png;base64," + base64.b64encode(png).decode() for u, png in (nf_pngs or {}).items()}
+    return render("layer.html", depth=2, d=data, classes=classes, sources=sources, **common)
 
 
 def neuron_page(
@@ -99,30 +106,40 @@ def neuron_page(
 ) -> str:
     """One neuron: NF, top crops, class distribution, indexes within the layer, similar and matched neurons."""
     return render(
-        "neuron.html", depth=3, d=data, u=unit, crops=[_crop_view(data, c) for c in crops], classes=classes, same=same, other=other,
-        matches=matches, stats=STAT_COLUMNS, **common,
+        "neuron.html", depth=3, d=data, u=unit, crops=crops, crop_frame=_crop_frame(data), classes=classes, same=same,
+        other=other, matches=matches, stats=STAT_COLUMNS, **common,
     )
 
 
 #: Side of a crop and of its location picture on a neuron page, CSS pixels.
 CROP_PX = 96
+#: Size of a layer's index distribution pictures (``LAYER/hist/INDEX.svg``), SVG units: bars, then a line of labels.
+HIST_W, HIST_H, HIST_LABELS = 220, 48, 14
 
 
-def _crop_view(data: LayerData, crop: Crop) -> dict[str, Any]:
-    """A crop as a window onto its display image: the image scaled and shifted so the RF window fills the box.
+def _crop_frame(data: LayerData) -> str:
+    """The CSS variables that place every crop of a neuron page: each crop is a window onto its display image,
+    scaled so the RF window fills the box; a crop itself carries only its corner (``--x``, ``--y``, image pixels).
 
     No crop file is written: every crop of every neuron is a view of one of the model's display
-    images, so the report holds each image once.
+    images, so the report holds each image once; and the sizes are stated once per page, not per crop.
     """
     (ch, cw), (ih, iw) = data.canvas, data.image_size
     s, t = CROP_PX / max(ch, cw), CROP_PX / max(ih, iw)
-    return {
-        "c": crop,
-        "window": f"width:{cw * s:.2f}px;height:{ch * s:.2f}px",
-        "image": f"width:{iw * s:.2f}px;height:{ih * s:.2f}px;left:{-crop.x0 * s:.2f}px;top:{-crop.y0 * s:.2f}px",
-        "where": f"width:{iw * t:.2f}px;height:{ih * t:.2f}px",
-        "box": f"left:{crop.x0 * t:.2f}px;top:{crop.y0 * t:.2f}px;width:{cw * t:.2f}px;height:{ch * t:.2f}px",
-    }
+    return (f"--s:{s:.5g};--t:{t:.5g};--cw:{cw * s:.2f}px;--ch:{ch * s:.2f}px;--iws:{iw * s:.2f}px;--ihs:{ih * s:.2f}px;"
+            f"--iwt:{iw * t:.2f}px;--iht:{ih * t:.2f}px;--cwt:{cw * t:.2f}px;--cht:{ch * t:.2f}px")
+
+
+def hist_svg(h: Histogram) -> str:
+    """A layer's distribution of one index as a standalone SVG file, shared by all its neuron pages
+    (each page draws its neuron's marker over it)."""
+    w, hh = HIST_W, HIST_H
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {hh + HIST_LABELS}" width="{w}" height="{hh + HIST_LABELS}">'
+        f'<g fill="#9db7e8">{_bars(h, w, hh)}</g><g font-size="12" fill="#667085" font-family="sans-serif">'
+        f'<text x="0" y="{hh + 12}">{_fmt(h.low)}</text><text x="{w}" y="{hh + 12}" text-anchor="end">{_fmt(h.high)}</text>'
+        "</g></svg>\n"
+    )
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
