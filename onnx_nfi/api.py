@@ -23,6 +23,7 @@ from onnx_nfi.graph.receptive_field import clipped_windows
 from onnx_nfi.graph.rf_probe import measure_windows, outside_windows
 from onnx_nfi.graph.session import check_runtime_install
 from onnx_nfi.names import DEFAULT_DB
+from onnx_nfi.neurons.color_naming import color_memberships
 from onnx_nfi.pipeline import analysis
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline.checkpoint import (
@@ -47,7 +48,7 @@ similar = search.similar
 
 __all__ = [
     "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "RFVerification",
-    "ShardSummary", "analyze", "compact", "demo", "export_parquet", "import_db", "index", "layers",
+    "ShardSummary", "analyze", "color_memberships", "compact", "demo", "export_parquet", "import_db", "index", "layers",
     "match", "merge", "parse_shard", "remove", "set_probe", "similar", "sql", "state_path", "verify_receptive_fields",
 ]
 
