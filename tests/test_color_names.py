@@ -258,3 +258,39 @@ def test_index_recomputes_the_same_colour_names_in_small_chunks(colour_db: tuple
     for tensor, names in whole.color_names.items():
         np.testing.assert_array_equal(chunked.color_names[tensor], names)
         assert list(chunked.columns[tensor]["top_color"]) == list(whole.columns[tensor]["top_color"])
+
+
+def test_summary_names_draws_colours_and_concepts_by_depth(colour_db: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """``summary --names`` on a real database (a copy with concept labels set on the brightness
+    units): the counts it draws equal a count in the test, and the PNG shows the bars and the line."""
+    import shutil
+
+    from cli_helpers import invoke
+
+    from onnx_nfi.report.names_plot import TERM_RGB
+    from onnx_nfi.store.color_names import names_by_depth
+
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(colour_db[0], db)
+    with Store.open(db) as store:
+        store.con.execute("UPDATE neurons SET concept = 'light', concept_p = 1e-5 WHERE unit = 3")
+        rows = store.rows("SELECT l.alias, n.top_color, n.concept, n.dead FROM neurons n JOIN layers l USING (model, layer)")
+        drawn = {x.alias: x for x in names_by_depth(store, [])}
+    for alias, x in drawn.items():
+        mine = [r for r in rows if r["alias"] == alias and not r["dead"]]
+        assert x.live == len(mine) and x.concepts == sum(r["concept"] is not None for r in mine)
+        assert x.top_colors == {t: sum(r["top_color"] == t for r in mine) for t in {r["top_color"] for r in mine}}
+    png = tmp_path / "names.png"
+    result = invoke("summary", "--names", "-o", png, "--db", db)
+    assert result.exit_code == 0, result.output
+    image = cv2.imread(str(png))[:, :, ::-1].astype(int)
+    for term in ("red", "green", "blue"):
+        rgb = np.rint(np.array(TERM_RGB[term]) * 255)
+        assert (np.abs(image - rgb).max(axis=2) <= 2).sum() > 500, term  # a bar, not just the legend swatch
+    plain = tmp_path / "plain.png"  # the same database before the concept labels
+    assert invoke("summary", "--names", "-o", plain, "--db", colour_db[0]).exit_code == 0
+    without = cv2.imread(str(plain)).astype(int)
+    assert (image.max(axis=2) <= 5).sum() > (without.max(axis=2) <= 5).sum() + 200  # the black concept line
+    missing = invoke("summary", "nosuch", "--names", "-o", tmp_path / "x.png", "--db", db)
+    assert missing.exit_code != 0 and missing.output.startswith("Error:") and "nosuch" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
