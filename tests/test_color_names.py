@@ -294,3 +294,17 @@ def test_summary_names_draws_colours_and_concepts_by_depth(colour_db: tuple[Path
     missing = invoke("summary", "nosuch", "--names", "-o", tmp_path / "x.png", "--db", db)
     assert missing.exit_code != 0 and missing.output.startswith("Error:") and "nosuch" in missing.output
     assert len(missing.output.strip().splitlines()) == 1
+
+
+def test_colour_names_follow_their_neurons_through_import_and_remove(colour_db: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    db = tmp_path / "other.duckdb"
+    query = ("SELECT l.alias, n.unit, c.color, c.share FROM color_names c JOIN neurons n USING (neuron_id) "
+             "JOIN layers l USING (model, layer) ORDER BY ALL")
+    with Store.open(colour_db[0], read_only=True) as store:
+        source = store.rows(query)
+    api.import_db(db, colour_db[0])
+    with Store.open(db, read_only=True) as store:
+        assert store.rows(query) == source
+    api.remove(db, "rgb")
+    with Store.open(db, read_only=True) as store:
+        assert store.rows("SELECT * FROM color_names") == []
