@@ -308,3 +308,28 @@ def test_colour_names_follow_their_neurons_through_import_and_remove(colour_db: 
     api.remove(db, "rgb")
     with Store.open(db, read_only=True) as store:
         assert store.rows("SELECT * FROM color_names") == []
+
+
+def test_colour_name_chunks_on_ray_equal_the_same_chunks_here(colour_db: tuple[Path, Path, Path]) -> None:
+    """The colour-name pass as Ray tasks over 4-image chunks, combined by the fold actor, equals
+    the local pass bit for bit."""
+    ray = pytest.importorskip("ray", reason="the ray extra is part of the dev install (make test)")
+    from onnx_nfi.pipeline.distributed import RayChunks
+
+    _, model, images = colour_db
+    lm, pre = open_model(model, "raw")
+    infos = model_layers(lm)
+    config = AnalyzeConfig(top_n=5, nf=False, indexes=("color_names",), preprocess="raw", provider="cpu")
+    result = scan(lm, [i.layer for i in infos], pre, list_images(images).files, top_n=5, provider="cpu")
+    topns = {tensor: st.topn for tensor, st in result.stats.items()}
+    paths = {img.image_id: Path(img.path) for img in result.images}
+    work = FeatureWork.of(lm, pre, infos, topns, paths, {}, config, chunk_images=4)
+    here = compute_features(work, None).indexes
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        there = compute_features(work, None, RayChunks("local")).indexes
+    finally:
+        ray.shutdown()
+    assert set(there.color_names) == set(here.color_names)
+    for tensor, names in here.color_names.items():
+        np.testing.assert_array_equal(there.color_names[tensor], names)
