@@ -77,8 +77,10 @@ def entry_shares(
     window = np.stack([win_y[ys, 0], win_x[xs, 0], win_y[ys, 1], win_x[xs, 1]], axis=1)
     # the map cells whose blocks meet the window: a contiguous range per axis
     cells = np.stack([
-        np.searchsorted(edge_y[1:], window[:, 0], side="right"), np.searchsorted(edge_y[:-1], window[:, 2], side="left"),
-        np.searchsorted(edge_x[1:], window[:, 1], side="right"), np.searchsorted(edge_x[:-1], window[:, 3], side="left"),
+        np.searchsorted(edge_y[1:], window[:, 0], side="right"),
+        np.searchsorted(edge_y[:-1], window[:, 2], side="left"),
+        np.searchsorted(edge_x[1:], window[:, 1], side="right"),
+        np.searchsorted(edge_x[:-1], window[:, 3], side="left"),
     ], axis=1)
     out = np.empty((ys.size, TERMS))
     _weighted_terms(areas, np.ascontiguousarray(maps, np.float32), rows.astype(np.int64), units.astype(np.int64),
@@ -108,7 +110,8 @@ def _weighted_terms(
                     continue  # negative activations weigh nothing
                 total += w * (y1 - y0) * (x1 - x0)
                 for n in range(terms):
-                    acc[n] += w * (areas[b, y1, x1, n] - areas[b, y0, x1, n] - areas[b, y1, x0, n] + areas[b, y0, x0, n])
+                    rect = areas[b, y1, x1, n] - areas[b, y0, x1, n] - areas[b, y1, x0, n] + areas[b, y0, x0, n]
+                    acc[n] += w * rect
         for n in range(terms):
             out[e, n] = acc[n] / total if total > 0 else np.nan
 

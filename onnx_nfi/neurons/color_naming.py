@@ -26,7 +26,9 @@ ACHROMATIC_TERMS = COLOR_TERMS[CHROMATIC:]
 
 _PARAMETERS = Path(__file__).with_name("color_naming_tse.json")
 #: sRGB (D65) -> XYZ, and the white point the Lab conversion divides by.
-_RGB_TO_XYZ = np.array([[0.412424, 0.357579, 0.180464], [0.212656, 0.715158, 0.0721856], [0.0193324, 0.119193, 0.950444]])
+_RGB_TO_XYZ = np.array([
+    [0.412424, 0.357579, 0.180464], [0.212656, 0.715158, 0.0721856], [0.0193324, 0.119193, 0.950444],
+])
 _WHITE = np.array([0.9505, 1.0, 1.0891])
 _EPS = 0.008856
 
@@ -78,7 +80,9 @@ def _sig(z: float) -> float:
 
 
 @compiled(boundscheck=False)
-def _name_colours(lab: np.ndarray, table: np.ndarray, achromatic: np.ndarray, thresholds: np.ndarray, out: np.ndarray) -> None:
+def _name_colours(
+    lab: np.ndarray, table: np.ndarray, achromatic: np.ndarray, thresholds: np.ndarray, out: np.ndarray
+) -> None:
     """The model colour by colour (a compiled loop: the parameters change with each colour's lightness
     level, which NumPy could only follow with a gather of every parameter per colour)."""
     for p in range(lab.shape[0]):

@@ -23,10 +23,12 @@ def write_color_names(store: Store, model: str, distributions: Mapping[str, np.n
         "DELETE FROM color_names WHERE neuron_id IN (SELECT neuron_id FROM neurons WHERE model = ?)", [model]
     )
     for layer, (units, terms, shares) in stored_names(distributions).items():
-        frame = {"layer": np.full(units.size, layer, dtype=object), "unit": units, "color": terms, "share": shares}  # noqa: F841
+        layers = np.full(units.size, layer, dtype=object)
+        frame = {"layer": layers, "unit": units, "color": terms, "share": shares}  # noqa: F841  (scanned by name)
         store.con.execute(
             "INSERT INTO color_names (neuron_id, color, share) SELECT n.neuron_id, f.color, f.share FROM frame f "
-            "JOIN neurons n ON n.model = ? AND n.layer = f.layer AND n.unit = f.unit ORDER BY n.neuron_id, f.share DESC",
+            "JOIN neurons n ON n.model = ? AND n.layer = f.layer AND n.unit = f.unit "
+            "ORDER BY n.neuron_id, f.share DESC",
             [model],
         )
 
@@ -60,5 +62,7 @@ def names_by_depth(store: Store, models: Sequence[str]) -> list[LayerNames]:
         colors: dict[str, int] = {}
         for term in r["colors"] or ():
             colors[term] = colors.get(term, 0) + 1
-        out.append(LayerNames(r["model"], r["alias"], float(r["relative_depth"]), int(r["live"]), colors, int(r["concepts"])))
+        out.append(LayerNames(
+            r["model"], r["alias"], float(r["relative_depth"]), int(r["live"]), colors, int(r["concepts"])
+        ))
     return out
