@@ -22,6 +22,7 @@ from onnx_nfi.graph.receptive_field import clipped_windows
 from onnx_nfi.graph.rf_probe import measure_windows, outside_windows
 from onnx_nfi.graph.session import check_runtime_install
 from onnx_nfi.names import DEFAULT_DB
+from onnx_nfi.neurons.color_naming import color_memberships
 from onnx_nfi.pipeline import analysis
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline.checkpoint import (
@@ -47,7 +48,7 @@ similar = search.similar
 
 __all__ = [
     "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "RFVerification",
-    "ShardSummary", "analyze", "compact", "demo", "export_parquet", "import_db", "index", "layers",
+    "ShardSummary", "analyze", "color_memberships", "compact", "demo", "export_parquet", "import_db", "index", "layers",
     "match", "merge", "parse_shard", "remove", "set_probe", "similar", "sql", "state_path", "verify_receptive_fields",
 ]
 
@@ -374,6 +375,8 @@ def match(
 #: The bundled models and the queries the demo prints.
 BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
 DEMO_MODELS = ("efficientnet_lite0", "mobilenetv2_deepsort")
+#: The demo's analyses: the default indexes and each neuron's colour names.
+DEMO_CONFIG = AnalyzeConfig(indexes=(*AnalyzeConfig.indexes, "color_names"))
 DEMO_QUERIES = (
     ("Most colour-selective neurons of Lite0's conv20",
      "SELECT unit, round(color_selectivity, 3) AS color, round(active_fraction, 2) AS active, top_class "
@@ -405,7 +408,7 @@ def demo(
     on_analysis: Callable[[AnalysisSummary], None] | None = None,
 ) -> DemoResult:
     """``onnx-nfi demo``: analyse the bundled models on the demo photos (built from installed packages)
-    into ``output/nfi.duckdb``, draw the README's pictures into ``output/pictures`` and build the
+    (default indexes and colour names) into ``output/nfi.duckdb``, draw the README's pictures into ``output/pictures`` and build the
     neuron browser into ``output/report``. Before each long step ``on_step(title)`` may return the
     progress callback for it; ``on_analysis(summary)`` is called after each analysis."""
     from onnx_nfi.data.demo_images import build_demo_images
@@ -422,13 +425,14 @@ def demo(
     analyses = []
     for model in DEMO_MODELS:
         progress = step(f"Analysing {model} on {images}")
-        analyses.append(analyze(BUNDLED_MODELS / f"{model}.onnx", images, db=db, progress=progress))
+        analyses.append(analyze(BUNDLED_MODELS / f"{model}.onnx", images, db=db, config=DEMO_CONFIG, progress=progress))
         if on_analysis:
             on_analysis(analyses[-1])
     lite0 = DEMO_MODELS[0]
     drawn = [render.grid_png(lite0, layer, folder / f"lite0_{layer}_nfs.png", db, per_page=64).path for layer in ("conv1", "conv40")]
     drawn.append(render.card_png(lite0, "conv40", _most_class_selective(db, lite0, "conv40"), folder / "lite0_conv40_card.png", db).path)
     drawn.append(render.summary_png(list(DEMO_MODELS), ["color_selectivity", "class_selectivity"], folder / "selectivity.png", db)[0])
+    drawn.append(render.names_png(list(DEMO_MODELS), folder / "names.png", db))
     matched = match(db, *DEMO_MODELS, picture=folder / "match.png")
     site = build_report(output / "report", db, progress=step(f"Building the neuron browser in {output / 'report'}"))
     return DemoResult(db, images, tuple(drawn), tuple(analyses), matched, site.output)

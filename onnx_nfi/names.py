@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from onnx_nfi.errors import ConfigError, SearchError
 
-#: Index names understood by ``--indexes`` (``all`` means every one), in canonical order.
-INDEX_NAMES = ("color", "class", "orientation", "symmetry", "shape")
+#: The selectivity indexes: one number per neuron each (``neurons.<name>_selectivity``), in canonical order.
+SELECTIVITY_INDEXES = ("color", "class", "orientation", "symmetry", "shape")
+#: Index names understood by ``--indexes`` (``all`` means every one), in canonical order: the
+#: selectivity indexes, then the neuron descriptions (``color_names``: table ``color_names`` and
+#: ``neurons.top_color``).
+INDEX_NAMES = (*SELECTIVITY_INDEXES, "color_names")
 #: The indexes an analysis computes unless told otherwise.
 DEFAULT_INDEXES = ("color", "class")
-#: The ``neurons`` column holding each index's value, in ``INDEX_NAMES`` order.
-INDEX_COLUMNS = tuple(f"{name}_selectivity" for name in INDEX_NAMES)
+#: The ``neurons`` column holding each selectivity index's value, in ``SELECTIVITY_INDEXES`` order.
+INDEX_COLUMNS = tuple(f"{name}_selectivity" for name in SELECTIVITY_INDEXES)
 
 #: Search vectors by kind (docs/method.md, "Similar neurons"): the ``--by`` choices and their tables,
 #: keyed by ``neurons.neuron_id``.

@@ -111,14 +111,20 @@ def summary_cmd(
     db: Db = Path(DEFAULT_DB),
     indexes: Annotated[str, typer.Option(
         "--indexes", help="Comma-separated neurons columns, one panel each.")] = ",".join(INDEX_COLUMNS),
+    names: Annotated[bool, typer.Option(
+        "--names", help="Draw instead, per layer, the share of live neurons with each top colour and with a concept "
+                        "label, one panel per model (colour names: --indexes color_names when analysing).")] = False,
 ) -> None:
-    """Draw each index's per-layer distribution against relative depth, models overlaid."""
+    """Draw each index's per-layer distribution against relative depth, models overlaid (--names: colours and concepts)."""
     from onnx_nfi.report import render
 
-    names = list(parse_list(indexes))
-    if not names:
+    if names:
+        wrote(render.names_png(models or [], output, db))
+        return
+    columns = list(parse_list(indexes))
+    if not columns:
         raise typer.BadParameter("name at least one index column", param_hint="--indexes")
-    path, missing = render.summary_png(models or [], names, output, db)
+    path, missing = render.summary_png(models or [], columns, output, db)
     for index in missing:
         say(f"Note: {index} has no value in any model; left out (compute it with onnx-nfi index).")
     wrote(path)

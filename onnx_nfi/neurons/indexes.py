@@ -10,7 +10,10 @@ Two kinds of pass read each neuron's activation ``a'_j`` at its stored location 
   distinct (image, location) of a layer is transformed once and serves every neuron of the layer
   that has it in its top-N; these images are batched across neurons.
 
-Both are responses per (neuron, top entry), so the passes run over chunks of top images
+Colour names (§9) take a third, whole-image pass of the top images as they are: the maps weigh
+the images' colour-term memberships (``neurons.color_names``).
+
+All are responses per (neuron, top entry), so the passes run over chunks of top images
 (``chunk_responses``), anywhere, and the chunks' responses combine exactly (``Responses.add``);
 the formulas then run once over the combined responses (``indexes_from``). The class index needs
 no image and no pass.
@@ -19,7 +22,7 @@ no image and no pass.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +36,7 @@ from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.graph.session import Runner
 from onnx_nfi.neurons.class_selectivity import class_selectivity
 from onnx_nfi.neurons.color import Window, color_selectivity, grey_region, to_grey
+from onnx_nfi.neurons.color_names import TERMS, entry_shares, neuron_distributions, summed_areas, top_colors
 from onnx_nfi.neurons.transforms import (
     ANGLES,
     AXES,
@@ -61,16 +65,19 @@ class IndexLayer:
 
 @dataclass
 class IndexResult:
-    """Per layer tensor, neuron columns (arrays over units); plus class-frequency triples."""
+    """Per layer tensor, neuron columns (arrays over units); plus class-frequency triples and the
+    colour-term distributions ``[C, 11]`` (``color_names``)."""
 
     columns: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     class_frequencies: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    color_names: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
 class Responses:
     """``a'`` per layer tensor: ``grey`` ``[C, N]`` (whole-image pass) and ``region`` ``[V, C, N]``
-    (one row per region variant), NaN where not (yet) computed."""
+    (one row per region variant); ``names``: colour-term shares ``[11, C, N]``; NaN where not (yet)
+    computed."""
 
     by_layer: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
@@ -128,6 +135,10 @@ def chunk_responses(
         grey = whole_image_responses(runner, pre, layers, images, chunk, to_grey, batch_size)
         for tensor, values in grey.items():
             out.by_layer[tensor]["grey"] = values
+    if "color_names" in config.indexes:
+        runner = sessions.whole([item.layer.tensor for item in layers])
+        for tensor, values in color_name_responses(runner, pre, layers, images, chunk, batch_size).items():
+            out.by_layer[tensor]["names"] = values
     variants = [v for _, vs in _region_kinds(config) for v in vs]
     for item in layers if variants else ():
         runner = sessions.region(item.layer.tensor)
@@ -151,6 +162,10 @@ def indexes_from(
         got = responses.by_layer.get(item.layer.tensor, {})
         if "color" in config.indexes and config.color_mode == "image":
             cols["color_selectivity"] = color_selectivity(a, got.get("grey", np.full(a.shape, np.nan, np.float32)))
+        if "color_names" in config.indexes:
+            names = neuron_distributions(a, got.get("names", np.full((TERMS, *a.shape), np.nan, np.float32)))
+            cols["top_color"], cols["top_color_share"] = top_colors(names)
+            result.color_names[item.layer.tensor] = names
         region = got.get("region", np.full((sum(len(vs) for _, vs in kinds), *a.shape), np.nan, np.float32))
         k = 0
         for kind, vs in kinds:
@@ -231,6 +246,37 @@ def _entries(topn: TopN, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero((topn.scores > 0) & (topn.ids >= 0) & np.isin(topn.ids, chunk))
 
 
+def _entries_by_image(layers: Sequence[IndexLayer], chunk: np.ndarray) -> dict[str, tuple[np.ndarray, ...]]:
+    """Per layer, (image id, unit, rank, y, x) of its entries in ``chunk``, ordered by image id: a
+    batch of consecutive ids is then one slice."""
+    by_image = {}
+    for item in layers:
+        units, ranks = _entries(item.topn, chunk)
+        order = np.argsort(item.topn.ids[units, ranks], kind="stable")
+        units, ranks = units[order], ranks[order]
+        by_image[item.layer.tensor] = (item.topn.ids[units, ranks], units, ranks, item.topn.ys[units, ranks], item.topn.xs[units, ranks])
+    return by_image
+
+
+def _whole_image_batches(
+    runner: Runner, pre: Preprocessing, images: Mapping[int, np.ndarray], ids: np.ndarray,
+    transform: Callable[[np.ndarray], np.ndarray], batch_size: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
+    """(image ids, display images, every layer's maps) of ``ids``' images, transformed, a batch at a time."""
+    for lo in range(0, ids.size, batch_size):
+        batch_ids = ids[lo : lo + batch_size]
+        batch = np.stack([images[int(i)] for i in batch_ids])
+        yield batch_ids, batch, runner.run(pre.to_tensor(transform(batch)))
+
+
+def _batch_slice(entries: tuple[np.ndarray, ...], batch_ids: np.ndarray) -> tuple[np.ndarray, slice]:
+    """The batch rows of the entries whose image is in ``batch_ids``, and where they are in ``entries``."""
+    image_ids = entries[0]
+    a = np.searchsorted(image_ids, batch_ids[0], side="left")
+    b = np.searchsorted(image_ids, batch_ids[-1], side="right")
+    return np.searchsorted(batch_ids, image_ids[a:b]), slice(a, b)
+
+
 def whole_image_responses(
     runner: Runner,
     pre: Preprocessing,
@@ -243,25 +289,37 @@ def whole_image_responses(
     """``a'`` ``[C, N]`` per layer after transforming each whole top image of ``chunk`` once (NaN
     elsewhere); ``runner`` has every layer's map as an output."""
     out = {item.layer.tensor: np.full(item.topn.scores.shape, np.nan, np.float32) for item in layers}
-    # per layer, its entries ordered by image id: a batch of consecutive ids is then one slice
-    by_image = {}
-    for item in layers:
-        units, ranks = _entries(item.topn, chunk)
-        order = np.argsort(item.topn.ids[units, ranks], kind="stable")
-        units, ranks = units[order], ranks[order]
-        by_image[item.layer.tensor] = (item.topn.ids[units, ranks], units, ranks, item.topn.ys[units, ranks], item.topn.xs[units, ranks])
+    by_image = _entries_by_image(layers, chunk)
     ids = np.unique(np.concatenate([v[0] for v in by_image.values()]))
-    for lo in range(0, ids.size, batch_size):
-        batch_ids = ids[lo : lo + batch_size]
-        batch = transform(np.stack([images[int(i)] for i in batch_ids]))
-        maps = runner.run(pre.to_tensor(batch))
+    for batch_ids, _, maps in _whole_image_batches(runner, pre, images, ids, transform, batch_size):
         for item in layers:
-            image_ids, units, ranks, ys, xs = by_image[item.layer.tensor]
-            a = np.searchsorted(image_ids, batch_ids[0], side="left")
-            b = np.searchsorted(image_ids, batch_ids[-1], side="right")
-            rows = np.searchsorted(batch_ids, image_ids[a:b])
-            u = units[a:b]
-            out[item.layer.tensor][u, ranks[a:b]] = maps[item.layer.tensor][rows, u, ys[a:b], xs[a:b]]
+            _, units, ranks, ys, xs = by_image[item.layer.tensor]
+            rows, part = _batch_slice(by_image[item.layer.tensor], batch_ids)
+            u = units[part]
+            out[item.layer.tensor][u, ranks[part]] = maps[item.layer.tensor][rows, u, ys[part], xs[part]]
+    return out
+
+
+def color_name_responses(
+    runner: Runner,
+    pre: Preprocessing,
+    layers: Sequence[IndexLayer],
+    images: Mapping[int, np.ndarray],
+    chunk: np.ndarray,
+    batch_size: int,
+) -> dict[str, np.ndarray]:
+    """Per layer the colour-term shares ``[11, C, N]`` of the entries whose image is in ``chunk``
+    (NaN elsewhere), from one pass of each (unchanged) top image with every layer's map as output."""
+    out = {item.layer.tensor: np.full((TERMS, *item.topn.scores.shape), np.nan, np.float32) for item in layers}
+    by_image = _entries_by_image(layers, chunk)
+    ids = np.unique(np.concatenate([v[0] for v in by_image.values()]))
+    for batch_ids, batch, maps in _whole_image_batches(runner, pre, images, ids, lambda x: x, batch_size):
+        areas = summed_areas(batch)
+        for item in layers:
+            _, units, ranks, ys, xs = by_image[item.layer.tensor]
+            rows, part = _batch_slice(by_image[item.layer.tensor], batch_ids)
+            shares = entry_shares(areas, maps[item.layer.tensor], rows, units[part], ys[part], xs[part], item.rf)
+            out[item.layer.tensor][:, units[part], ranks[part]] = shares.T
     return out
 
 

@@ -217,7 +217,7 @@ def selectivity_plot(panels: Sequence[Panel], title: str = "", footnote: str = "
         ha="left",
         fontsize=12,
     )
-    return Picture(_figure_pixels(fig))
+    return Picture(figure_pixels(fig))
 
 
 def heat_map(
@@ -252,7 +252,7 @@ def heat_map(
     ax.set_title(title, fontsize=11, loc="left")
     fig.colorbar(image, ax=ax, label=labels[2])
     fig.tight_layout()
-    pixels = _figure_pixels(fig)
+    pixels = figure_pixels(fig)
     extent = ax.get_window_extent()
     height = pixels.shape[0]
     box = (round(height - extent.y1), round(extent.x0), round(height - extent.y0), round(extent.x1))
@@ -408,7 +408,8 @@ def _draw_text(canvas: np.ndarray, texts: Sequence[_Text]) -> np.ndarray:
     return np.rint(page).astype(np.uint8)
 
 
-def _figure_pixels(fig: Figure) -> np.ndarray:
+def figure_pixels(fig: Figure) -> np.ndarray:
+    """A drawn matplotlib figure as an RGB uint8 image."""
     fig.canvas.draw()
     return np.array(fig.canvas.buffer_rgba())[:, :, :3]
 

@@ -17,7 +17,9 @@ from typing import Any
 
 from onnx_nfi.errors import NotFoundError
 from onnx_nfi.report import pictures, queries
+from onnx_nfi.report.names_plot import names_by_depth_plot
 from onnx_nfi.search.records import MatchResult, SimilarResult
+from onnx_nfi.store.color_names import names_by_depth
 from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store
 
 #: NFs on one page of a layer grid: 16 x 16 tiles of 96 px, a sheet a screen shows at full size.
@@ -127,6 +129,18 @@ def summary_picture(store: Store, models: Sequence[str], indexes: Sequence[str])
     ]
     footnote = f"not computed for any of these models: {', '.join(data.missing)}" if data.missing else ""
     return pictures.selectivity_plot(panels, footnote=footnote).image, list(data.missing)
+
+
+def names_png(models: Sequence[str], output: str | Path, db: str | Path = DEFAULT_DB) -> Path:
+    """``summary --names``: per layer of each model, the share of live neurons with each top colour
+    and with a concept label, against relative depth; every model in the database when ``models`` is empty."""
+    with Store.open(db, read_only=True) as store:
+        for model in models:
+            store.model_row(model)  # NotFoundError names the models there are
+        layers = names_by_depth(store, list(models))
+    if not layers:
+        raise NotFoundError(f"{db} holds no analysed model; run 'onnx-nfi analyze' first")
+    return pictures.write_png(output, names_by_depth_plot(layers).image)
 
 
 def similar_png(result: SimilarResult, output: str | Path) -> Drawn:

@@ -22,7 +22,8 @@ from onnx_nfi.store.vectors import read_probe, save_probe, sync_after_commit
 
 #: Tables copied as they are, by model.
 _PLAIN = ("images", "layers", "top_activations", "class_frequencies")
-#: Search-vector tables keyed by neuron id (response vectors are handled with the probe set).
+#: Search-vector tables keyed by neuron id (response vectors are handled with the probe set; colour
+#: names, also keyed by neuron id, are copied when the other database has them).
 _VECTORS = ("nf_vectors", "index_vectors")
 
 
@@ -99,7 +100,10 @@ def _copy_model(store: Store, model: str, responses: bool) -> int:
         "INSERT INTO skipped_images BY NAME SELECT s.* REPLACE (m.new AS run_id) FROM src.skipped_images s "
         "JOIN runmap m ON m.old = s.run_id",
     )
-    for table in (*_VECTORS, *(("response_vectors",) if responses else ())):
+    names = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = 'src' AND table_name = 'color_names'"
+    ).fetchone()[0]
+    for table in (*_VECTORS, *(("response_vectors",) if responses else ()), *(("color_names",) if names else ())):
         con.execute(
             f"INSERT INTO {table} BY NAME SELECT v.* REPLACE (i.new AS neuron_id) FROM src.{table} v "
             "JOIN idmap i ON i.old = v.neuron_id",

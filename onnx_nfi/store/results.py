@@ -22,6 +22,7 @@ from onnx_nfi.neurons.indexes import IndexResult
 from onnx_nfi.scan.scanner import ScanResult
 from onnx_nfi.scan.topn import TopN
 from onnx_nfi.signals import hold_signals
+from onnx_nfi.store.color_names import write_color_names
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.nf_storage import encode, rounded
 from onnx_nfi.store.vectors import ProbeSet, store_index_vectors, store_vectors
@@ -92,7 +93,7 @@ def write_index_run(db: str | Path, model: str, result: IndexResult, config: Ana
 
 
 def write_indexes(store: Store, name: str, result: IndexResult) -> None:
-    """Store index columns and class frequencies of a model (inside the caller's transaction)."""
+    """Store index columns, class frequencies and colour names of a model (inside the caller's transaction)."""
     for layer, columns in result.columns.items():
         if not columns:
             continue
@@ -107,6 +108,8 @@ def write_indexes(store: Store, name: str, result: IndexResult) -> None:
             "model": _repeat(name, units.size), "layer": _repeat(layer, units.size),
             "unit": units.astype(np.int32), "label": labels.astype(object), "frequency": freqs,
         })
+    if result.color_names:
+        write_color_names(store, name, result.color_names)
 
 
 def _repeat(value: object, n: int) -> np.ndarray:

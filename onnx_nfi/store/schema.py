@@ -6,7 +6,8 @@ return a neuron that was replaced. Columns that later passes fill (NF, indexes) 
 front and stay NULL until computed. ``neurons.saturated_top`` is how many of a neuron's top-N
 entries share its largest score; ``top_activations.pre_activation`` is the pre-activation maximum
 that ordered them (NULL for a layer without such an activation), so a stored top-N is the whole
-state the scan kept.
+state the scan kept. ``color_names`` holds each neuron's colour terms with share >= 0.01
+(docs/method.md §9), ``neurons.top_color`` / ``top_color_share`` its largest.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ CREATE TABLE IF NOT EXISTS neurons (
     color_selectivity DOUBLE, class_selectivity DOUBLE, top_class VARCHAR, top_class_frequency DOUBLE,
     population_code INTEGER, orientation_selectivity DOUBLE, orientation_by_angle DOUBLE[],
     symmetry_selectivity DOUBLE, symmetry_by_axis DOUBLE[], shape_selectivity DOUBLE,
+    top_color VARCHAR, top_color_share DOUBLE, concept VARCHAR, concept_p DOUBLE,
     PRIMARY KEY (model, layer, unit)
 );
 CREATE TABLE IF NOT EXISTS top_activations (
@@ -50,6 +52,7 @@ CREATE TABLE IF NOT EXISTS top_activations (
 CREATE TABLE IF NOT EXISTS class_frequencies (
     model VARCHAR, layer VARCHAR, unit INTEGER, label VARCHAR, frequency DOUBLE
 );
+CREATE TABLE IF NOT EXISTS color_names (neuron_id BIGINT, color VARCHAR, share DOUBLE);
 CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER PRIMARY KEY, model VARCHAR, kind VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP,
     images_seen BIGINT, images_skipped BIGINT, top_n INTEGER, provider VARCHAR, params JSON
@@ -69,6 +72,10 @@ CREATE TABLE IF NOT EXISTS neuron_matches (
 ADDED_COLUMNS = """
 ALTER TABLE neurons ADD COLUMN IF NOT EXISTS saturated_top INTEGER;
 ALTER TABLE top_activations ADD COLUMN IF NOT EXISTS pre_activation FLOAT;
+ALTER TABLE neurons ADD COLUMN IF NOT EXISTS top_color VARCHAR;
+ALTER TABLE neurons ADD COLUMN IF NOT EXISTS top_color_share DOUBLE;
+ALTER TABLE neurons ADD COLUMN IF NOT EXISTS concept VARCHAR;
+ALTER TABLE neurons ADD COLUMN IF NOT EXISTS concept_p DOUBLE;
 """
 
 VIEWS = """
