@@ -33,6 +33,10 @@ from onnx_nfi.pipeline.features import FeatureWork, compute_features, local_chun
 from onnx_nfi.pipeline.models import open_model, reopen_model
 from onnx_nfi.progress import Progress
 from onnx_nfi.report import pictures, render
+from onnx_nfi.search.describe import Description
+from onnx_nfi.search.describe import describe as describe_neuron
+from onnx_nfi.search.find import FindResult
+from onnx_nfi.search.find import find as find_neurons
 from onnx_nfi.store.compact import CompactSummary
 from onnx_nfi.store.compact import compact as compact_db
 from onnx_nfi.store.duckdb_store import Store
@@ -47,7 +51,7 @@ similar = search.similar
 
 __all__ = [
     "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "RFVerification",
-    "ShardSummary", "analyze", "compact", "demo", "export_parquet", "import_db", "index", "layers",
+    "ShardSummary", "analyze", "compact", "demo", "describe", "export_parquet", "find", "import_db", "index", "layers",
     "match", "merge", "parse_shard", "remove", "set_probe", "similar", "sql", "state_path", "verify_receptive_fields",
 ]
 
@@ -295,11 +299,26 @@ def index(
     labels = {int(r["image_id"]): r["label"] for r in image_rows}
     work = FeatureWork.of(lm, pre, infos, {i.layer.tensor: topns[i.layer.tensor] for i in infos}, paths, labels,
                           replace(config, nf=False))
-    write_index_run(db, model, compute_features(work, progress).indexes, config, started)
+    result = compute_features(work, progress).indexes
+    write_index_run(db, model, result, config, started)
     return IndexSummary(
         model, config.indexes, len(infos), sum(i.layer.channels for i in infos),
-        (dt.datetime.now() - started).total_seconds(), sync_after_commit(db),
+        (dt.datetime.now() - started).total_seconds(), (*result.notes, *sync_after_commit(db)),
     )
+
+
+def describe(neuron: str, *, db: str | Path = DEFAULT_DB) -> Description:
+    """``onnx-nfi describe``: a neuron's top colour and concept label in words, with their evidence and
+    its indexes (``neuron``: MODEL:LAYER:UNIT)."""
+    return describe_neuron(db, neuron)
+
+
+def find(
+    words: str, *, db: str | Path = DEFAULT_DB, models: Sequence[str] = (), layers: Sequence[str] = (), k: int = 20,
+) -> FindResult:
+    """``onnx-nfi find``: the ``k`` neurons of every model (or ``models``, ``layers``) whose colour names
+    and concept labels match every word of ``words`` (``red dog``), best evidence first."""
+    return find_neurons(db, words, models=models, layers=layers, k=k)
 
 
 def sql(query: str, db: str | Path = DEFAULT_DB, *, write: bool = False) -> tuple[list[str], list[tuple]]:

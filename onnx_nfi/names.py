@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from onnx_nfi.errors import ConfigError, SearchError
 
-#: Index names understood by ``--indexes`` (``all`` means every one), in canonical order.
-INDEX_NAMES = ("color", "class", "orientation", "symmetry", "shape")
+#: The selectivity indexes, each a number per neuron, in canonical order.
+SELECTIVITY_NAMES = ("color", "class", "orientation", "symmetry", "shape")
+#: Index names understood by ``--indexes`` (``all`` means every one): the selectivity indexes and the
+#: concept labels (``neurons.concept``, table ``concept_labels``).
+INDEX_NAMES = (*SELECTIVITY_NAMES, "concepts")
 #: The indexes an analysis computes unless told otherwise.
-DEFAULT_INDEXES = ("color", "class")
-#: The ``neurons`` column holding each index's value, in ``INDEX_NAMES`` order.
-INDEX_COLUMNS = tuple(f"{name}_selectivity" for name in INDEX_NAMES)
+DEFAULT_INDEXES = ("color", "class", "concepts")
+#: The ``neurons`` column holding each selectivity index's value, in ``SELECTIVITY_NAMES`` order.
+INDEX_COLUMNS = tuple(f"{name}_selectivity" for name in SELECTIVITY_NAMES)
+
+#: The 11 basic colour terms of colour names (``color_names.color``), in the naming model's order.
+COLOR_TERMS = ("red", "orange", "brown", "yellow", "green", "blue", "purple", "pink", "black", "grey", "white")
 
 #: Search vectors by kind (docs/method.md, "Similar neurons"): the ``--by`` choices and their tables,
 #: keyed by ``neurons.neuron_id``.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,8 @@ class FeatureWork:
     chunk_images: int = CHUNK_IMAGES
     #: tells a worker process whether the passes' state it keeps belongs to this work
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: images per label over all images analysed (the base rates of concept labels)
+    label_counts: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -71,8 +74,9 @@ class FeatureWork:
     ) -> FeatureWork:
         """The work of ``infos``' layers, keeping of ``paths`` and ``labels`` only the top images."""
         ids = [int(i) for i in top_image_ids(topns.values())]
+        counts = Counter(label for label in labels.values() if label is not None)
         return cls(lm, pre, tuple(infos), dict(topns), {i: paths[i] for i in ids}, {i: labels.get(i) for i in ids},
-                   config, chunk_images)
+                   config, chunk_images, label_counts=dict(counts))
 
     def chunks(self) -> list[np.ndarray]:
         """The top image ids, ``chunk_images`` at a time."""
@@ -203,7 +207,7 @@ def compute_features(work: FeatureWork, progress: Progress | None, run_chunks: R
         result = None
         if config.indexes:
             responses = run_chunks(work, "index", chunks, progress) if image_passes(config) else None
-            result = indexes_from(work.index_layers(), responses or Responses(), work.labels, config)
+            result = indexes_from(work.index_layers(), responses or Responses(), work.labels, config, work.label_counts)
     finally:  # the sessions and top-N it holds go with the work, also when a pass fails
         release_worker(work)
     return Features(nfs, result, t_index - started, time.perf_counter() - t_index)

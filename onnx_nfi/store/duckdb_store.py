@@ -25,6 +25,8 @@ from onnx_nfi.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, TABLES, layer_s
 
 #: Tables whose rows belong to one model (replaced together).
 MODEL_TABLES = ("models", "images", "layers", "neurons", "top_activations", "class_frequencies")
+#: Tables whose rows belong to one neuron, by ``neuron_id`` (deleted with their model's neurons).
+NEURON_TABLES = ("concept_labels", "color_names")
 
 Frame = Mapping[str, np.ndarray]
 
@@ -171,6 +173,8 @@ class Store:
 
     def delete_model(self, model: str) -> None:
         """Remove every row of ``model`` (inside the caller's transaction)."""
+        for table in NEURON_TABLES:
+            self.con.execute(f"DELETE FROM {table} WHERE neuron_id IN (SELECT neuron_id FROM neurons WHERE model = ?)", [model])
         for table in MODEL_TABLES:
             self.con.execute(f"DELETE FROM {table} WHERE model = ?", [model])
 

@@ -6,7 +6,8 @@ return a neuron that was replaced. Columns that later passes fill (NF, indexes) 
 front and stay NULL until computed. ``neurons.saturated_top`` is how many of a neuron's top-N
 entries share its largest score; ``top_activations.pre_activation`` is the pre-activation maximum
 that ordered them (NULL for a layer without such an activation), so a stored top-N is the whole
-state the scan kept.
+state the scan kept. ``concept_labels`` and ``color_names`` are keyed by ``neuron_id`` (rows of a
+neuron go with it: ``Store.delete_model``, ``import``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ CREATE TABLE IF NOT EXISTS top_activations (
 CREATE TABLE IF NOT EXISTS class_frequencies (
     model VARCHAR, layer VARCHAR, unit INTEGER, label VARCHAR, frequency DOUBLE
 );
+CREATE TABLE IF NOT EXISTS concept_labels (
+    neuron_id BIGINT, concept VARCHAR, wnid VARCHAR, depth INTEGER, share DOUBLE, top_count INTEGER,
+    labelled_top INTEGER, base_rate DOUBLE, enrichment DOUBLE, p_value DOUBLE, p_holm DOUBLE
+);
+CREATE TABLE IF NOT EXISTS color_names (neuron_id BIGINT, color VARCHAR, share DOUBLE);
 CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER PRIMARY KEY, model VARCHAR, kind VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP,
     images_seen BIGINT, images_skipped BIGINT, top_n INTEGER, provider VARCHAR, params JSON
@@ -69,6 +75,10 @@ CREATE TABLE IF NOT EXISTS neuron_matches (
 ADDED_COLUMNS = """
 ALTER TABLE neurons ADD COLUMN IF NOT EXISTS saturated_top INTEGER;
 ALTER TABLE top_activations ADD COLUMN IF NOT EXISTS pre_activation FLOAT;
+ALTER TABLE neurons ADD COLUMN IF NOT EXISTS top_color VARCHAR;
+ALTER TABLE neurons ADD COLUMN IF NOT EXISTS top_color_share DOUBLE;
+ALTER TABLE neurons ADD COLUMN IF NOT EXISTS concept VARCHAR;
+ALTER TABLE neurons ADD COLUMN IF NOT EXISTS concept_p DOUBLE;
 """
 
 VIEWS = """
