@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnx_nfi.errors import NfiError, NotFoundError, StoreError
+from onnx_nfi.report.serve_find import find_route
 from onnx_nfi.report.site import build, pages
 from onnx_nfi.report.site import data as q
 from onnx_nfi.store.duckdb_store import Store
@@ -244,7 +245,7 @@ def create_app(db: str | Path, image_root: str | Path | None = None) -> Starlett
     return Starlette(
         routes=[
             Route("/", index), Route("/index.html", index), Route("/selectivity.png", selectivity),
-            Route("/search", search), Route("/sql", sql),
+            Route("/search", search), Route("/sql", sql), find_route(database.store, common),
             Mount("/static", app=StaticFiles(directory=pages.STATIC), name="static"),
             *model_routes,
         ],

@@ -72,20 +72,24 @@ class FindResult:
 
 def find(db: str | Path, query: str, *, models: Sequence[str] = (), layers: Sequence[str] = (), k: int = 20) -> FindResult:
     """The ``k`` neurons that best match every term of ``query`` (``models``/``layers``: names, aliases or globs)."""
+    with Store.open(db, read_only=True) as store:
+        return find_in(store, query, models=models, layers=layers, k=k)
+
+
+def find_in(store: Store, query: str, *, models: Sequence[str] = (), layers: Sequence[str] = (), k: int = 20) -> FindResult:
+    """:func:`find` on an open database (``serve`` passes its own read-only connection)."""
     if k < 1:
         raise SearchError(f"-k must be at least 1, got {k}")
-    with Store.open(db, read_only=True) as store:
-        known = set(store.models())
-        unknown_models = [m for m in models if m not in known]
-        if unknown_models:
-            raise NotFoundError(f"model {unknown_models[0]!r} is not in {db} (models: {', '.join(sorted(known)) or 'none'})")
-        if not store.has_table("concept_labels"):
-            raise NotFoundError(f"{db} has no colour or concept labels yet; compute them with: onnx-nfi index MODEL --indexes concepts")
-        stored = concept_names(store)
-        terms = _terms(query, stored)
-        colors = sorted({c for t in terms if (c := _color(t))})
-        concept_rows = qualifying_concepts(store, LABEL_P, LABEL_SHARE)
-        color_rows = neuron_colors(store, colors, COLOR_NAME_SHARE) if colors else []
+    known = set(store.models())
+    unknown_models = [m for m in models if m not in known]
+    if unknown_models:
+        raise NotFoundError(f"model {unknown_models[0]!r} is not in {store.path} (models: {', '.join(sorted(known)) or 'none'})")
+    if not store.has_table("concept_labels"):
+        raise NotFoundError(f"{store.path} has no colour or concept labels yet; compute them with: onnx-nfi index MODEL --indexes concepts")
+    terms = _terms(query, concept_names(store))
+    colors = sorted({c for t in terms if (c := _color(t))})
+    concept_rows = qualifying_concepts(store, LABEL_P, LABEL_SHARE)
+    color_rows = neuron_colors(store, colors, COLOR_NAME_SHARE) if colors else []
     per_term = [_term_matches(t, concept_rows, color_rows) for t in terms]
     neurons = {r["neuron_id"]: r for r in [*concept_rows, *color_rows]}
     hits = []
@@ -97,8 +101,7 @@ def find(db: str | Path, query: str, *, models: Sequence[str] = (), layers: Sequ
         hits.append(Hit(f"{row['model']}:{row['alias']}:{row['unit']}", row["model"], row["layer"], row["alias"],
                         int(row["unit"]), int(nid), math.prod(m.evidence for m in matches), matches))
     hits = sorted(hits, key=lambda h: (-h.score, h.model, h.neuron_id))[:k]
-    with Store.open(db, read_only=True) as store:
-        described = descriptions_of(store, [h.neuron_id for h in hits])
+    described = descriptions_of(store, [h.neuron_id for h in hits])
     return FindResult(tuple(terms), tuple(replace(h, description=description_text(described[h.neuron_id])) for h in hits))
 
 
@@ -131,6 +134,11 @@ def _color(term: str) -> str | None:
     return word if word in COLOR_TERMS else None
 
 
+def concept_evidence(share: float, p_holm: float) -> float:
+    """How strongly a concept row speaks for its neuron: ``f × -log10 p`` (p floored at ``P_FLOOR``)."""
+    return share * -math.log10(max(p_holm, P_FLOOR))
+
+
 def _term_matches(term: str, concept_rows: list[dict[str, Any]], color_rows: list[dict[str, Any]]) -> dict[int, Match]:
     """Neuron id -> the term's best match in it (colour and concept readings both count)."""
     best: dict[int, Match] = {}
@@ -150,8 +158,7 @@ def _term_matches(term: str, concept_rows: list[dict[str, Any]], color_rows: lis
         hit = net.ancestors(int(wnid[1:])) & synsets if wnid else normalise(r["concept"]) == key
         if hit:
             p = float(r["p_holm"])
-            offer(r["neuron_id"], Match(term, "concept", r["concept"], float(r["share"]), p,
-                                        float(r["share"]) * -math.log10(max(p, P_FLOOR))))
+            offer(r["neuron_id"], Match(term, "concept", r["concept"], float(r["share"]), p, concept_evidence(float(r["share"]), p)))
     return best
 
 

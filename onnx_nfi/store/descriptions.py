@@ -38,6 +38,13 @@ def described_neurons(store: Store, models: Sequence[str] = ()) -> list[dict[str
     return store.rows(_DESCRIBED + where + " ORDER BY n.model, l.depth, n.unit", [list(models)] if models else [])
 
 
+def layer_descriptions(store: Store, model: str, layer: str) -> list[dict[str, Any]]:
+    """The description columns of every neuron of a layer (tensor name), by unit; none before concepts exist."""
+    if not store.has_table("concept_labels"):
+        return []
+    return store.rows(_DESCRIBED + "WHERE n.model = ? AND n.layer = ? ORDER BY n.unit", [model, layer])
+
+
 def descriptions_of(store: Store, neuron_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     """The description columns of the given neurons, by neuron id."""
     rows = store.rows(_DESCRIBED + "WHERE n.neuron_id IN (SELECT unnest(?::BIGINT[]))", [[int(i) for i in neuron_ids]])

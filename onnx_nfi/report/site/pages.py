@@ -90,7 +90,9 @@ def model_page(model: ModelOverview, layers: Sequence[LayerRow], **common: Any) 
 def layer_page(data: LayerData, **common: Any) -> str:
     """A layer's unit grid (sortable, filterable) and its index distributions."""
     classes = sorted({u.top_class for u in data.units if u.top_class is not None})
-    return render("layer.html", depth=2, d=data, classes=classes, **common)
+    concepts = sorted({u.concept for u in data.units if u.concept is not None})
+    colors = sorted({u.top_color for u in data.units if u.top_color is not None})
+    return render("layer.html", depth=2, d=data, classes=classes, concepts=concepts, colors=colors, **common)
 
 
 def neuron_page(
