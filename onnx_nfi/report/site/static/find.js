@@ -30,19 +30,18 @@
     }
     return up.get(t);
   }
-  function distance(a, b) {
-    var prev = [], cur, i, j;
-    for (j = 0; j <= b.length; j++) prev.push(j);
+  function similarity(a, b) {  // 2 x longest common subsequence / total length (close to difflib's ratio)
+    var prev = new Array(b.length + 1).fill(0), cur, i, j;
     for (i = 1; i <= a.length; i++) {
-      cur = [i];
-      for (j = 1; j <= b.length; j++) cur.push(Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1)));
+      cur = [0];
+      for (j = 1; j <= b.length; j++) cur.push(a[i - 1] === b[j - 1] ? prev[j - 1] + 1 : Math.max(prev[j], cur[j - 1]));
       prev = cur;
     }
-    return prev[b.length];
+    return 2 * prev[b.length] / (a.length + b.length);
   }
   function closest(w) {
     return idx.colors.concat(Array.from(byLemma.keys()))
-      .map(function (k) { return [1 - distance(w, k) / Math.max(w.length, k.length), k]; })
+      .map(function (k) { return [similarity(w, k), k]; })
       .filter(function (p) { return p[0] >= 0.6; }).sort(function (a, b) { return b[0] - a[0]; })
       .slice(0, 3).map(function (p) { return p[1]; });
   }
