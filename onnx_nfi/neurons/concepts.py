@@ -90,8 +90,6 @@ class ConceptLabels:
 def concept_labels(activations: np.ndarray, label_codes: np.ndarray, space: ConceptSpace) -> ConceptLabels:
     """The statistics of every concept of every neuron's labelled top images (``label_codes``: codes
     into ``space.labels``, -1 = unlabelled; columns in top-N order)."""
-    from scipy.stats import hypergeom
-
     a = np.asarray(activations, np.float64)
     n_units = a.shape[0]
     unit, rank = np.nonzero((a > 0) & (label_codes >= 0))
@@ -103,15 +101,18 @@ def concept_labels(activations: np.ndarray, label_codes: np.ndarray, space: Conc
     pair_weight = np.bincount(inverse.reshape(-1), weights=weight)
     pair_count = np.bincount(inverse.reshape(-1))
     pair_unit, pair_label = pairs // len(space.labels), pairs % len(space.labels)
-    sizes = np.array([space.of_label[int(k)].size for k in pair_label], np.int64)
+    lengths = np.array([c.size for c in space.of_label], np.int64)
+    flat = np.concatenate(space.of_label)
+    sizes = lengths[pair_label]
     e_unit = np.repeat(pair_unit, sizes)
-    e_concept = np.concatenate([space.of_label[int(k)] for k in pair_label] or [np.zeros(0, np.int64)])
+    position = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    e_concept = flat[np.repeat(np.cumsum(lengths)[pair_label] - sizes, sizes) + position]
     keys, e_inverse = np.unique(e_unit * len(space.concepts) + e_concept, return_inverse=True)
     r_unit, r_concept = keys // len(space.concepts), keys % len(space.concepts)
     share = np.bincount(e_inverse.reshape(-1), weights=np.repeat(pair_weight, sizes)) / totals[r_unit]
     count = np.bincount(e_inverse.reshape(-1), weights=np.repeat(pair_count, sizes)).astype(np.int64)
     base = space.positives[r_concept] / space.total
-    p = hypergeom.sf(count - 1, space.total, space.positives[r_concept], n_top[r_unit])
+    p = _tail(count, space.positives[r_concept], n_top[r_unit], space.total)
     p_holm = holm(r_unit, p)
     label, label_p = _labels(n_units, r_unit, r_concept, share, p_holm, space.concepts)
     keep = p < STORED_P
@@ -120,6 +121,16 @@ def concept_labels(activations: np.ndarray, label_codes: np.ndarray, space: Conc
         share[keep] / base[keep], p[keep], p_holm[keep],
     )
     return ConceptLabels(rows, label, label_p)
+
+
+def _tail(k: np.ndarray, positives: np.ndarray, draws: np.ndarray, total: int) -> np.ndarray:
+    """``P(X >= k)`` for X hypergeometric (``draws`` from ``total`` with ``positives`` successes), each
+    distinct (k, positives, draws) computed once: a layer repeats few of them (draws <= N)."""
+    from scipy.stats import hypergeom
+
+    span = int(draws.max(initial=0)) + 1  # k <= draws < span, positives <= total
+    keys, first, inverse = np.unique((k * (total + 1) + positives) * span + draws, return_index=True, return_inverse=True)
+    return hypergeom.sf(k[first] - 1, total, positives[first], draws[first])[inverse.reshape(-1)]
 
 
 def holm(group: np.ndarray, p: np.ndarray) -> np.ndarray:
