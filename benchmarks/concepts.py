@@ -5,7 +5,8 @@ and no NFs, which gives the scan's wall time; then, in the same process, the con
 all 49 layers are computed from that analysis's stored top-N lists and labels, as ``analyze`` and
 ``index`` compute them (``neurons.indexes.indexes_from`` with ``indexes=("concepts",)``): once cold
 (WordNet's table read on first use) and ``--repeats`` times warm (median). The class index is timed
-the same way for comparison. Wall and CPU (process) time are reported: the machine may be shared.
+the same way for comparison, and so is writing the concept rows into the database. Wall and CPU
+(process) time are reported: the machine may be shared.
 
 Usage: python benchmarks/concepts.py [--images DIR] [--repeats 3]
 Writes benchmarks/results/concepts-<hostname>.md and .json.
@@ -14,6 +15,7 @@ Writes benchmarks/results/concepts-<hostname>.md and .json.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import statistics
 import sys
 import time
@@ -29,7 +31,7 @@ from onnx_nfi.graph.layers import find_conv_layers  # noqa: E402
 from onnx_nfi.neurons.indexes import IndexLayer, Responses, indexes_from  # noqa: E402
 from onnx_nfi.pipeline.models import open_model  # noqa: E402
 from onnx_nfi.store.duckdb_store import Store  # noqa: E402
-from onnx_nfi.store.results import stored_rf, stored_topn  # noqa: E402
+from onnx_nfi.store.results import stored_rf, stored_topn, write_index_run  # noqa: E402
 
 
 def timed(fn):
@@ -64,6 +66,7 @@ def main() -> None:
     warm = [timed(run("concepts"))[:2] for _ in range(args.repeats)]
     klass = [timed(run("class"))[:2] for _ in range(args.repeats)]
     rows_stored = sum(len(v["unit"]) for v in cold[2].concepts.values())
+    write = timed(lambda: write_index_run(db, "efficientnet_lite0", cold[2], AnalyzeConfig(indexes=("concepts",)), dt.datetime.now()))
     med = {name: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t))
            for name, t in (("warm", warm), ("class", klass))}
     n_img = summary.images_seen
@@ -72,6 +75,7 @@ def main() -> None:
         ["whole analyze call", f"{scan_wall:.2f}", f"{scan_cpu:.2f}", f"{scan_wall / summary.scan_seconds:.2f}"],
         ["concepts, cold (WordNet read)", f"{cold[0]:.2f}", f"{cold[1]:.2f}", f"{cold[0] / summary.scan_seconds:.3f}"],
         ["concepts, warm (median)", f"{med['warm'][0]:.2f}", f"{med['warm'][1]:.2f}", f"{med['warm'][0] / summary.scan_seconds:.3f}"],
+        ["writing them (concept_labels, neurons.concept)", f"{write[0]:.2f}", f"{write[1]:.2f}", f"{write[0] / summary.scan_seconds:.3f}"],
         ["class index (median)", f"{med['class'][0]:.2f}", f"{med['class'][1]:.2f}", f"{med['class'][0] / summary.scan_seconds:.3f}"],
     ]
     markdown = "\n".join([
@@ -84,7 +88,7 @@ def main() -> None:
     ])
     data = {"machine": machine(), "load": load, "images": n_img, "scan_seconds": summary.scan_seconds,
             "analyze": [scan_wall, scan_cpu], "concepts_cold": cold[:2], "concepts_warm": warm, "class": klass,
-            "concept_rows": rows_stored}
+            "concept_rows": rows_stored, "write": write[:2]}
     print(markdown)
     print(f"Wrote {write_results('concepts', markdown, data)}")
 

@@ -4,16 +4,13 @@ and ``serve``'s ``/find`` give what ``onnx_nfi.find`` gives; descriptions on pag
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
 from cli_helpers import invoke
 from test_find import M, words_db  # noqa: F401  (the hand-labelled database)
-from test_site import browser, open_page  # noqa: F401  (Chromium, as the other browser tests use it)
+from test_site import browser, open_page, serving  # noqa: F401  (Chromium, as the other browser tests use it)
 
 from onnx_nfi import api
 
@@ -30,25 +27,11 @@ def site(words_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # n
 
 @pytest.fixture(scope="module")
 def server(words_db: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
-    import uvicorn
-
     from onnx_nfi.report.serve import create_app
 
     served = tmp_path_factory.mktemp("find_served") / "nfi.duckdb"
     shutil.copy(words_db, served)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    srv.should_exit = True
-    thread.join(5)
+    yield from serving(create_app(served))
 
 
 def found(page) -> list[str]:
