@@ -308,16 +308,15 @@ def index(
 
 
 def describe(neuron: str, *, db: str | Path = DEFAULT_DB) -> Description:
-    """``onnx-nfi describe``: a neuron's top colour and concept label in words, with their evidence and
-    its indexes (``neuron``: MODEL:LAYER:UNIT)."""
+    """``onnx-nfi describe``: a neuron's (MODEL:LAYER:UNIT) top colour and concept label in words, and indexes."""
     return describe_neuron(db, neuron)
 
 
 def find(
     words: str, *, db: str | Path = DEFAULT_DB, models: Sequence[str] = (), layers: Sequence[str] = (), k: int = 20,
 ) -> FindResult:
-    """``onnx-nfi find``: the ``k`` neurons of every model (or ``models``, ``layers``) whose colour names
-    and concept labels match every word of ``words`` (``red dog``), best evidence first."""
+    """``onnx-nfi find``: the ``k`` neurons (of ``models``, ``layers``) whose colour names and concept labels
+    match every word (``red dog``), best evidence first."""
     return find_neurons(db, words, models=models, layers=layers, k=k)
 
 

@@ -1,4 +1,4 @@
-"""``find``: neurons of every model by words, e.g. ``red dog`` (docs/method.md, Finding neurons by words).
+"""``find``: neurons of every model by words, e.g. ``red dog`` (docs/method.md, Concept labels and finding neurons by words).
 
 Each term of the query (a word, or consecutive words that form a WordNet noun: ``golden retriever``)
 is a colour term, matched through ``color_names`` (share >= 0.1: one of the neuron's colour names),
