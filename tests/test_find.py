@@ -22,6 +22,7 @@ PLANTED_WORDS = {
     ("conv4", 1): ("red", 0.55, [("dog", "n02084071", 13, 0.62, 38.0, 3e-40), ("Chihuahua", "n02085620", 15, 0.3, 9.0, 0.02)]),
     ("conv4", 2): ("red", 0.3, [("Chihuahua", "n02085620", 15, 0.8, 40.0, 1e-12)]),
     ("conv3", 5): (None, None, [("goldfinch", "n01531178", 12, 0.9, 6.0, 1e-5)]),
+    ("conv2", 3): (None, None, [("gizmo_xq", None, 0, 0.7, 3.0, 1e-4)]),  # a label WordNet does not know
 }
 
 
@@ -93,6 +94,7 @@ def test_find_reads_words_through_wordnet(words_db: Path) -> None:
     assert api.find("green dog", db=words_db).hits == ()  # every word must match
     assert [h.neuron for h in api.find("orange", db=words_db, k=1).hits] == [f"{M}:conv4:1"]
     assert api.find("gray", db=words_db).terms == ("gray",)
+    assert [h.neuron for h in api.find("Gizmo xq", db=words_db).hits] == [f"{M}:conv2:3"]  # by its stored name
 
 
 def test_find_json_is_one_object_per_neuron(words_db: Path) -> None:

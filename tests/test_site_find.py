@@ -14,7 +14,7 @@ from test_site import browser, open_page, serving  # noqa: F401  (Chromium, as t
 
 from onnx_nfi import api
 
-QUERIES = ("red dog", "dog", "dogs", "animal", "orange", "toy dog", "bird", "green dog")
+QUERIES = ("red dog", "dog", "dogs", "animal", "orange", "toy dog", "bird", "green dog", "gizmo_xq")
 
 
 @pytest.fixture(scope="module")
