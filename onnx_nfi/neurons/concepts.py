@@ -129,7 +129,7 @@ def _tail(k: np.ndarray, positives: np.ndarray, draws: np.ndarray, total: int) -
     from scipy.stats import hypergeom
 
     span = int(draws.max(initial=0)) + 1  # k <= draws < span, positives <= total
-    keys, first, inverse = np.unique((k * (total + 1) + positives) * span + draws, return_index=True, return_inverse=True)
+    _, first, inverse = np.unique((k * (total + 1) + positives) * span + draws, return_index=True, return_inverse=True)
     return hypergeom.sf(k[first] - 1, total, positives[first], draws[first])[inverse.reshape(-1)]
 
 
