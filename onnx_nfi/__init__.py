@@ -17,7 +17,7 @@ from onnx_nfi.errors import NfiError
 #: does not import the runtime libraries up front.
 _VERBS = (
     "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "RFVerification",
-    "ShardSummary", "analyze", "color_memberships", "compact", "demo", "export_parquet", "import_db", "index", "layers",
+    "ShardSummary", "analyze", "color_memberships", "compact", "demo", "describe", "export_parquet", "find", "import_db", "index", "layers",
     "match", "merge", "parse_shard", "remove", "set_probe", "similar", "sql", "state_path", "verify_receptive_fields",
 )
 
@@ -26,7 +26,7 @@ __all__ = ["AnalyzeConfig", "NfiError", "__version__", *_VERBS]
 if TYPE_CHECKING:
     from onnx_nfi.api import (  # noqa: F401
         AnalysisSummary, CompactSummary, DemoResult, IndexSummary, LayerInfo, ProbeSummary, RFVerification, ShardSummary,
-        analyze, color_memberships, compact, demo, export_parquet, import_db, index, layers, match, merge, parse_shard, remove, set_probe,
+        analyze, color_memberships, compact, demo, describe, export_parquet, find, import_db, index, layers, match, merge, parse_shard, remove, set_probe,
         similar, sql, state_path, verify_receptive_fields,
     )
 

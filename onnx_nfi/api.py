@@ -35,6 +35,10 @@ from onnx_nfi.pipeline.reindex import reindex
 from onnx_nfi.pipeline.run_lock import run_lock
 from onnx_nfi.progress import Progress
 from onnx_nfi.report import pictures, render
+from onnx_nfi.search.describe import Description
+from onnx_nfi.search.describe import describe as describe_neuron
+from onnx_nfi.search.find import FindResult
+from onnx_nfi.search.find import find as find_neurons
 from onnx_nfi.store.compact import CompactSummary
 from onnx_nfi.store.compact import compact as compact_db
 from onnx_nfi.store.duckdb_store import Store, lock_wait
@@ -48,7 +52,8 @@ similar = search.similar
 
 __all__ = [
     "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "RFVerification",
-    "ShardSummary", "analyze", "color_memberships", "compact", "demo", "export_parquet", "import_db", "index", "layers",
+    "ShardSummary", "analyze", "color_memberships", "compact", "demo", "describe", "export_parquet", "find", "import_db",
+    "index", "layers",
     "match", "merge", "parse_shard", "remove", "set_probe", "similar", "sql", "state_path", "verify_receptive_fields",
 ]
 
@@ -306,8 +311,21 @@ def index(
     done = reindex(model, db, config, progress, image_root, saved, started)
     return IndexSummary(
         model, done.config.indexes, done.layers, done.neurons, (dt.datetime.now() - started).total_seconds(),
-        sync_after_commit(db),
+        (*done.notes, *sync_after_commit(db)),
     )
+
+
+def describe(neuron: str, *, db: str | Path = DEFAULT_DB) -> Description:
+    """``onnx-nfi describe``: a neuron's (MODEL:LAYER:UNIT) top colour and concept label in words, and indexes."""
+    return describe_neuron(db, neuron)
+
+
+def find(
+    words: str, *, db: str | Path = DEFAULT_DB, models: Sequence[str] = (), layers: Sequence[str] = (), k: int = 20,
+) -> FindResult:
+    """``onnx-nfi find``: the ``k`` neurons (of ``models``, ``layers``) whose colour names and concept labels
+    match every word (``red dog``), best evidence first."""
+    return find_neurons(db, words, models=models, layers=layers, k=k)
 
 
 def sql(query: str, db: str | Path = DEFAULT_DB, *, write: bool = False) -> tuple[list[str], list[tuple]]:

@@ -102,7 +102,8 @@ HELP: dict[str, str] = {
     "layers": "Layers to analyse: aliases (conv3), tensor names or globs (conv1*), comma-separated or repeated; default all conv layers.",
     "nf": "Compute Neuron Features (docs/method.md, Neuron Feature).",
     "nf_max_size": "Largest NF side in pixels; larger receptive fields are averaged at reduced resolution (0 = full size).",
-    "indexes": "Indexes: color, class, orientation, symmetry, shape, color_names (each neuron's colour terms), all, or none (comma-separated).",
+    "indexes": "Indexes: color, class, orientation, symmetry, shape, color_names (each neuron's colour terms), "
+               "concepts (concept labels), all, or none (comma-separated).",
     "color_mode": "Colour index grey pass: image (whole image greyed, one pass) or region (RF region only, the paper's form).",
     "rho": "Class selectivity threshold on cumulative class frequency, in (0, 1] (docs/method.md, Class selectivity).",
     "population_threshold": "Class frequency counted in the population code.",

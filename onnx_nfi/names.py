@@ -13,12 +13,15 @@ from onnx_nfi.errors import ConfigError, SearchError
 SELECTIVITY_INDEXES = ("color", "class", "orientation", "symmetry", "shape")
 #: Index names understood by ``--indexes`` (``all`` means every one), in canonical order: the
 #: selectivity indexes, then the neuron descriptions (``color_names``: table ``color_names`` and
-#: ``neurons.top_color``).
-INDEX_NAMES = (*SELECTIVITY_INDEXES, "color_names")
+#: ``neurons.top_color``; ``concepts``: table ``concept_labels`` and ``neurons.concept``).
+INDEX_NAMES = (*SELECTIVITY_INDEXES, "color_names", "concepts")
 #: The indexes an analysis computes unless told otherwise.
-DEFAULT_INDEXES = ("color", "class")
+DEFAULT_INDEXES = ("color", "class", "concepts")
 #: The ``neurons`` column holding each selectivity index's value, in ``SELECTIVITY_INDEXES`` order.
 INDEX_COLUMNS = tuple(f"{name}_selectivity" for name in SELECTIVITY_INDEXES)
+
+#: The 11 basic colour terms of colour names (``color_names.color``), in the naming model's order.
+COLOR_TERMS = ("red", "orange", "brown", "yellow", "green", "blue", "purple", "pink", "black", "grey", "white")
 
 #: Search vectors by kind (docs/method.md, "Similar neurons"): the ``--by`` choices and their tables,
 #: keyed by ``neurons.neuron_id``.
@@ -36,7 +39,7 @@ def parse_neuron(text: str) -> tuple[str, str, int]:
     return parts[0], ":".join(parts[1:-1]), int(unit)
 
 #: Names at the root of the neuron browser (static site and ``serve``) that a model's folder would hide.
-SITE_NAMES = ("static", "search", "sql", "index.html", "manifest.json", "selectivity.png")
+SITE_NAMES = ("static", "search", "sql", "index.html", "manifest.json", "selectivity.png", "find", "find.html", "find-index.js")
 
 
 def check_model_name(name: str) -> None:

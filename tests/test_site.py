@@ -173,16 +173,21 @@ def test_report_refuses_a_foreign_folder(site_db: Path, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def server(site_db: Path, tmp_path_factory: pytest.TempPathFactory):
     """``serve`` on a copy of the database (so this process can read the original alongside), on a free port."""
-    import uvicorn
-
     from onnx_nfi.report.serve import create_app
 
     served = tmp_path_factory.mktemp("served") / site_db.name
     shutil.copy(site_db, served)
+    yield from serving(create_app(served))
+
+
+def serving(app):
+    """Run ``app`` under uvicorn on a free local port in a thread; yields its base URL, then stops it."""
+    import uvicorn
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     for _ in range(100):

@@ -15,8 +15,8 @@ the images' colour-term memberships (``neurons.color_names``).
 
 All are responses per (neuron, top entry), so the passes run over chunks of top images
 (``chunk_responses``), anywhere, and the chunks' responses combine exactly (``Responses.add``);
-the formulas then run once over the combined responses (``indexes_from``). The class index needs
-no image and no pass.
+the formulas then run once over the combined responses (``indexes_from``). The class index and the
+concept labels need no image and no pass: only the top lists and the labels.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from onnx_nfi.graph.session import Runner
 from onnx_nfi.neurons.class_selectivity import class_selectivity
 from onnx_nfi.neurons.color import Window, color_selectivity, grey_region, to_grey
 from onnx_nfi.neurons.color_names import TERMS, entry_shares, neuron_distributions, summed_areas, top_colors
+from onnx_nfi.neurons.concepts import ConceptSpace, concept_labels
 from onnx_nfi.neurons.transforms import (
     ANGLES,
     AXES,
@@ -65,12 +66,15 @@ class IndexLayer:
 
 @dataclass
 class IndexResult:
-    """Per layer tensor, neuron columns (arrays over units); plus class-frequency triples and the
-    colour-term distributions ``[C, 11]`` (``color_names``)."""
+    """Per layer tensor, neuron columns (arrays over units); plus class-frequency triples, the
+    colour-term distributions ``[C, 11]`` (``color_names``), the ``concept_labels`` rows (columns by
+    name, ``unit`` among them) and notes for the summary."""
 
     columns: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     class_frequencies: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     color_names: dict[str, np.ndarray] = field(default_factory=dict)
+    concepts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -91,9 +95,13 @@ class Responses:
                 np.copyto(mine[kind], values, where=~np.isnan(values))
 
 
+#: Indexes computed from the top lists and the labels alone, without a forward pass.
+LABEL_INDEXES = ("class", "concepts")
+
+
 def image_passes(config: AnalyzeConfig) -> bool:
-    """Whether the configured indexes need forward passes over the top images (all but class do)."""
-    return any(kind != "class" for kind in config.indexes)
+    """Whether the configured indexes need forward passes over the top images (all but class and concepts do)."""
+    return any(kind not in LABEL_INDEXES for kind in config.indexes)
 
 
 class Sessions:
@@ -150,12 +158,16 @@ def chunk_responses(
 
 
 def indexes_from(
-    layers: Sequence[IndexLayer], responses: Responses, labels: Mapping[int, str | None], config: AnalyzeConfig
+    layers: Sequence[IndexLayer], responses: Responses, labels: Mapping[int, str | None], config: AnalyzeConfig,
+    label_counts: Mapping[str, int] | None = None,
 ) -> IndexResult:
-    """The configured indexes of every layer from the combined responses of all chunks (and the labels)."""
+    """The configured indexes of every layer from the combined responses of all chunks and the labels
+    (of the top images; ``label_counts``: images per label over all images analysed, for concepts)."""
     result = IndexResult({item.layer.tensor: {} for item in layers})
     if "class" in config.indexes:
         _class_columns(layers, labels, config.rho, config.population_threshold, result)
+    if "concepts" in config.indexes:
+        _concept_columns(layers, labels, label_counts or {}, result)
     kinds = _region_kinds(config)
     for item in layers:
         a, cols = item.topn.scores, result.columns[item.layer.tensor]
@@ -214,23 +226,55 @@ def _lists(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _label_codes(labels: Mapping[int, str | None], names: Sequence[str]) -> Callable[[TopN], np.ndarray]:
+    """``codes(topn)``: each top entry's label as its position in ``names`` (-1: unlabelled or empty)."""
+    code = {name: k for k, name in enumerate(names)}
+    max_id = max(labels, default=0) + 1
+    codes_by_id = np.full(max_id + 1, -1, np.int64)
+    for image_id, label in labels.items():
+        if label is not None and label in code:
+            codes_by_id[image_id] = code[label]
+    return lambda topn: np.where(topn.ids >= 0, codes_by_id[np.clip(topn.ids, 0, max_id)], -1)
+
+
+def _concept_columns(
+    layers: Sequence[IndexLayer], labels: Mapping[int, str | None], label_counts: Mapping[str, int], result: IndexResult
+) -> None:
+    """``neurons.concept``/``concept_p`` and the ``concept_labels`` rows of every layer (none unlabelled)."""
+    counts = {name: n for name, n in label_counts.items() if n > 0}
+    if not counts:
+        result.notes = (*result.notes, "concepts: the images carry no labels, so no neuron has a concept label "
+                        "(label them with --labels folder or csv:FILE)")
+        return
+    space = ConceptSpace.of(counts)
+    codes = _label_codes(labels, space.labels)
+    names = np.array([c.name for c in space.concepts], dtype=object)
+    wnids = np.array([c.wnid for c in space.concepts], dtype=object)
+    depths = np.array([c.depth for c in space.concepts], np.int32)
+    for item in layers:
+        found = concept_labels(item.topn.scores, codes(item.topn), space)
+        result.columns[item.layer.tensor].update({
+            "concept": np.where(found.label >= 0, names[np.clip(found.label, 0, None)], None), "concept_p": found.label_p,
+        })
+        r = found.rows
+        result.concepts[item.layer.tensor] = {
+            "unit": r.unit.astype(np.int32), "concept": names[r.concept], "wnid": wnids[r.concept],
+            "depth": depths[r.concept], "share": r.share, "top_count": r.top_count.astype(np.int32),
+            "labelled_top": r.labelled_top.astype(np.int32), "base_rate": r.base_rate, "enrichment": r.enrichment,
+            "p_value": r.p_value, "p_holm": r.p_holm,
+        }
+
+
 def _class_columns(
     layers: Sequence[IndexLayer], labels: Mapping[int, str | None], rho: float, threshold: float, result: IndexResult
 ) -> None:
     names = sorted({v for v in labels.values() if v is not None})
     if not names:
         return  # no labels: the columns stay NULL
-    code = {name: k for k, name in enumerate(names)}
-    max_id = max(labels) + 1
-    codes_by_id = np.full(max_id + 1, -1, np.int64)
-    for image_id, label in labels.items():
-        if label is not None:
-            codes_by_id[image_id] = code[label]
+    codes = _label_codes(labels, names)
     names_arr = np.array(names, dtype=object)
     for item in layers:
-        ids = item.topn.ids
-        label_codes = np.where(ids >= 0, codes_by_id[np.clip(ids, 0, max_id)], -1)
-        cs = class_selectivity(item.topn.scores, label_codes, rho, threshold)
+        cs = class_selectivity(item.topn.scores, codes(item.topn), rho, threshold)
         cols = result.columns[item.layer.tensor]
         cols["class_selectivity"] = cs.index
         cols["top_class"] = np.where(cs.top_class >= 0, names_arr[np.clip(cs.top_class, 0, None)], None)

@@ -22,8 +22,9 @@ RANGE_SECTIONS = {
 
 def caveats(topns: Iterable[TopN], indexes: IndexResult | None) -> tuple[str, ...]:
     """The summary's warnings about tied top activations and out-of-range index values (none when
-    there are neither). Counts are over live units, as ``layer_summary.saturated`` counts them."""
-    return (*_tied(topns), *_out_of_range(indexes))
+    there are neither), and the index passes' notes (concepts asked of unlabelled images). Counts are
+    over live units, as ``layer_summary.saturated`` counts them."""
+    return (*_tied(topns), *_out_of_range(indexes), *(indexes.notes if indexes is not None else ()))
 
 
 def _tied(topns: Iterable[TopN]) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,8 @@ class FeatureWork:
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     #: top image id -> content hash the scan recorded: an image read again must still be that one
     sha256: Mapping[int, str] = field(default_factory=dict)
+    #: images per label over all images analysed (the base rates of concept labels)
+    label_counts: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -74,8 +77,9 @@ class FeatureWork:
         """The work of ``infos``' layers, keeping of ``paths``, ``labels`` and ``sha256`` only the top images."""
         ids = [int(i) for i in top_image_ids(topns.values())]
         hashes = {i: sha256[i] for i in ids if i in sha256} if sha256 else {}
+        counts = Counter(label for label in labels.values() if label is not None)
         return cls(lm, pre, tuple(infos), dict(topns), {i: paths[i] for i in ids}, {i: labels.get(i) for i in ids},
-                   config, chunk_images, sha256=hashes)
+                   config, chunk_images, sha256=hashes, label_counts=dict(counts))
 
     def chunks(self) -> list[np.ndarray]:
         """The top image ids, ``chunk_images`` at a time."""
@@ -206,7 +210,7 @@ def compute_features(work: FeatureWork, progress: Progress | None, run_chunks: R
         result = None
         if config.indexes:
             responses = run_chunks(work, "index", chunks, progress) if image_passes(config) else None
-            result = indexes_from(work.index_layers(), responses or Responses(), work.labels, config)
+            result = indexes_from(work.index_layers(), responses or Responses(), work.labels, config, work.label_counts)
     finally:  # the sessions and top-N it holds go with the work, also when a pass fails
         release_worker(work)
     return Features(nfs, result, t_index - started, time.perf_counter() - t_index)

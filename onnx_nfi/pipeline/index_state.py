@@ -2,7 +2,8 @@
 held past ``--lock-timeout``, a full disk, Ctrl-C while waiting), kept in a file so that hours of
 region passes are not lost: ``onnx-nfi index MODEL --saved FILE`` writes them later.
 
-The file is an uncompressed ``.npz``: each layer's index columns and class frequencies, with a JSON
+The file is an uncompressed ``.npz``: each layer's index columns, class frequencies, colour names and
+concept labels, with a JSON
 header naming the model (and its content hash, so indexes of a model since replaced are refused)
 and the options that made them.
 """
@@ -34,26 +35,44 @@ def finish_command(path: Path, model: str, db: str | Path) -> str:
 
 def save_indexes(path: Path, model: str, model_sha256: str, config: AnalyzeConfig, result: IndexResult) -> None:
     """Write ``result`` to ``path`` atomically (a crash leaves the previous file or the new one)."""
-    layers = sorted({*result.columns, *result.class_frequencies})
+    layers = sorted({*result.columns, *result.class_frequencies, *result.color_names, *result.concepts})
     meta = {"model": model, "model_sha256": model_sha256, "config": json.loads(config.to_json()), "layers": layers,
             "columns": {layer: sorted(result.columns.get(layer, {})) for layer in layers},
-            "frequencies": [layer for layer in layers if layer in result.class_frequencies]}
+            "frequencies": [layer for layer in layers if layer in result.class_frequencies],
+            "names": [layer for layer in layers if layer in result.color_names],
+            "concepts": {layer: sorted(result.concepts[layer]) for layer in layers if layer in result.concepts}}
     arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
     for k, layer in enumerate(layers):
         for name, values in result.columns.get(layer, {}).items():
-            values = np.asarray(values)
-            if values.dtype == object:  # names or None (e.g. top_class): JSON, as NumPy would need pickle
-                arrays[f"{k}.text.{name}"] = np.frombuffer(json.dumps(values.tolist()).encode(), np.uint8)
-            else:
-                arrays[f"{k}.column.{name}"] = values
+            _put(arrays, f"{k}.column.{name}", values)
+        for name, values in result.concepts.get(layer, {}).items():
+            _put(arrays, f"{k}.concept.{name}", values)
         if layer in result.class_frequencies:
             units, labels, freqs = result.class_frequencies[layer]
             arrays |= {f"{k}.units": units, f"{k}.labels": np.asarray(labels, str), f"{k}.freqs": freqs}
+        if layer in result.color_names:
+            arrays[f"{k}.names"] = result.color_names[layer]
     try:
         with atomic_write(path) as fh:
             np.savez(fh, **arrays)
     except OSError as exc:
         raise StateError(f"cannot save the indexes to {path} ({exc.strerror or exc})") from None
+
+
+def _put(arrays: dict[str, np.ndarray], key: str, values: Any) -> None:
+    """One column under ``key``: numbers as they are, text (names or None) as JSON, since NumPy would need pickle."""
+    values = np.asarray(values)
+    if values.dtype == object:
+        arrays[f"{key}.json"] = np.frombuffer(json.dumps(values.tolist()).encode(), np.uint8)
+    else:
+        arrays[key] = values
+
+
+def _get(data: Any, key: str) -> np.ndarray:
+    """The column ``_put`` wrote under ``key``."""
+    if key in data:
+        return data[key]
+    return np.array(json.loads(data[f"{key}.json"].tobytes()), dtype=object)
 
 
 def load_indexes(path: Path, model: str, model_sha256: str) -> tuple[IndexResult, dict[str, Any]]:
@@ -63,11 +82,11 @@ def load_indexes(path: Path, model: str, model_sha256: str) -> tuple[IndexResult
             meta = json.loads(data["meta"].tobytes())
             result = IndexResult()
             for k, layer in enumerate(meta["layers"]):
-                result.columns[layer] = {
-                    name: data[f"{k}.column.{name}"] if f"{k}.column.{name}" in data
-                    else np.array(json.loads(data[f"{k}.text.{name}"].tobytes()), dtype=object)
-                    for name in meta["columns"][layer]
-                }
+                result.columns[layer] = {name: _get(data, f"{k}.column.{name}") for name in meta["columns"][layer]}
+                if layer in meta["concepts"]:
+                    result.concepts[layer] = {name: _get(data, f"{k}.concept.{name}") for name in meta["concepts"][layer]}
+                if layer in meta["names"]:
+                    result.color_names[layer] = data[f"{k}.names"]
                 if layer in meta["frequencies"]:
                     result.class_frequencies[layer] = (
                         data[f"{k}.units"], data[f"{k}.labels"].astype(object), data[f"{k}.freqs"]

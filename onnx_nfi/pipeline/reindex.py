@@ -34,6 +34,8 @@ class Reindexed:
     config: AnalyzeConfig
     layers: int
     neurons: int
+    #: lines for the summary (e.g. no concept labels for an unlabelled run)
+    notes: tuple[str, ...] = ()
 
 
 def reindex(
@@ -61,8 +63,9 @@ def reindex(
     labels = {int(r["image_id"]): r["label"] for r in image_rows}
     work = FeatureWork.of(lm, pre, infos, {i.layer.tensor: topns[i.layer.tensor] for i in infos}, paths, labels,
                           replace(config, nf=False), sha256={int(r["image_id"]): r["sha256"] for r in image_rows})
-    _write_or_keep(db, model, row["sha256"], compute_features(work, progress).indexes, config, started, progress)
-    return Reindexed(config, len(infos), sum(i.layer.channels for i in infos))
+    result = compute_features(work, progress).indexes
+    _write_or_keep(db, model, row["sha256"], result, config, started, progress)
+    return Reindexed(config, len(infos), sum(i.layer.channels for i in infos), result.notes)
 
 
 def _write_or_keep(

@@ -22,6 +22,8 @@ from onnx_nfi.data.preprocess import from_dict
 from onnx_nfi.errors import NotFoundError, StoreError
 from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.neurons.nf import GREY, crop_geometry
+from onnx_nfi.search.describe import description_text
+from onnx_nfi.store.descriptions import neuron_description
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.nf_storage import decode
 from onnx_nfi.store.schema import INDEX_COLUMNS
@@ -89,6 +91,8 @@ class NeuronCard:
     values: dict[str, Any]  # non-NULL index columns, in CARD_COLUMNS order
     #: top images sharing the largest activation, ranked and placed by the pre-activation (docs/method.md §2)
     saturated_top: int | None = None
+    #: top colour and concept label in words (``search.describe``); None before they were computed
+    description: str | None = None
 
 
 @dataclass(frozen=True)
@@ -222,7 +226,8 @@ def neuron_card(
         )
         for t, y, x in zip(tops, ys, xs)
     )
-    return NeuronCard(ref, unit, nf, crops, _values(row), _plain(row["saturated_top"]))
+    words = neuron_description(store, ref.model, ref.layer, unit) if store.has_table("concept_labels") else None
+    return NeuronCard(ref, unit, nf, crops, _values(row), _plain(row["saturated_top"]), description_text(words) if words else None)
 
 
 def cut_crop(image: np.ndarray, y0: int, x0: int, size: tuple[int, int]) -> np.ndarray:

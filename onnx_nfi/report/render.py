@@ -103,6 +103,7 @@ def card_png(
     crops = [pictures.Tile(x.crop, (f"#{x.rank}  {x.relative:.2f}", x.label or "(no label)")) for x in c.crops]
     header = [
         f"{c.ref.model} / {c.ref.alias} ({c.ref.layer}) / unit {c.unit}",
+        *([c.description] if c.description else []),
         _card_values(c.values),
         *([_saturation_line(c.saturated_top)] if c.saturated_top and c.saturated_top > 1 else []),
         f"top {len(c.crops)} crops (receptive field in the image as fed to the network); under each: rank, a/a1, label",

@@ -29,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 
 from onnx_nfi.errors import NfiError, NotFoundError, SearchError
 from onnx_nfi.report import serve_pages as sp
+from onnx_nfi.report.serve_find import find_page
 from onnx_nfi.report.serve_db import DatabaseBusy, ServedDatabase, ServerStopping, etag
 from onnx_nfi.report.serve_sql import SQL_TIMEOUT_S, SqlRefused, sql_page
 from onnx_nfi.report.site import pages
@@ -137,6 +138,7 @@ ROUTES: list[BaseRoute] = [
     Route("/", index), Route("/index.html", index), Route("/selectivity.png", selectivity),
     Route("/search", search),
     Route("/sql", sql),
+    Route("/find", find_page),
     Mount("/static", app=StaticFiles(directory=pages.STATIC), name="static"),
 ]
 #: The ``/MODEL/LAYER/UNIT/`` pages, laid out as the static report's files.

@@ -25,8 +25,8 @@ from onnx_nfi.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, TABLES, layer_s
 
 #: Tables whose rows belong to one model (replaced together).
 MODEL_TABLES = ("models", "images", "layers", "neurons", "top_activations", "class_frequencies")
-#: Tables of per-neuron rows keyed by ``neuron_id`` that go with their model's neurons.
-NEURON_TABLES = ("color_names",)
+#: Tables whose rows belong to one neuron, by ``neuron_id`` (deleted with their model's neurons).
+NEURON_TABLES = ("concept_labels", "color_names")
 
 Frame = Mapping[str, np.ndarray]
 

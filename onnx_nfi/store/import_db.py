@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onnx_nfi.errors import StoreError
-from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.duckdb_store import NEURON_TABLES, Store
 from onnx_nfi.store.nf_storage import FLOAT_TO_STORED
 from onnx_nfi.store.schema import response_vectors_sql
 from onnx_nfi.store.vectors import read_probe, save_probe, sync_after_commit
@@ -100,10 +100,11 @@ def _copy_model(store: Store, model: str, responses: bool) -> int:
         "INSERT INTO skipped_images BY NAME SELECT s.* REPLACE (m.new AS run_id) FROM src.skipped_images s "
         "JOIN runmap m ON m.old = s.run_id",
     )
-    names = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = 'src' AND table_name = 'color_names'"
-    ).fetchone()[0]
-    for table in (*_VECTORS, *(("response_vectors",) if responses else ()), *(("color_names",) if names else ())):
+    present = {row[0] for row in con.execute(  # an older database may lack the newer per-neuron tables
+        "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'src'"
+    ).fetchall()}
+    kept = tuple(t for t in NEURON_TABLES if t in present)
+    for table in (*_VECTORS, *kept, *(("response_vectors",) if responses else ())):
         con.execute(
             f"INSERT INTO {table} BY NAME SELECT v.* REPLACE (i.new AS neuron_id) FROM src.{table} v "
             "JOIN idmap i ON i.old = v.neuron_id",

@@ -93,7 +93,8 @@ def write_index_run(db: str | Path, model: str, result: IndexResult, config: Ana
 
 
 def write_indexes(store: Store, name: str, result: IndexResult) -> None:
-    """Store index columns, class frequencies and colour names of a model (inside the caller's transaction)."""
+    """Store index columns, class frequencies, colour names and concept labels of a model (inside the caller's
+    transaction)."""
     for layer, columns in result.columns.items():
         if not columns:
             continue
@@ -110,6 +111,18 @@ def write_indexes(store: Store, name: str, result: IndexResult) -> None:
         })
     if result.color_names:
         write_color_names(store, name, result.color_names)
+    if result.concepts:
+        store.con.execute(
+            "DELETE FROM concept_labels WHERE neuron_id IN (SELECT neuron_id FROM neurons WHERE model = ?)", [name]
+        )
+    for layer, rows in result.concepts.items():
+        frame = {"layer": _repeat(layer, rows["unit"].size), **rows}  # noqa: F841  (read by the SQL below)
+        store.con.execute(
+            "INSERT INTO concept_labels SELECT n.neuron_id, f.concept, f.wnid, f.depth, f.share, f.top_count, "
+            "f.labelled_top, f.base_rate, f.enrichment, f.p_value, f.p_holm FROM frame f JOIN neurons n "
+            "ON n.model = ? AND n.layer = f.layer AND n.unit = f.unit ORDER BY n.neuron_id, f.p_value, f.concept",
+            [name],
+        )
 
 
 def _repeat(value: object, n: int) -> np.ndarray:

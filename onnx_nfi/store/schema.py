@@ -7,7 +7,8 @@ front and stay NULL until computed. ``neurons.saturated_top`` is how many of a n
 entries share its largest score; ``top_activations.pre_activation`` is the pre-activation maximum
 that ordered them (NULL for a layer without such an activation), so a stored top-N is the whole
 state the scan kept. ``color_names`` holds each neuron's colour terms with share >= 0.01
-(docs/method.md §9), ``neurons.top_color`` / ``top_color_share`` its largest.
+(docs/method.md §9), ``neurons.top_color`` / ``top_color_share`` its largest; ``concept_labels`` its
+concepts (§10). Both are keyed by ``neuron_id`` (rows of a neuron go with it: ``Store.delete_model``, ``import``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ CREATE TABLE IF NOT EXISTS top_activations (
 );
 CREATE TABLE IF NOT EXISTS class_frequencies (
     model VARCHAR, layer VARCHAR, unit INTEGER, label VARCHAR, frequency DOUBLE
+);
+CREATE TABLE IF NOT EXISTS concept_labels (
+    neuron_id BIGINT, concept VARCHAR, wnid VARCHAR, depth INTEGER, share DOUBLE, top_count INTEGER,
+    labelled_top INTEGER, base_rate DOUBLE, enrichment DOUBLE, p_value DOUBLE, p_holm DOUBLE
 );
 CREATE TABLE IF NOT EXISTS color_names (neuron_id BIGINT, color VARCHAR, share DOUBLE);
 CREATE TABLE IF NOT EXISTS runs (

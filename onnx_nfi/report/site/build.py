@@ -35,7 +35,7 @@ from onnx_nfi.data.preprocess import from_dict
 from onnx_nfi.errors import NotFoundError, ReportError
 from onnx_nfi.report.queries import display_image
 from onnx_nfi.report.site import data as q
-from onnx_nfi.report.site import pages
+from onnx_nfi.report.site import find, pages
 from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store
 from onnx_nfi.store.nf_storage import decode
 from onnx_nfi.names import INDEX_COLUMNS
@@ -120,6 +120,7 @@ def build_report(
         for m in gone:
             built.pop(m, None)
         overviews = q.model_overviews(store, site)
+        find.write_static(store, writer, site, common)
         picture = _summary_picture(store, site, output, writer)
     writer.write("index.html", pages.index_page(overviews, picture, **common))
     _write_manifest(output, built)

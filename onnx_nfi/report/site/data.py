@@ -21,7 +21,9 @@ import numpy as np
 from onnx_nfi.errors import NotFoundError
 from onnx_nfi.neurons.nf import crop_geometry
 from onnx_nfi.report.queries import layer_ref
+from onnx_nfi.search.describe import description_text
 from onnx_nfi.search.similar import nearest_by_model
+from onnx_nfi.store.descriptions import layer_descriptions
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.names import INDEX_COLUMNS
 
@@ -111,6 +113,10 @@ class Unit:
     has_nf: bool
     top_class: str | None
     values: dict[str, float | None]  # STAT_COLUMNS and the layer's index columns
+    #: top colour and concept label in words (``search.describe``), and the two for the grid's filters
+    description: str = ""
+    concept: str | None = None
+    top_color: str | None = None
 
 
 @dataclass(frozen=True)
@@ -280,11 +286,13 @@ def layer_data(store: Store, row: LayerRow) -> LayerData:
     indexes = tuple(c for c in INDEX_COLUMNS if np.isfinite(values[c]).any())
     shown = (*STAT_COLUMNS, *indexes)
     has_nf = np.asarray(cols["has_nf"], bool)
+    words = {int(r["unit"]): r for r in layer_descriptions(store, row.model, row.layer)}
     units = tuple(
         Unit(
             unit=int(cols["unit"][k]), neuron_id=int(cols["neuron_id"][k]), dead=bool(cols["dead"][k]),
             has_nf=bool(has_nf[k]), top_class=_text(cols["top_class"][k]),
             values={c: _num(values[c][k]) for c in shown},
+            **_words(words.get(int(cols["unit"][k]))),
         )
         for k in range(len(cols["unit"]))
     )
@@ -295,6 +303,13 @@ def layer_data(store: Store, row: LayerRow) -> LayerData:
         histograms={c: histogram(values[c]) for c in indexes},
         canvas=tuple(geometry.canvas), image_size=ref.input_size,
     )
+
+
+def _words(row: dict[str, Any] | None) -> dict[str, Any]:
+    """A unit's description fields from its description row (none before concepts were computed)."""
+    if row is None:
+        return {}
+    return {"description": description_text(row), "concept": row["concept"], "top_color": row["top_color"]}
 
 
 def histogram(values: np.ndarray) -> Histogram:

@@ -97,7 +97,10 @@ def layer_page(data: LayerData, nf_pngs: dict[int, bytes] | None = None, **commo
 
     classes = sorted({u.top_class for u in data.units if u.top_class is not None})
     sources = {u: "data:image/png;base64," + base64.b64encode(png).decode() for u, png in (nf_pngs or {}).items()}
-    return render("layer.html", depth=2, d=data, classes=classes, sources=sources, **common)
+    concepts = sorted({u.concept for u in data.units if u.concept is not None})
+    colors = sorted({u.top_color for u in data.units if u.top_color is not None})
+    return render("layer.html", depth=2, d=data, classes=classes, concepts=concepts, colors=colors, sources=sources,
+                  **common)
 
 
 def neuron_page(

@@ -7,6 +7,8 @@
   const $ = (id) => document.getElementById(id);
   const sort = $("sort"), desc = $("desc"), hideDead = $("hide-dead"), klass = $("class");
   const minCol = $("min-col"), minVal = $("min-val"), shown = $("shown");
+  const concept = $("concept"), color = $("color");  // present where the layer has concept labels / top colours
+  const matches = (select, value) => !select || select.value === "" || value === select.value;
 
   function number(tile, column) {
     const text = column === "unit" ? tile.dataset.unit : tile.getAttribute("data-" + column);
@@ -31,6 +33,7 @@
     for (const tile of sorted) {
       const keep = !(hideDead.checked && tile.dataset.dead === "1")
         && (klass.value === "" || tile.dataset.class === klass.value)
+        && matches(concept, tile.dataset.concept) && matches(color, tile.dataset.color)
         && (Number.isNaN(threshold) || number(tile, minCol.value) >= threshold);
       tile.hidden = !keep;
       visible += keep ? 1 : 0;
@@ -41,7 +44,7 @@
   }
 
   sort.addEventListener("change", () => { desc.checked = sort.value !== "unit"; apply(); });
-  for (const control of [desc, hideDead, klass, minCol]) control.addEventListener("change", apply);
+  for (const control of [desc, hideDead, klass, minCol, concept, color]) if (control) control.addEventListener("change", apply);
   minVal.addEventListener("input", apply);
   apply();
 })();
