@@ -14,15 +14,16 @@ from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.errors import NfiError
 
 _VERBS = (
-    "analyze", "compact", "demo", "export_parquet", "index", "layers", "match", "remove", "set_probe", "similar", "sql",
-    "verify_receptive_fields",
+    "analyze", "compact", "demo", "export_parquet", "index", "layers", "match", "query", "query_folder", "remove",
+    "set_probe", "similar", "sql", "verify_receptive_fields", "where",
 )
 
 __all__ = ["AnalyzeConfig", "NfiError", "__version__", *_VERBS]
 
 if TYPE_CHECKING:
     from onnx_nfi.api import (  # noqa: F401
-        analyze, compact, demo, export_parquet, index, layers, match, remove, set_probe, similar, sql, verify_receptive_fields,
+        analyze, compact, demo, export_parquet, index, layers, match, query, query_folder, remove, set_probe, similar, sql,
+        verify_receptive_fields, where,
     )
 
 

@@ -25,30 +25,38 @@ from onnx_nfi.graph.session import check_runtime_install
 from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.pipeline import analysis
 from onnx_nfi.pipeline import probe as probes
+from onnx_nfi.pipeline import query as asking
 from onnx_nfi.pipeline.checkpoint import (
     Shard, check_same_run, check_shards, check_state_path, config_of, interruption, merge_command, merge_states,
     parse_shard, saved_probe,
 )
 from onnx_nfi.pipeline.features import FeatureWork, compute_features, local_chunks
-from onnx_nfi.pipeline.models import open_model, reopen_model
+from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.progress import Progress
 from onnx_nfi.report import pictures, render
 from onnx_nfi.store.compact import CompactSummary
 from onnx_nfi.store.compact import compact as compact_db
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.import_db import ImportSummary, import_models
+from onnx_nfi.store.model_file import reopen_model
 from onnx_nfi.store.results import stored_rf, stored_topn, write_index_run
 from onnx_nfi.store.vectors import RemoveSummary, sync_after_commit
 from onnx_nfi.store.vectors import remove as remove_model
+
+#: ``onnx-nfi query`` (an image, or a folder into a table) and ``onnx-nfi where``: a new image put to
+#: a stored model (``onnx_nfi.pipeline.query``).
+query, query_folder, where = asking.query, asking.query_folder, asking.where
+QueryResult, QueryTable, WhereResult = asking.QueryResult, asking.QueryTable, asking.WhereResult
 
 #: ``onnx-nfi similar``: the neurons nearest to a ``MODEL:LAYER:UNIT`` (draw them with
 #: ``onnx_nfi.report.render.similar_png``).
 similar = search.similar
 
 __all__ = [
-    "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "RFVerification",
-    "ShardSummary", "analyze", "compact", "demo", "export_parquet", "import_db", "index", "layers",
-    "match", "merge", "parse_shard", "remove", "set_probe", "similar", "sql", "state_path", "verify_receptive_fields",
+    "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "QueryResult",
+    "QueryTable", "RFVerification", "ShardSummary", "WhereResult", "analyze", "compact", "demo", "export_parquet",
+    "import_db", "index", "layers", "match", "merge", "parse_shard", "query", "query_folder", "remove", "set_probe",
+    "similar", "sql", "state_path", "verify_receptive_fields", "where",
 ]
 
 ProbeSummary = probes.ProbeSummary

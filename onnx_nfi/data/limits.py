@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from onnx_nfi.config import DEFAULT_MAX_PIXELS
 
@@ -19,8 +20,8 @@ __all__ = ["DEFAULT_MAX_PIXELS", "header_size", "too_large"]
 _PILLOW_LIMIT = threading.Lock()
 
 
-def header_size(path: Path) -> tuple[int, int] | None:
-    """(height, width) from the image header, or None when Pillow does not know the format (the
+def header_size(path: Path | BinaryIO) -> tuple[int, int] | None:
+    """(height, width) from the image header (of a file, or of bytes in memory), or None when Pillow does not know the format (the
     decoder then reports the file as it finds it)."""
     from PIL import Image
 

@@ -135,13 +135,13 @@ def balanced_columns(n: int) -> int:
     return min(candidates, key=lambda c: (math.ceil(n / c) * c - n, c))
 
 
-def grid(tiles: Sequence[Tile], title: str = "", caption: str = "", *, cell: int = 96) -> Picture:
+def grid(tiles: Sequence[Tile], title: str = "", caption: str = "", *, cell: int = 96, columns: int | None = None) -> Picture:
     """Tiles in a grid, each fitted into a ``cell`` px square with its caption lines under it.
 
     The page is as wide as the tiles (or ``MIN_TEXT_WIDTH``); the title (bold) and the
     ``caption`` line under it wrap to that width, so a long title never leaves half the page empty.
     """
-    canvas, boxes, texts = _grid_canvas(tiles, cell, balanced_columns(len(tiles)))
+    canvas, boxes, texts = _grid_canvas(tiles, cell, columns or balanced_columns(len(tiles)))
     body = max(canvas.shape[1], MIN_TEXT_WIDTH)
     top, header = _header([line for line in (title, caption) if line], body)
     page = np.full((top + canvas.shape[0] + MARGIN, body + 2 * MARGIN, 3), BACKGROUND, np.uint8)

@@ -1,0 +1,156 @@
+"""Ask a stored model about a new image: which of its neurons fire on it (or on a box of it), and
+how strongly compared with their top images (docs/method.md, "Asking the model").
+
+``QueryModel`` is made once per model: it reopens the analysed ONNX file (checked against the
+stored hash), reads each layer's stored top-N scores, and keeps one inference session whose outputs
+are the chosen layers' full maps; each question is then one forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnx_nfi.errors import NotFoundError
+from onnx_nfi.graph.instrument import with_outputs
+from onnx_nfi.graph.layers import Layer, find_conv_layers, select_layers
+from onnx_nfi.graph.receptive_field import ReceptiveField
+from onnx_nfi.graph.session import Runner
+from onnx_nfi.neurons.region import Box, box_cells, region_max, standing
+from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.model_file import reopen_model
+from onnx_nfi.store.neuron_scores import StoredScores, stored_scores
+from onnx_nfi.store.results import stored_rf
+
+
+@dataclass(frozen=True)
+class QueryLayer:
+    """A stored layer as a query reads it: its conv layer, receptive field and stored scores."""
+
+    layer: Layer
+    rf: ReceptiveField
+    scores: StoredScores
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One neuron's answer. ``cell``: the map cell of the response; ``window``: its receptive field
+    in the original image's pixels, ``(x0, y0, x1, y1)``."""
+
+    model: str
+    alias: str
+    layer: str
+    unit: int
+    response: float
+    relative: float
+    percentile: float
+    rank: int
+    cell: tuple[int, int]
+    window: tuple[float, float, float, float]
+
+    @property
+    def neuron(self) -> str:
+        return f"{self.model}:{self.alias}:{self.unit}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``--json`` object (and a row of the batch table)."""
+        return {
+            "neuron": self.neuron, "response": self.response, "relative": self.relative,
+            "percentile": self.percentile, "rank": self.rank,
+            "location": {"cell": list(self.cell), "window": [round(v, 1) for v in self.window]},
+        }
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One forward pass: the image as the network saw it, its maps, and the original image's frame."""
+
+    display: np.ndarray  # RGB uint8 at the input size
+    maps: dict[str, np.ndarray]  # per layer tensor, float32 [C, H, W]
+    original_hw: tuple[int, int]
+    frame: tuple[float, float, float, float]  # Preprocessing.input_frame of the original
+
+    def to_input(self, box: Box) -> Box:
+        """A box of the original image in the network's input pixels."""
+        sy, sx, oy, ox = self.frame
+        return box[0] * sx - ox, box[1] * sy - oy, box[2] * sx - ox, box[3] * sy - oy
+
+    def to_original(self, box: Box) -> Box:
+        sy, sx, oy, ox = self.frame
+        return (box[0] + ox) / sx, (box[1] + oy) / sy, (box[2] + ox) / sx, (box[3] + oy) / sy
+
+
+class QueryModel:
+    """A stored model ready for questions; make one per model and keep it (its session is the cost)."""
+
+    def __init__(
+        self, store: Store, model: str, *, model_file: str | Path | None = None, layers: Sequence[str] = (),
+        provider: str = "auto",
+    ) -> None:
+        row = store.model_row(model)
+        rows = {r["layer"]: r for r in store.layer_rows(model)}
+        self.model = model
+        self.loaded, self.pre = reopen_model(model, row, model_file)
+        chosen = select_layers([x for x in find_conv_layers(self.loaded) if x.tensor in rows], list(layers))
+        self.layers = {
+            x.tensor: QueryLayer(x, stored_rf(rows[x.tensor]), stored_scores(store, model, x.tensor, x.channels))
+            for x in chosen
+        }
+        self.runner = Runner(with_outputs(self.loaded, list(self.layers)), provider)
+
+    def layer(self, name: str) -> QueryLayer:
+        """A chosen layer by alias or tensor name."""
+        for item in self.layers.values():
+            if name in (item.layer.alias, item.layer.tensor):
+                return item
+        raise NotFoundError(f"layer {name!r} is not among the layers of {self.model!r} asked about")
+
+    def see(self, bgr: np.ndarray) -> Seen:
+        """One forward pass over a decoded (BGR) image, preprocessed as in the analysis."""
+        display = self.pre.to_display(bgr)
+        outputs = self.runner.run(self.pre.to_tensor(display[None]))
+        maps = {tensor: np.asarray(outputs[tensor][0], np.float32) for tensor in self.layers}
+        hw = (int(bgr.shape[0]), int(bgr.shape[1]))
+        return Seen(display, maps, hw, self.pre.input_frame(hw))
+
+    def ask(self, seen: Seen, box: Box | None = None, k: int = 20, per_layer: bool = False) -> list[Hit]:
+        """The neurons ranked by ``relative`` (response / stored top-1), best first: the first ``k``
+        overall, or per layer. Dead neurons and those whose top-1 is not positive are left out."""
+        inner = seen.to_input(box) if box is not None else None
+        by_layer = [self._layer_hits(item, seen, inner) for item in self.layers.values()]
+        if per_layer:
+            return [h for hits in by_layer for h in _best(hits, k)]
+        return _best([h for hits in by_layer for h in hits], k)
+
+    def _layer_hits(self, item: QueryLayer, seen: Seen, box: Box | None) -> list[Hit]:
+        maps = seen.maps[item.layer.tensor]
+        values, ys, xs = region_max(maps, box_cells(item.rf, maps.shape[1:], box))
+        top1 = item.scores.top1
+        rank, percentile = standing(values, item.scores.top)
+        live = np.flatnonzero(~item.scores.dead & (np.nan_to_num(top1) > 0))
+        hits = []
+        for unit in live:
+            y0, x0, y1, x1 = field_window(item.rf, int(ys[unit]), int(xs[unit]), self.pre.input_size)
+            hits.append(Hit(
+                self.model, item.layer.alias, item.layer.tensor, int(unit), float(values[unit]),
+                float(values[unit] / top1[unit]), float(percentile[unit]), int(rank[unit]),
+                (int(ys[unit]), int(xs[unit])), seen.to_original((x0, y0, x1, y1)),
+            ))
+        return hits
+
+
+def _best(hits: list[Hit], k: int) -> list[Hit]:
+    """The ``k`` highest ``relative``; ties in layer order, then by unit (a stable order)."""
+    return sorted(hits, key=lambda h: -h.relative)[:k]
+
+
+def field_window(rf: ReceptiveField, y: int, x: int, input_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The receptive field of cell ``(y, x)`` inside the input image (the whole image for a global field)."""
+    if rf.is_global:
+        return 0, 0, input_hw[0], input_hw[1]
+    y0, x0, y1, x1 = rf.window(y, x)
+    return max(y0, 0), max(x0, 0), min(y1, input_hw[0]), min(x1, input_hw[1])
