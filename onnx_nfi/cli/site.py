@@ -6,11 +6,13 @@ Jinja2, Starlette and uvicorn are imported inside the commands, so ``--help`` st
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from onnx_nfi.cli.common import DEFAULT_DB, Db, ImageRoot, ProgressBars, Silent, app, console, say, user_errors
+from onnx_nfi.config import DEFAULT_MAX_PIXELS
 
 
 @app.command("report")
@@ -41,6 +43,7 @@ def serve_cmd(
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (another than 127.0.0.1 only when needed)."),
     image_root: ImageRoot = None,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image the query page decodes (pixels).")] = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Serve the neuron browser from the live database, with similar-neuron search and read-only SQL."""
     from onnx_nfi.report import serve
@@ -48,7 +51,7 @@ def serve_cmd(
     warning = serve.warning_for(host)
     if warning:
         console.print(f"[yellow]Warning:[/yellow] {escape(warning)}", highlight=False)
-    app_ = serve.create_app(db, image_root)
+    app_ = serve.create_app(db, image_root, max_pixels)
     say(f"Serving {db} on http://{host}:{port}/ (Ctrl-C stops)")
     import uvicorn
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from onnx_nfi.data.limits import header_size
-from onnx_nfi.errors import ImageError
+from onnx_nfi.errors import ImageError, ImageTooLargeError
 
 
 def read_image(path: str | Path, max_pixels: int) -> np.ndarray:
@@ -30,7 +30,7 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise ImageError(f"{name} is empty; give a JPEG or PNG image")
     size = header_size(io.BytesIO(data))
     if size is not None and size[0] * size[1] > max_pixels:
-        raise ImageError(
+        raise ImageTooLargeError(
             f"{name} is too large ({size[1]}x{size[0]}, {size[0] * size[1] / 1e6:.4g} MP, above the "
             f"{max_pixels / 1e6:.4g} MP limit); shrink it or raise --max-pixels"
         )
@@ -41,5 +41,5 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     if image is None:
         raise ImageError(f"{name} is not a decodable image (corrupt, truncated or another format); give a JPEG or PNG")
     if image.shape[0] * image.shape[1] > max_pixels:  # a format whose header Pillow could not read
-        raise ImageError(f"{name} has more than {max_pixels / 1e6:.4g} MP; shrink it or raise --max-pixels")
+        raise ImageTooLargeError(f"{name} has more than {max_pixels / 1e6:.4g} MP; shrink it or raise --max-pixels")
     return image

@@ -19,7 +19,7 @@ from onnx_nfi.progress import Progress
 from onnx_nfi.report import pictures
 from onnx_nfi.report.queries import neuron_nf
 from onnx_nfi.report.query_pictures import draw_where, heat, query_picture, upsample
-from onnx_nfi.search.query import Hit, QueryModel, Seen
+from onnx_nfi.search.query import Hit, QueryModel, Seen, check_box
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.table_file import check_table_path, write_table
 
@@ -57,18 +57,6 @@ class QueryTable:
     images: int
     rows: int
     skipped: tuple[tuple[Path, str], ...]
-
-
-def check_box(box: Box | None, hw: tuple[int, int]) -> None:
-    """A box must have an inside, and some of it on the image."""
-    if box is None:
-        return
-    x0, y0, x1, y1 = box
-    if x1 <= x0 or y1 <= y0:
-        raise ConfigError(f"--box {x0:g},{y0:g},{x1:g},{y1:g} is empty; write X0,Y0,X1,Y1 with X0 < X1 and Y0 < Y1")
-    if x1 <= 0 or y1 <= 0 or x0 >= hw[1] or y0 >= hw[0]:
-        raise ConfigError(f"--box {x0:g},{y0:g},{x1:g},{y1:g} lies outside the {hw[1]}x{hw[0]} image; "
-                          "give it in the image's pixels")
 
 
 def query(

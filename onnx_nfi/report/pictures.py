@@ -274,14 +274,20 @@ def check_png(path: str | Path) -> Path:
 def write_png(path: str | Path, image: np.ndarray) -> Path:
     """Save an RGB picture as PNG (lossless, so tests can read exact pixels back)."""
     path = check_png(path)
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
-    if not ok:
-        raise OutputError(f"could not encode the picture for {path}")
+    data = png_bytes(image)
     try:
-        path.write_bytes(data.tobytes())
+        path.write_bytes(data)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
     return path
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """An RGB picture encoded as PNG."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
+    if not ok:
+        raise OutputError("could not encode the picture as PNG")
+    return data.tobytes()
 
 
 # ---- internals -------------------------------------------------------------------------------

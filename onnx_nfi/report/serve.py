@@ -20,7 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onnx_nfi.config import DEFAULT_MAX_PIXELS
 from onnx_nfi.errors import NfiError, NotFoundError, StoreError
+from onnx_nfi.report import serve_query
 from onnx_nfi.report.site import build, pages
 from onnx_nfi.report.site import data as q
 from onnx_nfi.store.duckdb_store import Store
@@ -86,8 +88,8 @@ class _Database:
             return []
 
 
-def create_app(db: str | Path, image_root: str | Path | None = None) -> Starlette:
-    """The web application serving ``db``."""
+def create_app(db: str | Path, image_root: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Starlette:
+    """The web application serving ``db`` (``max_pixels``: the largest image the query page decodes)."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.responses import HTMLResponse, RedirectResponse
@@ -245,6 +247,7 @@ def create_app(db: str | Path, image_root: str | Path | None = None) -> Starlett
         routes=[
             Route("/", index), Route("/index.html", index), Route("/selectivity.png", selectivity),
             Route("/search", search), Route("/sql", sql),
+            *serve_query.QueryPages(database, image_root, max_pixels).routes(),
             Mount("/static", app=StaticFiles(directory=pages.STATIC), name="static"),
             *model_routes,
         ],

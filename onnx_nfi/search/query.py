@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from onnx_nfi.errors import NotFoundError
+from onnx_nfi.errors import ConfigError, NotFoundError
 from onnx_nfi.graph.instrument import with_outputs
 from onnx_nfi.graph.layers import Layer, find_conv_layers, select_layers
 from onnx_nfi.graph.receptive_field import ReceptiveField
@@ -82,6 +82,18 @@ class Seen:
     def to_original(self, box: Box) -> Box:
         sy, sx, oy, ox = self.frame
         return (box[0] + ox) / sx, (box[1] + oy) / sy, (box[2] + ox) / sx, (box[3] + oy) / sy
+
+
+def check_box(box: Box | None, hw: tuple[int, int]) -> None:
+    """A box must have an inside, and some of it on the image."""
+    if box is None:
+        return
+    x0, y0, x1, y1 = box
+    if x1 <= x0 or y1 <= y0:
+        raise ConfigError(f"--box {x0:g},{y0:g},{x1:g},{y1:g} is empty; write X0,Y0,X1,Y1 with X0 < X1 and Y0 < Y1")
+    if x1 <= 0 or y1 <= 0 or x0 >= hw[1] or y0 >= hw[0]:
+        raise ConfigError(f"--box {x0:g},{y0:g},{x1:g},{y1:g} lies outside the {hw[1]}x{hw[0]} image; "
+                          "give it in the image's pixels")
 
 
 class QueryModel:
