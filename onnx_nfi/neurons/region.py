@@ -1,4 +1,4 @@
-"""A neuron's response to one image, or to a region of it (docs/method.md, "Asking the model").
+"""A neuron's response to one image, or to a region of it (docs/method.md §10).
 
 A map cell belongs to a region when the centre of its receptive field lies inside the region's box
 (both in the network's input pixels); the response is the neuron's largest value over those cells.
@@ -42,11 +42,14 @@ def box_cells(rf: ReceptiveField, out_hw: tuple[int, int], box: Box | None) -> n
 
 def region_max(maps: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per channel of ``maps`` ``[C, H, W]``: the largest value over ``cells`` and the first (row-major)
-    cell holding it, as ``(values [C], ys [C], xs [C])``."""
-    c, h, w = maps.shape
-    flat = np.where(cells[None], maps, -np.inf).reshape(c, h * w)
+    cell holding it, as ``(values [C], ys [C], xs [C])``. ``cells`` is a rectangle of rows and
+    columns (``box_cells``), so the maps are sliced, never copied."""
+    rows, cols = np.flatnonzero(cells.any(axis=1)), np.flatnonzero(cells.any(axis=0))
+    sub = maps[:, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    c, h, w = sub.shape
+    flat = sub.reshape(c, h * w) if sub.flags.c_contiguous else np.ascontiguousarray(sub).reshape(c, h * w)
     where = flat.argmax(axis=1)
-    return flat[np.arange(c), where].astype(np.float32), where // w, where % w
+    return flat[np.arange(c), where].astype(np.float32), where // w + rows[0], where % w + cols[0]
 
 
 def standing(response: np.ndarray, top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,5 @@
-"""``onnx-nfi query`` and ``onnx-nfi where``: a new image put to a stored model (docs/method.md,
-"Asking the model"); the engine is ``onnx_nfi.search.query``, the pictures ``report.query_pictures``."""
+"""``onnx-nfi query`` and ``onnx-nfi where``: a new image put to a stored model (docs/method.md
+§10); the engine is ``onnx_nfi.search.query``, the pictures ``report.query_pictures``."""
 
 from __future__ import annotations
 

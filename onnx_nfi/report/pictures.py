@@ -135,13 +135,13 @@ def balanced_columns(n: int) -> int:
     return min(candidates, key=lambda c: (math.ceil(n / c) * c - n, c))
 
 
-def grid(tiles: Sequence[Tile], title: str = "", caption: str = "", *, cell: int = 96, columns: int | None = None) -> Picture:
+def grid(tiles: Sequence[Tile], title: str = "", caption: str = "", *, cell: int = 96) -> Picture:
     """Tiles in a grid, each fitted into a ``cell`` px square with its caption lines under it.
 
     The page is as wide as the tiles (or ``MIN_TEXT_WIDTH``); the title (bold) and the
     ``caption`` line under it wrap to that width, so a long title never leaves half the page empty.
     """
-    canvas, boxes, texts = _grid_canvas(tiles, cell, columns or balanced_columns(len(tiles)))
+    canvas, boxes, texts = _grid_canvas(tiles, cell, balanced_columns(len(tiles)))
     body = max(canvas.shape[1], MIN_TEXT_WIDTH)
     top, header = _header([line for line in (title, caption) if line], body)
     page = np.full((top + canvas.shape[0] + MARGIN, body + 2 * MARGIN, 3), BACKGROUND, np.uint8)
@@ -274,20 +274,14 @@ def check_png(path: str | Path) -> Path:
 def write_png(path: str | Path, image: np.ndarray) -> Path:
     """Save an RGB picture as PNG (lossless, so tests can read exact pixels back)."""
     path = check_png(path)
-    data = png_bytes(image)
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
+    if not ok:
+        raise OutputError(f"could not encode the picture for {path}")
     try:
-        path.write_bytes(data)
+        path.write_bytes(data.tobytes())
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
     return path
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """An RGB picture encoded as PNG."""
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
-    if not ok:
-        raise OutputError("could not encode the picture as PNG")
-    return data.tobytes()
 
 
 # ---- internals -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from matplotlib import colormaps
 
-from onnx_nfi.errors import NotFoundError
+from onnx_nfi.errors import NotFoundError, OutputError
 from onnx_nfi.report.pictures import Picture, Tile, fit, grid
 from onnx_nfi.search.query import QueryModel, Seen, field_window
 
@@ -24,6 +24,14 @@ OUTLINE_RGB = (255, 0, 0)
 WHERE_SIDE = 256
 #: Share of the heat in the overlay of a where-map (the rest is the image).
 OVERLAY_ALPHA = 0.6
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """An RGB picture encoded as PNG in memory (``serve`` sends it without a file)."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
+    if not ok:
+        raise OutputError("could not encode the picture as PNG")
+    return data.tobytes()
 
 
 def upsample(values: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:

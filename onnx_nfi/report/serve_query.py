@@ -20,8 +20,7 @@ from onnx_nfi.data.images import stored_image_path
 from onnx_nfi.data.one_image import decode_image, read_image
 from onnx_nfi.errors import ConfigError, ImageError, ImageTooLargeError, NfiError, NotFoundError
 from onnx_nfi.names import parse_neuron
-from onnx_nfi.report import pictures
-from onnx_nfi.report.query_pictures import draw_where
+from onnx_nfi.report.query_pictures import draw_where, png_bytes
 from onnx_nfi.report.site import pages
 from onnx_nfi.report.site import data as q
 from onnx_nfi.neurons.region import Box
@@ -126,7 +125,7 @@ class QueryPages:
             raise NotFoundError(f"image {image_id} is not among the top images of {neuron}")
         path = stored_image_path(paths[image_id], self.image_root)
         drawn = draw_where(engine, engine.see(read_image(path, self.max_pixels)), layer, unit, path.name)
-        return pictures.png_bytes(drawn.image)
+        return png_bytes(drawn.image)
 
 
 def _status(exc: NfiError) -> int:

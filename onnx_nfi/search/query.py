@@ -1,5 +1,5 @@
 """Ask a stored model about a new image: which of its neurons fire on it (or on a box of it), and
-how strongly compared with their top images (docs/method.md, "Asking the model").
+how strongly compared with their top images (docs/method.md §10).
 
 ``QueryModel`` is made once per model: it reopens the analysed ONNX file (checked against the
 stored hash), reads each layer's stored top-N scores, and keeps one inference session whose outputs
@@ -133,31 +133,58 @@ class QueryModel:
         """The neurons ranked by ``relative`` (response / stored top-1), best first: the first ``k``
         overall, or per layer. Dead neurons and those whose top-1 is not positive are left out."""
         inner = seen.to_input(box) if box is not None else None
-        by_layer = [self._layer_hits(item, seen, inner) for item in self.layers.values()]
+        answers = [self._layer_answer(item, seen, inner) for item in self.layers.values()]
         if per_layer:
-            return [h for hits in by_layer for h in _best(hits, k)]
-        return _best([h for hits in by_layer for h in hits], k)
+            return [hit for answer in answers for hit in answer.hits(_best(answer.relative, k), seen)]
+        relative = np.concatenate([a.relative for a in answers])
+        starts = np.cumsum([0] + [a.relative.size for a in answers])
+        chosen = _best(relative, k)
+        layer_of = np.searchsorted(starts, chosen, side="right") - 1
+        return [answers[i].hits(np.array([c - starts[i]]), seen)[0] for c, i in zip(chosen, layer_of)]
 
-    def _layer_hits(self, item: QueryLayer, seen: Seen, box: Box | None) -> list[Hit]:
+    def _layer_answer(self, item: QueryLayer, seen: Seen, box: Box | None) -> _LayerAnswer:
+        """Every neuron's response, relative value and standing in one layer (arrays: cheap for
+        the 21,008 neurons of Lite0; records are made only for the neurons shown)."""
         maps = seen.maps[item.layer.tensor]
         values, ys, xs = region_max(maps, box_cells(item.rf, maps.shape[1:], box))
         top1 = item.scores.top1
+        live = ~item.scores.dead & (np.nan_to_num(top1) > 0)
+        relative = np.where(live, values / np.where(live, top1, 1.0), -np.inf)
         rank, percentile = standing(values, item.scores.top)
-        live = np.flatnonzero(~item.scores.dead & (np.nan_to_num(top1) > 0))
-        hits = []
-        for unit in live:
-            y0, x0, y1, x1 = field_window(item.rf, int(ys[unit]), int(xs[unit]), self.pre.input_size)
-            hits.append(Hit(
-                self.model, item.layer.alias, item.layer.tensor, int(unit), float(values[unit]),
-                float(values[unit] / top1[unit]), float(percentile[unit]), int(rank[unit]),
-                (int(ys[unit]), int(xs[unit])), seen.to_original((x0, y0, x1, y1)),
+        return _LayerAnswer(self, item, values, relative, percentile, rank, ys, xs)
+
+
+@dataclass(frozen=True)
+class _LayerAnswer:
+    """One layer's answer as arrays over its units (``relative`` −inf where a neuron is left out)."""
+
+    engine: QueryModel
+    item: QueryLayer
+    values: np.ndarray
+    relative: np.ndarray
+    percentile: np.ndarray
+    rank: np.ndarray
+    ys: np.ndarray
+    xs: np.ndarray
+
+    def hits(self, units: np.ndarray, seen: Seen) -> list[Hit]:
+        layer, hw = self.item.layer, self.engine.pre.input_size
+        out = []
+        for unit in units.tolist():
+            y, x = int(self.ys[unit]), int(self.xs[unit])
+            y0, x0, y1, x1 = field_window(self.item.rf, y, x, hw)
+            out.append(Hit(
+                self.engine.model, layer.alias, layer.tensor, unit, float(self.values[unit]), float(self.relative[unit]),
+                float(self.percentile[unit]), int(self.rank[unit]), (y, x), seen.to_original((x0, y0, x1, y1)),
             ))
-        return hits
+        return out
 
 
-def _best(hits: list[Hit], k: int) -> list[Hit]:
-    """The ``k`` highest ``relative``; ties in layer order, then by unit (a stable order)."""
-    return sorted(hits, key=lambda h: -h.relative)[:k]
+def _best(relative: np.ndarray, k: int) -> np.ndarray:
+    """Indexes of the ``k`` highest finite ``relative``, best first; ties in index order (layer order,
+    then unit)."""
+    order = np.argsort(-relative, kind="stable")[:k]
+    return order[np.isfinite(relative[order])]
 
 
 def field_window(rf: ReceptiveField, y: int, x: int, input_hw: tuple[int, int]) -> tuple[int, int, int, int]:
