@@ -319,3 +319,21 @@ def test_planted_unit_ranks_first_only_for_a_box_around_its_pattern(planted: tup
     elsewhere = api.query(path, "planted", db=db, box=(20, 20, 31, 31)).hits
     assert elsewhere[0].neuron != "planted:conv1:0"
     assert "planted:conv1:0" not in [h.neuron for h in elsewhere if h.relative > 0]
+
+
+def test_a_moved_model_is_found_with_model_file_only(planted: tuple[Path, Path], tmp_path: Path) -> None:
+    db, root = planted
+    model = tmp_path / "planted.onnx"
+    shutil.copy(root / "planted.onnx", model)
+    images = root / "images"
+    moved_db = tmp_path / "nfi.duckdb"
+    api.analyze(model, images, db=moved_db, name="planted", config=AnalyzeConfig(top_n=5, preprocess="raw"))
+    elsewhere = tmp_path / "elsewhere.onnx"
+    model.rename(elsewhere)
+    image = images / "0.png"
+    result = invoke("query", image, "--model", "planted", "--db", moved_db)
+    assert result.exit_code == 2 and result.output.startswith("Error: ") and len(result.output.strip().splitlines()) == 1
+    assert "is gone" in result.output and "--model-file" in result.output
+    result = invoke("query", image, "--model", "planted", "--db", moved_db, "--model-file", elsewhere, "--json", "-k", "2")
+    assert result.exit_code == 0, result.output
+    assert len([line for line in result.stdout.splitlines() if line.startswith("{")]) == 2
