@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnx_nfi.config import DEFAULT_MAX_PIXELS
@@ -41,7 +42,7 @@ DEFAULT_K, MAX_K = 24, 200
 class QueryPages:
     """The query page and where-maps of one served database; ``database`` is serve's ``_Database``."""
 
-    def __init__(self, database: Any, image_root: Any = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, database: Any, image_root: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.database, self.image_root, self.max_pixels = database, image_root, max_pixels
         self._engines: dict[str, QueryModel] = {}
         self._lock = threading.Lock()
@@ -56,7 +57,7 @@ class QueryPages:
         """The model's query engine, made once (its session) and reused by every later request."""
         with self._lock:
             if model not in self._engines:
-                with self.database.store() as store:
+                with self.database.store() as store:  # CPU: requests share the session from several threads
                     self._engines[model] = QueryModel(store, model, provider="cpu")
             return self._engines[model]
 
