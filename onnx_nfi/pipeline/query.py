@@ -18,8 +18,8 @@ from onnx_nfi.neurons.region import Box
 from onnx_nfi.progress import Progress
 from onnx_nfi.report import pictures
 from onnx_nfi.report.queries import neuron_nf
-from onnx_nfi.report.query_pictures import draw_where, heat, query_picture, upsample
-from onnx_nfi.search.query import Hit, QueryModel, Seen, check_box
+from onnx_nfi.report.query_pictures import Shown, draw_where, heat, query_picture, upsample
+from onnx_nfi.search.query import Hit, QueryModel, Seen, check_box, field_window
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.table_file import check_table_path, write_table
 
@@ -93,12 +93,14 @@ def _draw_query(
             nf = None
         values = seen.maps[h.layer][h.unit]
         coloured = heat(upsample(values, seen.display.shape[:2]), 0.0, float(item.scores.top1[h.unit]))
+        y0, x0, y1, x1 = field_window(item.rf, *h.cell, engine.pre.input_size)
         lines = (f"{h.alias} unit {h.unit}", f"relative {h.relative:.2f}, top-N {h.percentile:.0f}%")
-        neurons.append((nf, coloured, lines))
+        neurons.append(Shown(nf, coloured, (x0, y0, x1, y1), lines))
     where = "whole image" if box is None else f"box {', '.join(f'{v:g}' for v in box)}"
     picture = query_picture(
         seen.display, seen.to_input(box) if box else None, neurons, f"{engine.model}: neurons firing on {name}",
-        f"{where}; ranked by response / top-1 score; NF left, response map right (0 to top-1)",
+        f"{where}; ranked by response / top-1 score. Per neuron: NF, response map (0 to top-1); "
+        "the map over the image, the image in the field of the response",
     )
     return pictures.write_png(output, picture.image)
 

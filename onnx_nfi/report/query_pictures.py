@@ -83,19 +83,33 @@ def where_picture(
     return grid(tiles, title, caption, cell=cell)
 
 
-def query_picture(
-    display: np.ndarray, box: tuple[float, float, float, float] | None,
-    neurons: Sequence[tuple[np.ndarray | None, np.ndarray, tuple[str, ...]]], title: str, caption: str, side: int = 112,
-) -> Picture:
-    """The query image (its box in red), then per neuron its NF beside its response map (coloured
-    from 0 to the neuron's top-1 score), with the caption lines given."""
-    tiles = [Tile(fit(outlined(display, box), 2 * side), ("query image", "box in red" if box else "whole image"))]
-    for nf, coloured, lines in neurons:
-        left = fit(nf, side) if nf is not None else np.full((side, side, 3), 127, np.uint8)
-        right = fit(coloured, side)
-        pad = np.full((side, 4, 3), 255, np.uint8)
-        tiles.append(Tile(np.hstack([_square(left, side), pad, _square(right, side)]), lines))
-    return grid(tiles, title, caption, cell=2 * side + 4)
+@dataclass(frozen=True)
+class Shown:
+    """One neuron of a query picture: its NF (None: not stored), its response map coloured at the
+    input's resolution, the receptive field of its response (``x0, y0, x1, y1`` input pixels), captions."""
+
+    nf: np.ndarray | None
+    coloured: np.ndarray
+    window: tuple[int, int, int, int]
+    lines: tuple[str, ...]
+
+
+def query_picture(display: np.ndarray, box: tuple[float, float, float, float] | None, neurons: Sequence[Shown],
+                  title: str, caption: str, side: int = 112) -> Picture:
+    """The query image (its box in red), then per neuron a 2×2 tile: its NF and response map above,
+    the map over the image (the response's field in red) and the image inside that field below."""
+    gap = 4
+    tiles = [Tile(fit(outlined(display, box), 2 * side + gap), ("query image", "box in red" if box else "whole image"))]
+    for n in neurons:
+        nf = fit(n.nf, side) if n.nf is not None else np.full((side, side, 3), 127, np.uint8)
+        overlay = (OVERLAY_ALPHA * n.coloured + (1 - OVERLAY_ALPHA) * display).round().astype(np.uint8)
+        x0, y0, x1, y1 = n.window
+        cells = [nf, fit(n.coloured, side), fit(outlined(overlay, n.window), side), fit(display[y0:y1, x0:x1], side)]
+        cells = [_square(c, side) for c in cells]
+        column = np.full((side, gap, 3), 255, np.uint8)
+        rows = [np.hstack([cells[0], column, cells[1]]), np.hstack([cells[2], column, cells[3]])]
+        tiles.append(Tile(np.vstack([rows[0], np.full((gap, 2 * side + gap, 3), 255, np.uint8), rows[1]]), n.lines))
+    return grid(tiles, title, caption, cell=2 * side + gap)
 
 
 def _square(rgb: np.ndarray, side: int) -> np.ndarray:
