@@ -38,14 +38,15 @@ def served(tmp_path_factory: pytest.TempPathFactory, photo_dir: Path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(copy, max_pixels=4_000_000), host="127.0.0.1", port=port, log_level="warning"))
+    app = create_app(copy, max_pixels=4_000_000)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     for _ in range(100):
         if srv.started:
             break
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/", db, copy
+    yield f"http://127.0.0.1:{port}/", db, copy, app
     srv.should_exit = True
     thread.join(5)
 
@@ -73,7 +74,7 @@ def post(base: str, params: str, body: bytes, length: int | None = None) -> tupl
 
 
 def test_query_page_upload_box_and_tiles(browser, served, photo: Path) -> None:  # noqa: F811
-    base, db, _ = served
+    base, db, *_ = served
     page = open_page(browser, f"{base}query")
     page.set_input_files("#image", str(photo))
     page.wait_for_function("document.getElementById('preview').naturalWidth > 0")
@@ -113,7 +114,7 @@ def snapshot(folder: Path) -> set[str]:
 
 
 def test_hostile_uploads_are_refused_and_leave_nothing(served, photo: Path, tmp_path: Path) -> None:
-    base, _, copy = served
+    base, _, copy, _ = served
     marker = b"onnx-nfi-hostile-upload-marker"
     temp = Path(tempfile.gettempdir())
     before = (snapshot(copy.parent), snapshot(Path.cwd()), time.time())
@@ -144,7 +145,7 @@ def test_hostile_uploads_are_refused_and_leave_nothing(served, photo: Path, tmp_
 
 
 def test_where_map_only_for_top_images(served) -> None:
-    base, db, _ = served
+    base, db, *_ = served
     tensor = query(db, "SELECT layer FROM layers WHERE model = 'tiny' AND alias = 'conv5'")[0][0]
     top = [r[0] for r in query(db, "SELECT image_id FROM top_activations WHERE model = 'tiny' AND layer = ? AND unit = 3",
                                [tensor])]
@@ -158,3 +159,14 @@ def test_where_map_only_for_top_images(served) -> None:
         body = response.read()
         if status == 200:
             assert body.startswith(b"\x89PNG")
+
+
+def test_the_session_is_made_once_per_model(served, photo: Path) -> None:
+    base, _, _, app = served
+    pages = next(r.endpoint.__self__ for r in app.routes if getattr(r, "path", "") == "/query")
+    assert post(base, "model=tiny&name=a.png&k=2", photo.read_bytes())[0] == 200
+    engine = pages.engine("tiny")
+    runner = engine.runner
+    for _ in range(2):
+        assert post(base, "model=tiny&name=a.png&k=2", photo.read_bytes())[0] == 200
+    assert pages.engine("tiny") is engine and engine.runner is runner and list(pages._engines) == ["tiny"]
