@@ -48,6 +48,8 @@ def query_cmd(
     if image.is_dir():
         if table is None:
             raise typer.BadParameter("a folder's results go to a table: give --out FILE.parquet or FILE.csv", param_hint="--out")
+        if box or output or as_json:
+            raise typer.BadParameter("--box, -o and --json are for one image; a folder's results go to --out")
         with ProgressBars(silent) as bars:
             s = api.query_folder(image, model, table, db=db, layers=chosen, k=k, per_layer=per_layer,
                                  model_file=model_file, max_pixels=max_pixels, provider=provider, progress=bars)
@@ -56,6 +58,8 @@ def query_cmd(
             console.print(f"  skipped {path}: {reason}", highlight=False, markup=False)
         wrote(s.output)
         return
+    if table is not None:
+        raise typer.BadParameter("--out writes the table of a folder of images; for one image use --json or -o", param_hint="--out")
     result = api.query(image, model, db=db, box=_box(box), layers=chosen, k=k, per_layer=per_layer, picture=output,
                        model_file=model_file, max_pixels=max_pixels, provider=provider)
     if as_json:
