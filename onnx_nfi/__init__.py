@@ -16,18 +16,21 @@ from onnx_nfi.errors import NfiError
 #: Every name of ``onnx_nfi.api.__all__`` (a test keeps the two equal), listed here so that resolving one
 #: does not import the runtime libraries up front.
 _VERBS = (
-    "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "RFVerification",
-    "ShardSummary", "analyze", "color_memberships", "compact", "demo", "describe", "export_parquet", "find", "import_db", "index", "layers",
-    "match", "merge", "parse_shard", "remove", "set_probe", "similar", "sql", "state_path", "verify_receptive_fields",
+    "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "QueryResult",
+    "QueryTable", "RFVerification", "ShardSummary", "WhereResult", "analyze", "color_memberships", "compact",
+    "demo", "describe", "export_parquet", "find", "import_db", "index", "layers", "match", "merge", "parse_shard",
+    "query", "query_folder", "remove", "set_probe", "similar", "sql", "state_path", "verify_receptive_fields",
+    "where",
 )
 
 __all__ = ["AnalyzeConfig", "NfiError", "__version__", *_VERBS]
 
 if TYPE_CHECKING:
     from onnx_nfi.api import (  # noqa: F401
-        AnalysisSummary, CompactSummary, DemoResult, IndexSummary, LayerInfo, ProbeSummary, RFVerification, ShardSummary,
-        analyze, color_memberships, compact, demo, describe, export_parquet, find, import_db, index, layers, match, merge, parse_shard, remove, set_probe,
-        similar, sql, state_path, verify_receptive_fields,
+        AnalysisSummary, CompactSummary, DemoResult, IndexSummary, LayerInfo, ProbeSummary, QueryResult, QueryTable,
+        RFVerification, ShardSummary, WhereResult, analyze, color_memberships, compact, demo, describe,
+        export_parquet, find, import_db, index, layers, match, merge, parse_shard, query, query_folder, remove,
+        set_probe, similar, sql, state_path, verify_receptive_fields, where,
     )
 
 

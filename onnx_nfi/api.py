@@ -25,6 +25,7 @@ from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.neurons.color_naming import color_memberships
 from onnx_nfi.pipeline import analysis
 from onnx_nfi.pipeline import probe as probes
+from onnx_nfi.pipeline import query as asking
 from onnx_nfi.pipeline.checkpoint import (
     Shard, check_same_run, check_shards, check_state_path, config_of, interruption, merge_command, merge_states,
     parse_shard, resume_or_start, saved_probe,
@@ -46,15 +47,21 @@ from onnx_nfi.store.import_db import ImportSummary, import_models
 from onnx_nfi.store.vectors import RemoveSummary, sync_after_commit
 from onnx_nfi.store.vectors import remove as remove_model
 
+#: ``onnx-nfi query`` (an image, or a folder into a table) and ``onnx-nfi where``: a new image put to
+#: a stored model (``onnx_nfi.pipeline.query``).
+query, query_folder, where = asking.query, asking.query_folder, asking.where
+QueryResult, QueryTable, WhereResult = asking.QueryResult, asking.QueryTable, asking.WhereResult
+
 #: ``onnx-nfi similar``: the neurons nearest to a ``MODEL:LAYER:UNIT`` (draw them with
 #: ``onnx_nfi.report.render.similar_png``).
 similar = search.similar
 
 __all__ = [
-    "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "RFVerification",
-    "ShardSummary", "analyze", "color_memberships", "compact", "demo", "describe", "export_parquet", "find", "import_db",
-    "index", "layers",
-    "match", "merge", "parse_shard", "remove", "set_probe", "similar", "sql", "state_path", "verify_receptive_fields",
+    "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "QueryResult",
+    "QueryTable", "RFVerification", "ShardSummary", "WhereResult", "analyze", "color_memberships", "compact",
+    "demo", "describe", "export_parquet", "find", "import_db", "index", "layers", "match", "merge", "parse_shard",
+    "query", "query_folder", "remove", "set_probe", "similar", "sql", "state_path", "verify_receptive_fields",
+    "where",
 ]
 
 ProbeSummary = probes.ProbeSummary

@@ -28,6 +28,10 @@ class ImageError(NfiError):
     """The image source is empty, unreadable or its labels cannot be read."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image (or an upload's body) is above the size or pixel limit."""
+
+
 class PreprocessError(NfiError):
     """A preprocessing preset or file is unknown or malformed."""
 

@@ -39,7 +39,10 @@ def parse_neuron(text: str) -> tuple[str, str, int]:
     return parts[0], ":".join(parts[1:-1]), int(unit)
 
 #: Names at the root of the neuron browser (static site and ``serve``) that a model's folder would hide.
-SITE_NAMES = ("static", "search", "sql", "index.html", "manifest.json", "selectivity.png", "find", "find.html", "find-index.js")
+SITE_NAMES = (
+    "static", "search", "sql", "query", "where", "index.html", "manifest.json", "selectivity.png", "find", "find.html",
+    "find-index.js",
+)
 
 
 def check_model_name(name: str) -> None:

@@ -128,7 +128,7 @@ class ProgressBars:
     LABELS = {
         "scan": "Scanning images", "nf": "Neuron features", "index": "Selectivity indexes", "probe": "Probe images",
         "images": "Top images", "similar": "Similar neurons", "pages": "Neuron pages",
-        "write": "Writing results",
+        "write": "Writing results", "query": "Query images",
     }
 
     def __init__(self, silent: bool = False) -> None:

@@ -6,11 +6,13 @@ Jinja2, Starlette and uvicorn are imported inside the commands, so ``--help`` st
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from onnx_nfi.cli.common import DEFAULT_DB, Db, ImageRoot, ProgressBars, Silent, app, console, say, user_errors
+from onnx_nfi.config import DEFAULT_MAX_PIXELS
 
 
 @app.command("report")
@@ -43,6 +45,7 @@ def serve_cmd(
     image_root: ImageRoot = None,
     sql_timeout: float = typer.Option(
         5.0, "--sql-timeout", min=0.1, metavar="SECONDS", help="Seconds a query of the SQL page may run before it is stopped."),
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image the query page decodes (pixels).")] = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Serve the neuron browser from the live database, with similar-neuron search and read-only SQL."""
     from onnx_nfi.report import serve
@@ -50,6 +53,6 @@ def serve_cmd(
     warning = serve.warning_for(host)
     if warning:
         console.print(f"[yellow]Warning:[/yellow] {escape(warning)}", highlight=False)
-    app_ = serve.create_app(db, image_root, sql_timeout=sql_timeout)
+    app_ = serve.create_app(db, image_root, max_pixels, sql_timeout=sql_timeout)
     say(f"Serving {db} on http://{host}:{port}/ (Ctrl-C stops)")
     serve.server(app_, host, port).run()

@@ -114,36 +114,52 @@ class Preprocessing:
             x = x.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(x, dtype=np.dtype(self.dtype))
 
-    def _resize(self, img: np.ndarray) -> np.ndarray:
+    def input_frame(self, original_hw: tuple[int, int]) -> tuple[float, float, float, float]:
+        """``(scale_y, scale_x, shift_y, shift_x)``: a point of an ``original_hw`` image (pixel-edge
+        coordinates) lands at ``point · scale − shift`` in the network's input, through the same
+        resize, crop and forced resize as ``to_display``."""
+        height, width = self.input_size
+        if tuple(original_hw) == (height, width):
+            return 1.0, 1.0, 0.0, 0.0
+        h, w = self._resized_hw(*original_hw)
+        top, left, crop_h, crop_w = self._crop_box(h, w)
+        fy, fx = height / crop_h, width / crop_w  # 1 unless the crop misses the input size
+        return h / original_hw[0] * fy, w / original_hw[1] * fx, top * fy, left * fx
+
+    def _resized_hw(self, h: int, w: int) -> tuple[int, int]:
+        """The size ``resize`` gives an ``h``×``w`` image."""
         mode = self.resize.get("mode", "none")
-        interp = _INTERPOLATION[self.resize.get("interpolation", "bilinear")]
-        h, w = img.shape[:2]
         if mode == "shorter_side":
             size = int(self.resize["size"])
             scale = size / min(h, w)
             new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-            if h <= w:
-                new_h = size
-            else:
-                new_w = size
-        elif mode == "exact":
-            new_h, new_w = int(self.resize["height"]), int(self.resize["width"])
-        else:
-            return img
+            return (size, new_w) if h <= w else (new_h, size)
+        if mode == "exact":
+            return int(self.resize["height"]), int(self.resize["width"])
+        return h, w
+
+    def _resize(self, img: np.ndarray) -> np.ndarray:
+        interp = _INTERPOLATION[self.resize.get("interpolation", "bilinear")]
+        h, w = img.shape[:2]
+        new_h, new_w = self._resized_hw(h, w)
         if (new_h, new_w) == (h, w):
             return img
         if self.resize.get("library", "opencv") == "pillow":
             return _pillow_resize(img, (new_w, new_h), self.resize.get("interpolation", "bilinear"))
         return cv2.resize(img, (new_w, new_h), interpolation=interp)
 
-    def _crop(self, img: np.ndarray) -> np.ndarray:
+    def _crop_box(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """``(top, left, height, width)`` kept of an ``h``×``w`` image: the centre crop, or all of it
+        (no crop, or an image smaller than the crop)."""
         if self.crop.get("mode", "none") != "center":
-            return img
+            return 0, 0, h, w
         ch, cw = int(self.crop["height"]), int(self.crop["width"])
-        h, w = img.shape[:2]
         if h < ch or w < cw:
-            return img
-        top, left = (h - ch) // 2, (w - cw) // 2
+            return 0, 0, h, w
+        return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+    def _crop(self, img: np.ndarray) -> np.ndarray:
+        top, left, ch, cw = self._crop_box(*img.shape[:2])
         return img[top : top + ch, left : left + cw]
 
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from onnx_nfi.data.preprocess import Preprocessing, from_dict, resolve
+from onnx_nfi.data.preprocess import Preprocessing, resolve
 from onnx_nfi.errors import ModelError
-from onnx_nfi.files import file_sha256
 from onnx_nfi.graph.load import LoadedModel, load_model
 
 #: Spatial size given to a model whose input leaves it dynamic, when nothing else says which.
@@ -50,15 +48,3 @@ def open_model(
             "the model hard-codes batch size 1 inside (a Reshape to a shape starting with 1); images run one at a time"
         )
     return replace(lm, notices=tuple(notices)), pre
-
-
-def reopen_model(model: str, row: dict[str, Any]) -> tuple[LoadedModel, Preprocessing]:
-    """The ONNX file, image input and preprocessing of a stored model (its ``models`` row), refusing a
-    file that moved or changed since the analysis: its results would no longer describe it."""
-    path = Path(row["path"])
-    if not path.is_file():
-        raise ModelError(f"model file {path} of {model!r} is gone; analyse it again from its new place, or remove it")
-    if file_sha256(path) != row["sha256"]:
-        raise ModelError(f"model file {path} changed since {model!r} was analysed; analyse it again, or remove it")
-    pre = from_dict(row["preprocessing"], f"stored preprocessing of {model}")
-    return load_model(path, pre.input_size, row.get("image_input")), pre

@@ -24,7 +24,7 @@ from onnx_nfi.files import file_sha256
 from onnx_nfi.graph.layers import Layer, find_conv_layers
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.neurons import similarity
-from onnx_nfi.pipeline.models import reopen_model
+from onnx_nfi.store.model_file import reopen_model
 from onnx_nfi.progress import Progress, phase
 from onnx_nfi.scan.scanner import ScanResult, scan
 from onnx_nfi.store.duckdb_store import Store, lock_wait

@@ -21,9 +21,9 @@ from onnx_nfi.neurons.indexes import IndexResult
 from onnx_nfi.pipeline.checkpoint import config_of
 from onnx_nfi.pipeline.features import FeatureWork, compute_features
 from onnx_nfi.pipeline.index_state import finish_command, index_state_path, load_indexes, save_indexes
-from onnx_nfi.pipeline.models import reopen_model
 from onnx_nfi.progress import Progress, phase
 from onnx_nfi.store.duckdb_store import Store, lock_wait
+from onnx_nfi.store.model_file import reopen_model
 from onnx_nfi.store.results import stored_rf, stored_topn, write_index_run
 
 

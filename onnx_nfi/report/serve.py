@@ -27,8 +27,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from onnx_nfi.config import DEFAULT_MAX_PIXELS
 from onnx_nfi.errors import NfiError, NotFoundError, SearchError
 from onnx_nfi.report import serve_pages as sp
+from onnx_nfi.report import serve_query
 from onnx_nfi.report.serve_find import find_page
 from onnx_nfi.report.serve_db import DatabaseBusy, ServedDatabase, ServerStopping, etag
 from onnx_nfi.report.serve_sql import SQL_TIMEOUT_S, SqlRefused, sql_page
@@ -185,14 +187,20 @@ async def error_page(request: Request, exc: Exception) -> Response:
     return HTMLResponse(html, status_code=status, headers=headers)
 
 
-def create_app(db: str | Path, image_root: str | Path | None = None, *, sql_timeout: float = SQL_TIMEOUT_S) -> Starlette:
+def create_app(
+    db: str | Path, image_root: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, *,
+    sql_timeout: float = SQL_TIMEOUT_S,
+) -> Starlette:
     """The web application serving ``db`` (opened here, so a bad path fails before serving);
-    SQL box queries are interrupted after ``sql_timeout`` seconds."""
+    SQL box queries are interrupted after ``sql_timeout`` seconds; ``max_pixels``: the largest image
+    the query page decodes."""
+    database = ServedDatabase(Path(db), image_root)
+    queries = serve_query.QueryPages(database, image_root, max_pixels)  # its model sessions live with the app
     app = Starlette(
-        routes=[*ROUTES, *MODEL_ROUTES],
+        routes=[*ROUTES, *queries.routes(), *MODEL_ROUTES],
         exception_handlers={NfiError: error_page, 404: error_page, 405: error_page, Exception: error_page},
     )
-    app.state.database = ServedDatabase(Path(db), image_root)
+    app.state.database = database
     app.state.sql_timeout = sql_timeout
     return app
 
