@@ -1,0 +1,165 @@
+"""``onnx-nfi relevance``: how much a stored model's classifications need each neuron, by ablation.
+
+Per layer: the model is cut at the layer tensor (``graph.cut``); the upstream part runs once over
+the images and its crossing tensors are kept; the unablated downstream run gives the baseline
+probabilities (and the predicted targets); then ``neurons.ablation`` runs the (image, channel)
+ablations in chunks through the downstream graph. Each layer is written in its own transaction as
+soon as it is done, so a stopped run keeps the layers it finished and says which.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onnx_nfi.data.images import ImageFile, list_images, read_class_names
+from onnx_nfi.data.loader import iter_batches
+from onnx_nfi.data.preprocess import Preprocessing
+from onnx_nfi.errors import ConfigError, ImageError, Interrupted
+from onnx_nfi.graph.cut import Cut, cut_at, outputs_probabilities
+from onnx_nfi.graph.layers import find_conv_layers, select_layers
+from onnx_nfi.graph.load import LoadedModel
+from onnx_nfi.graph.session import Runner
+from onnx_nfi.neurons.ablation import RunDownstream, ablate_layer, channel_fill, pairs_per_run, probabilities
+from onnx_nfi.pipeline.models import reopen_model
+from onnx_nfi.progress import Progress
+from onnx_nfi.signals import signals_wait
+from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.relevance import RelevanceRun, write_layer_relevance
+from onnx_nfi.store.vectors import read_probe
+
+TARGETS = ("predicted", "label")
+MODES = ("zero", "mean")
+
+
+@dataclass(frozen=True)
+class RelevanceSummary:
+    """What ``relevance`` measured: per layer alias, its neurons, and the (image, channel) pairs run."""
+
+    model: str
+    images: int
+    target: str
+    mode: str
+    provider: str
+    layers: tuple[tuple[str, int, int], ...]  # (alias, neurons, pairs run)
+    skipped: tuple[tuple[Path, str], ...]
+    seconds: float
+
+
+def relevance(
+    model: str, db: str | Path, *, layers: Sequence[str] = (), images: str | Path | None = None, target: str = "predicted",
+    mode: str = "zero", class_names: str | Path | None = None, batch_size: int = 32, provider: str = "auto",
+    progress: Progress | None = None,
+) -> RelevanceSummary:
+    """Measure and store the relevance of ``layers`` (default all stored) of ``model`` on ``images``
+    (default the database's probe set); see the module doc."""
+    started = dt.datetime.now()
+    if target not in TARGETS or mode not in MODES:
+        raise ConfigError(f"--target is one of {', '.join(TARGETS)} and --mode one of {', '.join(MODES)}; got {target!r}, {mode!r}")
+    names = read_class_names(Path(class_names)) if class_names else None
+    with Store.open(db, read_only=True) as store:
+        row = store.model_row(model)
+        stored = {r["layer"] for r in store.layer_rows(model)}
+        files = _image_files(store, images, target)
+    lm, pre = reopen_model(model, row)
+    from_softmax = outputs_probabilities(lm)  # refuses a model without class scores
+    chosen = [layer for layer in select_layers(find_conv_layers(lm), list(layers)) if layer.tensor in stored]
+    if not chosen:
+        raise ConfigError(f"none of the layers asked for is stored for {model}; list them with 'onnx-nfi layers'")
+    done: list[tuple[str, int, int]] = []
+    skipped: list[tuple[Path, str]] = []
+    try:
+        for layer in chosen:
+            cut = cut_at(lm, layer.tensor)
+            cache, skipped = _upstream(lm, pre, cut, files, batch_size, provider)
+            runner = Runner(cut.downstream, provider)
+            run = _downstream_run(runner, cut)
+            base = probabilities(_chunked(run, cache, pairs_per_run(cache)), from_softmax)
+            targets = base.argmax(axis=1) if target == "predicted" else _label_targets(files, skipped, base.shape[1], names)
+            fill = channel_fill(cache[layer.tensor], mode)
+            result = ablate_layer(run, cache, layer.tensor, fill, targets, base, from_softmax,
+                                  chunk=pairs_per_run(cache) if not lm.batch_one_inside else 1, progress=progress)
+            params = {"images": str(images) if images else "probe", "target": target, "mode": mode,
+                      "batch_size": batch_size, "softmax_applied": not from_softmax}
+            info = RelevanceRun(len(base), target, mode, runner.provider, params, started)
+            with signals_wait():  # a layer is written whole, and counted among the written ones
+                write_layer_relevance(db, model, layer.tensor, result, info, names)
+                done.append((layer.alias, layer.channels, result.pairs_run))
+    except KeyboardInterrupt as exc:
+        raise Interrupted.of(exc, _stopped(db, done, [layer.alias for layer in chosen])) from None
+    return RelevanceSummary(model, len(files) - len(skipped), target, mode, runner.provider, tuple(done), tuple(skipped),
+                            (dt.datetime.now() - started).total_seconds())
+
+
+def _stopped(db: str | Path, done: list[tuple[str, int, int]], chosen: list[str]) -> str:
+    """What a stopped run truly wrote, and the command option that finishes it."""
+    written = [d[0] for d in done]
+    rest = [a for a in chosen if a not in written]
+    kept = f"the relevance of {', '.join(written)} was written to {db}" if written else f"nothing was written to {db}"
+    return f"Interrupted; {kept}; measure the rest with --layers {','.join(rest)}."
+
+
+def _image_files(store: Store, images: str | Path | None, target: str) -> list[ImageFile]:
+    """The images to measure on: a folder (labelled by sub-folder for ``--target label``) or the probe set."""
+    if images is not None:
+        return list(list_images(images, "folder" if target == "label" else "none").files)
+    if target == "label":
+        raise ConfigError("--target label needs labelled images: give --images DIR (sub-folders name the classes)")
+    probe = read_probe(store)
+    if probe is None:
+        raise ImageError(f"{store.path} has no probe set; give --images DIR or set one with 'onnx-nfi probe DIR'")
+    return [ImageFile(p, None) for p in probe.paths]
+
+
+def _label_targets(files: Sequence[ImageFile], skipped: Sequence[tuple[Path, str]], classes: int,
+                   names: Sequence[str] | None) -> np.ndarray:
+    """Each readable image's label as a class index: a class name of ``names``, or an index 0..K-1."""
+    lost = {p for p, _ in skipped}
+    lookup = {name: k for k, name in enumerate(names or ())}
+    targets = []
+    for f in (f for f in files if f.path not in lost):
+        label = f.label or ""
+        k = lookup.get(label, int(label) if label.isascii() and label.isdigit() else None)
+        if k is None or k >= classes:
+            raise ConfigError(
+                f"label {label!r} of {f.path} is not one of the model's {classes} classes; name folders by class index "
+                "or give --class-names FILE (one name per line), or use --target predicted"
+            )
+        targets.append(k)
+    return np.array(targets, np.int64)
+
+
+def _upstream(
+    lm: LoadedModel, pre: Preprocessing, cut: Cut, files: Sequence[ImageFile], batch_size: int, provider: str,
+) -> tuple[dict[str, np.ndarray], list[tuple[Path, str]]]:
+    """The crossing tensors of every readable image ``[N, ...]`` (one upstream run per batch) and the unreadable files."""
+    runner = Runner(cut.upstream, provider)
+    skipped: list[tuple[Path, str]] = []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in cut.crossing}
+    for batch in iter_batches(files, pre, lm.batch(batch_size), on_skip=lambda p, why: skipped.append((p, why))):
+        outputs = runner.run(batch.tensor)
+        for name in cut.crossing:
+            parts[name].append(outputs[_exposed(name, outputs)])
+    if not parts[cut.layer]:
+        raise ImageError("no readable image to measure relevance on; check the files")
+    return {name: np.concatenate(p) for name, p in parts.items()}, skipped
+
+
+def _exposed(name: str, outputs: dict[str, np.ndarray]) -> str:
+    """The output name of a crossing tensor (a graph input comes out through an Identity)."""
+    return name if name in outputs else f"{name}__exposed"
+
+
+def _downstream_run(runner: Runner, cut: Cut) -> RunDownstream:
+    """The downstream graph as ``run(feeds) -> class scores``."""
+    return lambda feeds: runner.session.run([cut.output], feeds)[0]
+
+
+def _chunked(run: RunDownstream, cache: dict[str, np.ndarray], chunk: int) -> np.ndarray:
+    """The unablated class scores of every image, ``chunk`` images a run."""
+    n = next(iter(cache.values())).shape[0]
+    return np.concatenate([run({k: v[lo : lo + chunk] for k, v in cache.items()}) for lo in range(0, n, chunk)])
