@@ -14,7 +14,8 @@ from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.errors import NfiError
 
 _VERBS = (
-    "analyze", "compact", "demo", "export_parquet", "index", "layers", "match", "remove", "set_probe", "similar", "sql",
+    "analyze", "compact", "demo", "export_parquet", "index", "layers", "match", "relevance", "remove", "set_probe", "similar",
+    "sql",
     "verify_receptive_fields",
 )
 
@@ -22,7 +23,8 @@ __all__ = ["AnalyzeConfig", "NfiError", "__version__", *_VERBS]
 
 if TYPE_CHECKING:
     from onnx_nfi.api import (  # noqa: F401
-        analyze, compact, demo, export_parquet, index, layers, match, remove, set_probe, similar, sql, verify_receptive_fields,
+        analyze, compact, demo, export_parquet, index, layers, match, relevance, remove, set_probe, similar, sql,
+        verify_receptive_fields,
     )
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnx_nfi.progress import Progress
+from onnx_nfi.progress import StageProgress
 
 #: ``run(feeds)``: the class scores ``[B, K]`` of the downstream graph for a batch of crossing tensors.
 RunDownstream = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -62,7 +62,7 @@ def pairs_per_run(cache: Mapping[str, np.ndarray], budget: int = PAIR_BUDGET_BYT
 
 def ablate_layer(
     run: RunDownstream, cache: Mapping[str, np.ndarray], layer: str, fill: np.ndarray, targets: np.ndarray,
-    base: np.ndarray, from_softmax: bool, *, chunk: int, progress: Progress | None = None,
+    base: np.ndarray, from_softmax: bool, *, chunk: int, progress: StageProgress | None = None,
 ) -> LayerRelevance:
     """Relevance of every channel of ``layer`` (``cache[layer]``: ``[N, C, ...]``) for images with
     target classes ``targets`` ``[N]`` and unablated probabilities ``base`` ``[N, K]``."""
@@ -82,12 +82,12 @@ def ablate_layer(
         drop[i, c] = base[i, targets[i]] - probs[np.arange(i.size), targets[i]]
         flips[i, c] = probs.argmax(axis=1) != top1[i]
         if progress is not None:
-            progress(layer, min(lo + chunk, images.size), images.size)
-    top_classes, top_drops = _classes_hurt(drop, targets, base.shape[1])
+            progress(min(lo + chunk, images.size), images.size)
+    top_classes, top_drops = _classes_hurt(drop, targets)
     return LayerRelevance(drop.mean(axis=0), flips.mean(axis=0), top_classes, top_drops, int(images.size))
 
 
-def _classes_hurt(drop: np.ndarray, targets: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _classes_hurt(drop: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per channel, the ``TOP_CLASSES`` target classes with the largest mean drop over their images."""
     present = np.unique(targets)
     per_class = np.stack([drop[targets == k].mean(axis=0) for k in present], axis=1)  # [C, classes present]

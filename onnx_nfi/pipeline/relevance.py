@@ -26,7 +26,7 @@ from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.session import Runner
 from onnx_nfi.neurons.ablation import RunDownstream, ablate_layer, channel_fill, pairs_per_run, probabilities
 from onnx_nfi.pipeline.models import reopen_model
-from onnx_nfi.progress import Progress
+from onnx_nfi.progress import Progress, phase
 from onnx_nfi.signals import signals_wait
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.relevance import RelevanceRun, write_layer_relevance
@@ -37,15 +37,28 @@ MODES = ("zero", "mean")
 
 
 @dataclass(frozen=True)
+class LayerDone:
+    """One measured layer: its neurons, the (image, channel) pairs run, its most relevant unit and mean drop."""
+
+    alias: str
+    neurons: int
+    pairs_run: int
+    top_unit: int
+    top_drop: float
+    mean_drop: float
+    mean_flip: float
+
+
+@dataclass(frozen=True)
 class RelevanceSummary:
-    """What ``relevance`` measured: per layer alias, its neurons, and the (image, channel) pairs run."""
+    """What ``relevance`` measured, layer by layer."""
 
     model: str
     images: int
     target: str
     mode: str
     provider: str
-    layers: tuple[tuple[str, int, int], ...]  # (alias, neurons, pairs run)
+    layers: tuple[LayerDone, ...]
     skipped: tuple[tuple[Path, str], ...]
     seconds: float
 
@@ -70,7 +83,7 @@ def relevance(
     chosen = [layer for layer in select_layers(find_conv_layers(lm), list(layers)) if layer.tensor in stored]
     if not chosen:
         raise ConfigError(f"none of the layers asked for is stored for {model}; list them with 'onnx-nfi layers'")
-    done: list[tuple[str, int, int]] = []
+    done: list[LayerDone] = []
     skipped: list[tuple[Path, str]] = []
     try:
         for layer in chosen:
@@ -82,22 +95,26 @@ def relevance(
             targets = base.argmax(axis=1) if target == "predicted" else _label_targets(files, skipped, base.shape[1], names)
             fill = channel_fill(cache[layer.tensor], mode)
             result = ablate_layer(run, cache, layer.tensor, fill, targets, base, from_softmax,
-                                  chunk=pairs_per_run(cache) if not lm.batch_one_inside else 1, progress=progress)
+                                  chunk=pairs_per_run(cache) if not lm.batch_one_inside else 1,
+                                  progress=phase(progress, f"Ablating {layer.alias}"))
             params = {"images": str(images) if images else "probe", "target": target, "mode": mode,
                       "batch_size": batch_size, "softmax_applied": not from_softmax}
             info = RelevanceRun(len(base), target, mode, runner.provider, params, started)
             with signals_wait():  # a layer is written whole, and counted among the written ones
                 write_layer_relevance(db, model, layer.tensor, result, info, names)
-                done.append((layer.alias, layer.channels, result.pairs_run))
+                done.append(LayerDone(
+                    layer.alias, layer.channels, result.pairs_run, int(np.argmax(result.prob_drop)),
+                    float(result.prob_drop.max()), float(result.prob_drop.mean()), float(result.flip_rate.mean()),
+                ))
     except KeyboardInterrupt as exc:
         raise Interrupted.of(exc, _stopped(db, done, [layer.alias for layer in chosen])) from None
     return RelevanceSummary(model, len(files) - len(skipped), target, mode, runner.provider, tuple(done), tuple(skipped),
                             (dt.datetime.now() - started).total_seconds())
 
 
-def _stopped(db: str | Path, done: list[tuple[str, int, int]], chosen: list[str]) -> str:
+def _stopped(db: str | Path, done: list[LayerDone], chosen: list[str]) -> str:
     """What a stopped run truly wrote, and the command option that finishes it."""
-    written = [d[0] for d in done]
+    written = [d.alias for d in done]
     rest = [a for a in chosen if a not in written]
     kept = f"the relevance of {', '.join(written)} was written to {db}" if written else f"nothing was written to {db}"
     return f"Interrupted; {kept}; measure the rest with --layers {','.join(rest)}."
