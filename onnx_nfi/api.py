@@ -32,7 +32,7 @@ from onnx_nfi.pipeline.checkpoint import (
 from onnx_nfi.pipeline.features import FeatureWork, compute_features, local_chunks
 from onnx_nfi.pipeline.models import open_model, reopen_model
 from onnx_nfi.pipeline.relevance import RelevanceSummary
-from onnx_nfi.pipeline.relevance import relevance as measure_relevance
+from onnx_nfi.pipeline.relevance import relevance as _relevance
 from onnx_nfi.progress import Progress
 from onnx_nfi.report import pictures, render
 from onnx_nfi.store.compact import CompactSummary
@@ -46,6 +46,9 @@ from onnx_nfi.store.vectors import remove as remove_model
 #: ``onnx-nfi similar``: the neurons nearest to a ``MODEL:LAYER:UNIT`` (draw them with
 #: ``onnx_nfi.report.render.similar_png``).
 similar = search.similar
+#: ``onnx-nfi relevance``: each neuron of a stored classifier ablated, its class-probability drop and
+#: top-1 flip rate stored per neuron (``relevance``, ``relevance_classes``; docs/method.md).
+relevance = _relevance
 
 __all__ = [
     "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "RFVerification",
@@ -301,28 +304,6 @@ def index(
     return IndexSummary(
         model, config.indexes, len(infos), sum(i.layer.channels for i in infos),
         (dt.datetime.now() - started).total_seconds(), sync_after_commit(db),
-    )
-
-
-def relevance(
-    model: str,
-    *,
-    db: str | Path = DEFAULT_DB,
-    layers: Sequence[str] = (),
-    images: str | Path | None = None,
-    target: str = "predicted",
-    mode: str = "zero",
-    class_names: str | Path | None = None,
-    batch_size: int = AnalyzeConfig.batch_size,
-    provider: str = AnalyzeConfig.provider,
-    progress: Progress | None = None,
-) -> RelevanceSummary:
-    """``onnx-nfi relevance``: each neuron of ``layers`` (default every stored layer) of a stored
-    classifier ablated (``mode`` zero or mean) on ``images`` (default the probe set): mean drop of the
-    ``target`` class probability, top-1 flip rate and classes hurt most, stored per neuron, layer by layer."""
-    return measure_relevance(
-        model, db, layers=layers, images=images, target=target, mode=mode, class_names=class_names,
-        batch_size=batch_size, provider=provider, progress=progress,
     )
 
 

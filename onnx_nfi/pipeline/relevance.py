@@ -26,6 +26,7 @@ from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.session import Runner
 from onnx_nfi.neurons.ablation import RunDownstream, ablate_layer, channel_fill, pairs_per_run, probabilities
 from onnx_nfi.pipeline.models import reopen_model
+from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.progress import Progress, phase
 from onnx_nfi.signals import signals_wait
 from onnx_nfi.store.duckdb_store import Store
@@ -64,12 +65,15 @@ class RelevanceSummary:
 
 
 def relevance(
-    model: str, db: str | Path, *, layers: Sequence[str] = (), images: str | Path | None = None, target: str = "predicted",
-    mode: str = "zero", class_names: str | Path | None = None, batch_size: int = 32, provider: str = "auto",
-    progress: Progress | None = None,
+    model: str, *, db: str | Path = DEFAULT_DB, layers: Sequence[str] = (), images: str | Path | None = None,
+    target: str = "predicted", mode: str = "zero", class_names: str | Path | None = None, batch_size: int = 32,
+    provider: str = "auto", progress: Progress | None = None,
 ) -> RelevanceSummary:
-    """Measure and store the relevance of ``layers`` (default all stored) of ``model`` on ``images``
-    (default the database's probe set); see the module doc."""
+    """Ablate each neuron of ``layers`` (aliases, tensors or globs; default every stored layer) of the
+    stored classifier ``model`` on ``images`` (default the database's probe set); ``mode``: the channel
+    becomes 0 (``zero``) or its mean map over the images (``mean``); ``target``: the class whose
+    probability drop is measured, the unablated prediction (``predicted``) or the image's sub-folder
+    (``label``: a class index, or a name of ``class_names``). Each layer's rows are stored as it ends."""
     started = dt.datetime.now()
     if target not in TARGETS or mode not in MODES:
         raise ConfigError(f"--target is one of {', '.join(TARGETS)} and --mode one of {', '.join(MODES)}; got {target!r}, {mode!r}")
