@@ -5,6 +5,7 @@ the refusal of a model without class scores."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -19,7 +20,10 @@ from onnx import TensorProto, helper, numpy_helper
 import onnx_nfi
 from onnx_nfi import api
 from onnx_nfi.config import AnalyzeConfig
-from onnx_nfi.errors import NfiError
+from onnx_nfi.errors import Interrupted, NfiError
+from onnx_nfi.report import queries, render
+from onnx_nfi.report.relevance_plot import relevance_png
+from onnx_nfi.store.duckdb_store import Store
 
 #: The hand-built classifier: x -> A = conv1(x) = x (identity 1x1), B = conv2(A) = W2·A (1x1),
 #: S = A + B (a skip connection past conv2), logits = mean_yx(S) · M.
@@ -71,7 +75,7 @@ def hand(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np
             means.append(rgb.reshape(-1, 3).astype(np.float64).mean(axis=0))
             labels.append(label)
     db = root / "nfi.duckdb"
-    api.analyze(root / "hand.onnx", root / "images", db=db, config=AnalyzeConfig(preprocess="raw", indexes=(), nf=False))
+    api.analyze(root / "hand.onnx", root / "images", db=db, config=AnalyzeConfig(preprocess="raw", indexes=("class",)))
     return db, np.array(means), np.array(labels)
 
 
@@ -256,3 +260,36 @@ def test_model_without_class_scores_is_refused_in_one_line(photo_dir: Path, tmp_
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "class-score output" in lines[0]
     assert api.sql("SELECT count(*) FROM relevance", db)[1] == [(0,)]
+
+
+def test_stopped_run_says_which_layers_were_written(hand, tmp_path: Path) -> None:
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(hand[0], db)
+    api.sql("DELETE FROM relevance", db, write=True)
+
+    def stop_in_second_layer(phase: str, done: int, total: int) -> None:
+        if phase == "Ablating conv2":
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match=r"relevance of conv1 was written .*measure the rest with --layers conv2\."):
+        onnx_nfi.relevance("hand", db=db, images=hand[0].parent / "images", progress=stop_in_second_layer)
+    assert api.sql("SELECT DISTINCT n.layer FROM relevance JOIN neurons n USING (neuron_id)", db)[1] == [("A",)]
+    api.remove(db, "hand")
+    assert api.sql("SELECT count(*) FROM relevance UNION ALL SELECT count(*) FROM relevance_classes", db)[1] == [(0,), (0,)]
+
+
+def test_top_card_and_plot_show_the_stored_relevance(hand, tmp_path: Path) -> None:
+    db, _, _ = hand
+    onnx_nfi.relevance("hand", db=db, images=db.parent / "images", layers=["conv1", "conv2"])
+    drops = stored(db, "hand")["B"][0]
+    drawn = render.top_png("hand", "conv2", "prob_drop", tmp_path / "top.png", db, k=3)
+    assert list(drawn.units) == np.argsort(-drops, kind="stable").tolist()
+    with Store.open(db, read_only=True) as store:
+        card = queries.neuron_card(store, "hand", "conv2", 1)
+    assert card.values["prob_drop"] == pytest.approx(drops[1]) and "flip_rate" in card.values
+    result = invoke("relevance", "hand", "--db", db, "--images", db.parent / "images", "--layers", "conv2",
+                    "--plot", tmp_path / "plot.png", "--silent")
+    assert result.exit_code == 0, result.output
+    assert "conv2" in result.stdout and (tmp_path / "plot.png").stat().st_size > 1000
+    image = cv2.imread(str(relevance_png("hand", tmp_path / "again.png", db)))
+    assert image is not None and image.shape[1] > 600  # two layers with relevance: two panels side by side

@@ -9,7 +9,7 @@ import typer
 
 from onnx_nfi.cli.common import (
     DEFAULT_DB, BatchSize, Db, LayerPatterns, ModelName, ProgressBars, Provider, Silent, app, print_table, say,
-    sigterm_as_ctrl_c, user_errors,
+    sigterm_as_ctrl_c, user_errors, wrote,
 )
 from onnx_nfi.config import AnalyzeConfig
 
@@ -30,12 +30,19 @@ def relevance_cmd(
         "--class-names", help="The model's class names, one a line (names the classes hurt most; maps labels).")] = None,
     batch_size: BatchSize = AnalyzeConfig.batch_size,
     provider: Provider = AnalyzeConfig.provider,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Also draw prob_drop against class selectivity, a panel per layer with relevance (PNG).")] = None,
     silent: Silent = False,
     db: Db = Path(DEFAULT_DB),
 ) -> None:
     """Ablate each neuron of a stored classifier: mean drop of the target class probability, top-1 flips."""
     from onnx_nfi import api
     from onnx_nfi.config import parse_list
+    from onnx_nfi.report import pictures
+    from onnx_nfi.report.relevance_plot import relevance_png
+
+    if plot is not None:
+        pictures.check_png(plot)  # before the work, not after
 
     with sigterm_as_ctrl_c(), ProgressBars(silent) as bars:
         s = api.relevance(
@@ -52,3 +59,5 @@ def relevance_cmd(
         [(d.alias, str(d.neurons), str(d.pairs_run), f"{d.mean_drop:.4f}", f"{d.mean_flip:.3f}", str(d.top_unit),
           f"{d.top_drop:.4f}") for d in s.layers],
     )
+    if plot is not None:
+        wrote(relevance_png(s.model, plot, db))

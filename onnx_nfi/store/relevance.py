@@ -118,3 +118,30 @@ def neurons_with_relevance(store: Store) -> str:
     if store.has_table("relevance"):
         return f"(SELECT n.*, {', '.join('r.' + c for c in RELEVANCE_COLUMNS)} FROM neurons n LEFT JOIN relevance r USING (neuron_id))"
     return "neurons"
+
+
+@dataclass(frozen=True)
+class LayerPoints:
+    """One layer's neurons with relevance: ``prob_drop`` against another ``neurons`` column (NaN: NULL)."""
+
+    alias: str
+    relative_depth: float
+    other: np.ndarray
+    prob_drop: np.ndarray
+
+
+def relevance_points(store: Store, model: str, column: str) -> list[LayerPoints]:
+    """Per layer of ``model`` with stored relevance, in depth order: ``column`` (a checked ``neurons``
+    column) and ``prob_drop`` of each of its neurons."""
+    cols = store.columns(
+        f"SELECT l.alias, l.relative_depth, CAST(n.{column} AS DOUBLE) AS other, r.prob_drop FROM relevance r "
+        "JOIN neurons n USING (neuron_id) JOIN layers l USING (model, layer) WHERE n.model = ? ORDER BY l.depth, n.unit",
+        [model],
+    )
+    other = np.ma.filled(np.ma.asarray(cols["other"]).astype(np.float64), np.nan)
+    aliases = list(dict.fromkeys(cols["alias"].tolist()))
+    return [
+        LayerPoints(a, float(cols["relative_depth"][cols["alias"] == a][0]), other[cols["alias"] == a],
+                    np.asarray(cols["prob_drop"], np.float64)[cols["alias"] == a])
+        for a in aliases
+    ]
