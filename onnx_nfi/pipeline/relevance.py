@@ -24,12 +24,12 @@ from onnx_nfi.graph.cut import Cut, cut_at, outputs_probabilities
 from onnx_nfi.graph.layers import find_conv_layers, select_layers
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.session import Runner
-from onnx_nfi.neurons.ablation import RunDownstream, ablate_layer, channel_fill, pairs_per_run, probabilities
+from onnx_nfi.neurons.ablation import LayerRelevance, RunDownstream, ablate_layer, channel_fill, pairs_per_run, probabilities
 from onnx_nfi.pipeline.models import reopen_model
 from onnx_nfi.names import DEFAULT_DB
-from onnx_nfi.progress import Progress, phase
+from onnx_nfi.progress import Progress, StageProgress, phase
 from onnx_nfi.signals import signals_wait
-from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.duckdb_store import Store, check_writable
 from onnx_nfi.store.relevance import RelevanceRun, write_layer_relevance
 from onnx_nfi.store.vectors import read_probe
 
@@ -78,32 +78,28 @@ def relevance(
     if target not in TARGETS or mode not in MODES:
         raise ConfigError(f"--target is one of {', '.join(TARGETS)} and --mode one of {', '.join(MODES)}; got {target!r}, {mode!r}")
     names = read_class_names(Path(class_names)) if class_names else None
+    check_writable(db)
     with Store.open(db, read_only=True) as store:
         row = store.model_row(model)
         stored = {r["layer"] for r in store.layer_rows(model)}
         files = _image_files(store, images, target)
     lm, pre = reopen_model(model, row)
     from_softmax = outputs_probabilities(lm)  # refuses a model without class scores
+    labels = _label_targets(files, _classes(lm), names) if target == "label" else None  # checked before the work
     chosen = [layer for layer in select_layers(find_conv_layers(lm), list(layers)) if layer.tensor in stored]
     if not chosen:
         raise ConfigError(f"none of the layers asked for is stored for {model}; list them with 'onnx-nfi layers'")
     done: list[LayerDone] = []
-    skipped: list[tuple[Path, str]] = []
+    params = {"images": str(images) if images else "probe", "target": target, "mode": mode, "batch_size": batch_size,
+              "softmax_applied": not from_softmax}
     try:
         for layer in chosen:
             cut = cut_at(lm, layer.tensor)
             cache, skipped = _upstream(lm, pre, cut, files, batch_size, provider)
             runner = Runner(cut.downstream, provider)
-            run = _downstream_run(runner, cut)
-            base = probabilities(_chunked(run, cache, pairs_per_run(cache)), from_softmax)
-            targets = base.argmax(axis=1) if target == "predicted" else _label_targets(files, skipped, base.shape[1], names)
-            fill = channel_fill(cache[layer.tensor], mode)
-            result = ablate_layer(run, cache, layer.tensor, fill, targets, base, from_softmax,
-                                  chunk=pairs_per_run(cache) if not lm.batch_one_inside else 1,
-                                  progress=phase(progress, f"Ablating {layer.alias}"))
-            params = {"images": str(images) if images else "probe", "target": target, "mode": mode,
-                      "batch_size": batch_size, "softmax_applied": not from_softmax}
-            info = RelevanceRun(len(base), target, mode, runner.provider, params, started)
+            result, images_used = _ablate(lm, runner, cut, cache, mode, labels, files, skipped, from_softmax,
+                                          phase(progress, f"Ablating {layer.alias}"))
+            info = RelevanceRun(images_used, target, mode, runner.provider, params, started)
             with signals_wait():  # a layer is written whole, and counted among the written ones
                 write_layer_relevance(db, model, layer.tensor, result, info, names)
                 done.append(LayerDone(
@@ -112,8 +108,31 @@ def relevance(
                 ))
     except KeyboardInterrupt as exc:
         raise Interrupted.of(exc, _stopped(db, done, [layer.alias for layer in chosen])) from None
-    return RelevanceSummary(model, len(files) - len(skipped), target, mode, runner.provider, tuple(done), tuple(skipped),
+    return RelevanceSummary(model, images_used, target, mode, runner.provider, tuple(done), tuple(skipped),
                             (dt.datetime.now() - started).total_seconds())
+
+
+def _ablate(
+    lm: LoadedModel, runner: Runner, cut: Cut, cache: dict[str, np.ndarray], mode: str, labels: np.ndarray | None,
+    files: Sequence[ImageFile], skipped: Sequence[tuple[Path, str]], from_softmax: bool, progress: StageProgress | None,
+) -> tuple[LayerRelevance, int]:
+    """One layer's relevance from its cached crossing tensors, and the number of images it is over:
+    the baseline run gives the probabilities (and predicted targets), then every ablation runs."""
+    run = _downstream_run(runner, cut)
+    chunk = pairs_per_run(cache) if not lm.batch_one_inside else 1
+    base = probabilities(_chunked(run, cache, chunk), from_softmax)
+    if labels is None:
+        targets = base.argmax(axis=1)
+    else:
+        lost = {p for p, _ in skipped}
+        targets = labels[[k for k, f in enumerate(files) if f.path not in lost]]
+    fill = channel_fill(cache[cut.layer], mode)
+    return ablate_layer(run, cache, cut.layer, fill, targets, base, from_softmax, chunk=chunk, progress=progress), len(base)
+
+
+def _classes(lm: LoadedModel) -> int:
+    """K of the model's class-score output ``[N, K]`` (or ``[N, K, 1, 1]``)."""
+    return int(lm.proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
 
 
 def _stopped(db: str | Path, done: list[LayerDone], chosen: list[str]) -> str:
@@ -136,13 +155,11 @@ def _image_files(store: Store, images: str | Path | None, target: str) -> list[I
     return [ImageFile(p, None) for p in probe.paths]
 
 
-def _label_targets(files: Sequence[ImageFile], skipped: Sequence[tuple[Path, str]], classes: int,
-                   names: Sequence[str] | None) -> np.ndarray:
-    """Each readable image's label as a class index: a class name of ``names``, or an index 0..K-1."""
-    lost = {p for p, _ in skipped}
+def _label_targets(files: Sequence[ImageFile], classes: int, names: Sequence[str] | None) -> np.ndarray:
+    """Each image's label as a class index: a class name of ``names``, or an index 0..K-1."""
     lookup = {name: k for k, name in enumerate(names or ())}
     targets = []
-    for f in (f for f in files if f.path not in lost):
+    for f in files:
         label = f.label or ""
         k = lookup.get(label, int(label) if label.isascii() and label.isdigit() else None)
         if k is None or k >= classes:
