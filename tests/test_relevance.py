@@ -293,3 +293,13 @@ def test_top_card_and_plot_show_the_stored_relevance(hand, tmp_path: Path) -> No
     assert "conv2" in result.stdout and (tmp_path / "plot.png").stat().st_size > 1000
     image = cv2.imread(str(relevance_png("hand", tmp_path / "again.png", db)))
     assert image is not None and image.shape[1] > 600  # two layers with relevance: two panels side by side
+
+
+def test_import_brings_the_relevance_rows_with_fresh_neuron_ids(hand, tmp_path: Path) -> None:
+    db = hand[0]
+    onnx_nfi.relevance("hand", db=db, images=db.parent / "images")
+    other = tmp_path / "other.duckdb"
+    api.import_db(other, db)
+    query = ("SELECT n.layer, n.unit, r.prob_drop, r.flip_rate, c.rank, c.class_index FROM relevance r "
+             "JOIN neurons n USING (neuron_id) JOIN relevance_classes c USING (neuron_id) ORDER BY ALL")
+    assert api.sql(query, other)[1] == api.sql(query, db)[1] and len(api.sql(query, db)[1]) == 18

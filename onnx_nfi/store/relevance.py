@@ -145,3 +145,21 @@ def relevance_points(store: Store, model: str, column: str) -> list[LayerPoints]
                     np.asarray(cols["prob_drop"], np.float64)[cols["alias"] == a])
         for a in aliases
     ]
+
+
+def import_relevance(store: Store) -> None:
+    """Inside ``import``'s copy of one model (its ``idmap`` and ``runmap`` of fresh neuron and run ids
+    made): the relevance rows of the database attached as ``src``, if it has any."""
+    has = store.con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = 'src' AND table_name = 'relevance'"
+    ).fetchone()[0]
+    if not has:
+        return
+    store.con.execute(
+        "INSERT INTO relevance BY NAME SELECT v.* REPLACE (i.new AS neuron_id, m.new AS run_id) FROM src.relevance v "
+        "JOIN idmap i ON i.old = v.neuron_id LEFT JOIN runmap m ON m.old = v.run_id"
+    )
+    store.con.execute(
+        "INSERT INTO relevance_classes BY NAME SELECT v.* REPLACE (i.new AS neuron_id) FROM src.relevance_classes v "
+        "JOIN idmap i ON i.old = v.neuron_id"
+    )
