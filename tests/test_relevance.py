@@ -303,3 +303,15 @@ def test_import_brings_the_relevance_rows_with_fresh_neuron_ids(hand, tmp_path: 
     query = ("SELECT n.layer, n.unit, r.prob_drop, r.flip_rate, c.rank, c.class_index FROM relevance r "
              "JOIN neurons n USING (neuron_id) JOIN relevance_classes c USING (neuron_id) ORDER BY ALL")
     assert api.sql(query, other)[1] == api.sql(query, db)[1] and len(api.sql(query, db)[1]) == 18
+
+
+def test_labels_that_name_no_class_and_bad_options_are_refused_before_any_work(hand, photo_dir: Path) -> None:
+    db = hand[0]
+    before = api.sql("SELECT count(*) FROM runs WHERE kind = 'relevance'", db)[1]
+    with pytest.raises(NfiError, match=r"is not one of the model's 4 classes.*--class-names"):
+        onnx_nfi.relevance("hand", db=db, images=photo_dir, target="label")
+    with pytest.raises(NfiError, match="--target label needs labelled images"):
+        onnx_nfi.relevance("hand", db=db, target="label")
+    with pytest.raises(NfiError, match="--mode one of zero, mean"):
+        onnx_nfi.relevance("hand", db=db, mode="half")
+    assert api.sql("SELECT count(*) FROM runs WHERE kind = 'relevance'", db)[1] == before

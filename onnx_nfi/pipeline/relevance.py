@@ -131,8 +131,8 @@ def _ablate(
 
 
 def _classes(lm: LoadedModel) -> int:
-    """K of the model's class-score output ``[N, K]`` (or ``[N, K, 1, 1]``)."""
-    return int(lm.proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
+    """K of the model's class-score output: its values per image (``[N, K]``, ``[N, K, 1, 1]``, ``[N, 1, 1, K]``)."""
+    return int(np.prod([d.dim_value for d in lm.proto.graph.output[0].type.tensor_type.shape.dim[1:]]))
 
 
 def _stopped(db: str | Path, done: list[LayerDone], chosen: list[str]) -> str:
