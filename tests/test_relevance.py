@@ -271,9 +271,16 @@ def test_stopped_run_says_which_layers_were_written(hand, tmp_path: Path) -> Non
         if phase == "Ablating conv2":
             raise KeyboardInterrupt
 
-    with pytest.raises(Interrupted, match=r"relevance of conv1 was written .*measure the rest with --layers conv2\."):
+    with pytest.raises(Interrupted, match=r"relevance of conv1 was written .*measure the rest with --layers conv2, or "
+                       r"run the same command with --resume\."):
         onnx_nfi.relevance("hand", db=db, images=hand[0].parent / "images", progress=stop_in_second_layer)
-    assert api.sql("SELECT DISTINCT n.layer FROM relevance JOIN neurons n USING (neuron_id)", db)[1] == [("A",)]
+    layers = "SELECT DISTINCT n.layer FROM relevance JOIN neurons n USING (neuron_id) ORDER BY 1"
+    assert api.sql(layers, db)[1] == [("A",)]
+    resumed = onnx_nfi.relevance("hand", db=db, images=hand[0].parent / "images", resume=True)
+    assert resumed.resumed == ("conv1",) and [d.alias for d in resumed.layers] == ["conv2"]
+    assert api.sql(layers, db)[1] == [("A",), ("B",)]
+    again = onnx_nfi.relevance("hand", db=db, images=hand[0].parent / "images", resume=True, mode="mean")
+    assert again.resumed == () and len(again.layers) == 2  # another mode is another measurement
     api.remove(db, "hand")
     assert api.sql("SELECT count(*) FROM relevance UNION ALL SELECT count(*) FROM relevance_classes", db)[1] == [(0,), (0,)]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,6 +12,9 @@ from onnx_nfi.cli.common import (
     sigterm_as_ctrl_c, user_errors, wrote,
 )
 from onnx_nfi.config import AnalyzeConfig
+
+if TYPE_CHECKING:
+    from onnx_nfi.pipeline.relevance import RelevanceSummary
 
 
 @app.command("relevance")
@@ -32,6 +35,8 @@ def relevance_cmd(
     provider: Provider = AnalyzeConfig.provider,
     plot: Annotated[Path | None, typer.Option(
         "--plot", help="Also draw prob_drop against class selectivity, a panel per layer with relevance (PNG).")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Leave out the layers already measured on the same images with the same target and mode.")] = False,
     silent: Silent = False,
     db: Db = Path(DEFAULT_DB),
 ) -> None:
@@ -47,8 +52,18 @@ def relevance_cmd(
     with sigterm_as_ctrl_c(), ProgressBars(silent) as bars:
         s = api.relevance(
             model, db=db, layers=parse_list(layers), images=images, target=target, mode=mode, class_names=class_names,
-            batch_size=batch_size, provider=provider, progress=bars,
+            batch_size=batch_size, provider=provider, progress=bars, resume=resume,
         )
+    if s.resumed:
+        say(f"Already measured the same way, left out: {', '.join(s.resumed)}.")
+    if s.layers:
+        _print_layers(s, db)
+    if plot is not None:
+        wrote(relevance_png(s.model, plot, db))
+
+
+def _print_layers(s: RelevanceSummary, db: Path) -> None:
+    """The closing summary: the run, then a row per measured layer."""
     say(
         f"Relevance of {s.model} ({s.mode} ablation, target {s.target}) on {s.images} images "
         f"({len(s.skipped)} skipped) on {s.provider} in {s.seconds:.1f} s; stored in {db} (tables relevance, "
@@ -59,5 +74,3 @@ def relevance_cmd(
         [(d.alias, str(d.neurons), str(d.pairs_run), f"{d.mean_drop:.4f}", f"{d.mean_flip:.3f}", str(d.top_unit),
           f"{d.top_drop:.4f}") for d in s.layers],
     )
-    if plot is not None:
-        wrote(relevance_png(s.model, plot, db))

@@ -30,7 +30,7 @@ from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.progress import Progress, StageProgress, phase
 from onnx_nfi.signals import signals_wait
 from onnx_nfi.store.duckdb_store import Store, check_writable
-from onnx_nfi.store.relevance import RelevanceRun, write_layer_relevance
+from onnx_nfi.store.relevance import RelevanceRun, measured_layers, write_layer_relevance
 from onnx_nfi.store.vectors import read_probe
 
 TARGETS = ("predicted", "label")
@@ -62,35 +62,42 @@ class RelevanceSummary:
     layers: tuple[LayerDone, ...]
     skipped: tuple[tuple[Path, str], ...]
     seconds: float
+    resumed: tuple[str, ...] = ()  # layers left out by ``resume``: already measured the same way
 
 
 def relevance(
     model: str, *, db: str | Path = DEFAULT_DB, layers: Sequence[str] = (), images: str | Path | None = None,
     target: str = "predicted", mode: str = "zero", class_names: str | Path | None = None, batch_size: int = 32,
-    provider: str = "auto", progress: Progress | None = None,
+    provider: str = "auto", progress: Progress | None = None, resume: bool = False,
 ) -> RelevanceSummary:
     """Ablate each neuron of ``layers`` (aliases, tensors or globs; default every stored layer) of the
     stored classifier ``model`` on ``images`` (default the database's probe set); ``mode``: the channel
     becomes 0 (``zero``) or its mean map over the images (``mean``); ``target``: the class whose
     probability drop is measured, the unablated prediction (``predicted``) or the image's sub-folder
-    (``label``: a class index, or a name of ``class_names``). Each layer's rows are stored as it ends."""
+    (``label``: a class index, or a name of ``class_names``). Each layer's rows are stored as it ends;
+    ``resume`` leaves out the layers already stored from the same images, target and mode."""
     started = dt.datetime.now()
     if target not in TARGETS or mode not in MODES:
         raise ConfigError(f"--target is one of {', '.join(TARGETS)} and --mode one of {', '.join(MODES)}; got {target!r}, {mode!r}")
     names = read_class_names(Path(class_names)) if class_names else None
     check_writable(db)
+    source = str(Path(images).resolve()) if images else "probe"
     with Store.open(db, read_only=True) as store:
         row = store.model_row(model)
         stored = {r["layer"] for r in store.layer_rows(model)}
         files = _image_files(store, images, target)
+        done_before = measured_layers(store, model, source, target, mode) if resume else set()
     lm, pre = reopen_model(model, row)
     from_softmax = outputs_probabilities(lm)  # refuses a model without class scores
     labels = _label_targets(files, _classes(lm), names) if target == "label" else None  # checked before the work
-    chosen = [layer for layer in select_layers(find_conv_layers(lm), list(layers)) if layer.tensor in stored]
-    if not chosen:
+    asked = [layer for layer in select_layers(find_conv_layers(lm), list(layers)) if layer.tensor in stored]
+    if not asked:
         raise ConfigError(f"none of the layers asked for is stored for {model}; list them with 'onnx-nfi layers'")
+    chosen = [layer for layer in asked if layer.tensor not in done_before]
     done: list[LayerDone] = []
-    params = {"images": str(images) if images else "probe", "target": target, "mode": mode, "batch_size": batch_size,
+    runner: Runner | None = None
+    images_used, skipped = 0, []
+    params = {"images": source, "target": target, "mode": mode, "batch_size": batch_size,
               "softmax_applied": not from_softmax}
     try:
         for layer in chosen:
@@ -108,8 +115,9 @@ def relevance(
                 ))
     except KeyboardInterrupt as exc:
         raise Interrupted.of(exc, _stopped(db, done, [layer.alias for layer in chosen])) from None
-    return RelevanceSummary(model, images_used, target, mode, runner.provider, tuple(done), tuple(skipped),
-                            (dt.datetime.now() - started).total_seconds())
+    return RelevanceSummary(model, images_used, target, mode, runner.provider if runner else "", tuple(done),
+                            tuple(skipped), (dt.datetime.now() - started).total_seconds(),
+                            tuple(layer.alias for layer in asked if layer.tensor in done_before))
 
 
 def _ablate(
@@ -140,7 +148,7 @@ def _stopped(db: str | Path, done: list[LayerDone], chosen: list[str]) -> str:
     written = [d.alias for d in done]
     rest = [a for a in chosen if a not in written]
     kept = f"the relevance of {', '.join(written)} was written to {db}" if written else f"nothing was written to {db}"
-    return f"Interrupted; {kept}; measure the rest with --layers {','.join(rest)}."
+    return f"Interrupted; {kept}; measure the rest with --layers {','.join(rest)}, or run the same command with --resume."
 
 
 def _image_files(store: Store, images: str | Path | None, target: str) -> list[ImageFile]:

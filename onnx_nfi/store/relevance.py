@@ -163,3 +163,13 @@ def import_relevance(store: Store) -> None:
         "INSERT INTO relevance_classes BY NAME SELECT v.* REPLACE (i.new AS neuron_id) FROM src.relevance_classes v "
         "JOIN idmap i ON i.old = v.neuron_id"
     )
+
+
+def measured_layers(store: Store, model: str, images: str, target: str, mode: str) -> set[str]:
+    """Layer tensors of ``model`` whose stored relevance was measured on ``images`` (a folder, or
+    ``probe``) with ``target`` and ``mode``: what a resumed run leaves out."""
+    rows = store.rows(
+        "SELECT DISTINCT n.layer FROM relevance r JOIN neurons n USING (neuron_id) JOIN runs u ON u.run_id = r.run_id "
+        "WHERE n.model = ? AND u.params ->> 'images' = ? AND r.target = ? AND r.mode = ?", [model, images, target, mode],
+    )
+    return {r["layer"] for r in rows}
