@@ -21,6 +21,8 @@ import onnx_nfi
 from onnx_nfi import api
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.errors import Interrupted, NfiError
+from onnx_nfi.graph.cut import cut_at
+from onnx_nfi.graph.load import load_model
 from onnx_nfi.report import queries, render
 from onnx_nfi.report.relevance_plot import relevance_png
 from onnx_nfi.store.duckdb_store import Store
@@ -117,6 +119,7 @@ def stored(db: Path, model: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 @pytest.mark.parametrize("target", ["predicted", "label"])
 def test_hand_built_classifier_gives_the_drops_and_flips_computed_by_hand(hand, mode: str, target: str) -> None:
     db, means, labels = hand
+    assert cut_at(load_model(db.parent / "hand.onnx"), "B").crossing == ("B", "A")  # the skip connection crosses the cut
     summary = onnx_nfi.relevance("hand", db=db, images=db.parent / "images", target=target, mode=mode)
     assert summary.images == len(labels) and [d.alias for d in summary.layers] == ["conv1", "conv2"]
     values = stored(db, "hand")
@@ -247,6 +250,8 @@ def test_planted_model_matches_a_brute_force_on_two_layers(photo_dir: Path, tmp_
 def test_lite0_matches_a_brute_force_across_its_skip_connections(photo_dir: Path, tmp_path: Path) -> None:
     # conv6 (block 1's output) is also the residual input of block 2's Add; conv9 (block 2's
     # projection) is cut with conv6 crossing the cut beside it
+    lm = load_model(LITE0)
+    assert cut_at(lm, "_blocks.2._project_conv").crossing == ("_blocks.2._project_conv", "_blocks.1._project_conv")
     compare_with_brute_force(LITE0, photo_dir, tmp_path, ["conv6", "conv9"], 3)
 
 
