@@ -17,10 +17,10 @@ from onnx_nfi.errors import NfiError
 #: does not import the runtime libraries up front.
 _VERBS = (
     "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "QueryResult",
-    "QueryTable", "RFVerification", "ShardSummary", "WhereResult", "analyze", "color_memberships", "compact",
-    "demo", "describe", "export_parquet", "find", "import_db", "index", "layers", "match", "merge", "parse_shard",
-    "query", "query_folder", "remove", "set_probe", "similar", "sql", "state_path", "verify_receptive_fields",
-    "where",
+    "QueryTable", "RFVerification", "RelevanceSummary", "ShardSummary", "WhereResult", "analyze",
+    "color_memberships", "compact", "demo", "describe", "export_parquet", "find", "import_db", "index", "layers",
+    "match", "merge", "parse_shard", "query", "query_folder", "relevance", "remove", "set_probe", "similar", "sql",
+    "state_path", "verify_receptive_fields", "where",
 )
 
 __all__ = ["AnalyzeConfig", "NfiError", "__version__", *_VERBS]
@@ -28,9 +28,9 @@ __all__ = ["AnalyzeConfig", "NfiError", "__version__", *_VERBS]
 if TYPE_CHECKING:
     from onnx_nfi.api import (  # noqa: F401
         AnalysisSummary, CompactSummary, DemoResult, IndexSummary, LayerInfo, ProbeSummary, QueryResult, QueryTable,
-        RFVerification, ShardSummary, WhereResult, analyze, color_memberships, compact, demo, describe,
-        export_parquet, find, import_db, index, layers, match, merge, parse_shard, query, query_folder, remove,
-        set_probe, similar, sql, state_path, verify_receptive_fields, where,
+        RFVerification, RelevanceSummary, ShardSummary, WhereResult, analyze, color_memberships, compact, demo,
+        describe, export_parquet, find, import_db, index, layers, match, merge, parse_shard, query, query_folder,
+        relevance, remove, set_probe, similar, sql, state_path, verify_receptive_fields, where,
     )
 
 

@@ -34,6 +34,8 @@ from onnx_nfi.pipeline.features import local_chunks
 from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.pipeline.reindex import reindex
 from onnx_nfi.pipeline.run_lock import run_lock
+from onnx_nfi.pipeline.relevance import RelevanceSummary
+from onnx_nfi.pipeline.relevance import relevance as _relevance
 from onnx_nfi.progress import Progress
 from onnx_nfi.report import pictures, render
 from onnx_nfi.search.describe import Description
@@ -55,13 +57,16 @@ QueryResult, QueryTable, WhereResult = asking.QueryResult, asking.QueryTable, as
 #: ``onnx-nfi similar``: the neurons nearest to a ``MODEL:LAYER:UNIT`` (draw them with
 #: ``onnx_nfi.report.render.similar_png``).
 similar = search.similar
+#: ``onnx-nfi relevance``: each neuron of a stored classifier ablated, its class-probability drop and
+#: top-1 flip rate stored per neuron (``relevance``, ``relevance_classes``; docs/method.md).
+relevance = _relevance
 
 __all__ = [
     "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "QueryResult",
-    "QueryTable", "RFVerification", "ShardSummary", "WhereResult", "analyze", "color_memberships", "compact",
-    "demo", "describe", "export_parquet", "find", "import_db", "index", "layers", "match", "merge", "parse_shard",
-    "query", "query_folder", "remove", "set_probe", "similar", "sql", "state_path", "verify_receptive_fields",
-    "where",
+    "QueryTable", "RFVerification", "RelevanceSummary", "ShardSummary", "WhereResult", "analyze",
+    "color_memberships", "compact", "demo", "describe", "export_parquet", "find", "import_db", "index", "layers",
+    "match", "merge", "parse_shard", "query", "query_folder", "relevance", "remove", "set_probe", "similar", "sql",
+    "state_path", "verify_receptive_fields", "where",
 ]
 
 ProbeSummary = probes.ProbeSummary

@@ -7,7 +7,7 @@ each other module is one group of commands, registered on ``app`` when imported 
 
 from __future__ import annotations
 
-from onnx_nfi.cli import analysis, database, pictures, query, search, site, words  # noqa: F401  (registers the commands)
+from onnx_nfi.cli import analysis, database, pictures, query, relevance, search, site, words  # noqa: F401  (registers the commands)
 from onnx_nfi.cli.common import app
 
 

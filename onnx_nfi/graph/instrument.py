@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_nfi.graph.layers import Layer
 from onnx_nfi.graph.load import LoadedModel
-from onnx_nfi.graph.proto import BATCH_DIM, copy_model, exposing
+from onnx_nfi.graph.proto import BATCH_DIM, copy_model, exposing, prune_unused
 
 _PREFIX = "nfi__"
 
@@ -82,7 +82,7 @@ def instrument(
         output(arg_out, TensorProto.INT64, layer.channels)
         maxes[layer.tensor], argmaxes[layer.tensor] = max_out, arg_out
     _fuse_activations_again(graph, [layer for layer in layers if layer.pre_activation is not None])
-    _prune(graph)
+    prune_unused(graph)
     return proto, Outputs(maxes, argmaxes, model_outputs, keys)
 
 
@@ -235,32 +235,5 @@ def _flat_reduction(tensor: str, layer: Layer, base: str, opset: int) -> Reducti
 def with_outputs(model: LoadedModel, tensors: list[str]) -> onnx.ModelProto:
     """A pruned copy of the model whose outputs are exactly the named tensors (full maps)."""
     proto = exposing(copy_model(model.proto), tensors)
-    _prune(proto.graph)
+    prune_unused(proto.graph)
     return proto
-
-
-def _prune(graph: onnx.GraphProto) -> None:
-    """Drop nodes and initializers that no graph output depends on."""
-    needed = {o.name for o in graph.output}
-    keep: list[onnx.NodeProto] = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-            for attr in node.attribute:  # subgraphs (If/Loop) read outer names implicitly
-                for sub in list(attr.g.node if attr.HasField("g") else []) + [n for g in attr.graphs for n in g.node]:
-                    needed.update(i for i in sub.input if i)
-    keep.reverse()
-    del graph.node[:]
-    graph.node.extend(keep)
-    inits = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
-    infos = [vi for vi in graph.value_info if vi.name in needed]
-    del graph.value_info[:]
-    graph.value_info.extend(infos)
-    # exporters that list weights as graph inputs (torch's keep_initializers_as_inputs, opset <= 9)
-    # would otherwise leave the pruned weights as inputs the runtime demands to be fed
-    inputs = [i for i in graph.input if i.name in needed]
-    del graph.input[:]
-    graph.input.extend(inputs)

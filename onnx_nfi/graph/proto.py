@@ -81,3 +81,30 @@ def shape_table(graph: onnx.GraphProto) -> dict[str, list[int | None]]:
     for init in graph.initializer:
         shapes[init.name] = list(init.dims)
     return shapes
+
+
+def prune_unused(graph: onnx.GraphProto) -> None:
+    """Drop nodes and initializers that no graph output depends on."""
+    needed = {o.name for o in graph.output}
+    keep: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+            for attr in node.attribute:  # subgraphs (If/Loop) read outer names implicitly
+                for sub in list(attr.g.node if attr.HasField("g") else []) + [n for g in attr.graphs for n in g.node]:
+                    needed.update(i for i in sub.input if i)
+    keep.reverse()
+    del graph.node[:]
+    graph.node.extend(keep)
+    inits = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    infos = [vi for vi in graph.value_info if vi.name in needed]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+    # exporters that list weights as graph inputs (torch's keep_initializers_as_inputs, opset <= 9)
+    # would otherwise leave the pruned weights as inputs the runtime demands to be fed
+    inputs = [i for i in graph.input if i.name in needed]
+    del graph.input[:]
+    graph.input.extend(inputs)

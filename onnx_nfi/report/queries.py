@@ -26,10 +26,11 @@ from onnx_nfi.search.describe import description_text
 from onnx_nfi.store.descriptions import neuron_description
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.nf_storage import decode
+from onnx_nfi.store.relevance import RELEVANCE_COLUMNS, neurons_with_relevance
 from onnx_nfi.store.schema import INDEX_COLUMNS
 
 #: Columns shown in a card's header when they have a value.
-CARD_COLUMNS = (*INDEX_COLUMNS, "top_class", "top_class_frequency", "population_code")
+CARD_COLUMNS = (*INDEX_COLUMNS, "top_class", "top_class_frequency", "population_code", *RELEVANCE_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -169,12 +170,13 @@ def layer_nfs(
         descending = column is not None
     key = column or "unit"
     where = f"WHERE model = ? AND layer = ?{f' AND {column} IS NOT NULL' if only_valued and column else ''}"
-    available = int(store.con.execute(f"SELECT count(*) FROM neurons {where}", [ref.model, ref.layer]).fetchone()[0])
+    source = neurons_with_relevance(store)  # relevance columns order a grid like index columns
+    available = int(store.con.execute(f"SELECT count(*) FROM {source} {where}", [ref.model, ref.layer]).fetchone()[0])
     total = min(available, limit) if limit else available
     start, count = window or (0, total)
     sql = (
         "SELECT unit, nf, nf_height, nf_width, CASE WHEN NOT dead THEN saturated_top END AS saturated_top"
-        f"{', ' + column + ' AS value' if column else ''} FROM neurons "
+        f"{', ' + column + ' AS value' if column else ''} FROM {source} "
         f"{where} ORDER BY {key} {'DESC' if descending else 'ASC'} NULLS LAST, unit"
         f" LIMIT {max(0, min(count, total - start))} OFFSET {int(start)}"
     )
@@ -254,7 +256,8 @@ def selectivity_by_depth(store: Store, models: Sequence[str], indexes: Sequence[
         per_model = []
         for m in models:
             data = store.columns(
-                f"SELECT layer, CAST({column} AS DOUBLE) AS v FROM neurons WHERE model = ? AND {column} IS NOT NULL",
+                f"SELECT layer, CAST({column} AS DOUBLE) AS v FROM {neurons_with_relevance(store)} "
+                f"WHERE model = ? AND {column} IS NOT NULL",
                 [m],
             )
             values = data["v"].astype(np.float64)
@@ -282,7 +285,7 @@ def selectivity_by_depth(store: Store, models: Sequence[str], indexes: Sequence[
 
 def check_column(store: Store, name: str, option: str, numeric: bool = False) -> str:
     """A ``neurons`` column the user named (``color`` is short for ``color_selectivity``); arrays are refused."""
-    types = {r["column_name"]: r["column_type"] for r in store.rows("DESCRIBE neurons")}
+    types = {r["column_name"]: r["column_type"] for r in store.rows(f"DESCRIBE {neurons_with_relevance(store)}")}
     usable = {c: t for c, t in types.items() if not t.endswith("]") and (not numeric or _is_numeric(t))}
     for candidate in (name, f"{name}_selectivity"):
         if candidate in usable:
@@ -307,7 +310,9 @@ def _is_numeric(duck_type: str) -> bool:
 
 
 def _neuron_row(store: Store, ref: LayerRef, unit: int) -> dict[str, Any]:
-    rows = store.rows("SELECT * FROM neurons WHERE model = ? AND layer = ? AND unit = ?", [ref.model, ref.layer, unit])
+    rows = store.rows(
+        f"SELECT * FROM {neurons_with_relevance(store)} WHERE model = ? AND layer = ? AND unit = ?", [ref.model, ref.layer, unit]
+    )
     if not rows:
         raise NotFoundError(
             f"neuron {neuron_name(ref, unit)} does not exist; layer {ref.alias} has units 0-{ref.channels - 1}"

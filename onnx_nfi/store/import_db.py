@@ -17,6 +17,7 @@ from pathlib import Path
 from onnx_nfi.errors import StoreError
 from onnx_nfi.store.duckdb_store import NEURON_TABLES, Store
 from onnx_nfi.store.nf_storage import FLOAT_TO_STORED
+from onnx_nfi.store.relevance import import_relevance
 from onnx_nfi.store.schema import response_vectors_sql
 from onnx_nfi.store.vectors import read_probe, save_probe, sync_after_commit
 
@@ -109,4 +110,5 @@ def _copy_model(store: Store, model: str, responses: bool) -> int:
             f"INSERT INTO {table} BY NAME SELECT v.* REPLACE (i.new AS neuron_id) FROM src.{table} v "
             "JOIN idmap i ON i.old = v.neuron_id",
         )
+    import_relevance(store)
     return count

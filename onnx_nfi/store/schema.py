@@ -70,6 +70,13 @@ CREATE TABLE IF NOT EXISTS neuron_matches (
     model_a VARCHAR, layer_a VARCHAR, unit_a INTEGER, model_b VARCHAR, layer_b VARCHAR, unit_b INTEGER,
     score FLOAT, one_to_one BOOLEAN
 );
+CREATE TABLE IF NOT EXISTS relevance (
+    neuron_id BIGINT PRIMARY KEY, images INTEGER, target VARCHAR, mode VARCHAR, prob_drop DOUBLE, flip_rate DOUBLE,
+    run_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS relevance_classes (
+    neuron_id BIGINT, rank INTEGER, class_index INTEGER, class_name VARCHAR, prob_drop DOUBLE
+);
 """
 
 #: Columns added after the first databases were written: a database opened for writing gains them

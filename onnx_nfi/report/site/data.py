@@ -25,10 +25,13 @@ from onnx_nfi.search.describe import description_text
 from onnx_nfi.search.similar import nearest_by_model
 from onnx_nfi.store.descriptions import layer_descriptions
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.relevance import RELEVANCE_COLUMNS, neurons_with_relevance
 from onnx_nfi.names import INDEX_COLUMNS
 
 #: Per-neuron statistics a layer grid can be sorted by, besides the indexes.
 STAT_COLUMNS = ("max_activation", "mean_activation", "active_fraction", "top_class_frequency")
+#: Per-neuron values shown with their layer's distribution: the indexes, and relevance where measured.
+MEASURED = (*INDEX_COLUMNS, *RELEVANCE_COLUMNS)
 #: Bins of the index histograms.
 BINS = 20
 
@@ -278,12 +281,12 @@ def layer_data(store: Store, row: LayerRow) -> LayerData:
     """A layer's units with statistics and indexes, and the distribution of every index it has."""
     cols = _numpy(store, 
         "SELECT unit, neuron_id, dead, nf IS NOT NULL AS has_nf, top_class, "
-        + ", ".join(f"CAST({c} AS DOUBLE) AS {c}" for c in (*STAT_COLUMNS, *INDEX_COLUMNS))
-        + " FROM neurons WHERE model = ? AND layer = ? ORDER BY unit",
+        + ", ".join(f"CAST({c} AS DOUBLE) AS {c}" for c in (*STAT_COLUMNS, *MEASURED))
+        + f" FROM {neurons_with_relevance(store)} WHERE model = ? AND layer = ? ORDER BY unit",
         [row.model, row.layer],
     )
-    values = {c: _float_column(cols[c]) for c in (*STAT_COLUMNS, *INDEX_COLUMNS)}
-    indexes = tuple(c for c in INDEX_COLUMNS if np.isfinite(values[c]).any())
+    values = {c: _float_column(cols[c]) for c in (*STAT_COLUMNS, *MEASURED)}
+    indexes = tuple(c for c in MEASURED if np.isfinite(values[c]).any())
     shown = (*STAT_COLUMNS, *indexes)
     has_nf = np.asarray(cols["has_nf"], bool)
     words = {int(r["unit"]): r for r in layer_descriptions(store, row.model, row.layer)}

@@ -1,0 +1,76 @@
+"""``onnx-nfi relevance``: how much a stored classifier needs each neuron, measured by ablation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from onnx_nfi.cli.common import (
+    DEFAULT_DB, BatchSize, Db, LayerPatterns, ModelName, ProgressBars, Provider, Silent, app, print_table, say,
+    sigterm_as_ctrl_c, user_errors, wrote,
+)
+from onnx_nfi.config import AnalyzeConfig
+
+if TYPE_CHECKING:
+    from onnx_nfi.pipeline.relevance import RelevanceSummary
+
+
+@app.command("relevance")
+@user_errors
+def relevance_cmd(
+    model: ModelName,
+    layers: LayerPatterns = None,
+    images: Annotated[Path | None, typer.Option(
+        "--images", help="Image folder to measure on (default: the database's probe set).")] = None,
+    target: Annotated[str, typer.Option(
+        "--target", help="Class whose probability drop is measured: predicted (unablated top-1) or label (sub-folder "
+        "name: a class index, or a name of --class-names).")] = "predicted",
+    mode: Annotated[str, typer.Option(
+        "--mode", help="What an ablated channel becomes: zero, or mean (its mean map over the images).")] = "zero",
+    class_names: Annotated[Path | None, typer.Option(
+        "--class-names", help="The model's class names, one a line (names the classes hurt most; maps labels).")] = None,
+    batch_size: BatchSize = AnalyzeConfig.batch_size,
+    provider: Provider = AnalyzeConfig.provider,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Also draw prob_drop against class selectivity, a panel per layer with relevance (PNG).")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Leave out the layers already measured on the same images with the same target and mode.")] = False,
+    silent: Silent = False,
+    db: Db = Path(DEFAULT_DB),
+) -> None:
+    """Ablate each neuron of a stored classifier: mean drop of the target class probability, top-1 flips."""
+    from onnx_nfi import api
+    from onnx_nfi.config import parse_list
+    from onnx_nfi.report import pictures
+    from onnx_nfi.report.relevance_plot import relevance_png
+
+    if plot is not None:
+        pictures.check_png(plot)  # before the work, not after
+
+    with sigterm_as_ctrl_c(), ProgressBars(silent) as bars:
+        s = api.relevance(
+            model, db=db, layers=parse_list(layers), images=images, target=target, mode=mode, class_names=class_names,
+            batch_size=batch_size, provider=provider, progress=bars, resume=resume,
+        )
+    if s.resumed:
+        say(f"Already measured the same way, left out: {', '.join(s.resumed)}.")
+    if s.layers:
+        _print_layers(s, db)
+    if plot is not None:
+        wrote(relevance_png(s.model, plot, db))
+
+
+def _print_layers(s: RelevanceSummary, db: Path) -> None:
+    """The closing summary: the run, then a row per measured layer."""
+    say(
+        f"Relevance of {s.model} ({s.mode} ablation, target {s.target}) on {s.images} images "
+        f"({len(s.skipped)} skipped) on {s.provider} in {s.seconds:.1f} s; stored in {db} (tables relevance, "
+        "relevance_classes):"
+    )
+    print_table(
+        ["layer", "neurons", "pairs run", "mean prob_drop", "mean flip_rate", "most relevant unit", "its prob_drop"],
+        [(d.alias, str(d.neurons), str(d.pairs_run), f"{d.mean_drop:.4f}", f"{d.mean_flip:.3f}", str(d.top_unit),
+          f"{d.top_drop:.4f}") for d in s.layers],
+    )
