@@ -279,8 +279,10 @@ def demo(
     say(
         f"Neuron browser: file://{(result.report / 'index.html').resolve()} (or: onnx-nfi serve --db {result.db})\nTry:",
     )
-    for title, query in api.DEMO_QUERIES:
+    from onnx_nfi.api.demo import DEMO_QUERIES
+
+    for title, query in DEMO_QUERIES:
         say(f"  # {title}\n  onnx-nfi sql --db {result.db} \"{query}\"")
-    title, query = api.DEMO_QUERIES[0]
+    title, query = DEMO_QUERIES[0]
     say(f"\n{title}:")
     print_table(*api.sql(query, result.db))

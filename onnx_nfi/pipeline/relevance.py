@@ -25,11 +25,11 @@ from onnx_nfi.graph.layers import find_conv_layers, select_layers
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.session import Runner
 from onnx_nfi.neurons.ablation import LayerRelevance, RunDownstream, ablate_layer, channel_fill, pairs_per_run, probabilities
-from onnx_nfi.pipeline.models import reopen_model
 from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.progress import Progress, StageProgress, phase
 from onnx_nfi.signals import signals_wait
 from onnx_nfi.store.duckdb_store import Store, check_writable
+from onnx_nfi.store.model_file import reopen_model
 from onnx_nfi.store.relevance import RelevanceRun, measured_layers, write_layer_relevance
 from onnx_nfi.store.vectors import read_probe
 

@@ -1,0 +1,95 @@
+"""``onnx-nfi demo``: the bundled models analysed on the demo photos, the README's pictures and the
+neuron browser, in one folder. It only strings other verbs together, so it lives beside them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from onnx_nfi.config import AnalyzeConfig
+from onnx_nfi.progress import Progress
+from onnx_nfi.report import render
+from onnx_nfi.store.duckdb_store import Store
+
+if TYPE_CHECKING:
+    from onnx_nfi import search
+    from onnx_nfi.api import AnalysisSummary
+
+#: The bundled models and the queries the demo prints.
+BUNDLED_MODELS = Path(__file__).resolve().parents[2] / "models"
+DEMO_MODELS = ("efficientnet_lite0", "mobilenetv2_deepsort")
+#: The demo's analyses: the default indexes and each neuron's colour names.
+DEMO_CONFIG = AnalyzeConfig(indexes=(*AnalyzeConfig.indexes, "color_names"))
+DEMO_QUERIES = (
+    ("Most colour-selective neurons of Lite0's conv20",
+     "SELECT unit, round(color_selectivity, 3) AS color, round(active_fraction, 2) AS active, top_class "
+     "FROM neurons n JOIN layers l USING (model, layer) WHERE model = 'efficientnet_lite0' AND alias = 'conv20' "
+     "AND active_fraction > 0.2 ORDER BY color_selectivity DESC LIMIT 5"),
+    ("Colour and class selectivity by relative depth, both models",
+     "SELECT model, alias, round(relative_depth, 2) AS depth, round(color_selectivity_median, 3) AS color, "
+     "round(class_selectivity_median, 3) AS class FROM layer_summary WHERE alias IN ('conv1', 'conv10', 'conv25', "
+     "'conv40', 'conv49', 'conv52') ORDER BY model, depth"),
+)
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What ``demo`` made: the database, the analyses, the pictures, the model match and the browser."""
+
+    db: Path
+    images: Path
+    pictures: tuple[Path, ...]
+    analyses: tuple[AnalysisSummary, ...]
+    match: search.MatchResult
+    report: Path
+
+
+def demo(
+    output: str | Path = "demo-output",
+    *,
+    on_step: Callable[[str], Progress | None] | None = None,
+    on_analysis: Callable[[AnalysisSummary], None] | None = None,
+) -> DemoResult:
+    """``onnx-nfi demo``: analyse the bundled models on the demo photos (built from installed packages)
+    (default indexes and colour names) into ``output/nfi.duckdb``, draw the README's pictures into ``output/pictures`` and build the
+    neuron browser into ``output/report``. Before each long step ``on_step(title)`` may return the
+    progress callback for it; ``on_analysis(summary)`` is called after each analysis."""
+    from onnx_nfi.api import analyze, match  # the verbs it strings together (imported when run: no cycle)
+    from onnx_nfi.data.demo_images import build_demo_images
+    from onnx_nfi.report.site.build import build_report
+
+    def step(title: str) -> Progress | None:
+        return on_step(title) if on_step else None
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    images = build_demo_images(output / "images")
+    db, folder = output / "nfi.duckdb", output / "pictures"
+    folder.mkdir(exist_ok=True)
+    analyses = []
+    for model in DEMO_MODELS:
+        progress = step(f"Analysing {model} on {images}")
+        analyses.append(analyze(BUNDLED_MODELS / f"{model}.onnx", images, db=db, config=DEMO_CONFIG, progress=progress))
+        if on_analysis:
+            on_analysis(analyses[-1])
+    lite0 = DEMO_MODELS[0]
+    drawn = [render.grid_png(lite0, layer, folder / f"lite0_{layer}_nfs.png", db, per_page=64).path for layer in ("conv1", "conv40")]
+    drawn.append(render.card_png(lite0, "conv40", _most_class_selective(db, lite0, "conv40"), folder / "lite0_conv40_card.png", db).path)
+    drawn.append(render.summary_png(list(DEMO_MODELS), ["color_selectivity", "class_selectivity"], folder / "selectivity.png", db)[0])
+    drawn.append(render.names_png(list(DEMO_MODELS), folder / "names.png", db))
+    matched = match(db, *DEMO_MODELS, picture=folder / "match.png")
+    site = build_report(output / "report", db, progress=step(f"Building the neuron browser in {output / 'report'}"))
+    return DemoResult(db, images, tuple(drawn), tuple(analyses), matched, site.output)
+
+
+def _most_class_selective(db: Path, model: str, layer: str) -> int:
+    """The unit whose top images are most dominated by one class: a good neuron card."""
+    with Store.open(db, read_only=True) as store:
+        rows = store.rows(
+            "SELECT unit FROM neurons n JOIN layers l USING (model, layer) WHERE model = ? AND alias = ? AND NOT dead "
+            "ORDER BY top_class_frequency DESC NULLS LAST, unit LIMIT 1",
+            [model, layer],
+        )
+    return int(rows[0]["unit"])
