@@ -29,6 +29,7 @@ from onnx_nfi.report import queries
 from onnx_nfi.scan.scanner import scan
 from onnx_nfi.scan.topn import TopN
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.results import stored_topn
 
 HW = (16, 16)
 BACKGROUND = 20
@@ -262,7 +263,7 @@ def test_saturation_stored_flagged_and_rebuilt(tmp_path: Path) -> None:
         np.testing.assert_allclose(tops["pre_activation"], pre_max[tops["image_id"], tops["unit"]], rtol=1e-6)
         summary = store.rows("SELECT neurons, saturated FROM layer_summary")
         assert summary == [{"neurons": 2, "saturated": 1}]
-        rebuilt = api.stored_topn(store, "clip6", "post", 2)
+        rebuilt = stored_topn(store, "clip6", "post", 2)
         np.testing.assert_allclose(rebuilt.keys, pre_max[rebuilt.ids, np.arange(2)[:, None]], rtol=1e-6)
         card = queries.neuron_card(store, "clip6", "conv1", 0, top=7)
         assert card.saturated_top == 5 and [c.image_id for c in card.crops] == [2, 0, 1, 4, 5, 6, 3]

@@ -145,6 +145,8 @@ def test_signal_stops_the_server_mid_query(served_db: Path, sig: int) -> None:
         assert seconds < 2, f"the server took {seconds:.1f} s to stop"
         output = server.proc.stdout.read().decode()
         assert "Traceback" not in output
+        if sig == signal.SIGINT:  # the line says what is true of serving, not of a write
+            assert "Stopped serving" in output and "transaction" not in output, output
     finally:
         server.stop()
 

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from onnx_nfi.cli.common import DEFAULT_DB, Db, ImageRoot, ProgressBars, Silent, app, console, say, user_errors
 from onnx_nfi.config import DEFAULT_MAX_PIXELS
+from onnx_nfi.errors import Interrupted
 
 
 @app.command("report")
@@ -55,4 +56,7 @@ def serve_cmd(
         console.print(f"[yellow]Warning:[/yellow] {escape(warning)}", highlight=False)
     app_ = serve.create_app(db, image_root, max_pixels, sql_timeout=sql_timeout)
     say(f"Serving {db} on http://{host}:{port}/ (Ctrl-C stops)")
-    serve.server(app_, host, port).run()
+    try:
+        serve.server(app_, host, port).run()
+    except KeyboardInterrupt as exc:  # uvicorn raises the Ctrl-C again once it has stopped
+        raise Interrupted.of(exc, f"Stopped serving {db} (it was only read).") from None
