@@ -13,7 +13,7 @@ thread that runs it, wall and CPU (``time.thread_time``):
   final save the complete state written after the scan.
 In the same run, paired (alternating, ``--repeats`` times), variants of the whole scan:
   product   as above;  bare   no progress bars, no checkpointer;
-  nospin    as product, the runtime's threads not spinning while they wait for work.
+  spin      as product, but the runtime's threads spinning while they wait for work (as before).
 
 Usage: python benchmarks/scan_profile.py [--model M.onnx] [--images DIR] [--batch-size 32] [--repeats 3]
 Writes benchmarks/results/scan_profile-<hostname>.md and .json.
@@ -40,6 +40,7 @@ from common import LITE0, demo_photos, load_average, machine, machine_line, mark
 import onnx_nfi.cli.common as cli_common  # noqa: E402
 import onnx_nfi.data.loader as loader  # noqa: E402
 import onnx_nfi.graph.session as session  # noqa: E402
+import onnx_nfi.scan.rule as rule  # noqa: E402
 import onnx_nfi.scan.scanner as scanner  # noqa: E402
 from onnx_nfi.data.images import list_images  # noqa: E402
 from onnx_nfi.graph.model_layers import model_layers  # noqa: E402
@@ -90,14 +91,12 @@ def timed_iter(stage: str, make: Callable[..., Iterator[Any]]) -> Callable[..., 
 
 
 @contextlib.contextmanager
-def no_spinning() -> Iterator[None]:
-    """Sessions made inside have their intra-op threads block instead of spin while waiting for work."""
+def spinning() -> Iterator[None]:
+    """Sessions made inside have their intra-op threads spin while waiting for work (onnxruntime's default)."""
     original = session.session_options
 
     def options(*args: Any, **kwargs: Any) -> Any:
-        opts = original(*args, **kwargs)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return opts
+        return original(*args, **{**kwargs, "spinning": True})
 
     session.session_options = options
     try:
@@ -113,8 +112,10 @@ def install_timers() -> None:
     session.Runner.run = timed("session run (calling thread)", session.Runner.run)
     scanner.Scanning.absorb = timed("absorb, all (main)", scanner.Scanning.absorb)
     scanner.Scanning.result = timed("finish: last statistics (main)", scanner.Scanning.result)
-    scanner.Scanning.update_stats = timed("  statistics: concatenate + below", scanner.Scanning.update_stats)
-    scanner.instrument = timed("instrument the graph (main)", scanner.instrument)
+    scanner.Scanning.update_stats = timed("  statistics (also in finish): concatenate + below", scanner.Scanning.update_stats)
+    rule.RuleRunner.consider = timed("  rule: which layers need no pre-activation", rule.RuleRunner.consider)
+    rule.RuleRunner.exact = timed("  rule: check a batch", rule.RuleRunner.exact)
+    rule.instrument = timed("instrument the graph (main)", rule.instrument)
     session.Runner.__init__ = timed("create the session (main)", session.Runner.__init__)
     scanner.scan = timed("scan call, wall (main)", scanner.scan)
     TopN.update = timed("  top-N upkeep with the key", TopN.update)
@@ -172,7 +173,7 @@ def main() -> None:
     layers = [info.layer for info in model_layers(lm)]
     files = list_images(args.images or demo_photos()).files
     run_scan(args, lm, layers, pre, files[: 2 * args.batch_size], product=True)  # warm-up: compiled kernels
-    variants = {"product": True, "bare": False, "nospin": True}
+    variants = {"product": True, "bare": False, "spin": True}
     samples: dict[str, list[tuple[float, float, int]]] = {v: [] for v in variants}
     stage_runs: list[dict[str, list[float]]] = []
     for r in range(args.repeats):
@@ -181,7 +182,7 @@ def main() -> None:
             if profiled:
                 install_timers() if r == 0 else None
                 TIMES.clear()
-            spin = no_spinning() if variant == "nospin" else contextlib.nullcontext()
+            spin = spinning() if variant == "spin" else contextlib.nullcontext()
             w, c = time.perf_counter(), time.process_time()
             with spin:
                 n = run_scan(args, lm, layers, pre, files, product)
@@ -208,7 +209,7 @@ def report(
     rows, explained = [], 0.0
     main_wall = {"scan": 0.0, "parts": 0.0}
     order = ["instrument", "create", "decode", "batches", "session", "absorb", "  statistics", "  signal hold: enter",
-             "  top-N", "  moments", "  signal hold: exit", "  probe", "  progress", "  checkpoint", "finish", "final", "scan"]
+             "  top-N", "  rule", "  moments", "  signal hold: exit", "  probe", "  progress", "  checkpoint", "finish", "final", "scan"]
     for stage in sorted(stage_runs[0], key=lambda name: next(k for k, o in enumerate(order) if name.startswith(o))):
         wall = statistics.median(s[stage][0] for s in stage_runs)
         cpu = statistics.median(s[stage][1] for s in stage_runs)

@@ -18,11 +18,10 @@ import numpy as np
 from onnx_nfi.data.images import ImageFile
 from onnx_nfi.data.loader import Batch, iter_batches
 from onnx_nfi.data.preprocess import Preprocessing
-from onnx_nfi.graph.instrument import Outputs, instrument
 from onnx_nfi.graph.layers import Layer
 from onnx_nfi.graph.load import LoadedModel
-from onnx_nfi.graph.session import Runner
 from onnx_nfi.progress import StageProgress
+from onnx_nfi.scan.rule import Ran, RuleRunner
 from onnx_nfi.scan.topn import Moments, TopN
 from onnx_nfi.signals import signals_wait
 
@@ -102,17 +101,16 @@ def scan(
     batch_size = model.batch(batch_size)
     if predict_labels and model.input.batch == 1:
         batch_size = 1  # the exporter fixed batch 1 in the head (e.g. Reshape([1, -1])), which predictions need
-    proto, outputs = instrument(model, list(layers), keep_model_outputs=predict_labels)
-    runner = Runner(proto, provider)
+    runner = RuleRunner(model, layers, provider, keep_model_outputs=predict_labels)
     state = Scanning(
-        layers, outputs, runner.provider, top_n, probe_sha256, files, first_position, progress, checkpoint,
+        layers, runner, top_n, probe_sha256, files, first_position, progress, checkpoint,
         class_names if predict_labels else None, predict_labels, resume,
     )
     # Inference of batch k runs (GIL released) while batch k-1's statistics are updated, so the
     # runtime never waits on numpy; one worker keeps batches in order.
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="nfi-infer") as infer:
-            pending: tuple[Batch, Future[dict[str, np.ndarray]]] | None = None
+            pending: tuple[Batch, Future[Ran]] | None = None
             for batch in iter_batches(files, pre, batch_size, on_skip=state.skip):
                 running = infer.submit(runner.run, batch.tensor)
                 if pending is not None:
@@ -131,11 +129,11 @@ class Scanning:
     """The scan's state between batches: statistics, images seen, files skipped, outputs not yet absorbed."""
 
     def __init__(
-        self, layers: Sequence[Layer], outputs: Outputs, provider: str, top_n: int, probe_sha256: Sequence[str],
+        self, layers: Sequence[Layer], runner: RuleRunner, top_n: int, probe_sha256: Sequence[str],
         files: Sequence[ImageFile], first_position: int, progress: StageProgress | None, checkpoint: ScanCheckpoint | None,
         class_names: Sequence[str] | None, predict_labels: bool, resume: ScanResult | None,
     ) -> None:
-        self.outputs, self.provider, self.first_position = outputs, provider, first_position
+        self.runner, self.outputs, self.first_position = runner, runner.outputs, first_position
         self.progress, self.checkpoint = progress, checkpoint
         self.predict_labels, self.class_names = predict_labels, class_names
         self.stats = {
@@ -158,6 +156,7 @@ class Scanning:
         self._positions: dict[Path, int] | None = None
         self.total = len(self.images) + len(self.skipped) + len(files)
         self.held: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []  # (ids, outputs) not yet in the statistics
+        outputs = self.outputs
         self.kept_names = (*outputs.max.values(), *outputs.argmax.values(), *outputs.key.values())
         self.done = 0
         self.started = time.perf_counter()
@@ -171,12 +170,14 @@ class Scanning:
         """An unreadable file (reported by the loader)."""
         self.skipped.append((path, reason))
 
-    def absorb(self, batch: Batch, result: dict[str, np.ndarray]) -> None:
+    def absorb(self, batch: Batch, ran: Ran) -> None:
         """Take one batch's outputs: probe scores now, statistics every ``_STATS_EVERY`` images."""
+        result = self.runner.exact(batch.tensor, ran, {t: st.topn for t, st in self.stats.items()})
         ids = batch.positions + self.first_position
         self.held.append((ids, {name: result[name] for name in self.kept_names}))
         if sum(len(i) for i, _ in self.held) >= _STATS_EVERY:
             self.update_stats()
+            self.runner.consider({t: st.topn for t, st in self.stats.items()})
         self.take_probe_scores(batch, result)
         labels = self.labels(batch, result)
         self.images.extend(
@@ -221,7 +222,7 @@ class Scanning:
         if self.held:
             self.update_stats()
         seconds = self.earlier + time.perf_counter() - self.started
-        return ScanResult(self.stats, self.images, self.skipped, self.provider, seconds, self.probe_scores)
+        return ScanResult(self.stats, self.images, self.skipped, self.runner.provider, seconds, self.probe_scores)
 
     def save(self) -> None:
         """Hand the checkpoint the state after the last absorbed batch (skips reported ahead of it are redone)."""
