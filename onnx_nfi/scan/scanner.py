@@ -173,18 +173,20 @@ class Scanning:
     def absorb(self, batch: Batch, ran: Ran) -> None:
         """Take one batch's outputs: probe scores now, statistics every ``_STATS_EVERY`` images."""
         result = self.runner.exact(batch.tensor, ran, {t: st.topn for t, st in self.stats.items()})
+        labels = self.labels(batch, result)
+        self.take_probe_scores(batch, result)
         ids = batch.positions + self.first_position
         self.held.append((ids, {name: result[name] for name in self.kept_names}))
-        if sum(len(i) for i, _ in self.held) >= _STATS_EVERY:
+        full = sum(len(i) for i, _ in self.held) >= _STATS_EVERY
+        if full:
             self.update_stats()
-            self.runner.consider({t: st.topn for t, st in self.stats.items()})
-        self.take_probe_scores(batch, result)
-        labels = self.labels(batch, result)
         self.images.extend(
             ScannedImage(int(i), Path(f.path), sha, label)
             for i, f, sha, label in zip(ids, batch.files, batch.sha256, labels)
         )
         self.done += len(batch.ids)
+        if full:  # after the batch is wholly taken: a Ctrl-C while a session is built leaves a whole state
+            self.runner.consider({t: st.topn for t, st in self.stats.items()})
         self.report()
         if self.checkpoint is not None and self.checkpoint.due(self.done):
             self.save()
