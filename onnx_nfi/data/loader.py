@@ -43,6 +43,7 @@ class Batch:
     """Consecutive readable images: ids are positions among readable images, from 0."""
 
     ids: np.ndarray  # int64 [B]
+    positions: np.ndarray  # int64 [B]: each image's position in the file list (readable or not)
     tensor: np.ndarray  # the model's input batch, normalised in the decode threads
     files: tuple[ImageFile, ...]
     sha256: tuple[str, ...]
@@ -111,22 +112,27 @@ def iter_batches(
 ) -> Iterator[Batch]:
     """Batches of readable images as model input; each unreadable file goes to ``on_skip(path, reason)``."""
     buf: list[Decoded] = []
+    at: list[int] = []
     next_id = 0
 
     def flush() -> Batch:
         nonlocal next_id
         ids = np.arange(next_id, next_id + len(buf), dtype=np.int64)
         next_id += len(buf)
-        batch = Batch(ids, np.stack([d.tensor for d in buf]), tuple(d.file for d in buf), tuple(d.sha256 for d in buf))
+        tensor = np.stack([d.tensor for d in buf])
+        batch = Batch(ids, np.array(at, np.int64), tensor, tuple(d.file for d in buf), tuple(d.sha256 for d in buf))
         buf.clear()
+        at.clear()
         return batch
 
-    for item in iter_decoded(files, pre, workers, prefetch=max(2 * batch_size, 16), normalise=True):
+    items = iter_decoded(files, pre, workers, prefetch=max(2 * batch_size, 16), normalise=True)
+    for position, item in enumerate(items):
         if item.image is None:
             if on_skip is not None:
                 on_skip(item.file.path, item.error or "unreadable")
             continue
         buf.append(item)
+        at.append(position)
         if len(buf) == batch_size:
             yield flush()
     if buf:

@@ -14,13 +14,14 @@ own outputs are kept (``--labels predicted``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_nfi.graph.layers import Layer
+from onnx_nfi.graph.layers import Layer, _constant
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.proto import BATCH_DIM, copy_model, exposing, prune_unused
 
@@ -230,6 +231,25 @@ def _flat_reduction(tensor: str, layer: Layer, base: str, opset: int) -> Reducti
         helper.make_node("ArgMax", [flat], [out_arg], axis=2, keepdims=0, name=f"{base}_argmax"),
     ]
     return nodes, [*inits, _const(f"{base}_flat_shape", [0, layer.channels, -1])], max_raw, out_arg
+
+
+def flat_bounds(model: LoadedModel, layer: Layer) -> tuple[float, float] | None:
+    """``(lo, hi)`` of a ReLU or Clip layer's activation, outside which it is flat (None for another
+    activation, or bounds that are computed in the graph or stored outside it)."""
+    node = next((n for n in model.proto.graph.node if layer.tensor in n.output), None)
+    if node is None or node.op_type not in ("Relu", "Clip") or node.op_type != layer.op_chain[-1]:
+        return None
+    if node.op_type == "Relu":
+        return 0.0, math.inf
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    bounds = [attrs.get("min", -math.inf), attrs.get("max", math.inf)]  # opset < 11: attributes
+    for k, name in enumerate(node.input[1:3]):
+        if name:
+            value = _constant(model.proto.graph, name)
+            if value is None or value.size != 1:
+                return None
+            bounds[k] = float(value.reshape(()))
+    return float(bounds[0]), float(bounds[1])
 
 
 def with_outputs(model: LoadedModel, tensors: list[str]) -> onnx.ModelProto:

@@ -62,9 +62,16 @@ def _providers(choice: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def session_options(proto: onnx.ModelProto, threads: int | None = None) -> ort.SessionOptions:
-    """Options every session of ours uses; external-data models get the folder of their weights."""
+def session_options(proto: onnx.ModelProto, threads: int | None = None, *, spinning: bool = True) -> ort.SessionOptions:
+    """Options every session of ours uses; external-data models get the folder of their weights.
+
+    Without ``spinning`` the runtime's threads sleep between parallel sections instead of
+    busy-waiting for the next one: for a session that runs beside other busy threads (the scan
+    decodes images and keeps its statistics while it infers), whose cores the spinning took.
+    """
     options = ort.SessionOptions()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     threads = threads or (int(os.environ["ONNX_NFI_THREADS"]) if os.environ.get("ONNX_NFI_THREADS") else None)
     if threads:
@@ -79,8 +86,10 @@ def session_options(proto: onnx.ModelProto, threads: int | None = None) -> ort.S
 class Runner:
     """One inference session over an (instrumented) model; ``run`` maps a batch to named outputs."""
 
-    def __init__(self, proto: onnx.ModelProto, provider: str = "auto", threads: int | None = None) -> None:
-        options = session_options(proto, threads)
+    def __init__(
+        self, proto: onnx.ModelProto, provider: str = "auto", threads: int | None = None, *, spinning: bool = True
+    ) -> None:
+        options = session_options(proto, threads, spinning=spinning)
         self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=_providers(provider))
         self.provider = self.session.get_providers()[0]
         self.input_name = self.session.get_inputs()[0].name

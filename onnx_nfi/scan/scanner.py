@@ -18,12 +18,11 @@ import numpy as np
 from onnx_nfi.data.images import ImageFile
 from onnx_nfi.data.loader import Batch, iter_batches
 from onnx_nfi.data.preprocess import Preprocessing
-from onnx_nfi.graph.instrument import instrument
 from onnx_nfi.graph.layers import Layer
 from onnx_nfi.graph.load import LoadedModel
-from onnx_nfi.graph.session import Runner
 from onnx_nfi.progress import StageProgress
 from onnx_nfi.scan.finite import check_batch
+from onnx_nfi.scan.rule import Ran, RuleRunner
 from onnx_nfi.scan.topn import Moments, TopN
 from onnx_nfi.signals import signals_wait
 
@@ -103,104 +102,148 @@ def scan(
     batch_size = model.batch(batch_size)
     if predict_labels and model.input.batch == 1:
         batch_size = 1  # the exporter fixed batch 1 in the head (e.g. Reshape([1, -1])), which predictions need
-    proto, outputs = instrument(model, list(layers), keep_model_outputs=predict_labels)
-    runner = Runner(proto, provider)
-    stats = {
-        layer.tensor: LayerStats(layer, TopN.empty(layer.channels, top_n), Moments.empty(layer.channels))
-        for layer in layers
-    }
-    probe_index = {sha: i for i, sha in enumerate(probe_sha256)}
-    probe_scores = {
-        layer.tensor: np.full((len(probe_index), layer.channels), np.nan, np.float32) for layer in layers
-    }
-    images: list[ScannedImage] = []
-    skipped: list[tuple[Path, str]] = []
-    earlier = 0.0  # seconds of the scan before a resume
-    if resume is not None:
-        stats = {t: LayerStats(s.layer, resume.stats[t].topn, resume.stats[t].moments) for t, s in stats.items()}
-        probe_scores = {t: resume.probe_scores[t].copy() for t in probe_scores} if probe_index else probe_scores
-        images, skipped, earlier = list(resume.images), list(resume.skipped), resume.seconds
-    position = {Path(f.path): first_position + k for k, f in enumerate(files)}
-    total = len(images) + len(skipped) + len(files)
-    started = time.perf_counter()
-    done = 0
-    if progress:
-        progress(len(images) + len(skipped), total)
+    runner = RuleRunner(model, layers, provider, keep_model_outputs=predict_labels)
+    state = Scanning(
+        layers, runner, top_n, probe_sha256, files, first_position, progress, checkpoint,
+        class_names if predict_labels else None, predict_labels, resume,
+    )
+    # Inference of batch k runs (GIL released) while batch k-1's statistics are updated, so the
+    # runtime never waits on numpy; one worker keeps batches in order.
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="nfi-infer") as infer:
+            pending: tuple[Batch, Future[Ran]] | None = None
+            for batch in iter_batches(files, pre, batch_size, on_skip=state.skip):
+                running = infer.submit(runner.run, batch.tensor)
+                if pending is not None:
+                    state.absorb(pending[0], pending[1].result())
+                pending = (batch, running)
+            if pending is not None:
+                state.absorb(pending[0], pending[1].result())
+    except KeyboardInterrupt:
+        state.save()
+        raise
+    result = state.result()
+    return renumbered(result) if renumber else result
 
-    # (ids, outputs, images) of batches run but not yet in the statistics
-    held: list[tuple[np.ndarray, dict[str, np.ndarray], list[ScannedImage]]] = []
 
-    def update_stats() -> None:
+class Scanning:
+    """The scan's state between batches: statistics, images seen, files skipped, outputs not yet absorbed."""
+
+    def __init__(
+        self, layers: Sequence[Layer], runner: RuleRunner, top_n: int, probe_sha256: Sequence[str],
+        files: Sequence[ImageFile], first_position: int, progress: StageProgress | None, checkpoint: ScanCheckpoint | None,
+        class_names: Sequence[str] | None, predict_labels: bool, resume: ScanResult | None,
+    ) -> None:
+        self.runner, self.outputs, self.first_position = runner, runner.outputs, first_position
+        self.progress, self.checkpoint = progress, checkpoint
+        self.predict_labels, self.class_names = predict_labels, class_names
+        self.stats = {
+            layer.tensor: LayerStats(layer, TopN.empty(layer.channels, top_n), Moments.empty(layer.channels))
+            for layer in layers
+        }
+        self.probe_index = {sha: i for i, sha in enumerate(probe_sha256)}
+        self.probe_scores = {
+            layer.tensor: np.full((len(self.probe_index), layer.channels), np.nan, np.float32) for layer in layers
+        }
+        self.images: list[ScannedImage] = []
+        self.skipped: list[tuple[Path, str]] = []
+        self.earlier = 0.0  # seconds of the scan before a resume
+        if resume is not None:
+            self.stats = {t: LayerStats(s.layer, resume.stats[t].topn, resume.stats[t].moments) for t, s in self.stats.items()}
+            if self.probe_index:
+                self.probe_scores = {t: resume.probe_scores[t].copy() for t in self.probe_scores}
+            self.images, self.skipped, self.earlier = list(resume.images), list(resume.skipped), resume.seconds
+        self.files = files
+        self._positions: dict[Path, int] | None = None
+        self.total = len(self.images) + len(self.skipped) + len(files)
+        # (ids, outputs, images) of batches run but not yet in the statistics
+        self.held: list[tuple[np.ndarray, dict[str, np.ndarray], list[ScannedImage]]] = []
+        outputs = self.outputs
+        self.kept_names = (*outputs.max.values(), *outputs.argmax.values(), *outputs.key.values())
+        self.done = 0
+        self.started = time.perf_counter()
+        self.report()
+
+    def report(self) -> None:
+        if self.progress:
+            self.progress(len(self.images) + sum(len(i) for i, _, _ in self.held) + len(self.skipped), self.total)
+
+    def skip(self, path: Path, reason: str) -> None:
+        """An unreadable file (reported by the loader)."""
+        self.skipped.append((path, reason))
+
+    def absorb(self, batch: Batch, ran: Ran) -> None:
+        """Take one batch's outputs: probe scores now, statistics every ``_STATS_EVERY`` images."""
+        result = self.runner.exact(batch.tensor, ran, {t: st.topn for t, st in self.stats.items()})
+        labels = self.labels(batch, result)
+        for tensor, st in self.stats.items():  # refused at the batch where they appear, not after the scan
+            check_batch(st.layer, result[self.outputs.max[tensor]])
+        self.take_probe_scores(batch, result)
+        ids = batch.positions + self.first_position
+        scanned = [ScannedImage(int(i), Path(f.path), sha, label)
+                   for i, f, sha, label in zip(ids, batch.files, batch.sha256, labels)]
+        # one step: a signal lands before or after it, and the images join ``images`` with the statistics
+        self.held.append((ids, {name: result[name] for name in self.kept_names}, scanned))
+        self.done += len(batch.ids)
+        full = sum(len(i) for i, _, _ in self.held) >= _STATS_EVERY
+        if full:
+            self.update_stats()
+        if full:  # after the batch is wholly taken: a Ctrl-C while a session is built leaves a whole state
+            self.runner.consider({t: st.topn for t, st in self.stats.items()})
+        self.report()
+        if self.checkpoint is not None and self.checkpoint.due(self.done):
+            self.save()
+
+    def take_probe_scores(self, batch: Batch, result: dict[str, np.ndarray]) -> None:
+        for row, sha in enumerate(batch.sha256):
+            if sha in self.probe_index:
+                for tensor in self.stats:
+                    self.probe_scores[tensor][self.probe_index[sha]] = result[self.outputs.max[tensor]][row]
+
+    def labels(self, batch: Batch, result: dict[str, np.ndarray]) -> list[str | None]:
+        """The files' labels, or the model's top-1 class with ``--labels predicted``."""
+        if not self.predict_labels:
+            return [f.label for f in batch.files]
+        top1 = result[self.outputs.model_outputs[0]].reshape(len(batch.ids), -1).argmax(axis=1)
+        names = self.class_names
+        return [names[k] if names and k < len(names) else str(int(k)) for k in top1]
+
+    def update_stats(self) -> None:
+        """Merge the held batches into every layer's top-N and moments, and list their images."""
+        held, outputs = self.held, self.outputs
         ids = np.concatenate([i for i, _, _ in held])
         with signals_wait():  # every layer takes the held batches and ``images`` lists them, or none of this
-            for tensor, st in stats.items():  # happens: the saved list is exactly what the statistics hold
+            for tensor, st in self.stats.items():  # happens: the saved list is exactly what the statistics hold
                 scores = np.concatenate([r[outputs.max[tensor]] for _, r, _ in held])
                 flat = np.concatenate([r[outputs.argmax[tensor]] for _, r, _ in held])
                 key = outputs.key.get(tensor)
                 keys = np.concatenate([r[key] for _, r, _ in held]) if key else None
                 st.topn.update(ids, scores, flat // st.layer.width, flat % st.layer.width, keys)
                 st.moments.update(scores)
-            images.extend(img for _, _, batch_images in held for img in batch_images)
+            self.images.extend(img for _, _, batch_images in held for img in batch_images)
             held.clear()
 
-    def absorb(batch: Batch, result: dict[str, np.ndarray]) -> None:
-        nonlocal done
-        labels = [f.label for f in batch.files]
-        if predict_labels:
-            logits = result[outputs.model_outputs[0]].reshape(len(batch.ids), -1)
-            top1 = logits.argmax(axis=1)
-            labels = [class_names[k] if class_names and k < len(class_names) else str(int(k)) for k in top1]
-        for tensor, st in stats.items():  # refused at the batch where they appear, not after the scan
-            check_batch(st.layer, result[outputs.max[tensor]])
-        for row, sha in enumerate(batch.sha256):
-            if sha in probe_index:
-                for tensor in stats:
-                    probe_scores[tensor][probe_index[sha]] = result[outputs.max[tensor]][row]
-        ids = np.array([position[Path(f.path)] for f in batch.files], np.int64)
-        kept = (*outputs.max.values(), *outputs.argmax.values(), *outputs.key.values())
-        scanned = [ScannedImage(int(i), Path(f.path), sha, label)
-                   for i, f, sha, label in zip(ids, batch.files, batch.sha256, labels)]
-        held.append((ids, {name: result[name] for name in kept}, scanned))  # one step: a signal is before or after
-        done += len(batch.ids)
-        if sum(len(i) for i, _, _ in held) >= _STATS_EVERY:
-            update_stats()
-        if progress:
-            progress(len(images) + sum(len(i) for i, _, _ in held) + len(skipped), total)
-        if checkpoint is not None and checkpoint.due(done):
-            save()
+    def result(self) -> ScanResult:
+        """Everything absorbed so far (ids are file positions)."""
+        if self.held:
+            self.update_stats()
+        seconds = self.earlier + time.perf_counter() - self.started
+        return ScanResult(self.stats, self.images, self.skipped, self.runner.provider, seconds, self.probe_scores)
 
-    def save() -> None:
+    def save(self) -> None:
         """Hand the checkpoint the state after the last absorbed batch (skips reported ahead of it are redone)."""
-        if checkpoint is None:
+        if self.checkpoint is None:
             return
-        if held:
-            update_stats()
-        resume_at = images[-1].image_id + 1 if images else first_position
-        kept = [(p, r) for p, r in skipped if position.get(Path(p), -1) < resume_at]
-        checkpoint.save(
-            ScanResult(stats, images, kept, runner.provider, earlier + time.perf_counter() - started, probe_scores),
-            max(resume_at, first_position),
-        )
+        partial = self.result()
+        resume_at = self.images[-1].image_id + 1 if self.images else self.first_position
+        kept = [(p, r) for p, r in self.skipped if self.position(p) < resume_at]
+        self.checkpoint.save(replace(partial, skipped=kept), max(resume_at, self.first_position))
 
-    # Inference of batch k runs (GIL released) while batch k-1's statistics are updated, so the
-    # runtime never waits on numpy; one worker keeps batches in order.
-    try:
-        with ThreadPoolExecutor(1, thread_name_prefix="nfi-infer") as infer:
-            pending: tuple[Batch, Future[dict[str, np.ndarray]]] | None = None
-            for batch in iter_batches(files, pre, batch_size, on_skip=lambda p, r: skipped.append((p, r))):
-                running = infer.submit(runner.run, batch.tensor)
-                if pending is not None:
-                    absorb(pending[0], pending[1].result())
-                pending = (batch, running)
-            if pending is not None:
-                absorb(pending[0], pending[1].result())
-    except KeyboardInterrupt:
-        save()
-        raise
-    if held:
-        update_stats()
-    result = ScanResult(stats, images, skipped, runner.provider, earlier + time.perf_counter() - started, probe_scores)
-    return renumbered(result) if renumber else result
+    def position(self, path: Path) -> int:
+        """A file's list position; -1 for one of an earlier run (a resumed scan's skips)."""
+        if self._positions is None:  # only a save needs it: built then, not per batch
+            self._positions = {Path(f.path): self.first_position + k for k, f in enumerate(self.files)}
+        return self._positions.get(Path(path), -1)
 
 
 def renumbered(result: ScanResult) -> ScanResult:
