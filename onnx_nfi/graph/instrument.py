@@ -21,9 +21,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_nfi.graph.layers import Layer, _constant
+from onnx_nfi.graph.layers import Layer
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.proto import BATCH_DIM, copy_model, exposing, prune_unused
+from onnx_nfi.graph.rf_nodes import constants
 
 _PREFIX = "nfi__"
 
@@ -243,9 +244,10 @@ def flat_bounds(model: LoadedModel, layer: Layer) -> tuple[float, float] | None:
         return 0.0, math.inf
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     bounds = [attrs.get("min", -math.inf), attrs.get("max", math.inf)]  # opset < 11: attributes
+    values = constants(model.proto.graph, set(node.input[1:3]))
     for k, name in enumerate(node.input[1:3]):
         if name:
-            value = _constant(model.proto.graph, name)
+            value = values.get(name)
             if value is None or value.size != 1:
                 return None
             bounds[k] = float(value.reshape(()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from fractions import Fraction
 
 import numpy as np
@@ -76,16 +76,17 @@ def inferred(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Initializers and Constant outputs by name."""
+def constants(graph: onnx.GraphProto, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """Initializers and Constant outputs by name (only those in ``names`` when given: converting every
+    weight of a large model to NumPy to read two scalars is wasted work)."""
     # weights kept as external data are never needed here (pads, scales and shapes are small, inline)
     consts = {
         init.name: numpy_helper.to_array(init)
         for init in graph.initializer
-        if init.data_location != onnx.TensorProto.EXTERNAL
+        if init.data_location != onnx.TensorProto.EXTERNAL and (names is None or init.name in names)
     }
     for node in graph.node:
-        if node.op_type == "Constant" and node.attribute:
+        if node.op_type == "Constant" and node.attribute and (names is None or node.output[0] in names):
             attr = node.attribute[0]
             value = onnx.helper.get_attribute_value(attr)
             consts[node.output[0]] = numpy_helper.to_array(value) if attr.name == "value" else np.asarray(value)

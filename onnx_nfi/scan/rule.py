@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from onnx_nfi.graph.instrument import Outputs, flat_bounds, instrument
+from onnx_nfi.graph.instrument import flat_bounds, instrument
 from onnx_nfi.graph.layers import Layer
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.session import Runner
