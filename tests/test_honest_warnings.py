@@ -110,6 +110,9 @@ def test_pillow_resize_is_honoured() -> None:
     assert np.abs(got.astype(int) - expected).max() <= 1
     opencv = from_dict({**data, "resize": {**data["resize"], "library": "opencv"}}, "cv").to_display(bgr)
     assert not np.array_equal(opencv, got)  # the library makes a difference, so it is not ignored
+    for typed, same in (("PIL", got), ("Pillow", got), ("cv2", opencv)):  # the import names people type
+        named = from_dict({**data, "resize": {**data["resize"], "library": typed}}, typed).to_display(bgr)
+        assert np.array_equal(named, same), typed
 
 
 def test_predicted_labels_need_a_class_head(photo_dir: Path) -> None:

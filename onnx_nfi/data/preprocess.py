@@ -35,6 +35,8 @@ _RESIZE_KEYS = frozenset({"mode", "size", "height", "width", "interpolation", "l
 _CROP_KEYS = frozenset({"mode", "height", "width"})
 #: ``resize.library``: OpenCV (default) or Pillow's resampling, for models trained on Pillow-resized images.
 _LIBRARIES = ("opencv", "pillow")
+#: The import names people type for those libraries, read as the library they name.
+_LIBRARY_ALIASES = {"cv2": "opencv", "pil": "pillow"}
 #: Top-level keys that name classes: only ``--labels predicted`` uses class names (from a names file).
 _CLASS_NAME_KEYS = ("class_names", "classes", "labels")
 #: Largest plausible |normalised input|: 255 for the raw preset; mean/std in 0-1 units with pixel_scale 1 give ~1100.
@@ -226,6 +228,8 @@ def from_dict(data: dict[str, Any], source: str, dtype: str = "float32") -> Prep
         mean = tuple(float(v) for v in data["mean"])
         std = tuple(float(v) for v in data["std"])
         resize, crop = dict(data["resize"]), dict(data["crop"])
+        if isinstance(resize.get("library"), str):
+            resize["library"] = _LIBRARY_ALIASES.get(resize["library"].lower(), resize["library"].lower())
         pixel_scale = float(data["pixel_scale"])
     except (TypeError, ValueError) as exc:
         raise PreprocessError(f"preprocessing {source} has a malformed value ({exc}); see README 'Preprocessing'") from exc
