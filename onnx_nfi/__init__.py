@@ -16,7 +16,8 @@ from onnx_nfi.errors import NfiError
 #: Every name of ``onnx_nfi.api.__all__`` (a test keeps the two equal), listed here so that resolving one
 #: does not import the runtime libraries up front.
 _VERBS = (
-    "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "QueryResult",
+    "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "LayerListing", "ProbeSummary",
+    "QueryResult",
     "QueryTable", "RFVerification", "RelevanceSummary", "ShardSummary", "WhereResult", "analyze",
     "color_memberships", "compact", "demo", "describe", "export_parquet", "find", "import_db", "index", "layers",
     "match", "merge", "parse_shard", "query", "query_folder", "relevance", "remove", "set_probe", "similar", "sql",
@@ -27,7 +28,8 @@ __all__ = ["AnalyzeConfig", "NfiError", "__version__", *_VERBS]
 
 if TYPE_CHECKING:
     from onnx_nfi.api import (  # noqa: F401
-        AnalysisSummary, CompactSummary, DemoResult, IndexSummary, LayerInfo, ProbeSummary, QueryResult, QueryTable,
+        AnalysisSummary, CompactSummary, DemoResult, IndexSummary, LayerInfo, LayerListing, ProbeSummary,
+        QueryResult, QueryTable,
         RFVerification, RelevanceSummary, ShardSummary, WhereResult, analyze, color_memberships, compact, demo,
         describe, export_parquet, find, import_db, index, layers, match, merge, parse_shard, query, query_folder,
         relevance, remove, set_probe, similar, sql, state_path, verify_receptive_fields, where,

@@ -41,6 +41,16 @@ def test_dynamic_input_size_takes_input_size_option(tmp_path: Path, photo_dir: P
     assert query(db, "SELECT height, width FROM layers ORDER BY depth") == [(38, 46), (36, 44)]
     layers = invoke("layers", model, "--input-size", "40,48")
     assert layers.exit_code == 0 and "36x44" in layers.stdout
+    assert "input size is dynamic" not in layers.stdout
+
+
+def test_layers_of_a_dynamic_size_model_says_which_size_it_listed(tmp_path: Path) -> None:
+    """``layers`` lists a dynamic-size model at 224x224 and says so, as ``analyze`` does."""
+    model = saved(two_conv_net(["N", 3, "H", "W"]), tmp_path)
+    layers = invoke("layers", model)
+    assert layers.exit_code == 0 and "222x222" in layers.stdout
+    assert ("Warning: the model's input size is dynamic; analysed at 224x224 (choose another with --input-size H,W "
+            "or a preprocessing file's input_size)") in " ".join(layers.stdout.split())
 
 
 def test_input_size_on_a_fixed_model_is_refused(tmp_path: Path, photo_dir: Path) -> None:

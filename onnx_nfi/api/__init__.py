@@ -63,7 +63,8 @@ similar = search.similar
 relevance = _relevance
 
 __all__ = [
-    "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "ProbeSummary", "QueryResult",
+    "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "LayerListing", "ProbeSummary",
+    "QueryResult",
     "QueryTable", "RFVerification", "RelevanceSummary", "ShardSummary", "WhereResult", "analyze",
     "color_memberships", "compact", "demo", "describe", "export_parquet", "find", "import_db", "index", "layers",
     "match", "merge", "parse_shard", "query", "query_folder", "relevance", "remove", "set_probe", "similar", "sql",
@@ -108,13 +109,28 @@ class IndexSummary:
     warnings: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class LayerListing(Sequence[LayerInfo]):
+    """What ``layers`` found: the layers (the sequence itself) and what the user should hear about
+    the model, as ``analyze`` says it (a dynamic input size filled in, convs left out, batch 1 inside)."""
+
+    items: tuple[LayerInfo, ...]
+    notices: tuple[str, ...] = ()
+
+    def __getitem__(self, k):  # type: ignore[no-untyped-def]  # an index or a slice, as a tuple's
+        return self.items[k]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
 def layers(
     model_path: str | Path, patterns: Iterable[str] = (), preprocess: str | None = None,
     input_size: tuple[int, int] | None = None, input_name: str | None = None,
-) -> list[LayerInfo]:
+) -> LayerListing:
     """``onnx-nfi layers``: conv layers, aliases, op chains, shapes and receptive fields."""
     lm, _ = open_model(model_path, preprocess, input_size, input_name)
-    return model_layers(lm, patterns)
+    return LayerListing(tuple(model_layers(lm, patterns)), lm.notices)
 
 
 @dataclass(frozen=True)

@@ -232,6 +232,7 @@ def layers_cmd(
             f"{rf.stride[0]}x{rf.stride[1]}", f"{rf.offset[0]},{rf.offset[1]}",
         ))
     print_table(["alias", "tensor", "ops", "channels", "output", "rf size", "rf stride", "rf offset"], rows)
+    warn(infos.notices)
     if verified is None:
         return
     for layer_name, problems in verified.mismatches.items():
