@@ -134,6 +134,22 @@ def test_index_command_records_its_run(photo_dir: Path, tmp_path: Path) -> None:
     assert rows[1] == ("index", "0.9", '["class"]', "image")
 
 
+def test_index_layers_restricts_the_passes_to_those_layers(photo_dir: Path, tmp_path: Path) -> None:
+    from cli_helpers import query
+
+    db = tmp_path / "nfi.duckdb"
+    analyse(photo_dir, db)  # no indexes at all
+    result = invoke("index", "tiny_lite0", "--db", db, "--indexes", "color", "--layers", "conv2,conv4", "--silent")
+    assert result.exit_code == 0, result.output
+    rows = query(db, "SELECT alias, count(color_selectivity), count(*) FILTER (WHERE NOT dead) FROM neurons "
+                     "JOIN layers USING (model, layer) GROUP BY alias ORDER BY alias")
+    assert all((alias in ("conv2", "conv4")) == (valued == live > 0) for alias, valued, live in rows), rows
+    assert all(valued == 0 for alias, valued, _ in rows if alias not in ("conv2", "conv4")), rows
+    assert query(db, "SELECT params::JSON -> 'layers' FROM runs WHERE kind = 'index'") == [('["conv2","conv4"]',)]
+    unknown = invoke("index", "tiny_lite0", "--db", db, "--indexes", "color", "--layers", "conv99")
+    assert unknown.exit_code == 2 and unknown.output.startswith("Error: no layer matches 'conv99'")
+
+
 
 def test_tied_units_and_indexes_outside_the_unit_range_are_counted(photo_dir: Path, tmp_path: Path) -> None:
     model = tmp_path / "planted.onnx"

@@ -175,6 +175,7 @@ def index_cmd(
     model: Annotated[str, typer.Argument(help="Model name in the database.")],
     db: Db = Path(DEFAULT_DB),
     indexes: Indexes = DEFAULT_INDEXES,
+    layers: LayerPatterns = None,
     color_mode: ColorMode = AnalyzeConfig.color_mode,
     rho: Rho = AnalyzeConfig.rho,
     seed: Seed = AnalyzeConfig.seed,
@@ -191,8 +192,8 @@ def index_cmd(
     from onnx_nfi import api
 
     config = AnalyzeConfig(
-        indexes=(indexes,), color_mode=color_mode, rho=rho, seed=seed, batch_size=batch_size, provider=provider,
-        lock_timeout=lock_timeout,
+        indexes=(indexes,), layers=tuple(layers or ()), color_mode=color_mode, rho=rho, seed=seed,
+        batch_size=batch_size, provider=provider, lock_timeout=lock_timeout,
     )
     with ProgressBars(silent) as bars:
         s = api.index(model, db, config=config, progress=bars, image_root=image_root, saved=saved)

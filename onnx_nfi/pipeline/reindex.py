@@ -15,7 +15,7 @@ import duckdb
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.images import stored_image_path
 from onnx_nfi.errors import NfiError, ResultsNotWritten
-from onnx_nfi.graph.layers import find_conv_layers
+from onnx_nfi.graph.layers import find_conv_layers, select_layers
 from onnx_nfi.graph.model_layers import LayerInfo
 from onnx_nfi.neurons.indexes import IndexResult
 from onnx_nfi.pipeline.checkpoint import config_of
@@ -59,6 +59,9 @@ def reindex(
     lm, pre = reopen_model(model, row)
     by_tensor = {layer.tensor: layer for layer in find_conv_layers(lm)}
     infos = [LayerInfo(by_tensor[r["layer"]], stored_rf(r)) for r in layer_rows if r["layer"] in by_tensor]
+    if config.layers:  # ``--layers``: the region indexes of a few layers, not hours for all of them
+        chosen = {layer.tensor for layer in select_layers([i.layer for i in infos], list(config.layers))}
+        infos = [i for i in infos if i.layer.tensor in chosen]
     paths = {int(r["image_id"]): stored_image_path(r["path"], image_root) for r in image_rows}
     labels = {int(r["image_id"]): r["label"] for r in image_rows}
     work = FeatureWork.of(lm, pre, infos, {i.layer.tensor: topns[i.layer.tensor] for i in infos}, paths, labels,
