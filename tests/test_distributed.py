@@ -1,10 +1,11 @@
-"""Distributed analysis on a real local Ray instance (2 CPUs): equal to one plain run, also when a
+"""Distributed analysis (and relevance) on a real local Ray instance (2 CPUs): equal to one plain run, also when a
 worker is killed mid-shard or mid-chunk of the NF and index passes (Ray retries its task)."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from dataclasses import replace
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import invoke
-from conftest import TINY
+from cli_helpers import invoke, query
+from conftest import PLANTED, TINY
 from tables import assert_same_analysis
 
 from onnx_nfi import api
@@ -210,3 +211,32 @@ def test_nf_and_index_chunks_on_ray_equal_the_same_chunks_here(images: Path) -> 
                 assert [None if v is None else list(v) for v in got] == [None if v is None else list(v) for v in values]
             else:
                 np.testing.assert_array_equal(got, values, err_msg=f"{tensor} {column}")
+
+
+def test_relevance_on_ray_stores_the_rows_of_a_plain_run(photo_dir: Path, tmp_path: Path) -> None:
+    """Two layers of the planted model measured as Ray tasks (``--ray local``, joining the module's
+    instance) and plainly, from one analysed database copied twice: the stored rows are equal bit
+    for bit, the classes hurt most too."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for k, path in enumerate(sorted(photo_dir.rglob("*.jpg"))[::5][:8]):
+        (images / f"{k}.jpg").symlink_to(path)
+    analysed = tmp_path / "analysed.duckdb"
+    api.analyze(PLANTED, images, db=analysed, config=AnalyzeConfig(layers=("conv2", "conv4"), indexes=(), nf=False))
+    plain, on_ray = tmp_path / "plain.duckdb", tmp_path / "ray.duckdb"
+    shutil.copy(analysed, plain)
+    shutil.copy(analysed, on_ray)
+    api.relevance(PLANTED.stem, db=plain, images=images, provider="cpu")
+    result = invoke("relevance", PLANTED.stem, "--images", images, "--provider", "cpu", "--ray", "local",
+                    "--silent", "--db", on_ray)
+    assert result.exit_code == 0, result.output
+    assert "conv2" in result.output and "conv4" in result.output
+    rows = ("SELECT n.layer, n.unit, r.images, r.target, r.mode, r.prob_drop, r.flip_rate FROM relevance r "
+            "JOIN neurons n USING (neuron_id) ORDER BY n.layer, n.unit")
+    classes = ("SELECT n.layer, n.unit, c.rank, c.class_index, c.prob_drop FROM relevance_classes c "
+               "JOIN neurons n USING (neuron_id) ORDER BY n.layer, n.unit, c.rank")
+    expected = query(plain, rows)
+    assert len(expected) > 0 and {r[0] for r in expected} == {r[0] for r in query(plain, "SELECT layer FROM layers")}
+    assert any(r[5] != 0.0 for r in expected)  # the layers matter: equal values say something
+    assert query(on_ray, rows) == expected
+    assert query(on_ray, classes) == query(plain, classes)

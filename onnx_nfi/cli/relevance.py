@@ -8,8 +8,20 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from onnx_nfi.cli.common import (
-    DEFAULT_DB, BatchSize, Db, LayerPatterns, ModelName, ProgressBars, Provider, Silent, app, print_table, say,
-    sigterm_as_ctrl_c, user_errors, wrote,
+    DEFAULT_DB,
+    BatchSize,
+    Db,
+    LayerPatterns,
+    ModelName,
+    ProgressBars,
+    Provider,
+    Silent,
+    app,
+    print_table,
+    say,
+    sigterm_as_ctrl_c,
+    user_errors,
+    wrote,
 )
 from onnx_nfi.config import AnalyzeConfig
 
@@ -37,6 +49,9 @@ def relevance_cmd(
         "--plot", help="Also draw prob_drop against class selectivity, a panel per layer with relevance (PNG).")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Leave out the layers already measured on the same images with the same target and mode.")] = False,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="Measure the layers as tasks on a Ray cluster: its address (ray://host:10001, auto) or local "
+        "(a local instance).")] = None,
     silent: Silent = False,
     db: Db = Path(DEFAULT_DB),
 ) -> None:
@@ -52,7 +67,7 @@ def relevance_cmd(
     with sigterm_as_ctrl_c(), ProgressBars(silent) as bars:
         s = api.relevance(
             model, db=db, layers=parse_list(layers), images=images, target=target, mode=mode, class_names=class_names,
-            batch_size=batch_size, provider=provider, progress=bars, resume=resume,
+            batch_size=batch_size, provider=provider, progress=bars, resume=resume, ray=ray,
         )
     if s.resumed:
         say(f"Already measured the same way, left out: {', '.join(s.resumed)}.")

@@ -7,7 +7,8 @@ worker dies is retried by Ray (``max_retries``) and runs its shard or chunk agai
 both are deterministic, so the result is unchanged. Every node must see the images (and the model)
 at the same path: a scan worker re-lists the image root and refuses, naming its node, when it
 cannot read it or sees another list. Progress of all tasks reaches the caller as one count per
-phase (images scanned, top images through each pass).
+phase (images scanned, top images through each pass). ``ordered_tasks`` runs other per-item work
+(``relevance``'s layers) with the same layout, retries and error handling.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from onnx_nfi.errors import ConfigError, ImageError, NfiError
 from onnx_nfi.pipeline.analysis import Plan, plan
 from onnx_nfi.pipeline.checkpoint import Shard, merge_results
 from onnx_nfi.pipeline.features import ChunkOutput, FeatureWork, Fold, chunk_worker
-from onnx_nfi.progress import Progress
+from onnx_nfi.progress import Progress, StageProgress
 from onnx_nfi.scan.scanner import ScanResult, scan
 from onnx_nfi.store.vectors import ProbeSet
 
@@ -125,6 +126,38 @@ def _tally_done(ray: Any, answer: Any) -> int | None:
     except ray.exceptions.RayError:
         return None
     return sum(done.values())
+
+
+def _call(fn: Callable[[Any, Any], Any], shared: Any, item: Any, threads: int) -> Any:
+    """``fn(shared, item)`` on a worker, with the layout's threads per task."""
+    os.environ["ONNX_NFI_THREADS"] = str(threads)
+    return fn(shared, item)
+
+
+def ordered_tasks(
+    address: str, fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any], progress: StageProgress | None = None,
+) -> Iterator[Any]:
+    """``fn(shared, item)`` for every item as Ray tasks laid out as the scan's shards (one per GPU, else
+    one per CPU; a task whose worker dies is retried), ``shared`` (the model, say) put in the object
+    store once. Yields the results in item order, each once it and those before it are done, so the
+    caller stores them one by one; tasks not yet yielded when the caller stops are cancelled."""
+    ray = connect(address)
+    layout = _Resources.of(ray)
+    task = ray.remote(max_retries=MAX_RETRIES)(_call).options(**layout.per_task)
+    shared_ref = ray.put(shared)
+    refs = [task.remote(fn, shared_ref, item, layout.threads) for item in items]
+    yielded = 0
+    try:
+        with _task_errors(ray):
+            for ref in refs:
+                result = ray.get(ref)
+                yielded += 1
+                if progress is not None:
+                    progress(yielded, len(refs))
+                yield result
+    finally:
+        for ref in refs[yielded:]:
+            ray.cancel(ref)
 
 
 def _scan_shard(

@@ -4,13 +4,15 @@ Per layer: the model is cut at the layer tensor (``graph.cut``); the upstream pa
 the images and its crossing tensors are kept; the unablated downstream run gives the baseline
 probabilities (and the predicted targets); then ``neurons.ablation`` runs the (image, channel)
 ablations in chunks through the downstream graph. Each layer is written in its own transaction as
-soon as it is done, so a stopped run keeps the layers it finished and says which.
+soon as it is done, so a stopped run keeps the layers it finished and says which. With ``ray`` the
+layers are Ray tasks (``distributed.ordered_tasks``) running the same ``measure_layer``; the driver
+alone writes, in layer order.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +23,19 @@ from onnx_nfi.data.loader import iter_batches
 from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.errors import ConfigError, ImageError, Interrupted
 from onnx_nfi.graph.cut import Cut, cut_at, outputs_probabilities
-from onnx_nfi.graph.layers import find_conv_layers, select_layers
+from onnx_nfi.graph.layers import Layer, find_conv_layers, select_layers
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.session import Runner
-from onnx_nfi.neurons.ablation import LayerRelevance, RunDownstream, ablate_layer, channel_fill, pairs_per_run, probabilities
 from onnx_nfi.names import DEFAULT_DB
+from onnx_nfi.neurons.ablation import (
+    LayerRelevance,
+    RunDownstream,
+    ablate_layer,
+    channel_fill,
+    pairs_per_run,
+    probabilities,
+)
+from onnx_nfi.pipeline.distributed import ordered_tasks
 from onnx_nfi.progress import Progress, StageProgress, phase
 from onnx_nfi.signals import signals_wait
 from onnx_nfi.store.duckdb_store import Store, check_writable
@@ -68,14 +78,15 @@ class RelevanceSummary:
 def relevance(
     model: str, *, db: str | Path = DEFAULT_DB, layers: Sequence[str] = (), images: str | Path | None = None,
     target: str = "predicted", mode: str = "zero", class_names: str | Path | None = None, batch_size: int = 32,
-    provider: str = "auto", progress: Progress | None = None, resume: bool = False,
+    provider: str = "auto", progress: Progress | None = None, resume: bool = False, ray: str | None = None,
 ) -> RelevanceSummary:
     """Ablate each neuron of ``layers`` (aliases, tensors or globs; default every stored layer) of the
     stored classifier ``model`` on ``images`` (default the database's probe set); ``mode``: the channel
     becomes 0 (``zero``) or its mean map over the images (``mean``); ``target``: the class whose
     probability drop is measured, the unablated prediction (``predicted``) or the image's sub-folder
     (``label``: a class index, or a name of ``class_names``). Each layer's rows are stored as it ends;
-    ``resume`` leaves out the layers already stored from the same images, target and mode."""
+    ``resume`` leaves out the layers already stored from the same images, target and mode. ``ray`` (a cluster address, or ``local``)
+    measures the layers as Ray tasks, one a worker, with the same values; the driver writes them."""
     started = dt.datetime.now()
     if target not in TARGETS or mode not in MODES:
         raise ConfigError(f"--target is one of {', '.join(TARGETS)} and --mode one of {', '.join(MODES)}; got {target!r}, {mode!r}")
@@ -95,29 +106,70 @@ def relevance(
         raise ConfigError(f"none of the layers asked for is stored for {model}; list them with 'onnx-nfi layers'")
     chosen = [layer for layer in asked if layer.tensor not in done_before]
     done: list[LayerDone] = []
-    runner: Runner | None = None
-    images_used, skipped = 0, []
+    provider_used, images_used, skipped = "", 0, ()
     params = {"images": source, "target": target, "mode": mode, "batch_size": batch_size,
               "softmax_applied": not from_softmax}
+    work = LayerWork(lm, pre, tuple(files), labels, mode, batch_size, provider, from_softmax)
     try:
-        for layer in chosen:
-            cut = cut_at(lm, layer.tensor)
-            cache, skipped = _upstream(lm, pre, cut, files, batch_size, provider)
-            runner = Runner(cut.downstream, provider)
-            result, images_used = _ablate(lm, runner, cut, cache, mode, labels, files, skipped, from_softmax,
-                                          phase(progress, f"Ablating {layer.alias}"))
-            info = RelevanceRun(images_used, target, mode, runner.provider, params, started)
+        for layer, m in zip(chosen, _measure(work, chosen, ray, progress), strict=True):
+            provider_used, images_used, skipped = m.provider, m.images, m.skipped
+            info = RelevanceRun(m.images, target, mode, m.provider, params, started)
             with signals_wait():  # a layer is written whole, and counted among the written ones
-                write_layer_relevance(db, model, layer.tensor, result, info, names)
+                write_layer_relevance(db, model, layer.tensor, m.result, info, names)
                 done.append(LayerDone(
-                    layer.alias, layer.channels, result.pairs_run, int(np.argmax(result.prob_drop)),
-                    float(result.prob_drop.max()), float(result.prob_drop.mean()), float(result.flip_rate.mean()),
+                    layer.alias, layer.channels, m.result.pairs_run, int(np.argmax(m.result.prob_drop)),
+                    float(m.result.prob_drop.max()), float(m.result.prob_drop.mean()), float(m.result.flip_rate.mean()),
                 ))
     except KeyboardInterrupt as exc:
         raise Interrupted.of(exc, _stopped(db, done, [layer.alias for layer in chosen])) from None
-    return RelevanceSummary(model, images_used, target, mode, runner.provider if runner else "", tuple(done),
-                            tuple(skipped), (dt.datetime.now() - started).total_seconds(),
+    return RelevanceSummary(model, images_used, target, mode, provider_used, tuple(done), skipped,
+                            (dt.datetime.now() - started).total_seconds(),
                             tuple(layer.alias for layer in asked if layer.tensor in done_before))
+
+
+@dataclass(frozen=True)
+class LayerWork:
+    """What measuring a layer needs besides the layer, in one picklable value (a Ray run puts it in
+    the object store once; each task names its layer)."""
+
+    lm: LoadedModel
+    pre: Preprocessing
+    files: tuple[ImageFile, ...]
+    labels: np.ndarray | None  # per file, the target class of ``--target label``; None: the prediction
+    mode: str
+    batch_size: int
+    provider: str
+    from_softmax: bool
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One layer's relevance, the images it is over, the unreadable files and the provider that ran it."""
+
+    result: LayerRelevance
+    images: int
+    skipped: tuple[tuple[Path, str], ...]
+    provider: str
+
+
+def measure_layer(work: LayerWork, tensor: str, progress: StageProgress | None = None) -> Measured:
+    """The relevance of every channel of the layer ``tensor``: cut there, the upstream part once over
+    the images, then the ablations through the downstream part."""
+    cut = cut_at(work.lm, tensor)
+    cache, skipped = _upstream(work.lm, work.pre, cut, work.files, work.batch_size, work.provider)
+    runner = Runner(cut.downstream, work.provider)
+    result, images = _ablate(work.lm, runner, cut, cache, work.mode, work.labels, work.files, skipped,
+                             work.from_softmax, progress)
+    return Measured(result, images, tuple(skipped), runner.provider)
+
+
+def _measure(work: LayerWork, chosen: Sequence[Layer], ray: str | None, progress: Progress | None) -> Iterator[Measured]:
+    """Each chosen layer's measurement in order, as it ends: here, one after the other with a bar per
+    layer, or (``ray``: a cluster address, or ``local``) as one Ray task per layer, counted by layer."""
+    if ray is None:
+        return (measure_layer(work, layer.tensor, phase(progress, f"Ablating {layer.alias}")) for layer in chosen)
+    return ordered_tasks(ray, measure_layer, work, [layer.tensor for layer in chosen],
+                         phase(progress, "Ablating layers on Ray"))
 
 
 def _ablate(
