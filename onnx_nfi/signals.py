@@ -11,9 +11,12 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class SignalHold:
@@ -96,3 +99,16 @@ def signals_wait() -> Iterator[None]:
 def current_hold() -> SignalHold | None:
     """The SignalHold around the command running now, if any."""
     return _HOLD.get()
+
+
+def future_result(future: Future[T]) -> T:
+    """``future.result()``, with a Ctrl-C or SIGTERM kept as what it is. A handler that raises while
+    ``Condition.wait`` takes its lock back leaves the ``with`` block releasing a lock it does not hold:
+    Python then reports "cannot release un-acquired lock" (RuntimeError) in place of the interrupt,
+    and everything that saves work on an interrupt would not see one. The interrupt is raised again."""
+    try:
+        return future.result()
+    except RuntimeError as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            raise exc.__context__ from None
+        raise

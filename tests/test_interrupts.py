@@ -25,6 +25,7 @@ import termios
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +37,10 @@ from tables import assert_same_analysis
 from test_checkpoint import MODEL, images, reference  # noqa: F401  (fixtures)
 
 from onnx_nfi import api
+from onnx_nfi.errors import Interrupted
 from onnx_nfi.names import VECTOR_TABLES
 from onnx_nfi.scan.state import read_header
+from onnx_nfi.signals import future_result
 
 pytestmark = pytest.mark.slow
 
@@ -266,3 +269,31 @@ def test_ctrl_c_during_a_query_is_one_line(tmp_path: Path) -> None:
     assert err.strip() == (
         "Interrupted; the database holds all of this command's changes or none of them (each is one transaction)."
     ) and out == ""
+
+
+class _LockLostFuture(Future):
+    """A future whose wait was cut by a signal while ``Condition.wait`` took its lock back: Python then
+    raises "cannot release un-acquired lock" with the interrupt as its context (seen on SIGTERM in the
+    NF phase's decoding)."""
+
+    def __init__(self, interrupt: BaseException) -> None:
+        super().__init__()
+        self.interrupt = interrupt
+
+    def result(self, timeout: float | None = None) -> object:
+        try:
+            raise self.interrupt
+        except BaseException:
+            raise RuntimeError("cannot release un-acquired lock")  # noqa: B904 (the context is the point)
+
+
+def test_an_interrupt_cut_into_a_wait_stays_an_interrupt() -> None:
+    sigterm = Interrupted("", signal.SIGTERM)
+    with pytest.raises(Interrupted) as caught:
+        future_result(_LockLostFuture(sigterm))
+    assert caught.value is sigterm and caught.value.exit_code == 143
+    with pytest.raises(RuntimeError, match="un-acquired"):  # without an interrupt behind it, the error is the error
+        future_result(_LockLostFuture(ValueError("other")))
+    done = Future()
+    done.set_result(7)
+    assert future_result(done) == 7

@@ -21,6 +21,7 @@ import numpy as np
 from onnx_nfi.data.images import ImageFile
 from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.files import NotARegularFile, read_regular
+from onnx_nfi.signals import future_result
 
 # Every unreadable file becomes a reason in the summary; OpenCV's own "[ WARN:0@…]" lines on
 # stderr would only repeat it, raw, in the middle of the progress bars.
@@ -96,7 +97,7 @@ def iter_decoded(
             if len(pending) >= prefetch:
                 break
         while pending:
-            result = pending.popleft().result()
+            result = future_result(pending.popleft())
             nxt = next(it, None)
             if nxt is not None:
                 pending.append(pool.submit(decode, nxt, pre, normalise))
