@@ -25,8 +25,12 @@ from onnx_nfi.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, TABLES, layer_s
 
 #: Tables whose rows belong to one model (replaced together).
 MODEL_TABLES = ("models", "images", "layers", "neurons", "top_activations", "class_frequencies")
-#: Tables whose rows belong to one neuron, by ``neuron_id`` (deleted with their model's neurons).
+#: Tables whose rows belong to one neuron, by ``neuron_id`` (deleted with their model's neurons; ``import``
+#: copies them with new neuron ids).
 NEURON_TABLES = ("concept_labels", "color_names")
+#: Per-neuron tables whose rows also name a ``runs`` row (relevance): deleted with their neurons too;
+#: ``import`` maps their run ids as well (``store.relevance.import_relevance``).
+NEURON_RUN_TABLES = ("relevance", "relevance_classes")
 
 Frame = Mapping[str, np.ndarray]
 
@@ -174,7 +178,7 @@ class Store:
 
     def delete_model(self, model: str) -> None:
         """Remove every row of ``model`` (inside the caller's transaction)."""
-        for table in NEURON_TABLES:
+        for table in (*NEURON_TABLES, *NEURON_RUN_TABLES):
             self.con.execute(f"DELETE FROM {table} WHERE neuron_id IN (SELECT neuron_id FROM neurons WHERE model = ?)", [model])
         for table in MODEL_TABLES:
             self.con.execute(f"DELETE FROM {table} WHERE model = ?", [model])

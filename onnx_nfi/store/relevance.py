@@ -20,10 +20,8 @@ from typing import Any
 import numpy as np
 
 from onnx_nfi.neurons.ablation import LayerRelevance
-from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.duckdb_store import NEURON_RUN_TABLES, Store
 
-#: Tables keyed by ``neurons.neuron_id`` that hold relevance (created with the schema).
-RELEVANCE_TABLES = ("relevance", "relevance_classes")
 #: ``relevance`` columns other than the key, as SQL readers and pictures name them.
 RELEVANCE_COLUMNS = ("prob_drop", "flip_rate")
 
@@ -60,7 +58,7 @@ def write_layer_relevance(
     with Store.open(db) as store, store.transaction():
         ids = store.columns("SELECT unit, neuron_id FROM neurons WHERE model = ? AND layer = ? ORDER BY unit", [model, layer])
         neuron_ids = np.asarray(ids["neuron_id"], np.int64)[np.argsort(ids["unit"])]
-        for table in RELEVANCE_TABLES:
+        for table in NEURON_RUN_TABLES:
             store.con.execute(
                 f"DELETE FROM {table} WHERE neuron_id IN (SELECT neuron_id FROM neurons WHERE model = ? AND layer = ?)",
                 [model, layer],
@@ -88,12 +86,6 @@ def write_layer_relevance(
             "params": np.array([json.dumps({**run.params, "layer": layer})], object),
         })
     return run_id
-
-
-def prune_relevance(store: Store) -> None:
-    """Drop relevance rows whose neuron no longer exists (its model was replaced or removed)."""
-    for table in RELEVANCE_TABLES:
-        store.con.execute(f"DELETE FROM {table} WHERE neuron_id NOT IN (SELECT neuron_id FROM neurons)")
 
 
 def neuron_relevance(store: Store, neuron_id: int) -> NeuronRelevance | None:

@@ -22,7 +22,6 @@ from onnx_nfi.files import atomic_write, sweep_orphans
 from onnx_nfi.names import INDEX_COLUMNS, VECTOR_TABLES
 from onnx_nfi.neurons import similarity
 from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store, lock_wait
-from onnx_nfi.store.relevance import RELEVANCE_TABLES, prune_relevance
 from onnx_nfi.store.schema import response_vectors_sql
 
 if TYPE_CHECKING:
@@ -68,7 +67,6 @@ def _prune_orphans(store: Store) -> None:
     for table in VECTOR_TABLES.values():
         if store.has_table(table):
             store.con.execute(f"DELETE FROM {table} WHERE neuron_id NOT IN (SELECT neuron_id FROM neurons)")
-    prune_relevance(store)
 
 
 def store_vectors(
@@ -247,10 +245,6 @@ def remove(db: str | Path, model: str) -> RemoveSummary:
                         f"DELETE FROM {table} WHERE neuron_id IN (SELECT neuron_id FROM neurons WHERE model = ?)", [model]
                     )
             store.con.execute("DELETE FROM neuron_matches WHERE model_a = ? OR model_b = ?", [model, model])
-            for table in RELEVANCE_TABLES:
-                store.con.execute(
-                    f"DELETE FROM {table} WHERE neuron_id IN (SELECT neuron_id FROM neurons WHERE model = ?)", [model]
-                )
             store.con.execute("DELETE FROM skipped_images WHERE run_id IN (SELECT run_id FROM runs WHERE model = ?)", [model])
             store.con.execute("DELETE FROM runs WHERE model = ?", [model])
             store.delete_model(model)
