@@ -63,7 +63,7 @@ def measure(db: Path, model: str, many: int, bound: float) -> dict[str, Any]:
     with Store.open(db, read_only=True) as store:
         units = store.columns(UNITS_SQL, [model])
         labels = store.columns("SELECT label FROM images WHERE model = ? AND label IS NOT NULL", [model])["label"]
-        n_images = int(store.con.execute("SELECT count(*) FROM images WHERE model = ?", [model]).fetchone()[0])
+        n_images = int(store.rows("SELECT count(*) AS n FROM images WHERE model = ?", [model])[0]["n"])
     live = ~units["dead"].astype(bool)
     all_tied = live & (units["tied"] == units["kept"])
     at_bound = units["best"] == np.float32(bound)

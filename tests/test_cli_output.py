@@ -140,8 +140,8 @@ def test_a_failure_inside_a_transaction_rolls_everything_back(analysed: tuple[Pa
     with pytest.raises(RuntimeError, match="planted"):
         with Store.open(db) as store, store.transaction():
             store.delete_model("tiny_lite0")
-            store.con.execute("INSERT INTO runs (run_id, model) VALUES (99, 'x')")
-            assert store.con.execute("SELECT count(*) FROM neurons").fetchone()[0] == 0  # the deletes took effect inside
+            store._con.execute("INSERT INTO runs (run_id, model) VALUES (99, 'x')")
+            assert store._con.execute("SELECT count(*) FROM neurons").fetchone()[0] == 0  # the deletes took effect inside
             raise RuntimeError("planted failure")
     assert row_counts(db) == before
 

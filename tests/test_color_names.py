@@ -226,7 +226,7 @@ def test_a_neuron_on_grey_images_is_named_achromatic(colour_db: tuple[Path, Path
     api.analyze(model, images, db=db, config=AnalyzeConfig(top_n=5, nf=False, indexes=("color_names",), preprocess="raw"))
     with Store.open(db, read_only=True) as store:
         rows = store.rows("SELECT unit, dead, top_color FROM neurons")
-        terms = {r[0] for r in store.con.execute("SELECT DISTINCT color FROM color_names").fetchall()}
+        terms = {r[0] for r in store._con.execute("SELECT DISTINCT color FROM color_names").fetchall()}
     brightness = [r for r in rows if r["unit"] == 3]
     assert brightness and all(r["top_color"] in ("black", "grey", "white") for r in brightness)
     assert all(r["top_color"] is None for r in rows if r["dead"])  # the opponents see nothing on grey
@@ -273,7 +273,7 @@ def test_summary_names_draws_colours_and_concepts_by_depth(colour_db: tuple[Path
     db = tmp_path / "copy.duckdb"
     shutil.copy(colour_db[0], db)
     with Store.open(db) as store:
-        store.con.execute("UPDATE neurons SET concept = 'light', concept_p = 1e-5 WHERE unit = 3")
+        store._con.execute("UPDATE neurons SET concept = 'light', concept_p = 1e-5 WHERE unit = 3")
         rows = store.rows("SELECT l.alias, n.top_color, n.concept, n.dead FROM neurons n JOIN layers l USING (model, layer)")
         drawn = {x.alias: x for x in names_by_depth(store, [])}
     for alias, x in drawn.items():

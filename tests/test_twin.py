@@ -86,7 +86,7 @@ def partner(layer: str, unit: int, perm: np.ndarray) -> int:
 def profiles(db: Path, model: str) -> tuple[list[tuple[str, int]], np.ndarray]:
     """(layer, unit) and response vector of every neuron of ``model`` that has one."""
     with Store.open(db, read_only=True) as store:
-        rows = store.con.execute(
+        rows = store._con.execute(
             "SELECT n.layer, n.unit, r.vector FROM neurons n JOIN response_vectors r USING (neuron_id) "
             "WHERE n.model = ? ORDER BY n.neuron_id", [model]
         ).fetchall()
@@ -138,12 +138,12 @@ def test_match_recovers_the_permutation(twin_db: tuple[Path, np.ndarray], tmp_pa
     assert (tmp_path / "heat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Store.open(db, read_only=True) as store:
         for layer in PERMUTED_LAYERS:
-            pairs = store.con.execute(
+            pairs = store._con.execute(
                 "SELECT unit_a, unit_b, score FROM neuron_matches WHERE model_a = 'orig' AND model_b = 'twin' "
                 "AND one_to_one AND layer_a = ? AND layer_b = ? ORDER BY unit_a", [layer, layer]
             ).fetchall()
             with_vectors = {
-                r[0] for r in store.con.execute(
+                r[0] for r in store._con.execute(
                     "SELECT unit FROM neurons JOIN response_vectors USING (neuron_id) WHERE model = 'orig' AND layer = ?",
                     [layer],
                 ).fetchall()
@@ -156,7 +156,7 @@ def test_match_recovers_the_permutation(twin_db: tuple[Path, np.ndarray], tmp_pa
                 exact += unit_b == partner(layer, unit_a, perm)
                 assert score > 0.999
             assert exact >= len(pairs) - sum(1 for (l, _) in ambiguous if l == layer)
-        best = store.con.execute(
+        best = store._con.execute(
             "SELECT min(score) FROM neuron_matches WHERE model_a = 'orig' AND NOT one_to_one"
         ).fetchone()[0]
     assert best > 0.999  # every neuron's best match anywhere in the twin is perfect

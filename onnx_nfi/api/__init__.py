@@ -45,7 +45,7 @@ from onnx_nfi.search.find import FindResult
 from onnx_nfi.search.find import find as find_neurons
 from onnx_nfi.store.compact import CompactSummary
 from onnx_nfi.store.compact import compact as compact_db
-from onnx_nfi.store.duckdb_store import Store, lock_wait
+from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.import_db import ImportSummary, import_models
 from onnx_nfi.store.vectors import RemoveSummary, sync_after_commit
 from onnx_nfi.store.vectors import remove as remove_model
@@ -371,7 +371,7 @@ def export_parquet(query: str, target: str | Path, db: str | Path = DEFAULT_DB) 
 
 def set_probe(
     db: str | Path,
-    images_dir: str | Path,
+    images_dir: str | Path | None,
     *,
     size: int = AnalyzeConfig.probe_size,
     force: bool = False,
@@ -379,12 +379,14 @@ def set_probe(
     provider: str = AnalyzeConfig.provider,
     progress: Progress | None = None,
     lock_timeout: float = AnalyzeConfig.lock_timeout,
+    saved: str | Path | None = None,
 ) -> ProbeSummary:
     """``onnx-nfi probe``: make up to ``size`` images of ``images_dir`` the database's probe set (the
-    write of the recomputed profiles waits up to ``lock_timeout`` s for a locked database)."""
+    write of the recomputed profiles waits up to ``lock_timeout`` s for a locked database; if it still
+    cannot happen they are kept and ResultsNotWritten names the command that writes them: ``saved``)."""
     return probes.set_probe(
         db, images_dir, size=size, force=force, batch_size=batch_size, provider=provider, progress=progress,
-        lock_timeout=lock_timeout,
+        lock_timeout=lock_timeout, saved=saved,
     )
 
 
@@ -405,15 +407,16 @@ def compact(db: str | Path = DEFAULT_DB) -> CompactSummary:
 
 def match(
     db: str | Path, model_a: str, model_b: str, picture: str | Path | None = None, *,
-    lock_timeout: float = AnalyzeConfig.lock_timeout,
+    lock_timeout: float = AnalyzeConfig.lock_timeout, saved: str | Path | None = None,
 ) -> search.MatchResult:
     """``onnx-nfi match``: match every neuron of ``model_a`` in ``model_b`` (stored in ``neuron_matches``);
     ``picture`` gets the heat map of mean best correlation, layer by layer (checked before the work). A
-    database another process holds is waited for up to ``lock_timeout`` s (match holds it while it works)."""
+    database another process holds is waited for up to ``lock_timeout`` s; if the write still cannot
+    happen the matches are kept and ResultsNotWritten names the command that writes them: ``saved``,
+    that file (nothing is computed)."""
     if picture is not None:
         pictures.check_png(picture)
-    with lock_wait(lock_timeout):
-        result = search.match(db, model_a, model_b)
+    result = search.match(db, model_a, model_b, lock_timeout=lock_timeout, saved=saved)
     if picture is None:
         return result
     return replace(result, picture=render.match_png(result, picture).path)

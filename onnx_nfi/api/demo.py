@@ -12,26 +12,17 @@ from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.progress import Progress
 from onnx_nfi.report import render
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.example_queries import DEMO_QUERIES  # noqa: F401  (the CLI prints them)
 
 if TYPE_CHECKING:
     from onnx_nfi import search
     from onnx_nfi.api import AnalysisSummary
 
-#: The bundled models and the queries the demo prints.
+#: The bundled models (the queries the demo prints are ``store.example_queries.DEMO_QUERIES``).
 BUNDLED_MODELS = Path(__file__).resolve().parents[2] / "models"
 DEMO_MODELS = ("efficientnet_lite0", "mobilenetv2_deepsort")
 #: The demo's analyses: the default indexes and each neuron's colour names.
 DEMO_CONFIG = AnalyzeConfig(indexes=(*AnalyzeConfig.indexes, "color_names"))
-DEMO_QUERIES = (
-    ("Most colour-selective neurons of Lite0's conv20",
-     "SELECT unit, round(color_selectivity, 3) AS color, round(active_fraction, 2) AS active, top_class "
-     "FROM neurons n JOIN layers l USING (model, layer) WHERE model = 'efficientnet_lite0' AND alias = 'conv20' "
-     "AND active_fraction > 0.2 ORDER BY color_selectivity DESC LIMIT 5"),
-    ("Colour and class selectivity by relative depth, both models",
-     "SELECT model, alias, round(relative_depth, 2) AS depth, round(color_selectivity_median, 3) AS color, "
-     "round(class_selectivity_median, 3) AS class FROM layer_summary WHERE alias IN ('conv1', 'conv10', 'conv25', "
-     "'conv40', 'conv49', 'conv52') ORDER BY model, depth"),
-)
 
 
 @dataclass(frozen=True)
@@ -87,9 +78,4 @@ def demo(
 def _most_class_selective(db: Path, model: str, layer: str) -> int:
     """The unit whose top images are most dominated by one class: a good neuron card."""
     with Store.open(db, read_only=True) as store:
-        rows = store.rows(
-            "SELECT unit FROM neurons n JOIN layers l USING (model, layer) WHERE model = ? AND alias = ? AND NOT dead "
-            "ORDER BY top_class_frequency DESC NULLS LAST, unit LIMIT 1",
-            [model, layer],
-        )
-    return int(rows[0]["unit"])
+        return store.most_class_dominated_unit(model, layer)

@@ -38,6 +38,7 @@ from onnx_nfi.cli.common import (
 )
 from onnx_nfi.config import HELP, AnalyzeConfig, parse_size
 from onnx_nfi.errors import Interrupted
+from onnx_nfi.store.example_queries import skipped_files_query
 
 if TYPE_CHECKING:
     from onnx_nfi.api import AnalysisSummary
@@ -161,7 +162,7 @@ def print_summary(s: AnalysisSummary) -> None:
         say(f"  {path}: {reason}")
     if len(s.skipped) > len(shown):
         say(
-            f"  … and {len(s.skipped) - len(shown)} more (SELECT path, reason FROM skipped_images WHERE run_id = {s.run_id})",
+            f"  … and {len(s.skipped) - len(shown)} more ({skipped_files_query(s.run_id)})",
         )
 
 

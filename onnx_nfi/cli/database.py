@@ -119,7 +119,7 @@ def import_cmd(
 @app.command("probe")
 @user_errors
 def probe_cmd(
-    images: Annotated[Path, typer.Argument(help="Image folder to draw the probe set from.")],
+    images: Annotated[Path | None, typer.Argument(help="Image folder to draw the probe set from.")] = None,
     size: Annotated[int, typer.Option(
         "--size", help="Most images in the probe set (evenly spaced over the sorted files).")] = AnalyzeConfig.probe_size,
     force: Annotated[bool, typer.Option(
@@ -129,13 +129,15 @@ def probe_cmd(
     lock_timeout: LockTimeout = AnalyzeConfig.lock_timeout,
     silent: Silent = False,
     db: Db = Path(DEFAULT_DB),
+    saved: Annotated[Path | None, typer.Option(
+        "--saved", metavar="FILE", help="Write a probe set an earlier probe --force kept when it could not write it.")] = None,
 ) -> None:
     """Set the database's probe set: the images on which every model's response profiles are measured."""
     from onnx_nfi import api
 
     with ProgressBars(silent) as bars:
         summary = api.set_probe(db, images, size=size, force=force, batch_size=batch_size, provider=provider,
-                                progress=bars, lock_timeout=lock_timeout)
+                                progress=bars, lock_timeout=lock_timeout, saved=saved)
     if not summary.changed:
         say(f"The probe set of {db} already is these {summary.images} images; nothing changed.")
         return

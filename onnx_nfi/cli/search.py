@@ -86,11 +86,13 @@ def match_cmd(
         "-o", "--output", help="Heat map of mean best correlation, layer by layer (PNG).")] = None,
     db: Db = Path(DEFAULT_DB),
     lock_timeout: LockTimeout = AnalyzeConfig.lock_timeout,
+    saved: Annotated[Path | None, typer.Option(
+        "--saved", metavar="FILE", help="Write the matches an earlier match kept when it could not write them.")] = None,
 ) -> None:
     """Match every neuron of MODEL_A to MODEL_B by response correlation (results in neuron_matches)."""
     from onnx_nfi import api
 
-    result = api.match(db, model_a, model_b, output, lock_timeout=lock_timeout)
+    result = api.match(db, model_a, model_b, output, lock_timeout=lock_timeout, saved=saved)
     print_table(
         [f"{model_a} layer", "neurons", f"best {model_b} layer", "mean best corr", "mean one-to-one"],
         [(row.alias, str(row.neurons), row.best_alias or "-", _num(row.mean_best), _num(row.mean_one_to_one))

@@ -19,7 +19,7 @@ import numpy as np
 
 from onnx_nfi.data.images import ImageFile, list_images
 from onnx_nfi.data.preprocess import Preprocessing
-from onnx_nfi.errors import ImageError, SearchError
+from onnx_nfi.errors import ImageError, SearchError, StateError
 from onnx_nfi.files import file_sha256
 from onnx_nfi.graph.layers import Layer, find_conv_layers
 from onnx_nfi.graph.load import LoadedModel
@@ -28,7 +28,8 @@ from onnx_nfi.store.model_file import reopen_model
 from onnx_nfi.progress import Progress, phase
 from onnx_nfi.scan.scanner import ScanResult, scan
 from onnx_nfi.store.duckdb_store import Store, lock_wait
-from onnx_nfi.store.vectors import ProbeSet, ids_by_layer, insert_vectors, read_probe, save_probe, sync_after_commit
+from onnx_nfi.store.unwritten import kept_path, load_kept, save_kept, write_or_keep
+from onnx_nfi.store.vectors import ProbeSet, read_probe, replace_probe_set, sync_after_commit
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def _probe_pass(
 
 def set_probe(
     db: str | Path,
-    images_dir: str | Path,
+    images_dir: str | Path | None,
     *,
     size: int = 1024,
     force: bool = False,
@@ -167,15 +168,22 @@ def set_probe(
     provider: str = "auto",
     progress: Progress | None = None,
     lock_timeout: float = 60.0,
+    saved: str | Path | None = None,
 ) -> ProbeSummary:
     """Make up to ``size`` images of ``images_dir`` (evenly spaced, decodable) the database's probe set.
 
     **Decision**: with models already in the database the probe set changes only with ``force``,
     and then every model's response profiles are recomputed from its ONNX file (which must be
-    unchanged, checked by hash) over the new probe images, so all profiles stay comparable.
-    Everything is written in one transaction after all models are scored; the write waits up to
-    ``lock_timeout`` s for a database another process holds (the scoring may have taken hours).
+    unchanged, checked by hash) over the new probe images, so all profiles stay comparable (with
+    ``force`` an unchanged probe set is scored again too: a model imported without profiles gets
+    them). Everything is written in one transaction after all models are scored; the write waits up
+    to ``lock_timeout`` s for a database another process holds (the scoring may have taken hours)
+    and, if it cannot happen, the profiles are kept in a file that ``saved`` writes later.
     """
+    if saved is not None:
+        return _write_saved(db, Path(saved), lock_timeout, progress)
+    if images_dir is None:
+        raise SearchError("name the image folder to draw the probe set from (or pass --saved FILE)")
     if size < 1:
         raise SearchError(f"the probe set needs at least one image, got --size {size}")
     probe = choose_probe(list_images(images_dir, "none").files, size, check_decodable=True)
@@ -183,7 +191,7 @@ def set_probe(
         raise ImageError(f"no decodable image in {images_dir}; the probe set needs real images")
     with Store.open(db) as store:
         current = read_probe(store)
-        if current is not None and current.sha256 == probe.sha256:
+        if current is not None and current.sha256 == probe.sha256 and not force:
             return ProbeSummary(len(current), changed=False, recomputed=())
         models = store.models()
         if models and not force:
@@ -193,16 +201,53 @@ def set_probe(
                 "their response profiles from their ONNX files"
             )
         work = [(m, store.model_row(m), [r["layer"] for r in store.layer_rows(m)]) for m in models]
-    vectors = {m: _rescore(m, row, layer_names, probe, batch_size, provider, progress) for m, row, layer_names in work}
-    with lock_wait(lock_timeout, phase(progress, "lock")), Store.open(db) as store, store.transaction():
-        store.con.execute("DELETE FROM probe_images")
-        store.con.execute("DROP TABLE IF EXISTS response_vectors")
-        store.con.execute("DELETE FROM neuron_matches")
-        save_probe(store, ProbeSet(probe.sha256, probe.paths, stored=False))
-        for m, per_layer in vectors.items():
-            ids = ids_by_layer(store, m)
-            for tensor, scores in per_layer.items():
-                insert_vectors(store, "response", ids[tensor], similarity.response_vectors(scores))
+    vectors = {
+        m: {t: similarity.response_vectors(s) for t, s in _rescore(m, row, names, probe, batch_size, provider, progress).items()}
+        for m, row, names in work
+    }
+    hashes = {m: row["sha256"] for m, row, _ in work}
+    path = kept_path(db, "probe")
+    write_or_keep(
+        lambda: _replace(db, probe, vectors), lambda to: _keep(to, probe, hashes, vectors),
+        what="the response profiles over the new probe set", db=db, path=path,
+        command=f"onnx-nfi probe --db {db} --saved {path}", lock_timeout=lock_timeout, progress=progress,
+    )
+    return ProbeSummary(len(probe), changed=True, recomputed=tuple(vectors), warnings=sync_after_commit(db))
+
+
+def _replace(db: str | Path, probe: ProbeSet, vectors: dict[str, dict[str, np.ndarray]]) -> None:
+    with Store.open(db) as store:
+        replace_probe_set(store, probe, vectors)
+
+
+def _keep(path: Path, probe: ProbeSet, hashes: dict[str, str], vectors: dict[str, dict[str, np.ndarray]]) -> None:
+    """The scored probe set in a kept file (``store.unwritten``): the images, each model's hash and layers."""
+    meta = {"kind": "probe", "sha256": list(probe.sha256), "paths": [str(p) for p in probe.paths], "models": hashes,
+            "layers": {m: list(per_layer) for m, per_layer in vectors.items()}}
+    arrays = {f"{i}.{j}": v for i, per_layer in enumerate(vectors.values()) for j, v in enumerate(per_layer.values())}
+    save_kept(path, meta, arrays)
+
+
+def _read_kept(meta: dict[str, Any], data: dict[str, np.ndarray]) -> tuple[ProbeSet, dict[str, str], dict[str, dict[str, np.ndarray]]]:
+    if meta["kind"] != "probe":
+        raise KeyError("kind")
+    probe = ProbeSet(tuple(meta["sha256"]), tuple(Path(p) for p in meta["paths"]), stored=False)
+    vectors = {m: {t: data[f"{i}.{j}"] for j, t in enumerate(meta["layers"][m])} for i, m in enumerate(meta["layers"])}
+    return probe, meta["models"], vectors
+
+
+def _write_saved(db: str | Path, path: Path, lock_timeout: float, progress: Progress | None) -> ProbeSummary:
+    """Write a probe set and profiles kept by an earlier ``probe --force`` whose write could not happen."""
+    probe, hashes, vectors = load_kept(path, _read_kept, f"{path} is not a probe set saved by 'onnx-nfi probe' (or it "
+                                                         "is damaged); run 'onnx-nfi probe DIR --force' again")
+    with Store.open(db, read_only=True) as store:
+        stored = {m: store.model_row(m)["sha256"] for m in store.models()}
+    if stored != hashes:
+        raise StateError(f"{path} holds the profiles of other models (or other versions of them) than {db} holds now; "
+                         "run 'onnx-nfi probe DIR --force' again")
+    with lock_wait(lock_timeout, phase(progress, "lock")):
+        _replace(db, probe, vectors)
+    path.unlink(missing_ok=True)
     return ProbeSummary(len(probe), changed=True, recomputed=tuple(vectors), warnings=sync_after_commit(db))
 
 

@@ -10,21 +10,19 @@ import datetime as dt
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import duckdb
-
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.data.images import stored_image_path
-from onnx_nfi.errors import NfiError, ResultsNotWritten
 from onnx_nfi.graph.layers import find_conv_layers, select_layers
 from onnx_nfi.graph.model_layers import LayerInfo
 from onnx_nfi.neurons.indexes import IndexResult
 from onnx_nfi.pipeline.checkpoint import config_of
 from onnx_nfi.pipeline.features import FeatureWork, compute_features
 from onnx_nfi.pipeline.index_state import finish_command, index_state_path, load_indexes, save_indexes
-from onnx_nfi.progress import Progress, phase
-from onnx_nfi.store.duckdb_store import Store, lock_wait
+from onnx_nfi.progress import Progress
+from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.model_file import reopen_model
 from onnx_nfi.store.results import stored_rf, stored_topn, write_index_run
+from onnx_nfi.store.unwritten import write_or_keep
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ def reindex(
         layer_rows = store.layer_rows(model)
         if saved is None:
             topns = {r["layer"]: stored_topn(store, model, r["layer"], r["channels"]) for r in layer_rows}
-            image_rows = store.rows("SELECT image_id, path, label, sha256 FROM images WHERE model = ?", [model])
+            image_rows = store.image_records(model)
     neurons = sum(int(r["channels"]) for r in layer_rows)
     if saved is not None:
         result, made_with = load_indexes(Path(saved), model, row["sha256"])
@@ -75,17 +73,11 @@ def _write_or_keep(
     db: str | Path, model: str, sha256: str, result: IndexResult, config: AnalyzeConfig, started: dt.datetime,
     progress: Progress | None,
 ) -> None:
-    """Write the indexes, waiting up to ``config.lock_timeout`` for a locked database; if the write
-    cannot happen, save them and raise ResultsNotWritten naming the command that writes them."""
-    try:
-        with lock_wait(config.lock_timeout, phase(progress, "lock")):
-            write_index_run(db, model, result, config, started)
-    except (NfiError, duckdb.Error, OSError) as exc:
-        path = index_state_path(db, model)
-        save_indexes(path, model, sha256, config, result)
-        command = finish_command(path, model, db)
-        raise ResultsNotWritten(
-            f"the indexes of {model} were computed but could not be written to {db} "
-            f"({str(exc).strip().splitlines()[0]}); they are saved in {path}: write them with '{command}'",
-            str(path), command,
-        ) from None
+    """Write the indexes, or keep them in a file that ``index --saved`` writes later (``store.unwritten``)."""
+    path = index_state_path(db, model)
+    write_or_keep(
+        lambda: write_index_run(db, model, result, config, started),
+        lambda to: save_indexes(to, model, sha256, config, result),
+        what=f"the indexes of {model}", db=db, path=path, command=finish_command(path, model, db),
+        lock_timeout=config.lock_timeout, progress=progress,
+    )

@@ -171,7 +171,7 @@ def layer_nfs(
     key = column or "unit"
     where = f"WHERE model = ? AND layer = ?{f' AND {column} IS NOT NULL' if only_valued and column else ''}"
     source = neurons_with_relevance(store)  # relevance columns order a grid like index columns
-    available = int(store.con.execute(f"SELECT count(*) FROM {source} {where}", [ref.model, ref.layer]).fetchone()[0])
+    available = int(store._con.execute(f"SELECT count(*) FROM {source} {where}", [ref.model, ref.layer]).fetchone()[0])
     total = min(available, limit) if limit else available
     start, count = window or (0, total)
     sql = (
@@ -180,7 +180,7 @@ def layer_nfs(
         f"{where} ORDER BY {key} {'DESC' if descending else 'ASC'} NULLS LAST, unit"
         f" LIMIT {max(0, min(count, total - start))} OFFSET {int(start)}"
     )
-    data = store.con.execute(sql, [ref.model, ref.layer]).fetchnumpy()  # masked arrays keep NULLs
+    data = store._con.execute(sql, [ref.model, ref.layer]).fetchnumpy()  # masked arrays keep NULLs
     neurons = tuple(
         NeuronNF(
             int(data["unit"][k]),

@@ -107,7 +107,7 @@ class ServedDatabase:
         self._users = 0
         self._state: tuple[int, ...] | None = None
         self._timer: threading.Timer | None = None
-        self._cursors: set[Any] = set()
+        self._stores: set[Store] = set()
         self._slots: asyncio.Semaphore | None = None
         with self.store() as store:  # fail at start-up, not at the first request
             if not store.has_table("models"):
@@ -166,12 +166,13 @@ class ServedDatabase:
                 self._timer = None
             self._users += 1
             cursor = self._con.cursor()
-            self._cursors.add(cursor)
+            store = Store(cursor, self.path)
+            self._stores.add(store)
         try:
-            yield Store(cursor, self.path)
+            yield store
         finally:
             with self._lock:
-                self._cursors.discard(cursor)
+                self._stores.discard(store)
                 self._users -= 1
                 if self._users == 0:
                     self._timer = threading.Timer(IDLE_CLOSE, self._close_if_idle)
@@ -185,18 +186,18 @@ class ServedDatabase:
                 self._con.close()
                 self._con = None
 
-    def interrupt(self, cursor: Any) -> None:
-        """Interrupt the query running on ``cursor`` (no effect once it is done)."""
+    def interrupt(self, store: Store) -> None:
+        """Interrupt the query running on ``store``'s cursor (no effect once it is done)."""
         with self._lock:
-            if cursor in self._cursors:
-                cursor.interrupt()
+            if store in self._stores:
+                store.interrupt()
 
     def stop(self) -> None:
         """Refuse new work and interrupt every running query (the server is shutting down)."""
         with self._lock:
             self.stopping = True
-            for cursor in self._cursors:
-                cursor.interrupt()
+            for store in self._stores:
+                store.interrupt()
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         """``work(store, *args)`` on a worker thread with a cursor of its own."""

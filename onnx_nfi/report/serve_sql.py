@@ -20,7 +20,8 @@ from onnx_nfi.errors import NfiError
 from onnx_nfi.report.serve_db import ServedDatabase
 from onnx_nfi.report.site import pages
 from onnx_nfi.store.duckdb_store import Store
-from onnx_nfi.store.user_sql import EmptyQuery, SqlResult, run_user_query, schema
+from onnx_nfi.store.example_queries import SQL_PAGE_EXAMPLE
+from onnx_nfi.store.user_sql import EmptyQuery, SqlResult
 
 #: Seconds a SQL box query may run before it is interrupted (``serve --sql-timeout``).
 SQL_TIMEOUT_S = 5.0
@@ -30,11 +31,6 @@ SQL_ROWS = 500
 POLL_S = 0.1
 #: Seconds an interrupted query is waited for before the page answers without it.
 ABANDON_S = 1.0
-EXAMPLE = (
-    "SELECT n.model, l.alias AS layer, n.unit, n.top_class, n.top_class_frequency\n"
-    "FROM neurons n JOIN layers l USING (model, layer)\n"
-    "WHERE n.top_class IS NOT NULL ORDER BY n.top_class_frequency DESC LIMIT 20"
-)
 
 
 class SqlRefused(NfiError):
@@ -48,8 +44,8 @@ async def run_sql(request: Request, db: ServedDatabase, text: str) -> SqlResult 
     running: dict[str, Any] = {}
 
     def work(store: Store) -> SqlResult | None:
-        running["cursor"] = store.con
-        return run_user_query(store.con, text, SQL_ROWS)
+        running["store"] = store
+        return store.user_query(text, SQL_ROWS)
 
     timeout = request.app.state.sql_timeout
     task = asyncio.ensure_future(db.run(work))
@@ -66,8 +62,8 @@ async def run_sql(request: Request, db: ServedDatabase, text: str) -> SqlResult 
                 why = "the query was cancelled"
             stop = loop.time() + ABANDON_S if why else None
         if stop is not None:
-            if "cursor" in running:
-                db.interrupt(running["cursor"])
+            if "store" in running:
+                db.interrupt(running["store"])
             if loop.time() > stop:
                 task.cancel()
                 raise SqlRefused(why)
@@ -90,9 +86,9 @@ async def sql_page(request: Request, db: ServedDatabase, common: dict[str, Any])
             result = await run_sql(request, db, query)
         except SqlRefused as exc:
             error = str(exc).replace(str(db.path), db.path.name)
-    tables = await db.run(lambda store: db.memo.get(("schema",), lambda: schema(store.con)))
+    tables = await db.run(lambda store: db.memo.get(("schema",), store.table_columns))
     html = pages.render(
-        "sql.html", depth=0, query=query, example=EXAMPLE, tables=tables, timeout=request.app.state.sql_timeout, limit=SQL_ROWS,
+        "sql.html", depth=0, query=query, example=SQL_PAGE_EXAMPLE, tables=tables, timeout=request.app.state.sql_timeout, limit=SQL_ROWS,
         columns=result.columns if result else (), rows=[tuple(map(_cell, r)) for r in result.rows] if result else (),
         truncated=bool(result and result.truncated), answered=bool(query) and error is None and result is None,
         error=error, **common,

@@ -3,79 +3,116 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnx_nfi.errors import SearchError
+from onnx_nfi.errors import SearchError, StateError
 from onnx_nfi.neurons.matching import best_matches, layer_similarity, one_to_one
+from onnx_nfi.progress import Progress, phase
+from onnx_nfi.search.kept_matches import keep_matches, load_matches
 from onnx_nfi.search.records import LayerBest, MatchResult
-from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.duckdb_store import Frame, Store, lock_wait
+from onnx_nfi.store.unwritten import kept_path, write_or_keep
+from onnx_nfi.store.vectors import read_probe
 
 
-def _profiles(store: Store, model: str) -> tuple[list[dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """The model's layers (depth order) and, per layer with any, (units, response vectors)."""
-    layer_rows = store.layer_rows(model)
-    if not store.has_table("response_vectors"):
-        return layer_rows, {}
-    cols = store.con.execute(
-        "SELECT n.layer, n.unit, r.vector FROM neurons n JOIN response_vectors r USING (neuron_id) "
-        "WHERE n.model = ? ORDER BY n.layer, n.unit", [model]
-    ).fetchnumpy()
-    blocks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for row in layer_rows:
-        mask = cols["layer"] == row["layer"]
-        if mask.any():
-            blocks[row["layer"]] = (np.asarray(cols["unit"][mask], np.int32), np.stack(cols["vector"][mask]).astype(np.float32))
-    return layer_rows, blocks
+Blocks = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def match(db: str | Path, model_a: str, model_b: str) -> MatchResult:
+def _profiles(db: str | Path, model_a: str, model_b: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Blocks, Blocks, dict[str, str]]:
+    """Both models' layers (depth order), response profiles and content hashes, read and the database closed."""
+    with Store.open(db, read_only=True) as store:
+        hashes = {m: store.model_row(m)["sha256"] for m in (model_a, model_b)}  # NotFoundError names the models there are
+        blocks = {m: store.response_profiles(m) for m in (model_a, model_b)}
+        for name, found in blocks.items():
+            if not found:
+                raise SearchError(_no_profiles(store, name))
+        return store.layer_rows(model_a), store.layer_rows(model_b), blocks[model_a], blocks[model_b], hashes
+
+
+def _no_profiles(store: Store, model: str) -> str:
+    """Why ``model`` has no response profiles, and what to run."""
+    if not store.live_neurons(model):
+        return f"model {model!r} has no response profiles: every neuron of it is dead; match two other models"
+    probe = read_probe(store)
+    if probe is None:
+        return (f"model {model!r} has no response profiles: {store.path} has no probe set (the images every model "
+                f"is scored on); set one with 'onnx-nfi probe DIR --force --db {store.path}'")
+    folder = os.path.commonpath([str(p.parent) for p in probe.paths])
+    return (f"model {model!r} has no response profiles: it was imported from a database with another probe set, and "
+            f"'import' leaves them out then; score every model on this database's probe set with 'onnx-nfi probe "
+            f"{folder} --size {len(probe)} --force --db {store.path}'")
+
+
+def match(
+    db: str | Path, model_a: str, model_b: str, *, lock_timeout: float = 0.0, progress: Progress | None = None,
+    saved: str | Path | None = None,
+) -> MatchResult:
     """Convergent-learning matching of ``model_a`` against ``model_b`` by response profiles.
 
     Stores in ``neuron_matches`` (replacing earlier rows of this ordered pair): for every neuron of
     A with a profile, its best-correlated neuron over all of B's layers (``one_to_one`` false), and
     for every pair of layers the one-to-one assignment maximising total correlation (``one_to_one``
-    true). ``onnx_nfi.report.render.match_png`` draws the result's heat map.
+    true). ``onnx_nfi.report.render.match_png`` draws the result's heat map. The profiles are read
+    and the database closed before the work; the write waits up to ``lock_timeout`` s for a database
+    another process holds and, if it cannot happen, the matches are kept in a file that ``saved``
+    writes later.
     """
-    with Store.open(db) as store:
-        store.model_row(model_a), store.model_row(model_b)  # NotFoundError names the models there are
-        rows_a, blocks_a = _profiles(store, model_a)
-        rows_b, blocks_b = _profiles(store, model_b)
-        for name, blocks in ((model_a, blocks_a), (model_b, blocks_b)):
-            if not blocks:
-                raise SearchError(
-                    f"model {name!r} has no response vectors (analysed before the database had a probe set, or all "
-                    "neurons dead); analyse it again"
-                )
-        heat, layer_best, frame = _match_layers(model_a, model_b, rows_a, rows_b, blocks_a, blocks_b)
-        all_a = np.concatenate([v for _, v in blocks_a.values()])
-        all_b = np.concatenate([v for _, v in blocks_b.values()])
-        where_b = [(layer, int(u)) for layer, (units, _) in blocks_b.items() for u in units]
-        where_a = [(layer, int(u)) for layer, (units, _) in blocks_a.items() for u in units]
-        best_idx, best_score = best_matches(all_a, all_b)
-        best = {
-            "model_a": np.full(len(where_a), model_a, dtype=object),
-            "layer_a": np.array([w[0] for w in where_a], dtype=object),
-            "unit_a": np.array([w[1] for w in where_a], np.int32),
-            "model_b": np.full(len(where_a), model_b, dtype=object),
-            "layer_b": np.array([where_b[i][0] for i in best_idx], dtype=object),
-            "unit_b": np.array([where_b[i][1] for i in best_idx], np.int32),
-            "score": best_score.astype(np.float32),
-            "one_to_one": np.zeros(len(where_a), bool),
-        }
-        with store.transaction():
-            store.con.execute("DELETE FROM neuron_matches WHERE model_a = ? AND model_b = ?", [model_a, model_b])
-            store.insert("neuron_matches", best)
-            if len(frame["unit_a"]):
-                store.insert("neuron_matches", frame)
-    aliases_a = tuple(r["alias"] for r in rows_a)
-    aliases_b = tuple(r["alias"] for r in rows_b)
-    return MatchResult(
-        model_a, model_b, aliases_a, aliases_b, heat, tuple(layer_best), float(best_score.mean()),
-        len(where_a), len(frame["unit_a"]),
+    if saved is not None:
+        return _write_saved(db, Path(saved), model_a, model_b, lock_timeout, progress)
+    with lock_wait(lock_timeout):
+        rows_a, rows_b, blocks_a, blocks_b, hashes = _profiles(db, model_a, model_b)
+    heat, layer_best, frame = _match_layers(model_a, model_b, rows_a, rows_b, blocks_a, blocks_b)
+    all_a = np.concatenate([v for _, v in blocks_a.values()])
+    all_b = np.concatenate([v for _, v in blocks_b.values()])
+    where_b = [(layer, int(u)) for layer, (units, _) in blocks_b.items() for u in units]
+    where_a = [(layer, int(u)) for layer, (units, _) in blocks_a.items() for u in units]
+    best_idx, best_score = best_matches(all_a, all_b)
+    best = {
+        "model_a": np.full(len(where_a), model_a, dtype=object),
+        "layer_a": np.array([w[0] for w in where_a], dtype=object),
+        "unit_a": np.array([w[1] for w in where_a], np.int32),
+        "model_b": np.full(len(where_a), model_b, dtype=object),
+        "layer_b": np.array([where_b[i][0] for i in best_idx], dtype=object),
+        "unit_b": np.array([where_b[i][1] for i in best_idx], np.int32),
+        "score": best_score.astype(np.float32),
+        "one_to_one": np.zeros(len(where_a), bool),
+    }
+    result = MatchResult(
+        model_a, model_b, tuple(r["alias"] for r in rows_a), tuple(r["alias"] for r in rows_b), heat, tuple(layer_best),
+        float(best_score.mean()), len(where_a), len(frame["unit_a"]),
     )
+    path = kept_path(db, f"{model_a}.{model_b}.matches")
+    write_or_keep(
+        lambda: _replace(db, result, (best, frame)), lambda to: keep_matches(to, result, hashes, (best, frame)),
+        what=f"the matches of {model_a} in {model_b}", db=db, path=path,
+        command=f"onnx-nfi match {model_a} {model_b} --db {db} --saved {path}", lock_timeout=lock_timeout,
+        progress=progress,
+    )
+    return result
+
+
+def _replace(db: str | Path, result: MatchResult, frames: tuple[Frame, ...]) -> None:
+    with Store.open(db) as store:
+        store.replace_matches(result.model_a, result.model_b, frames)
+
+
+def _write_saved(
+    db: str | Path, path: Path, model_a: str, model_b: str, lock_timeout: float, progress: Progress | None,
+) -> MatchResult:
+    """Write the matches an earlier ``match`` kept because its write could not happen."""
+    result, hashes, frames = load_matches(path)
+    with lock_wait(lock_timeout, phase(progress, "lock")), Store.open(db) as store:
+        stored = {m: store.model_row(m)["sha256"] for m in (model_a, model_b)}
+        if (result.model_a, result.model_b) != (model_a, model_b) or stored != hashes:
+            raise StateError(f"{path} holds matches of other models (or other versions of them) than {model_a} in "
+                             f"{model_b} as stored now; run the match command again without --saved")
+        store.replace_matches(model_a, model_b, frames)
+    path.unlink(missing_ok=True)
+    return result
 
 
 def _match_layers(

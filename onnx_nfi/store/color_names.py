@@ -19,13 +19,13 @@ from onnx_nfi.store.duckdb_store import Store
 def write_color_names(store: Store, model: str, distributions: Mapping[str, np.ndarray]) -> None:
     """Replace the ``color_names`` rows of ``model``'s neurons with those of ``distributions``
     (per layer ``[C, 11]``), inside the caller's transaction."""
-    store.con.execute(
+    store._con.execute(
         "DELETE FROM color_names WHERE neuron_id IN (SELECT neuron_id FROM neurons WHERE model = ?)", [model]
     )
     for layer, (units, terms, shares) in stored_names(distributions).items():
         layers = np.full(units.size, layer, dtype=object)
         frame = {"layer": layers, "unit": units, "color": terms, "share": shares}  # noqa: F841  (scanned by name)
-        store.con.execute(
+        store._con.execute(
             "INSERT INTO color_names (neuron_id, color, share) SELECT n.neuron_id, f.color, f.share FROM frame f "
             "JOIN neurons n ON n.model = ? AND n.layer = f.layer AND n.unit = f.unit "
             "ORDER BY n.neuron_id, f.share DESC",

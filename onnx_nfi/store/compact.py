@@ -44,13 +44,13 @@ def compact(db: str | Path) -> CompactSummary:
     before = db.stat().st_size + _wal_size(db)
     try:
         with Store.open(db) as store:
-            name = store.con.execute("SELECT current_database()").fetchone()[0]
-            store.con.execute("CHECKPOINT")
-            store.con.execute(f"ATTACH '{quoted_path(fresh)}' AS nfi_compact")
+            name = store._con.execute("SELECT current_database()").fetchone()[0]
+            store._con.execute("CHECKPOINT")
+            store._con.execute(f"ATTACH '{quoted_path(fresh)}' AS nfi_compact")
             try:
-                store.con.execute(f'COPY FROM DATABASE "{name}" TO nfi_compact')
+                store._con.execute(f'COPY FROM DATABASE "{name}" TO nfi_compact')
             finally:
-                store.con.execute("DETACH nfi_compact")
+                store._con.execute("DETACH nfi_compact")
         os.replace(fresh, db)
     except OSError as exc:
         raise StoreError(f"cannot compact {db}: {exc.strerror or exc}; free some disk space and try again") from None

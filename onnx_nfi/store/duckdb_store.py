@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -22,6 +22,7 @@ from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.signals import current_hold, signals_wait
 from onnx_nfi.store.nf_storage import convert_float_nfs
 from onnx_nfi.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, TABLES, layer_summary_sql
+from onnx_nfi.store.user_sql import SqlResult, run_user_query, schema
 
 #: Tables whose rows belong to one model (replaced together).
 MODEL_TABLES = ("models", "images", "layers", "neurons", "top_activations", "class_frequencies")
@@ -122,7 +123,7 @@ class Store:
     """An open database; use ``with Store.open(path) as store``."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path) -> None:
-        self.con = con
+        self._con = con
         self.path = path
 
     @classmethod
@@ -147,47 +148,47 @@ class Store:
 
     def has_table(self, name: str) -> bool:
         """Whether the table exists (``response_vectors`` appears with the first probe set)."""
-        return bool(self.con.execute(
+        return bool(self._con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
         ).fetchone()[0])
 
     def _ensure_schema(self) -> None:
-        self.con.execute(TABLES)
-        self.con.execute(ADDED_COLUMNS)
-        convert_float_nfs(self.con)
-        self.con.execute(layer_summary_sql())
-        self.con.execute(
+        self._con.execute(TABLES)
+        self._con.execute(ADDED_COLUMNS)
+        convert_float_nfs(self._con)
+        self._con.execute(layer_summary_sql())
+        self._con.execute(
             "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
         )
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """All or nothing: a failure inside rolls every statement back."""
-        self.con.execute("BEGIN TRANSACTION")
+        self._con.execute("BEGIN TRANSACTION")
         try:
             yield
         except BaseException:
-            self.con.execute("ROLLBACK")
+            self._con.execute("ROLLBACK")
             raise
-        self.con.execute("COMMIT")
+        self._con.execute("COMMIT")
 
     def insert(self, table: str, frame: Frame) -> None:
         """Append the rows of a dict of equal-length numpy columns (column names must exist)."""
         columns = ", ".join(frame)
-        self.con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM frame")
+        self._con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM frame")
 
     def delete_model(self, model: str) -> None:
         """Remove every row of ``model`` (inside the caller's transaction)."""
         for table in (*NEURON_TABLES, *NEURON_RUN_TABLES):
-            self.con.execute(f"DELETE FROM {table} WHERE neuron_id IN (SELECT neuron_id FROM neurons WHERE model = ?)", [model])
+            self._con.execute(f"DELETE FROM {table} WHERE neuron_id IN (SELECT neuron_id FROM neurons WHERE model = ?)", [model])
         for table in MODEL_TABLES:
-            self.con.execute(f"DELETE FROM {table} WHERE model = ?", [model])
+            self._con.execute(f"DELETE FROM {table} WHERE model = ?", [model])
 
     def update_neurons(self, model: str, frame: Frame) -> None:
         """Set columns of existing neurons from a frame keyed by ``layer`` and ``unit``."""
         columns = [c for c in frame if c not in ("layer", "unit")]
         assignments = ", ".join(f"{c} = frame.{c}" for c in columns)
-        self.con.execute(
+        self._con.execute(
             f"UPDATE neurons SET {assignments} FROM frame "
             "WHERE neurons.model = ? AND neurons.layer = frame.layer AND neurons.unit = frame.unit",
             [model],
@@ -196,32 +197,86 @@ class Store:
     def next_id(self, table: str, column: str) -> int:
         """One past the largest id ever stored in ``table.column`` (ids are never reused)."""
         key = f"next_{table}_{column}"
-        stored = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        current = self.con.execute(f"SELECT coalesce(max({column}) + 1, 0) FROM {table}").fetchone()[0]
+        stored = self._con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        current = self._con.execute(f"SELECT coalesce(max({column}) + 1, 0) FROM {table}").fetchone()[0]
         return max(int(current), int(stored[0]) if stored else 0)
 
     def reserve_ids(self, table: str, column: str, count: int) -> int:
         """First of ``count`` fresh ids; remembered in ``meta`` so deleted ids stay retired."""
         first = self.next_id(table, column)
-        self.con.execute(
+        self._con.execute(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)", [f"next_{table}_{column}", str(first + count)]
         )
         return first
 
+    def replace_matches(self, model_a: str, model_b: str, frames: Sequence[Frame]) -> None:
+        """``neuron_matches`` of the ordered pair (``model_a``, ``model_b``) replaced by the rows of
+        ``frames``, in one transaction (a failure leaves the earlier matches)."""
+        with self.transaction():
+            self._con.execute("DELETE FROM neuron_matches WHERE model_a = ? AND model_b = ?", [model_a, model_b])
+            for frame in frames:
+                if len(next(iter(frame.values()))):
+                    self.insert("neuron_matches", frame)
+
+    def interrupt(self) -> None:
+        """Stop the query running on this connection (``serve``'s SQL box at its time limit)."""
+        self._con.interrupt()
+
     # ---- reads -------------------------------------------------------------------------------
+
+    def image_records(self, model: str) -> list[dict[str, Any]]:
+        """The model's images as ``image_id``, ``path``, ``label``, ``sha256`` (what ``index`` reads again)."""
+        return self.rows("SELECT image_id, path, label, sha256 FROM images WHERE model = ?", [model])
+
+    def live_neurons(self, model: str) -> int:
+        """How many of the model's neurons are not dead."""
+        return int(self._con.execute("SELECT count(*) FROM neurons WHERE model = ? AND NOT dead", [model]).fetchone()[0])
+
+    def response_profiles(self, model: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per layer with any (depth order): the units and their response vectors ``[n, P]`` (float32)."""
+        if not self.has_table("response_vectors"):
+            return {}
+        cols = self._con.execute(
+            "SELECT n.layer, n.unit, r.vector FROM neurons n JOIN response_vectors r USING (neuron_id) "
+            "JOIN layers l USING (model, layer) WHERE n.model = ? ORDER BY l.depth, n.unit", [model]
+        ).fetchnumpy()
+        layers = np.asarray(cols["layer"], dtype=object)
+        blocks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for layer in dict.fromkeys(layers):
+            mask = layers == layer
+            blocks[layer] = (np.asarray(cols["unit"][mask], np.int32), np.stack(cols["vector"][mask]).astype(np.float32))
+        return blocks
+
+    def most_class_dominated_unit(self, model: str, alias: str) -> int:
+        """The live unit of layer ``alias`` whose top images are most dominated by one class (lowest unit on ties)."""
+        rows = self.rows(
+            "SELECT unit FROM neurons n JOIN layers l USING (model, layer) WHERE model = ? AND alias = ? AND NOT dead "
+            "ORDER BY top_class_frequency DESC NULLS LAST, unit LIMIT 1",
+            [model, alias],
+        )
+        return int(rows[0]["unit"])
+
+    def user_query(self, text: str, max_rows: int) -> SqlResult | None:
+        """The first ``max_rows`` rows of a user's SQL (``serve``'s SQL box; see ``user_sql.run_user_query``)."""
+        return run_user_query(self._con, text, max_rows)
+
+    def table_columns(self) -> list[tuple[str, list[str]]]:
+        """(table, column names) of every table and view, the main tables first (beside the SQL box)."""
+        return schema(self._con)
+
 
     def models(self) -> list[str]:
         """Model names in the database."""
-        return [r[0] for r in self.con.execute("SELECT model FROM models ORDER BY model").fetchall()]
+        return [r[0] for r in self._con.execute("SELECT model FROM models ORDER BY model").fetchall()]
 
     def top_classes(self) -> list[str]:
         """The distinct top classes of the neurons (the browser's class search offers them)."""
-        return [r[0] for r in self.con.execute(
+        return [r[0] for r in self._con.execute(
             "SELECT DISTINCT top_class FROM neurons WHERE top_class IS NOT NULL ORDER BY top_class").fetchall()]
 
     def neurons_of_class(self, label: str, limit: int) -> list[tuple[str, str, int, float]]:
         """(model, layer alias, unit, share) of neurons whose top class is ``label``, most dominated first."""
-        rows = self.con.execute(
+        rows = self._con.execute(
             "SELECT n.model, l.alias, n.unit, coalesce(n.top_class_frequency, 0) FROM neurons n JOIN layers l "
             "USING (model, layer) WHERE n.top_class = ? ORDER BY n.top_class_frequency DESC, n.model, l.depth, n.unit "
             "LIMIT ?", [label, limit]).fetchall()
@@ -230,7 +285,7 @@ class Store:
     def model_row(self, model: str) -> dict[str, Any]:
         """The ``models`` row of ``model``, with the analysis's image input (``image_input``, from its
         run's parameters); NotFoundError names the models that exist."""
-        cur = self.con.execute(
+        cur = self._con.execute(
             "SELECT m.*, r.params ->> 'input' AS image_input FROM models m LEFT JOIN runs r ON r.run_id = m.run_id "
             "WHERE m.model = ?",
             [model],
@@ -261,7 +316,7 @@ class Store:
     def query(self, sql: str) -> tuple[list[str], list[tuple]]:
         """A user's SQL: column names and rows; a DuckDB error becomes one line saying what went wrong."""
         try:
-            cur = self.con.execute(sql)
+            cur = self._con.execute(sql)
         except duckdb.Error as exc:
             first = str(exc).strip().splitlines()[0]
             hint = " (the database is opened read-only; pass --write to modify it)" if "read-only" in first.lower() else ""
@@ -274,17 +329,17 @@ class Store:
         """Write a query's result to a Parquet file with DuckDB's own writer."""
         target = Path(target)
         try:
-            self.con.execute(f"COPY ({sql}) TO '{quoted_path(target)}' (FORMAT parquet)")
+            self._con.execute(f"COPY ({sql}) TO '{quoted_path(target)}' (FORMAT parquet)")
         except duckdb.Error as exc:
             raise StoreError(f"SQL error: {str(exc).strip().splitlines()[0]}") from None
         return target
 
     def rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         """Query results as dicts."""
-        cur = self.con.execute(sql, params or [])
+        cur = self._con.execute(sql, params or [])
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]
 
     def columns(self, sql: str, params: list[Any] | None = None) -> dict[str, np.ndarray]:
         """Query results as numpy columns (fast path for large reads)."""
-        return {k: np.asarray(v) for k, v in self.con.execute(sql, params or []).fetchnumpy().items()}
+        return {k: np.asarray(v) for k, v in self._con.execute(sql, params or []).fetchnumpy().items()}

@@ -58,21 +58,21 @@ def import_models(db: str | Path, other: str | Path, models: Sequence[str] = ())
         ours = read_probe(store)
         responses = has_responses and theirs is not None and (ours is None or ours.sha256 == theirs.sha256)
         quoted = other.resolve().as_posix().replace("'", "''")
-        store.con.execute(f"ATTACH '{quoted}' AS src (READ_ONLY)")
+        store._con.execute(f"ATTACH '{quoted}' AS src (READ_ONLY)")
         try:
             with store.transaction():
                 if responses and ours is None and theirs is not None:
                     save_probe(store, theirs)
-                    store.con.execute(response_vectors_sql(len(theirs)))
+                    store._con.execute(response_vectors_sql(len(theirs)))
                 neurons = sum(_copy_model(store, m, responses) for m in names)
         finally:
-            store.con.execute("DETACH src")
+            store._con.execute("DETACH src")
     return ImportSummary(tuple(names), neurons, responses, sync_after_commit(db))
 
 
 def _copy_model(store: Store, model: str, responses: bool) -> int:
     """One model's rows from ``src`` with fresh neuron and run ids (inside the caller's transaction)."""
-    con = store.con
+    con = store._con
     count = int(con.execute("SELECT count(*) FROM src.neurons WHERE model = ?", [model]).fetchone()[0])
     first = store.reserve_ids("neurons", "neuron_id", count)
     con.execute(

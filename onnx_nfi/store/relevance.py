@@ -59,7 +59,7 @@ def write_layer_relevance(
         ids = store.columns("SELECT unit, neuron_id FROM neurons WHERE model = ? AND layer = ? ORDER BY unit", [model, layer])
         neuron_ids = np.asarray(ids["neuron_id"], np.int64)[np.argsort(ids["unit"])]
         for table in NEURON_RUN_TABLES:
-            store.con.execute(
+            store._con.execute(
                 f"DELETE FROM {table} WHERE neuron_id IN (SELECT neuron_id FROM neurons WHERE model = ? AND layer = ?)",
                 [model, layer],
             )
@@ -142,16 +142,16 @@ def relevance_points(store: Store, model: str, column: str) -> list[LayerPoints]
 def import_relevance(store: Store) -> None:
     """Inside ``import``'s copy of one model (its ``idmap`` and ``runmap`` of fresh neuron and run ids
     made): the relevance rows of the database attached as ``src``, if it has any."""
-    has = store.con.execute(
+    has = store._con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_catalog = 'src' AND table_name = 'relevance'"
     ).fetchone()[0]
     if not has:
         return
-    store.con.execute(
+    store._con.execute(
         "INSERT INTO relevance BY NAME SELECT v.* REPLACE (i.new AS neuron_id, m.new AS run_id) FROM src.relevance v "
         "JOIN idmap i ON i.old = v.neuron_id LEFT JOIN runmap m ON m.old = v.run_id"
     )
-    store.con.execute(
+    store._con.execute(
         "INSERT INTO relevance_classes BY NAME SELECT v.* REPLACE (i.new AS neuron_id) FROM src.relevance_classes v "
         "JOIN idmap i ON i.old = v.neuron_id"
     )

@@ -65,7 +65,7 @@ def write_analysis(db: str | Path, record: AnalysisRecord) -> tuple[int, int]:
             if record.indexes is not None:
                 write_indexes(store, record.name, record.indexes)
             store_vectors(store, record.name, record.probe, record.probe_scores, nfs)
-            dead = int(store.con.execute(
+            dead = int(store._con.execute(
                 "SELECT count(*) FROM neurons WHERE model = ? AND dead", [record.name]
             ).fetchone()[0])
     except BaseException:
@@ -103,7 +103,7 @@ def write_indexes(store: Store, name: str, result: IndexResult) -> None:
             "layer": np.full(units, layer, dtype=object), "unit": np.arange(units, dtype=np.int32), **columns,
         })
     if result.class_frequencies:
-        store.con.execute("DELETE FROM class_frequencies WHERE model = ?", [name])
+        store._con.execute("DELETE FROM class_frequencies WHERE model = ?", [name])
     for layer, (units, labels, freqs) in result.class_frequencies.items():
         store.insert("class_frequencies", {
             "model": _repeat(name, units.size), "layer": _repeat(layer, units.size),
@@ -112,12 +112,12 @@ def write_indexes(store: Store, name: str, result: IndexResult) -> None:
     if result.color_names:
         write_color_names(store, name, result.color_names)
     if result.concepts:
-        store.con.execute(
+        store._con.execute(
             "DELETE FROM concept_labels WHERE neuron_id IN (SELECT neuron_id FROM neurons WHERE model = ?)", [name]
         )
     for layer, rows in result.concepts.items():
         frame = {"layer": _repeat(layer, rows["unit"].size), **rows}  # noqa: F841  (read by the SQL below)
-        store.con.execute(
+        store._con.execute(
             "INSERT INTO concept_labels SELECT n.neuron_id, f.concept, f.wnid, f.depth, f.share, f.top_count, "
             "f.labelled_top, f.base_rate, f.enrichment, f.p_value, f.p_holm FROM frame f JOIN neurons n "
             "ON n.model = ? AND n.layer = f.layer AND n.unit = f.unit ORDER BY n.neuron_id, f.p_value, f.concept",

@@ -10,7 +10,7 @@ now, so a replaced or removed neuron (ids are never reused) is never served.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,7 +55,7 @@ def insert_vectors(store: Store, kind: str, ids: np.ndarray, vectors: np.ndarray
     if not keep.any():
         return
     if kind == "response":
-        store.con.execute(response_vectors_sql(vectors.shape[1]))
+        store._con.execute(response_vectors_sql(vectors.shape[1]))
     column = np.empty(int(keep.sum()), dtype=object)
     for k, row in enumerate(vectors[keep]):
         column[k] = row
@@ -66,7 +66,7 @@ def _prune_orphans(store: Store) -> None:
     """Drop vectors whose neuron no longer exists (the model was replaced or removed)."""
     for table in VECTOR_TABLES.values():
         if store.has_table(table):
-            store.con.execute(f"DELETE FROM {table} WHERE neuron_id NOT IN (SELECT neuron_id FROM neurons)")
+            store._con.execute(f"DELETE FROM {table} WHERE neuron_id NOT IN (SELECT neuron_id FROM neurons)")
 
 
 def store_vectors(
@@ -76,7 +76,7 @@ def store_vectors(
     new probe set, drop the vectors and matches of the model's replaced neurons, store the new vectors."""
     save_probe(store, probe)
     _prune_orphans(store)
-    store.con.execute("DELETE FROM neuron_matches WHERE model_a = ? OR model_b = ?", [model, model])
+    store._con.execute("DELETE FROM neuron_matches WHERE model_a = ? OR model_b = ?", [model, model])
     ids = ids_by_layer(store, model)
     for kind, per_layer, make in (
         ("response", probe_scores, similarity.response_vectors),
@@ -90,12 +90,12 @@ def store_vectors(
 
 def store_index_vectors(store: Store, model: str) -> None:
     """(Re)write the index vectors of ``model`` from its index columns (after indexes are (re)computed)."""
-    raw = store.con.execute(
+    raw = store._con.execute(
         f"SELECT neuron_id, {', '.join(INDEX_COLUMNS)} FROM neurons WHERE model = ? ORDER BY neuron_id", [model]
     ).fetchnumpy()
     cols = {c: np.ma.filled(np.ma.asarray(v).astype(np.float64), np.nan) for c, v in raw.items() if c != "neuron_id"}
     cols["neuron_id"] = np.asarray(raw["neuron_id"], np.int64)
-    store.con.execute(
+    store._con.execute(
         "DELETE FROM index_vectors WHERE neuron_id IN (SELECT neuron_id FROM neurons WHERE model = ?)", [model]
     )
     insert_vectors(store, "indexes", cols["neuron_id"], similarity.index_vectors({c: cols[c] for c in INDEX_COLUMNS}))
@@ -116,9 +116,9 @@ def ids_by_layer(store: Store, model: str) -> dict[str, np.ndarray]:
 def read_vectors(store: Store, table: str, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(ids, vectors [n, d]) of ``table`` sorted by id; only ``ids`` when given."""
     if ids is None:
-        cols = store.con.execute(f"SELECT neuron_id, vector FROM {table} ORDER BY neuron_id").fetchnumpy()
+        cols = store._con.execute(f"SELECT neuron_id, vector FROM {table} ORDER BY neuron_id").fetchnumpy()
     else:
-        cols = store.con.execute(  # a list parameter, not a scan of a Python local: serve's connection has those off
+        cols = store._con.execute(  # a list parameter, not a scan of a Python local: serve's connection has those off
             f"SELECT t.neuron_id, t.vector FROM {table} t WHERE t.neuron_id IN (SELECT unnest(?::BIGINT[])) "
             "ORDER BY t.neuron_id", [np.asarray(ids, np.int64).tolist()]
         ).fetchnumpy()
@@ -174,7 +174,7 @@ def in_step(store: Store, db: Path, kind: str) -> VectorIndex | None:
         for p in (ids_path, path):
             p.unlink(missing_ok=True)
         return None
-    dim = int(store.con.execute(f"SELECT len(vector) FROM {table} LIMIT 1").fetchone()[0])
+    dim = int(store._con.execute(f"SELECT len(vector) FROM {table} LIMIT 1").fetchone()[0])
     index, held = _load_index(path, ids_path)
     if index is not None and index.dim != dim:  # the probe set was replaced
         index = None
@@ -237,16 +237,16 @@ def remove(db: str | Path, model: str) -> RemoveSummary:
     drop its vectors from the FAISS indexes."""
     with Store.open(db) as store:
         store.model_row(model)
-        neurons = int(store.con.execute("SELECT count(*) FROM neurons WHERE model = ?", [model]).fetchone()[0])
+        neurons = int(store._con.execute("SELECT count(*) FROM neurons WHERE model = ?", [model]).fetchone()[0])
         with store.transaction():
             for table in VECTOR_TABLES.values():
                 if store.has_table(table):
-                    store.con.execute(
+                    store._con.execute(
                         f"DELETE FROM {table} WHERE neuron_id IN (SELECT neuron_id FROM neurons WHERE model = ?)", [model]
                     )
-            store.con.execute("DELETE FROM neuron_matches WHERE model_a = ? OR model_b = ?", [model, model])
-            store.con.execute("DELETE FROM skipped_images WHERE run_id IN (SELECT run_id FROM runs WHERE model = ?)", [model])
-            store.con.execute("DELETE FROM runs WHERE model = ?", [model])
+            store._con.execute("DELETE FROM neuron_matches WHERE model_a = ? OR model_b = ?", [model, model])
+            store._con.execute("DELETE FROM skipped_images WHERE run_id IN (SELECT run_id FROM runs WHERE model = ?)", [model])
+            store._con.execute("DELETE FROM runs WHERE model = ?", [model])
             store.delete_model(model)
     return RemoveSummary(model, neurons, sync_after_commit(db))
 
@@ -266,9 +266,24 @@ def save_probe(store: Store, probe: ProbeSet) -> None:
         })
 
 
+def replace_probe_set(store: Store, probe: ProbeSet, vectors: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """Make ``probe`` the database's probe set with ``vectors`` (model -> layer -> response vectors
+    ``[C, P]``) as every model's response profiles, in one transaction; the matches, computed over
+    the old profiles, are dropped."""
+    with store.transaction():
+        store._con.execute("DELETE FROM probe_images")
+        store._con.execute("DROP TABLE IF EXISTS response_vectors")
+        store._con.execute("DELETE FROM neuron_matches")
+        save_probe(store, ProbeSet(probe.sha256, probe.paths, stored=False))
+        for model, per_layer in vectors.items():
+            ids = ids_by_layer(store, model)
+            for tensor, values in per_layer.items():
+                insert_vectors(store, "response", ids[tensor], values)
+
+
 def read_probe(store: Store) -> ProbeSet | None:
     """The probe set stored in the database, or None."""
-    rows = store.con.execute("SELECT sha256, path FROM probe_images ORDER BY probe_index").fetchall()
+    rows = store._con.execute("SELECT sha256, path FROM probe_images ORDER BY probe_index").fetchall()
     if not rows:
         return None
     return ProbeSet(tuple(r[0] for r in rows), tuple(Path(r[1]) for r in rows), stored=True)

@@ -199,7 +199,7 @@ def display_jpegs(
 def nf_pngs(store: Store, model: str, layer: str, units: Sequence[int] | None = None):
     """(unit, PNG bytes) of a layer's stored NFs (or of ``units``), at their stored size."""
     where = "" if units is None else " AND unit IN (SELECT unnest(?::INTEGER[]))"
-    cols = store.con.execute(
+    cols = store._con.execute(
         f"SELECT unit, nf, nf_height, nf_width FROM neurons WHERE model = ? AND layer = ? AND nf IS NOT NULL{where}",
         [model, layer] + ([list(units)] if units is not None else []),
     ).fetchnumpy()

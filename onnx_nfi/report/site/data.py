@@ -426,7 +426,7 @@ def layer_matches(
 
 def _numpy(store: Store, sql: str, params: list[Any]) -> dict[str, np.ndarray]:
     """Query columns as numpy arrays; NULLs stay masked (``Store.columns`` drops the mask)."""
-    return store.con.execute(sql, params).fetchnumpy()
+    return store._con.execute(sql, params).fetchnumpy()
 
 
 def _float_column(column: np.ndarray) -> np.ndarray:
