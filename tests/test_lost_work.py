@@ -1,7 +1,7 @@
 """Verbs that compute before they write keep their work when the database is locked: ``index``,
-``probe --force`` and ``match`` wait for the lock (``--lock-timeout``); ``index``, if it stays
-locked, saves the indexes and names the command that writes them, which ends with the same tables
-as an unhindered run."""
+``probe --force`` and ``match`` wait for the lock (``--lock-timeout``) and, if it stays locked, save
+their results and name the command that writes them, which ends with the same tables as an
+unhindered run."""
 
 from __future__ import annotations
 
@@ -118,3 +118,102 @@ def test_probe_force_waits_for_a_lock_taken_while_it_scores(reference: Path, ima
     assert lockers, "the lock was never taken"
     assert summary.changed and summary.recomputed == (MODEL,)
     assert query(db, "SELECT count(*) FROM probe_images") == [(summary.images,)] and summary.images >= 18
+
+
+#: Holds a read-only connection to ARGV[1] for ARGV[2] seconds: other readers may open the file, no writer can.
+READER = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def table(db: Path, sql: str) -> list[tuple]:
+    return sorted(query(db, sql))
+
+
+def test_probe_force_keeps_the_profiles_when_the_lock_outlasts_the_wait(
+    reference: Path, images: Path, tmp_path: Path
+) -> None:
+    db, unhindered = tmp_path / "nfi.duckdb", tmp_path / "unhindered.duckdb"
+    shutil.copy(reference, db)
+    shutil.copy(reference, unhindered)
+    before = table(db, "SELECT sha256 FROM probe_images")
+    lockers: list[subprocess.Popen] = []
+    try:
+        with pytest.raises(ResultsNotWritten) as caught:
+            api.set_probe(db, images, size=20, force=True, lock_timeout=1, progress=locking(db, 600, lockers, "probe"))
+    finally:
+        for locker in lockers:
+            locker.kill()
+            locker.wait()
+    saved = Path(f"{db}.probe.npz")
+    assert caught.value.command == f"onnx-nfi probe --db {db} --saved {saved}" and saved.is_file()
+    assert str(caught.value) == (
+        f"the response profiles over the new probe set were computed but could not be written to {db} (database {db} "
+        f"is still locked by another process after 1 s; close it or raise --lock-timeout); they are saved in {saved}: "
+        f"write them with '{caught.value.command}'"
+    )
+    assert table(db, "SELECT sha256 FROM probe_images") == before, "the database changed although the write failed"
+    written = invoke(*caught.value.command.split()[1:], "--silent")
+    assert written.exit_code == 0, written.output
+    assert not saved.exists(), "the written profiles were left behind"
+    api.set_probe(unhindered, images, size=20, force=True)
+    probe_sql = "SELECT probe_index, sha256 FROM probe_images"
+    assert table(db, probe_sql) == table(unhindered, probe_sql) != before
+    vectors_sql = "SELECT n.layer, n.unit, r.vector FROM response_vectors r JOIN neurons n USING (neuron_id)"
+    assert table(db, vectors_sql) == table(unhindered, vectors_sql)
+    again = invoke("probe", "--db", db, "--saved", saved)
+    assert again.exit_code == 2 and again.output.strip() == (
+        f"Error: {saved} is not a probe set saved by 'onnx-nfi probe' (or it is damaged); run 'onnx-nfi probe DIR "
+        "--force' again"
+    )
+
+
+def test_match_reads_then_computes_unlocked_and_keeps_matches_it_cannot_write(reference: Path, tmp_path: Path) -> None:
+    db, unhindered = tmp_path / "nfi.duckdb", tmp_path / "unhindered.duckdb"
+    shutil.copy(reference, db)
+    shutil.copy(reference, unhindered)
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(db), "600"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "locked"
+        refused = invoke("match", MODEL, MODEL, "--db", db, "--lock-timeout", "1")
+    finally:
+        reader.kill()
+        reader.wait()
+    saved = Path(f"{db}.{MODEL}.{MODEL}.matches.npz")
+    command = f"onnx-nfi match {MODEL} {MODEL} --db {db} --saved {saved}"
+    assert refused.exit_code == 2 and saved.is_file()
+    assert refused.output.strip() == (
+        f"Error: the matches of {MODEL} in {MODEL} were computed but could not be written to {db} (database {db} is "
+        f"still locked by another process after 1 s; close it or raise --lock-timeout); they are saved in {saved}: "
+        f"write them with '{command}'"
+    )
+    assert query(db, "SELECT count(*) FROM neuron_matches") == [(0,)]
+    written = invoke(*command.split()[1:])
+    assert written.exit_code == 0, written.output
+    assert not saved.exists(), "the written matches were left behind"
+    plain = invoke("match", MODEL, MODEL, "--db", unhindered)
+    assert written.output.replace(str(db), "DB") == plain.output.replace(str(unhindered), "DB")
+    rows = "SELECT model_a, layer_a, unit_a, model_b, layer_b, unit_b, score, one_to_one FROM neuron_matches"
+    assert table(db, rows) == table(unhindered, rows) and len(table(db, rows)) > 0
+
+
+def test_match_after_an_import_without_profiles_says_what_happened_and_what_to_run(
+    reference: Path, images: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "other.duckdb"
+    api.set_probe(db, images, size=5)  # an empty database with another probe set than the reference's
+    imported = invoke("import", reference, "--db", db)
+    assert imported.exit_code == 0, imported.output
+    refused = invoke("match", MODEL, MODEL, "--db", db)
+    folder = images  # the five probe images span the class folders of ``images``
+    command = f"onnx-nfi probe {folder} --size 5 --force --db {db}"
+    assert refused.exit_code == 2 and refused.output.strip() == (
+        f"Error: model '{MODEL}' has no response profiles: it was imported from a database with another probe set, "
+        f"and 'import' leaves them out then; score every model on this database's probe set with '{command}'"
+    )
+    done = invoke(*command.split()[1:], "--silent")
+    assert done.exit_code == 0, done.output
+    assert invoke("match", MODEL, MODEL, "--db", db).exit_code == 0
