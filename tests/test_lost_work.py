@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -129,6 +131,18 @@ time.sleep(float(sys.argv[2]))
 """
 
 
+@contextmanager
+def lockers_ended() -> Iterator[list[subprocess.Popen]]:
+    """A list for the lock holders that ``locking`` starts, each ended on the way out."""
+    lockers: list[subprocess.Popen] = []
+    try:
+        yield lockers
+    finally:
+        for locker in lockers:
+            locker.kill()
+            locker.wait()
+
+
 def table(db: Path, sql: str) -> list[tuple]:
     return sorted(query(db, sql))
 
@@ -140,14 +154,8 @@ def test_probe_force_keeps_the_profiles_when_the_lock_outlasts_the_wait(
     shutil.copy(reference, db)
     shutil.copy(reference, unhindered)
     before = table(db, "SELECT sha256 FROM probe_images")
-    lockers: list[subprocess.Popen] = []
-    try:
-        with pytest.raises(ResultsNotWritten) as caught:
-            api.set_probe(db, images, size=20, force=True, lock_timeout=1, progress=locking(db, 600, lockers, "probe"))
-    finally:
-        for locker in lockers:
-            locker.kill()
-            locker.wait()
+    with lockers_ended() as lockers, pytest.raises(ResultsNotWritten) as caught:
+        api.set_probe(db, images, size=20, force=True, lock_timeout=1, progress=locking(db, 600, lockers, "probe"))
     saved = Path(f"{db}.probe.npz")
     assert caught.value.command == f"onnx-nfi probe --db {db} --saved {saved}" and saved.is_file()
     assert str(caught.value) == (
@@ -217,3 +225,10 @@ def test_match_after_an_import_without_profiles_says_what_happened_and_what_to_r
     done = invoke(*command.split()[1:], "--silent")
     assert done.exit_code == 0, done.output
     assert invoke("match", MODEL, MODEL, "--db", db).exit_code == 0
+
+
+def test_probe_without_a_folder_or_a_saved_file_says_what_it_needs(tmp_path: Path) -> None:
+    result = invoke("probe", "--db", tmp_path / "nfi.duckdb")
+    assert result.exit_code == 2 and result.output.strip() == (
+        "Error: name the image folder to draw the probe set from (or pass --saved FILE)"
+    )
