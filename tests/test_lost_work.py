@@ -199,6 +199,15 @@ def test_match_reads_then_computes_unlocked_and_keeps_matches_it_cannot_write(re
         f"write them with '{command}'"
     )
     assert query(db, "SELECT count(*) FROM neuron_matches") == [(0,)]
+    replaced = tmp_path / "replaced.duckdb"
+    shutil.copy(db, replaced)
+    api.sql(f"UPDATE models SET sha256 = 'another file' WHERE model = '{MODEL}'", replaced, write=True)
+    stale = invoke("match", MODEL, MODEL, "--db", replaced, "--saved", saved)
+    assert stale.exit_code == 2 and stale.output.strip() == (
+        f"Error: {saved} holds matches of other models (or other versions of them) than {MODEL} in {MODEL} as stored "
+        "now; run the match command again without --saved"
+    )
+    assert query(replaced, "SELECT count(*) FROM neuron_matches") == [(0,)] and saved.is_file()
     written = invoke(*command.split()[1:])
     assert written.exit_code == 0, written.output
     assert not saved.exists(), "the written matches were left behind"
