@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 from onnx_nfi.errors import ConfigError
-from onnx_nfi.names import DEFAULT_INDEXES, INDEX_NAMES
+from onnx_nfi.names import DEFAULT_INDEXES, INDEX_NAMES, INDEXES, index_names  # noqa: F401  (INDEX_NAMES: re-exported)
 
 #: Default largest image, in pixels (100 MP: a 10000×10000 photo, 300 MB decoded); see data/limits.py.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -102,8 +102,7 @@ HELP: dict[str, str] = {
     "layers": "Layers to analyse: aliases (conv3), tensor names or globs (conv1*), comma-separated or repeated; default all conv layers.",
     "nf": "Compute Neuron Features (docs/method.md, Neuron Feature).",
     "nf_max_size": "Largest NF side in pixels; larger receptive fields are averaged at reduced resolution (0 = full size).",
-    "indexes": "Indexes: color, class, orientation, symmetry, shape, color_names (each neuron's colour terms), "
-               "concepts (concept labels), all, or none (comma-separated).",
+    "indexes": f"Indexes: {', '.join(f'{s.name} ({s.help})' for s in INDEXES.values())}, all, or none (comma-separated).",
     "color_mode": "Colour index grey pass: image (whole image greyed, one pass) or region (RF region only, the paper's form).",
     "rho": "Class selectivity threshold on cumulative class frequency, in (0, 1] (docs/method.md, Class selectivity).",
     "population_threshold": "Class frequency counted in the population code.",
@@ -138,15 +137,15 @@ def parse_list(values: list[str] | tuple[str, ...] | str | None) -> tuple[str, .
 
 def parse_indexes(values: list[str] | tuple[str, ...] | str) -> tuple[str, ...]:
     """``color,class`` / ``all`` / ``none`` -> a tuple of index names in canonical order."""
-    items = list(parse_list(values))
+    items, known = list(parse_list(values)), index_names()
     if "all" in items:
-        return INDEX_NAMES
+        return known
     if items in (["none"], []):
         return ()
-    unknown = [v for v in items if v not in INDEX_NAMES]
+    unknown = [v for v in items if v not in known]
     if unknown:
-        raise ConfigError(f"unknown index {', '.join(unknown)}; use any of {', '.join(INDEX_NAMES)}, all or none")
-    return tuple(n for n in INDEX_NAMES if n in items)
+        raise ConfigError(f"unknown index {', '.join(unknown)}; use any of {', '.join(known)}, all or none")
+    return tuple(n for n in known if n in items)
 
 
 def config_fields() -> list[str]:
