@@ -1,0 +1,154 @@
+"""The index registry is one place: a declaration alone (columns, measure, help, docs section) gives an
+index its column, its value and its ``--by`` option; and every declared index is complete."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from cli_helpers import invoke, query
+from conftest import PLANTED, ROOT
+from planted_data import write_image_folder
+
+from onnx_nfi import api
+from onnx_nfi.config import HELP, AnalyzeConfig
+from onnx_nfi.errors import ConfigError
+from onnx_nfi.names import INDEXES, Column, IndexSpec, register_index
+from onnx_nfi.neurons.indexes import IndexResult, Measure, measure, transformed
+from onnx_nfi.neurons.measures import per_layer
+from onnx_nfi.pipeline.caveats import caveats
+
+MODEL = "planted_selectivity"
+
+
+def _dummy_columns(a: np.ndarray, responses: np.ndarray) -> dict[str, np.ndarray]:
+    """``dummy_selectivity``: mean over the positive top scores / the largest; ``dummy_echo``: mean of
+    a'/a over those entries, a' read after an identity whole-image pass (so 1 where the pass is right)."""
+    live = a > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(live, a, 0).sum(axis=1) / live.sum(axis=1) / a[:, 0]
+        echo = np.where(live, responses[0] / a, 0).sum(axis=1) / live.sum(axis=1)
+    return {"dummy_selectivity": mean, "dummy_echo": echo}
+
+
+#: The dummy's measure: one whole-image pass (the images unchanged) and the formula above.
+DUMMY = Measure(per_layer(1, _dummy_columns), whole=lambda config: transformed(lambda images: images))
+
+
+@pytest.fixture()
+def dummy() -> Iterator[IndexSpec]:
+    """The dummy index, declared for the test only."""
+    spec = register_index(IndexSpec(
+        "dummy", "mean top score over the largest", (Column("dummy_selectivity", "DOUBLE"), Column("dummy_echo", "DOUBLE")),
+        f"{__name__}:DUMMY", "§2", selectivity=True,
+    ))
+    yield spec
+    INDEXES.pop(spec.name)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("registry") / "images"
+    write_image_folder(root, n_per_class=6, seed=5)
+    return root
+
+
+def expected_dummy(db: Path) -> dict[tuple[str, int], float]:
+    """The dummy's value per (layer, unit), from the stored top activations, independently of the product."""
+    found: dict[tuple[str, int], list[float]] = {}
+    for layer, unit, activation in query(db, "SELECT layer, unit, activation FROM top_activations WHERE model = ?", [MODEL]):
+        found.setdefault((layer, unit), []).append(activation)
+    out = {}
+    for key, values in found.items():
+        v = np.asarray(values, np.float64)
+        out[key] = float(v[v > 0].mean() / v.max()) if (v > 0).any() else float("nan")
+    return out
+
+
+def check_dummy_values(db: Path) -> None:
+    want = expected_dummy(db)
+    rows = query(db, "SELECT layer, unit, dead, dummy_selectivity, dummy_echo FROM neurons WHERE model = ?", [MODEL])
+    assert len(rows) == len(want) > 0
+    live = [r for r in rows if not r[2]]
+    assert len(live) > 10
+    for layer, unit, _, value, echo in live:
+        assert value == pytest.approx(want[layer, unit], rel=1e-5), (layer, unit)
+        assert echo == pytest.approx(1.0, abs=1e-4), (layer, unit)
+    assert all(r[3] is None or np.isnan(r[3]) for r in rows if r[2])  # dead units have no value
+
+
+def test_a_declared_index_is_computed_stored_and_ranked_by(dummy: IndexSpec, images: Path, tmp_path: Path) -> None:
+    db = tmp_path / "nfi.duckdb"
+    api.analyze(PLANTED, images, db=db, config=AnalyzeConfig(top_n=10, nf=False, indexes=("class", "dummy")))
+    check_dummy_values(db)
+    r = invoke("top", MODEL, "conv1", "--by", "dummy", "-k", 4, "-o", tmp_path / "top.png", "--db", db)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "top.png").stat().st_size > 0
+    r = invoke("top", MODEL, "conv1", "--by", "dummy_nothing", "-o", tmp_path / "no.png", "--db", db)
+    assert r.exit_code != 0 and "dummy_selectivity" in r.output  # the choices offered include the new column
+    summary = query(db, "SELECT dummy_selectivity_mean FROM layer_summary WHERE model = ?", [MODEL])
+    assert summary and all(0 < m <= 1 for (m,) in summary)
+
+
+def test_a_database_written_before_the_declaration_gains_its_columns(images: Path, tmp_path: Path, request) -> None:
+    db = tmp_path / "nfi.duckdb"
+    api.analyze(PLANTED, images, db=db, config=AnalyzeConfig(top_n=10, nf=False, indexes=("class",)))
+    assert "dummy_selectivity" not in {c for (c,) in query(db, "SELECT column_name FROM (DESCRIBE neurons)")}
+    request.getfixturevalue("dummy")
+    r = invoke("index", MODEL, "--indexes", "dummy", "--db", db)
+    assert r.exit_code == 0, r.output
+    check_dummy_values(db)
+
+
+def test_the_declaration_gives_validation_and_range_warnings(dummy: IndexSpec) -> None:
+    assert AnalyzeConfig(indexes="dummy,color").indexes == ("color", "dummy")
+    assert "dummy" in AnalyzeConfig(indexes="all").indexes
+    values = {"dummy_selectivity": np.array([1.5, 0.5, -0.25, np.nan])}
+    warnings = caveats([], IndexResult({"conv1": values}))
+    assert warnings == (
+        "dummy_selectivity of 2 unit(s) is outside [0, 1] (1 below 0, 1 above 1); it is not clipped: "
+        "see docs/method.md §2, Range",
+    )
+
+
+def test_an_undeclared_or_clashing_index_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown index dummy"):
+        AnalyzeConfig(indexes="dummy")
+    with pytest.raises(ConfigError, match="already declared"):
+        register_index(IndexSpec("again", "x", (Column("color_selectivity", "DOUBLE"),), "m:X", "§5"))
+    with pytest.raises(ConfigError, match="already declared"):
+        register_index(IndexSpec("color", "x", (Column("other", "DOUBLE"),), "m:X", "§5"))
+    assert "again" not in INDEXES
+
+
+def test_every_declared_index_is_complete(tmp_path: Path) -> None:
+    """Each index: its columns in a new database with their types, a measure, help text (in ``--indexes``'
+    help), a section of docs/method.md, and its name in the README; selectivity ones in ``layer_summary``."""
+    db = tmp_path / "nfi.duckdb"
+    from onnx_nfi.store.duckdb_store import Store
+
+    with Store.open(db):
+        pass
+    with duckdb.connect(str(db), read_only=True) as con:
+        types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE neurons)").fetchall())
+        summary = {c for (c,) in con.execute("SELECT column_name FROM (DESCRIBE layer_summary)").fetchall()}
+    method = (ROOT / "docs" / "method.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert len(INDEXES) >= 7
+    for name, spec in INDEXES.items():
+        assert spec.name == name and spec.columns
+        for column in spec.columns:
+            assert types.get(column.name) == column.sql, (name, column)
+        m = measure(name)
+        assert isinstance(m, Measure) and callable(m.formula), name
+        assert spec.help.strip() and f"{name} ({spec.help})" in HELP["indexes"], name
+        assert re.search(rf"^## {spec.section} \S", method, re.M), (name, spec.section)
+        assert re.search(rf"`[^`\n]*\b{name}\b[^`\n]*`", readme), name
+        if spec.selectivity:
+            assert f"{spec.columns[0].name}_mean" in summary, name
+    invoke_help = invoke("analyze", "--help").output
+    assert "color_names" in invoke_help and "concepts" in invoke_help
