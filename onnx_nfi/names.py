@@ -94,10 +94,27 @@ INDEX_COLUMNS = selectivity_columns()
 #: The 11 basic colour terms of colour names (``color_names.color``), in the naming model's order.
 COLOR_TERMS = ("red", "orange", "brown", "yellow", "green", "blue", "purple", "pink", "black", "grey", "white")
 
-#: Search vectors by kind (docs/method.md, "Similar neurons"): the ``--by`` choices and their tables,
-#: keyed by ``neurons.neuron_id``.
-VECTOR_TABLES = {"response": "response_vectors", "nf": "nf_vectors", "indexes": "index_vectors"}
-VECTOR_KINDS = tuple(VECTOR_TABLES)
+@dataclass(frozen=True)
+class VectorKind:
+    """A kind of search vector (docs/method.md §8), declared once: its ``--by`` name, its table (keyed
+    by ``neurons.neuron_id``), what it is (help) and why a neuron may have none (the error that says so)."""
+
+    name: str
+    table: str
+    help: str
+    missing: str
+
+
+#: Search vectors by kind, in the order ``--by`` lists them.
+VECTORS: dict[str, VectorKind] = {v.name: v for v in (
+    VectorKind("response", "response_vectors", "profile over the probe set",
+               "dead or constant on the probe set, or analysed before the database had one"),
+    VectorKind("nf", "nf_vectors", "the Neuron Feature at 16x16", "dead, or analysed with --no-nf"),
+    VectorKind("indexes", "index_vectors", "the selectivity indexes", "dead, or analysed with --indexes none"),
+)}
+#: The ``--by`` choices and their tables.
+VECTOR_TABLES = {v.name: v.table for v in VECTORS.values()}
+VECTOR_KINDS = tuple(VECTORS)
 
 
 def parse_neuron(text: str) -> tuple[str, str, int]:

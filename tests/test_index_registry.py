@@ -152,3 +152,18 @@ def test_every_declared_index_is_complete(tmp_path: Path) -> None:
             assert f"{spec.columns[0].name}_mean" in summary, name
     invoke_help = invoke("analyze", "--help").output
     assert "color_names" in invoke_help and "concepts" in invoke_help
+
+
+def test_every_vector_kind_is_complete() -> None:
+    """Each search vector kind: its table in the schema, its help in ``similar --by``, why a neuron may lack one."""
+    from onnx_nfi.names import VECTORS
+    from onnx_nfi.search.records import MISSING_REASON
+    from onnx_nfi.store.schema import response_vectors_sql, tables_sql
+
+    schema = tables_sql() + response_vectors_sql(8)
+    by_help = re.sub(r"[│\s]+", " ", invoke("similar", "--help").output)  # the help box's borders and wraps out
+    assert tuple(VECTORS) == ("response", "nf", "indexes")
+    for name, kind in VECTORS.items():
+        assert f"CREATE TABLE IF NOT EXISTS {kind.table} (neuron_id BIGINT PRIMARY KEY" in schema, name
+        assert f"{name} ({kind.help})" in by_help, name
+        assert MISSING_REASON[name] == kind.missing and kind.missing.strip(), name
