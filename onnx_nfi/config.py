@@ -12,7 +12,14 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 from onnx_nfi.errors import ConfigError
-from onnx_nfi.names import DEFAULT_INDEXES, INDEX_NAMES, INDEXES, index_names  # noqa: F401  (INDEX_NAMES: re-exported)
+from onnx_nfi.names import (  # noqa: F401  (INDEX_NAMES: re-exported)
+    DEFAULT_INDEXES,
+    INDEX_NAMES,
+    INDEXES,
+    LABEL_SOURCES,
+    PRESETS,
+    index_names,
+)
 
 #: Default largest image, in pixels (100 MP: a 10000×10000 photo, 300 MB decoded); see data/limits.py.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -93,12 +100,18 @@ def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{_option(name)} must be one of {', '.join(choices)}, got {value!r}")
 
 
+def _labels_help() -> str:
+    """``auto, folder (sub-folder names), …, predicted[:CLASSNAMES.txt] or none``, from ``names.LABEL_SOURCES``."""
+    forms = [f"{s.form} ({s.help})" if s.help else s.form for s in LABEL_SOURCES.values()]
+    return f"{', '.join(forms[:-1])} or {forms[-1]}"
+
+
 HELP: dict[str, str] = {
     "top_n": "Images kept per neuron (N; docs/method.md, Top-N images).",
     "batch_size": "Images per forward pass.",
     "provider": "onnxruntime provider: auto (CUDA when available), cpu or cuda.",
-    "preprocess": "Preset (torchvision, inception, caffe, raw) or a preprocessing JSON file; default: MODEL.json beside the model, else torchvision.",
-    "labels": "Image labels: auto, folder (sub-folder names), csv:FILE, predicted[:CLASSNAMES.txt] or none.",
+    "preprocess": f"Preset ({', '.join(PRESETS)}) or a preprocessing JSON file; default: MODEL.json beside the model, else torchvision.",
+    "labels": f"Image labels: {_labels_help()}.",
     "layers": "Layers to analyse: aliases (conv3), tensor names or globs (conv1*), comma-separated or repeated; default all conv layers.",
     "nf": "Compute Neuron Features (docs/method.md, Neuron Feature).",
     "nf_max_size": "Largest NF side in pixels; larger receptive fields are averaged at reduced resolution (0 = full size).",

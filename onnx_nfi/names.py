@@ -1,13 +1,16 @@
-"""The registries of names users pick things by: selectivity indexes and search vector kinds.
+"""The registries of names users pick things by: indexes, search vector kinds, neurons, model names.
 
-One table each, imported by the config (validation), the schema (columns), the search (tables) and
-the CLI (choices and help), so a new index or vector kind is added in exactly one place. This module
-imports nothing heavy: the CLI reads it to build ``--help``.
+One declaration per index (``INDEXES``) and per vector kind (``VECTORS``), read by the config
+(validation, help), the schema (columns, tables), the index passes (which measure to run), the
+summary's caveats and the CLI (choices and help), so a new index or vector kind is added in exactly
+one place. This module imports nothing heavy: the CLI reads it to build ``--help``, and an index's
+measure is named by ``"module:attribute"`` and imported only when an analysis runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from onnx_nfi.errors import ConfigError, SearchError
 
@@ -115,6 +118,38 @@ VECTORS: dict[str, VectorKind] = {v.name: v for v in (
 #: The ``--by`` choices and their tables.
 VECTOR_TABLES = {v.name: v.table for v in VECTORS.values()}
 VECTOR_KINDS = tuple(VECTORS)
+
+
+def _preset(name: str, mean: tuple, std: tuple, pixel_scale: float, order: str) -> dict[str, Any]:
+    return {"name": name, "mean": mean, "std": std, "pixel_scale": pixel_scale, "channel_order": order}
+
+
+#: Named normalisations (``--preprocess NAME``). Geometry (input size, resize, crop) comes from the model.
+PRESETS: dict[str, dict[str, Any]] = {
+    "torchvision": _preset("torchvision", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255, "RGB"),
+    "inception": _preset("inception", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5), 1.0, "RGB"),
+    "caffe": _preset("caffe", (103.939, 116.779, 123.68), (1.0, 1.0, 1.0), 1.0, "BGR"),
+    "raw": _preset("raw", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1.0, "RGB"),
+}
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Where image labels come from (``--labels``): its name, how it is written, and what it means."""
+
+    name: str
+    form: str
+    help: str = ""
+
+
+#: The ``--labels`` sources, in the order the help lists them (``auto``: folder when there are sub-folders).
+LABEL_SOURCES: dict[str, LabelSource] = {s.name: s for s in (
+    LabelSource("auto", "auto"),
+    LabelSource("folder", "folder", "sub-folder names"),
+    LabelSource("csv", "csv:FILE"),
+    LabelSource("predicted", "predicted[:CLASSNAMES.txt]"),
+    LabelSource("none", "none"),
+)}
 
 
 def parse_neuron(text: str) -> tuple[str, str, int]:

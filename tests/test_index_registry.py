@@ -167,3 +167,23 @@ def test_every_vector_kind_is_complete() -> None:
         assert f"CREATE TABLE IF NOT EXISTS {kind.table} (neuron_id BIGINT PRIMARY KEY" in schema, name
         assert f"{name} ({kind.help})" in by_help, name
         assert MISSING_REASON[name] == kind.missing and kind.missing.strip(), name
+
+
+def test_label_sources_and_presets_are_declared_once() -> None:
+    """``--labels`` and ``--preprocess``: the help, the parser's error and the README name every declared one."""
+    from onnx_nfi.data.images import parse_label_option
+    from onnx_nfi.data.preprocess import PRESETS as USED_PRESETS
+    from onnx_nfi.errors import ImageError
+    from onnx_nfi.names import LABEL_SOURCES, PRESETS
+
+    readme = (ROOT / "README.md").read_text()
+    analyze_help = re.sub(r"[│\s]+", " ", invoke("analyze", "--help").output)
+    with pytest.raises(ImageError) as refused:
+        parse_label_option("filenames")
+    for name, source in LABEL_SOURCES.items():
+        assert source.form in analyze_help and f"`{source.form}`" in readme, name
+        assert parse_label_option(source.form.split("[")[0].replace("FILE", "x.csv"))[0] == name
+        assert name == "auto" or source.form in str(refused.value), name
+    assert USED_PRESETS is PRESETS
+    for name in PRESETS:
+        assert name in HELP["preprocess"] and f"`{name}`" in readme, name
