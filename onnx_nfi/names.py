@@ -14,6 +14,7 @@ from typing import Any
 
 from onnx_nfi.errors import ConfigError, SearchError
 
+
 @dataclass(frozen=True)
 class Column:
     """A ``neurons`` column an index fills: its name and DuckDB type."""
@@ -42,7 +43,9 @@ class IndexSpec:
     default: bool = False
 
 
-def _index(name: str, help: str, columns: str, section: str, *, selectivity: bool = True, default: bool = False) -> IndexSpec:
+def _index(
+    name: str, help: str, columns: str, section: str, *, selectivity: bool = True, default: bool = False
+) -> IndexSpec:
     """A built-in index: ``columns`` as ``"name TYPE, name TYPE"``; its measure is ``neurons.measures.<NAME>``."""
     cols = tuple(Column(*c.split()) for c in columns.split(","))
     return IndexSpec(name, help, cols, f"onnx_nfi.neurons.measures:{name.upper()}", section, selectivity, default)
@@ -67,7 +70,8 @@ INDEXES: dict[str, IndexSpec] = {spec.name: spec for spec in (
 
 def register_index(spec: IndexSpec) -> IndexSpec:
     """Add an index to ``INDEXES`` (after the built-in ones): ``--indexes`` accepts it, a database
-    opened for writing gains its columns, and an analysis runs its measure."""
+    opened for writing gains its columns, and an analysis in this process runs its measure (a Ray
+    run's workers know only the indexes declared when ``onnx_nfi.names`` is imported)."""
     taken = {c.name for s in INDEXES.values() for c in s.columns}
     if spec.name in (*INDEXES, "all", "none") or not spec.columns or taken & {c.name for c in spec.columns}:
         raise ConfigError(f"index {spec.name!r} is already declared, or has no columns or a column already taken")
@@ -96,6 +100,7 @@ INDEX_COLUMNS = selectivity_columns()
 
 #: The 11 basic colour terms of colour names (``color_names.color``), in the naming model's order.
 COLOR_TERMS = ("red", "orange", "brown", "yellow", "green", "blue", "purple", "pink", "black", "grey", "white")
+
 
 @dataclass(frozen=True)
 class VectorKind:

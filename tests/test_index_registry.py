@@ -43,8 +43,9 @@ DUMMY = Measure(per_layer(1, _dummy_columns), whole=lambda config: transformed(l
 def dummy() -> Iterator[IndexSpec]:
     """The dummy index, declared for the test only."""
     spec = register_index(IndexSpec(
-        "dummy", "mean top score over the largest", (Column("dummy_selectivity", "DOUBLE"), Column("dummy_echo", "DOUBLE")),
-        f"{__name__}:DUMMY", "§2", selectivity=True,
+        "dummy", "mean top score over the largest",
+        (Column("dummy_selectivity", "DOUBLE"), Column("dummy_echo", "DOUBLE")), f"{__name__}:DUMMY", "§2",
+        selectivity=True,
     ))
     yield spec
     INDEXES.pop(spec.name)
@@ -60,7 +61,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def expected_dummy(db: Path) -> dict[tuple[str, int], float]:
     """The dummy's value per (layer, unit), from the stored top activations, independently of the product."""
     found: dict[tuple[str, int], list[float]] = {}
-    for layer, unit, activation in query(db, "SELECT layer, unit, activation FROM top_activations WHERE model = ?", [MODEL]):
+    rows = query(db, "SELECT layer, unit, activation FROM top_activations WHERE model = ?", [MODEL])
+    for layer, unit, activation in rows:
         found.setdefault((layer, unit), []).append(activation)
     out = {}
     for key, values in found.items():
