@@ -89,13 +89,11 @@ def selectivity_columns() -> tuple[str, ...]:
     return tuple(s.columns[0].name for s in INDEXES.values() if s.selectivity)
 
 
-#: The built-in selectivity indexes: one number per neuron each (``neurons.<name>_selectivity``).
-SELECTIVITY_INDEXES = tuple(s.name for s in INDEXES.values() if s.selectivity)
 #: The built-in index names understood by ``--indexes`` (``all`` means every declared one).
 INDEX_NAMES = index_names()
 #: The indexes an analysis computes unless told otherwise.
 DEFAULT_INDEXES = tuple(s.name for s in INDEXES.values() if s.default)
-#: The built-in selectivity columns, in ``SELECTIVITY_INDEXES`` order: the index vector's dimensions.
+#: The built-in selectivity columns (one number per neuron each), in canonical order: the index vector's dimensions.
 INDEX_COLUMNS = selectivity_columns()
 
 #: The 11 basic colour terms of colour names (``color_names.color``), in the naming model's order.

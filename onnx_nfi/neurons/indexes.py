@@ -73,8 +73,8 @@ class IndexResult:
 
 @dataclass
 class Responses:
-    """``a'`` per layer tensor: ``grey`` ``[C, N]`` (whole-image pass) and ``region`` ``[V, C, N]``
-    (one row per region variant); ``names``: colour-term shares ``[11, C, N]``; NaN where not (yet)
+    """``a'`` per layer tensor and index name, ``[rows, C, N]``: one row per region variant (or the
+    grey whole-image pass of colour), the 11 colour-term shares of colour names; NaN where not (yet)
     computed."""
 
     by_layer: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
