@@ -9,22 +9,19 @@ measure is named by ``"module:attribute"`` and imported only when an analysis ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from onnx_nfi.errors import ConfigError, SearchError
 
 
-@dataclass(frozen=True)
-class Column:
+class Column(NamedTuple):
     """A ``neurons`` column an index fills: its name and DuckDB type."""
 
     name: str
     sql: str
 
 
-@dataclass(frozen=True)
-class IndexSpec:
+class IndexSpec(NamedTuple):
     """One index, declared once: everything but its formula, so that the schema (columns), the
     passes an analysis runs (``compute``), the summary's range warnings, the help texts and the docs
     checks all follow from this declaration.
@@ -100,8 +97,7 @@ INDEX_COLUMNS = selectivity_columns()
 COLOR_TERMS = ("red", "orange", "brown", "yellow", "green", "blue", "purple", "pink", "black", "grey", "white")
 
 
-@dataclass(frozen=True)
-class VectorKind:
+class VectorKind(NamedTuple):
     """A kind of search vector (docs/method.md §8), declared once: its ``--by`` name, its table (keyed
     by ``neurons.neuron_id``), what it is (help) and why a neuron may have none (the error that says so)."""
 
@@ -136,8 +132,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class LabelSource:
+class LabelSource(NamedTuple):
     """Where image labels come from (``--labels``): its name, how it is written, and what it means."""
 
     name: str
