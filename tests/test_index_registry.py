@@ -39,6 +39,18 @@ def _dummy_columns(a: np.ndarray, responses: np.ndarray) -> dict[str, np.ndarray
 DUMMY = Measure(per_layer(1, _dummy_columns), whole=lambda config: transformed(lambda images: images))
 
 
+def _window_echo(a: np.ndarray, responses: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean of a'/a over the positive entries and both variants (the RF window left as it is: 1)."""
+    live = a > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(live, responses / a, 0).sum(axis=(0, 2)) / (len(responses) * live.sum(axis=1))
+    return {"dummy_window_echo": ratio}
+
+
+#: A second dummy with two region variants (the RF window copied unchanged, and its copy again).
+WINDOW = Measure(per_layer(2, _window_echo), region=lambda config: [lambda img, win, key: img.copy()] * 2)
+
+
 @pytest.fixture()
 def dummy() -> Iterator[IndexSpec]:
     """The dummy index, declared for the test only."""
@@ -47,8 +59,12 @@ def dummy() -> Iterator[IndexSpec]:
         (Column("dummy_selectivity", "DOUBLE"), Column("dummy_echo", "DOUBLE")), f"{__name__}:DUMMY", "§2",
         selectivity=True,
     ))
+    window = register_index(IndexSpec(
+        "dummy_window", "the RF window unchanged", (Column("dummy_window_echo", "DOUBLE"),), f"{__name__}:WINDOW", "§7",
+    ))
     yield spec
     INDEXES.pop(spec.name)
+    INDEXES.pop(window.name)
 
 
 @pytest.fixture(scope="module")
@@ -73,19 +89,20 @@ def expected_dummy(db: Path) -> dict[tuple[str, int], float]:
 
 def check_dummy_values(db: Path) -> None:
     want = expected_dummy(db)
-    rows = query(db, "SELECT layer, unit, dead, dummy_selectivity, dummy_echo FROM neurons WHERE model = ?", [MODEL])
+    rows = query(db, "SELECT layer, unit, dead, dummy_selectivity, dummy_echo, dummy_window_echo FROM neurons "
+                     "WHERE model = ?", [MODEL])
     assert len(rows) == len(want) > 0
     live = [r for r in rows if not r[2]]
     assert len(live) > 10
-    for layer, unit, _, value, echo in live:
+    for layer, unit, _, value, echo, window in live:
         assert value == pytest.approx(want[layer, unit], rel=1e-5), (layer, unit)
-        assert echo == pytest.approx(1.0, abs=1e-4), (layer, unit)
+        assert echo == pytest.approx(1.0, abs=1e-4) and window == pytest.approx(1.0, abs=1e-4), (layer, unit)
     assert all(r[3] is None or np.isnan(r[3]) for r in rows if r[2])  # dead units have no value
 
 
 def test_a_declared_index_is_computed_stored_and_ranked_by(dummy: IndexSpec, images: Path, tmp_path: Path) -> None:
     db = tmp_path / "nfi.duckdb"
-    api.analyze(PLANTED, images, db=db, config=AnalyzeConfig(top_n=10, nf=False, indexes=("class", "dummy")))
+    api.analyze(PLANTED, images, db=db, config=AnalyzeConfig(top_n=10, nf=False, indexes=("class", "dummy", "dummy_window")))
     check_dummy_values(db)
     r = invoke("top", MODEL, "conv1", "--by", "dummy", "-k", 4, "-o", tmp_path / "top.png", "--db", db)
     assert r.exit_code == 0, r.output
@@ -101,7 +118,7 @@ def test_a_database_written_before_the_declaration_gains_its_columns(images: Pat
     api.analyze(PLANTED, images, db=db, config=AnalyzeConfig(top_n=10, nf=False, indexes=("class",)))
     assert "dummy_selectivity" not in {c for (c,) in query(db, "SELECT column_name FROM (DESCRIBE neurons)")}
     request.getfixturevalue("dummy")
-    r = invoke("index", MODEL, "--indexes", "dummy", "--db", db)
+    r = invoke("index", MODEL, "--indexes", "dummy,dummy_window", "--db", db)
     assert r.exit_code == 0, r.output
     check_dummy_values(db)
 

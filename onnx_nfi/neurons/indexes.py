@@ -152,7 +152,8 @@ class Measure:
     """How one index is computed (its declaration, ``names.IndexSpec``, names it in ``compute``): the
     whole-image pass it needs under a configuration, the region variants it needs (transforms of the
     RF window, one response row each; all indexes' variants share one pass per layer), and the
-    formula that fills its columns from the combined responses."""
+    formula that fills its columns from the combined responses. Under one configuration an index has
+    a whole-image pass or region variants, not both: its responses are kept under its name."""
 
     formula: Callable[[MeasureInput], None]
     whole: Callable[[AnalyzeConfig], WholePass | None] = _no_whole_pass
