@@ -12,7 +12,14 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 from onnx_nfi.errors import ConfigError
-from onnx_nfi.names import DEFAULT_INDEXES, INDEX_NAMES
+from onnx_nfi.names import (  # noqa: F401  (INDEX_NAMES: re-exported)
+    DEFAULT_INDEXES,
+    INDEX_NAMES,
+    INDEXES,
+    LABEL_SOURCES,
+    PRESETS,
+    index_names,
+)
 
 #: Default largest image, in pixels (100 MP: a 10000×10000 photo, 300 MB decoded); see data/limits.py.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -93,17 +100,22 @@ def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{_option(name)} must be one of {', '.join(choices)}, got {value!r}")
 
 
+def _labels_help() -> str:
+    """``auto, folder (sub-folder names), …, predicted[:CLASSNAMES.txt] or none``, from ``names.LABEL_SOURCES``."""
+    forms = [f"{s.form} ({s.help})" if s.help else s.form for s in LABEL_SOURCES.values()]
+    return f"{', '.join(forms[:-1])} or {forms[-1]}"
+
+
 HELP: dict[str, str] = {
     "top_n": "Images kept per neuron (N; docs/method.md, Top-N images).",
     "batch_size": "Images per forward pass.",
     "provider": "onnxruntime provider: auto (CUDA when available), cpu or cuda.",
-    "preprocess": "Preset (torchvision, inception, caffe, raw) or a preprocessing JSON file; default: MODEL.json beside the model, else torchvision.",
-    "labels": "Image labels: auto, folder (sub-folder names), csv:FILE, predicted[:CLASSNAMES.txt] or none.",
+    "preprocess": f"Preset ({', '.join(PRESETS)}) or a preprocessing JSON file; default: MODEL.json beside the model, else torchvision.",
+    "labels": f"Image labels: {_labels_help()}.",
     "layers": "Layers to analyse: aliases (conv3), tensor names or globs (conv1*), comma-separated or repeated; default all conv layers.",
     "nf": "Compute Neuron Features (docs/method.md, Neuron Feature).",
     "nf_max_size": "Largest NF side in pixels; larger receptive fields are averaged at reduced resolution (0 = full size).",
-    "indexes": "Indexes: color, class, orientation, symmetry, shape, color_names (each neuron's colour terms), "
-               "concepts (concept labels), all, or none (comma-separated).",
+    "indexes": f"Indexes: {', '.join(f'{s.name} ({s.help})' for s in INDEXES.values())}, all, or none (comma-separated).",
     "color_mode": "Colour index grey pass: image (whole image greyed, one pass) or region (RF region only, the paper's form).",
     "rho": "Class selectivity threshold on cumulative class frequency, in (0, 1] (docs/method.md, Class selectivity).",
     "population_threshold": "Class frequency counted in the population code.",
@@ -138,15 +150,15 @@ def parse_list(values: list[str] | tuple[str, ...] | str | None) -> tuple[str, .
 
 def parse_indexes(values: list[str] | tuple[str, ...] | str) -> tuple[str, ...]:
     """``color,class`` / ``all`` / ``none`` -> a tuple of index names in canonical order."""
-    items = list(parse_list(values))
+    items, known = list(parse_list(values)), index_names()
     if "all" in items:
-        return INDEX_NAMES
+        return known
     if items in (["none"], []):
         return ()
-    unknown = [v for v in items if v not in INDEX_NAMES]
+    unknown = [v for v in items if v not in known]
     if unknown:
-        raise ConfigError(f"unknown index {', '.join(unknown)}; use any of {', '.join(INDEX_NAMES)}, all or none")
-    return tuple(n for n in INDEX_NAMES if n in items)
+        raise ConfigError(f"unknown index {', '.join(unknown)}; use any of {', '.join(known)}, all or none")
+    return tuple(n for n in known if n in items)
 
 
 def config_fields() -> list[str]:

@@ -71,7 +71,8 @@ def top_cmd(
     model: ModelName,
     layer: Layer1,
     by: Annotated[str, typer.Option(
-        "--by", help="Neurons column to rank by, e.g. color_selectivity or class_selectivity.")],
+        "--by", help=f"Neurons column to rank by: an index ({', '.join(INDEX_COLUMNS)}; color is short for "
+                     "color_selectivity) or another neurons column.")],
     k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many neurons.")] = 16,
     asc: Annotated[bool, typer.Option("--asc", help="The least selective instead of the most.")] = False,
     output: Png = ...,  # type: ignore[assignment]

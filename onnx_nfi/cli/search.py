@@ -24,7 +24,7 @@ from onnx_nfi.cli.common import (
     wrote,
 )
 from onnx_nfi.config import AnalyzeConfig
-from onnx_nfi.names import INDEX_COLUMNS, VECTOR_KINDS
+from onnx_nfi.names import INDEX_COLUMNS, VECTOR_KINDS, VECTORS
 
 FORMATS = ("table", "json", "csv")
 
@@ -35,7 +35,7 @@ def similar_cmd(
     neuron: Annotated[str, typer.Argument(
         help="The query neuron, MODEL:LAYER:UNIT (LAYER: alias such as conv3, or tensor name).")],
     by: Annotated[str, typer.Option(
-        "--by", help="Vector compared: response (profile over the probe set), nf or indexes.")] = "response",
+        "--by", help=f"Vector compared: {', '.join(f'{v.name} ({v.help})' for v in VECTORS.values())}.")] = "response",
     k: Annotated[int, typer.Option("-k", min=1, help="How many neighbours.")] = 10,
     models: Annotated[list[str] | None, typer.Option(
         "--models", help="Only neurons of these models (comma-separated or repeated).")] = None,

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from onnx_nfi.data.limits import DEFAULT_MAX_PIXELS, too_large
 from onnx_nfi.errors import ImageError
+from onnx_nfi.names import LABEL_SOURCES
 
 #: Extensions OpenCV decodes (imread); other files are reported as skipped, not silently lost.
 IMAGE_EXTENSIONS = frozenset(
     ".bmp .dib .jpeg .jpg .jpe .jp2 .png .webp .avif .pbm .pgm .ppm .pxm .pnm .pfm .sr .ras .tiff .tif .exr .hdr .pic".split()
 )
-LABEL_SOURCES = ("auto", "folder", "csv", "predicted", "none")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ def parse_label_option(option: str) -> tuple[str, Path | None]:
     """``folder`` | ``csv:FILE`` | ``predicted`` | ``predicted:CLASSNAMES`` | ``none`` | ``auto``."""
     kind, _, arg = option.partition(":")
     if kind not in LABEL_SOURCES:
-        raise ImageError(f"unknown --labels {option!r}; use folder, csv:FILE, predicted[:NAMES.txt], none or auto")
+        forms = ", ".join(s.form for s in LABEL_SOURCES.values() if s.name != "auto")
+        raise ImageError(f"unknown --labels {option!r}; use {forms} or auto")
     if kind == "csv" and not arg:
         raise ImageError("--labels csv needs a file: --labels csv:labels.csv (columns path,label)")
     return kind, Path(arg) if arg else None

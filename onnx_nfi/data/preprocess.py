@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from onnx_nfi.errors import PreprocessError
+from onnx_nfi.names import PRESETS
 
 _INTERPOLATION = {
     "bilinear": cv2.INTER_LINEAR,
@@ -172,19 +173,6 @@ def _pillow_resize(img: np.ndarray, size: tuple[int, int], interpolation: str) -
 
     methods = {"bilinear": Image.BILINEAR, "area": Image.BOX, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
     return np.asarray(Image.fromarray(img).resize(size, methods[interpolation]))
-
-
-def _preset(name: str, mean: tuple, std: tuple, pixel_scale: float, order: str) -> dict[str, Any]:
-    return {"name": name, "mean": mean, "std": std, "pixel_scale": pixel_scale, "channel_order": order}
-
-
-#: Named normalisations. Geometry (input size, resize, crop) comes from the model.
-PRESETS: dict[str, dict[str, Any]] = {
-    "torchvision": _preset("torchvision", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255, "RGB"),
-    "inception": _preset("inception", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5), 1.0, "RGB"),
-    "caffe": _preset("caffe", (103.939, 116.779, 123.68), (1.0, 1.0, 1.0), 1.0, "BGR"),
-    "raw": _preset("raw", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1.0, "RGB"),
-}
 
 
 def preset(name: str, input_size: tuple[int, int], layout: str, dtype: str = "float32") -> Preprocessing:

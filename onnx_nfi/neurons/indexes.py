@@ -1,4 +1,8 @@
-"""Selectivity indexes of every neuron: the extra forward passes and the formulas, wired (§5-7).
+"""Selectivity indexes of every neuron: the extra forward passes, and the formulas run over them (§5-7).
+
+Each index is declared once in ``names.INDEXES``; its ``Measure`` (``neurons/measures.py`` for the
+built-in ones) says which passes it needs and holds its formula. This module runs the passes the
+configured indexes' measures ask for, and then their formulas.
 
 Two kinds of pass read each neuron's activation ``a'_j`` at its stored location ``p_j``:
 
@@ -21,6 +25,7 @@ concept labels need no image and no pass: only the top lists and the labels.
 
 from __future__ import annotations
 
+import importlib
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,20 +39,9 @@ from onnx_nfi.graph.layers import Layer
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.graph.session import Runner
-from onnx_nfi.neurons.class_selectivity import class_selectivity
-from onnx_nfi.neurons.color import Window, color_selectivity, grey_region, to_grey
-from onnx_nfi.neurons.color_names import TERMS, entry_shares, neuron_distributions, summed_areas, top_colors
-from onnx_nfi.neurons.concepts import ConceptSpace, concept_labels
-from onnx_nfi.neurons.transforms import (
-    ANGLES,
-    AXES,
-    mirror_region,
-    orientation_index,
-    rotate_region,
-    shape_index,
-    shuffle_region,
-    symmetry_index,
-)
+from onnx_nfi.names import INDEXES
+from onnx_nfi.neurons.color import Window
+from onnx_nfi.neurons.color_names import TERMS, entry_shares, summed_areas
 from onnx_nfi.scan.topn import TopN
 
 #: A region transform: (image, window, key) -> transformed copy; ``key`` (seed, layer, image id,
@@ -79,8 +73,8 @@ class IndexResult:
 
 @dataclass
 class Responses:
-    """``a'`` per layer tensor: ``grey`` ``[C, N]`` (whole-image pass) and ``region`` ``[V, C, N]``
-    (one row per region variant); ``names``: colour-term shares ``[11, C, N]``; NaN where not (yet)
+    """``a'`` per layer tensor and index name, ``[rows, C, N]``: one row per region variant (or the
+    grey whole-image pass of colour), the 11 colour-term shares of colour names; NaN where not (yet)
     computed."""
 
     by_layer: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
@@ -93,15 +87,6 @@ class Responses:
                 if kind not in mine:
                     mine[kind] = np.full(values.shape, np.nan, np.float32)
                 np.copyto(mine[kind], values, where=~np.isnan(values))
-
-
-#: Indexes computed from the top lists and the labels alone, without a forward pass.
-LABEL_INDEXES = ("class", "concepts")
-
-
-def image_passes(config: AnalyzeConfig) -> bool:
-    """Whether the configured indexes need forward passes over the top images (all but class and concepts do)."""
-    return any(kind not in LABEL_INDEXES for kind in config.indexes)
 
 
 class Sessions:
@@ -126,6 +111,82 @@ class Sessions:
         return self._region[1]
 
 
+#: A whole-image pass: (runner with every layer's map as an output, preprocessing, layers, the chunk's
+#: display images, the chunk's image ids, batch size) -> per layer tensor the responses ``[rows, C, N]``
+#: of the entries whose image is in the chunk (NaN elsewhere).
+WholePass = Callable[
+    [Runner, Preprocessing, Sequence[IndexLayer], Mapping[int, np.ndarray], np.ndarray, int], dict[str, np.ndarray]
+]
+
+
+@dataclass(frozen=True)
+class MeasureInput:
+    """What an index's formula reads: the layers, the responses of its own passes (all chunks
+    combined, under its name), the labels of the top images (``label_counts``: images per label over
+    all images analysed) and the configuration; and the result it fills."""
+
+    name: str
+    layers: Sequence[IndexLayer]
+    responses: Responses
+    labels: Mapping[int, str | None]
+    label_counts: Mapping[str, int]
+    config: AnalyzeConfig
+    result: IndexResult
+
+    def responses_of(self, item: IndexLayer, rows: int) -> np.ndarray:
+        """This index's responses ``[rows, C, N]`` in one layer (NaN where none were computed)."""
+        got = self.responses.by_layer.get(item.layer.tensor, {}).get(self.name)
+        return got if got is not None else np.full((rows, *item.topn.scores.shape), np.nan, np.float32)
+
+
+def _no_whole_pass(config: AnalyzeConfig) -> WholePass | None:
+    return None
+
+
+def _no_variants(config: AnalyzeConfig) -> Sequence[Variant]:
+    return ()
+
+
+@dataclass(frozen=True)
+class Measure:
+    """How one index is computed (its declaration, ``names.IndexSpec``, names it in ``compute``): the
+    whole-image pass it needs under a configuration, the region variants it needs (transforms of the
+    RF window, one response row each; all indexes' variants share one pass per layer), and the
+    formula that fills its columns from the combined responses. Under one configuration an index has
+    a whole-image pass or region variants, not both: its responses are kept under its name."""
+
+    formula: Callable[[MeasureInput], None]
+    whole: Callable[[AnalyzeConfig], WholePass | None] = _no_whole_pass
+    region: Callable[[AnalyzeConfig], Sequence[Variant]] = _no_variants
+
+
+def measure(name: str) -> Measure:
+    """The measure of a declared index, imported from its ``compute`` (``module:attribute``)."""
+    module, _, attribute = INDEXES[name].compute.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _measures(config: AnalyzeConfig) -> list[tuple[str, Measure]]:
+    """The configured indexes' measures, in canonical order."""
+    return [(name, measure(name)) for name in config.indexes]
+
+
+def image_passes(config: AnalyzeConfig) -> bool:
+    """Whether the configured indexes need forward passes over the top images (class and concepts do not)."""
+    return any(m.whole(config) is not None or m.region(config) for _, m in _measures(config))
+
+
+def transformed(transform: Callable[[np.ndarray], np.ndarray]) -> WholePass:
+    """The whole-image pass that reads each entry's activation after ``transform`` of its whole image (one row)."""
+
+    def run(runner: Runner, pre: Preprocessing, layers: Sequence[IndexLayer], images: Mapping[int, np.ndarray],
+            chunk: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+        found = whole_image_responses(runner, pre, layers, images, chunk, transform, batch_size)
+        return {tensor: values[None] for tensor, values in found.items()}
+
+    return run
+
+
 def chunk_responses(
     sessions: Sessions,
     pre: Preprocessing,
@@ -135,25 +196,26 @@ def chunk_responses(
     config: AnalyzeConfig,
 ) -> Responses:
     """The forward passes of the configured indexes for the top entries whose image is in ``chunk``
-    (``images`` holds the chunk's display images)."""
+    (``images`` holds the chunk's display images), each index's responses under its name."""
     batch_size = sessions.model.batch(max(1, config.batch_size // 2))
     out = Responses({item.layer.tensor: {} for item in layers})
-    if "color" in config.indexes and config.color_mode == "image":
-        runner = sessions.whole([item.layer.tensor for item in layers])
-        grey = whole_image_responses(runner, pre, layers, images, chunk, to_grey, batch_size)
-        for tensor, values in grey.items():
-            out.by_layer[tensor]["grey"] = values
-    if "color_names" in config.indexes:
-        runner = sessions.whole([item.layer.tensor for item in layers])
-        for tensor, values in color_name_responses(runner, pre, layers, images, chunk, batch_size).items():
-            out.by_layer[tensor]["names"] = values
-    variants = [v for _, vs in _region_kinds(config) for v in vs]
+    measures = _measures(config)
+    for name, m in measures:
+        whole = m.whole(config)
+        if whole is not None:
+            runner = sessions.whole([item.layer.tensor for item in layers])
+            for tensor, values in whole(runner, pre, layers, images, chunk, batch_size).items():
+                out.by_layer[tensor][name] = values
+    regions = [(name, list(vs)) for name, m in measures if (vs := m.region(config))]
+    variants = [v for _, vs in regions for v in vs]
     for item in layers if variants else ():
         runner = sessions.region(item.layer.tensor)
         key = (config.seed, zlib.crc32(item.layer.tensor.encode()))
-        out.by_layer[item.layer.tensor]["region"] = region_responses(
-            runner, pre, item, images, chunk, variants, batch_size, key
-        )
+        rows = region_responses(runner, pre, item, images, chunk, variants, batch_size, key)
+        k = 0
+        for name, vs in regions:
+            out.by_layer[item.layer.tensor][name] = rows[k : k + len(vs)]
+            k += len(vs)
     return out
 
 
@@ -164,124 +226,9 @@ def indexes_from(
     """The configured indexes of every layer from the combined responses of all chunks and the labels
     (of the top images; ``label_counts``: images per label over all images analysed, for concepts)."""
     result = IndexResult({item.layer.tensor: {} for item in layers})
-    if "class" in config.indexes:
-        _class_columns(layers, labels, config.rho, config.population_threshold, result)
-    if "concepts" in config.indexes:
-        _concept_columns(layers, labels, label_counts or {}, result)
-    kinds = _region_kinds(config)
-    for item in layers:
-        a, cols = item.topn.scores, result.columns[item.layer.tensor]
-        got = responses.by_layer.get(item.layer.tensor, {})
-        if "color" in config.indexes and config.color_mode == "image":
-            cols["color_selectivity"] = color_selectivity(a, got.get("grey", np.full(a.shape, np.nan, np.float32)))
-        if "color_names" in config.indexes:
-            names = neuron_distributions(a, got.get("names", np.full((TERMS, *a.shape), np.nan, np.float32)))
-            cols["top_color"], cols["top_color_share"] = top_colors(names)
-            result.color_names[item.layer.tensor] = names
-        region = got.get("region", np.full((sum(len(vs) for _, vs in kinds), *a.shape), np.nan, np.float32))
-        k = 0
-        for kind, vs in kinds:
-            part = region[k : k + len(vs)]  # [V, C, N]
-            k += len(vs)
-            if kind == "color":
-                cols["color_selectivity"] = color_selectivity(a, part[0])
-            elif kind == "orientation":
-                per_angle, mean = orientation_index(a, part.transpose(1, 0, 2))
-                cols["orientation_selectivity"], cols["orientation_by_angle"] = mean, _lists(per_angle)
-            elif kind == "symmetry":
-                per_axis, mean = symmetry_index(a, part.transpose(1, 0, 2))
-                cols["symmetry_selectivity"], cols["symmetry_by_axis"] = mean, _lists(per_axis)
-            else:
-                cols["shape_selectivity"] = shape_index(a, part[0])
+    for name, m in _measures(config):
+        m.formula(MeasureInput(name, layers, responses, labels, label_counts or {}, config, result))
     return result
-
-
-def _region_kinds(config: AnalyzeConfig) -> list[tuple[str, list[Variant]]]:
-    """The region passes the configured indexes need, each with its transforms, in a fixed order."""
-    kinds: list[tuple[str, list[Variant]]] = []
-    if "color" in config.indexes and config.color_mode != "image":
-        kinds.append(("color", [lambda img, win, key: grey_region(img, win)]))
-    if "orientation" in config.indexes:
-        kinds.append(("orientation", [_rotation(a) for a in ANGLES]))
-    if "symmetry" in config.indexes:
-        kinds.append(("symmetry", [_mirror(a) for a in AXES]))
-    if "shape" in config.indexes:
-        kinds.append(("shape", [lambda img, win, key: shuffle_region(img, win, np.random.default_rng(key))]))
-    return kinds
-
-
-def _rotation(angle: int) -> Variant:
-    return lambda img, win, key: rotate_region(img, win, angle)
-
-
-def _mirror(axis: int) -> Variant:
-    return lambda img, win, key: mirror_region(img, win, axis)
-
-
-def _lists(values: np.ndarray) -> np.ndarray:
-    """Rows of a 2-D array as an object column of lists (NULL for all-NaN rows, i.e. dead neurons)."""
-    out = np.empty(values.shape[0], dtype=object)
-    for i, row in enumerate(values):
-        out[i] = None if np.isnan(row).all() else row.astype(np.float64)
-    return out
-
-
-def _label_codes(labels: Mapping[int, str | None], names: Sequence[str]) -> Callable[[TopN], np.ndarray]:
-    """``codes(topn)``: each top entry's label as its position in ``names`` (-1: unlabelled or empty)."""
-    code = {name: k for k, name in enumerate(names)}
-    max_id = max(labels, default=0) + 1
-    codes_by_id = np.full(max_id + 1, -1, np.int64)
-    for image_id, label in labels.items():
-        if label is not None and label in code:
-            codes_by_id[image_id] = code[label]
-    return lambda topn: np.where(topn.ids >= 0, codes_by_id[np.clip(topn.ids, 0, max_id)], -1)
-
-
-def _concept_columns(
-    layers: Sequence[IndexLayer], labels: Mapping[int, str | None], label_counts: Mapping[str, int], result: IndexResult
-) -> None:
-    """``neurons.concept``/``concept_p`` and the ``concept_labels`` rows of every layer (none unlabelled)."""
-    counts = {name: n for name, n in label_counts.items() if n > 0}
-    if not counts:
-        result.notes = (*result.notes, "concepts: the images carry no labels, so no neuron has a concept label "
-                        "(label them with --labels folder or csv:FILE)")
-        return
-    space = ConceptSpace.of(counts)
-    codes = _label_codes(labels, space.labels)
-    names = np.array([c.name for c in space.concepts], dtype=object)
-    wnids = np.array([c.wnid for c in space.concepts], dtype=object)
-    depths = np.array([c.depth for c in space.concepts], np.int32)
-    for item in layers:
-        found = concept_labels(item.topn.scores, codes(item.topn), space)
-        result.columns[item.layer.tensor].update({
-            "concept": np.where(found.label >= 0, names[np.clip(found.label, 0, None)], None), "concept_p": found.label_p,
-        })
-        r = found.rows
-        result.concepts[item.layer.tensor] = {
-            "unit": r.unit.astype(np.int32), "concept": names[r.concept], "wnid": wnids[r.concept],
-            "depth": depths[r.concept], "share": r.share, "top_count": r.top_count.astype(np.int32),
-            "labelled_top": r.labelled_top.astype(np.int32), "base_rate": r.base_rate, "enrichment": r.enrichment,
-            "p_value": r.p_value, "p_holm": r.p_holm,
-        }
-
-
-def _class_columns(
-    layers: Sequence[IndexLayer], labels: Mapping[int, str | None], rho: float, threshold: float, result: IndexResult
-) -> None:
-    names = sorted({v for v in labels.values() if v is not None})
-    if not names:
-        return  # no labels: the columns stay NULL
-    codes = _label_codes(labels, names)
-    names_arr = np.array(names, dtype=object)
-    for item in layers:
-        cs = class_selectivity(item.topn.scores, codes(item.topn), rho, threshold)
-        cols = result.columns[item.layer.tensor]
-        cols["class_selectivity"] = cs.index
-        cols["top_class"] = np.where(cs.top_class >= 0, names_arr[np.clip(cs.top_class, 0, None)], None)
-        cols["top_class_frequency"] = cs.top_class_frequency
-        cols["population_code"] = np.where(cs.n_images > 0, cs.population_code, np.nan)
-        d = cs.distribution
-        result.class_frequencies[item.layer.tensor] = (d.unit, names_arr[d.label], d.frequency)
 
 
 def _entries(topn: TopN, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

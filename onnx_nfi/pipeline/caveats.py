@@ -9,15 +9,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from onnx_nfi.names import INDEX_COLUMNS
+from onnx_nfi.names import INDEXES
 from onnx_nfi.neurons.indexes import IndexResult
 from onnx_nfi.scan.topn import TopN
-
-#: The section of docs/method.md that states each index's range.
-RANGE_SECTIONS = {
-    "color_selectivity": "§5", "class_selectivity": "§6", "orientation_selectivity": "§7",
-    "symmetry_selectivity": "§7", "shape_selectivity": "§7",
-}
 
 
 def caveats(topns: Iterable[TopN], indexes: IndexResult | None) -> tuple[str, ...]:
@@ -46,17 +40,19 @@ def _tied(topns: Iterable[TopN]) -> tuple[str, ...]:
 
 
 def _out_of_range(indexes: IndexResult | None) -> tuple[str, ...]:
-    """Per index, the values below 0 and above 1 (undefined ones, NaN, are neither)."""
+    """Per selectivity index, the values below 0 and above 1 (undefined ones, NaN, are neither), with
+    the section of docs/method.md that states its range."""
     if indexes is None:
         return ()
     out = []
-    for column in INDEX_COLUMNS:
+    for spec in (s for s in INDEXES.values() if s.selectivity):
+        column = spec.columns[0].name
         parts = [np.asarray(c[column], np.float64) for c in indexes.columns.values() if column in c]
         values = np.concatenate(parts) if parts else np.empty(0)
         below, above = int((values < 0).sum()), int((values > 1).sum())
         if below or above:
             out.append(
                 f"{column} of {below + above} unit(s) is outside [0, 1] ({below} below 0, {above} above 1); it is not "
-                f"clipped: see docs/method.md {RANGE_SECTIONS[column]}, Range"
+                f"clipped: see docs/method.md {spec.section}, Range"
             )
     return tuple(out)

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from onnx_nfi.names import VECTORS
+
 #: Why a neuron has no vector of a kind, for the error that says so.
-MISSING_REASON = {
-    "response": "dead or constant on the probe set, or analysed before the database had one",
-    "nf": "dead, or analysed with --no-nf",
-    "indexes": "dead, or analysed with --indexes none",
-}
+MISSING_REASON = {v.name: v.missing for v in VECTORS.values()}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from onnx_nfi.errors import NotFoundError, StoreError
 from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.signals import current_hold, signals_wait
 from onnx_nfi.store.nf_storage import convert_float_nfs
-from onnx_nfi.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, TABLES, layer_summary_sql
+from onnx_nfi.store.schema import SCHEMA_VERSION, added_columns_sql, layer_summary_sql, tables_sql
 from onnx_nfi.store.user_sql import SqlResult, run_user_query, schema
 
 #: Tables whose rows belong to one model (replaced together).
@@ -153,8 +153,8 @@ class Store:
         ).fetchone()[0])
 
     def _ensure_schema(self) -> None:
-        self._con.execute(TABLES)
-        self._con.execute(ADDED_COLUMNS)
+        self._con.execute(tables_sql())
+        self._con.execute(added_columns_sql())
         convert_float_nfs(self._con)
         self._con.execute(layer_summary_sql())
         self._con.execute(

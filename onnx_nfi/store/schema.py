@@ -13,7 +13,7 @@ concepts (§10). Both are keyed by ``neuron_id`` (rows of a neuron go with it: `
 
 from __future__ import annotations
 
-from onnx_nfi.names import INDEX_COLUMNS, VECTOR_TABLES  # noqa: F401  (the schema's columns and tables)
+from onnx_nfi.names import INDEX_COLUMNS, INDEXES, VECTOR_TABLES, selectivity_columns  # noqa: F401  (the schema's columns and tables)
 
 #: 2: ``neurons.nf`` holds bytes (``UTINYINT[]``, store/nf_storage.py); 1 held ``FLOAT[]``.
 SCHEMA_VERSION = 2
@@ -40,10 +40,7 @@ CREATE TABLE IF NOT EXISTS neurons (
     max_activation FLOAT, mean_activation DOUBLE, std_activation DOUBLE, active_fraction DOUBLE, dead BOOLEAN,
     saturated_top INTEGER,
     nf UTINYINT[], nf_height INTEGER, nf_width INTEGER,
-    color_selectivity DOUBLE, class_selectivity DOUBLE, top_class VARCHAR, top_class_frequency DOUBLE,
-    population_code INTEGER, orientation_selectivity DOUBLE, orientation_by_angle DOUBLE[],
-    symmetry_selectivity DOUBLE, symmetry_by_axis DOUBLE[], shape_selectivity DOUBLE,
-    top_color VARCHAR, top_color_share DOUBLE, concept VARCHAR, concept_p DOUBLE,
+    {index_columns},
     PRIMARY KEY (model, layer, unit)
 );
 CREATE TABLE IF NOT EXISTS top_activations (
@@ -65,7 +62,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS skipped_images (run_id INTEGER, path VARCHAR, reason VARCHAR);
 CREATE TABLE IF NOT EXISTS probe_images (probe_index INTEGER PRIMARY KEY, sha256 VARCHAR UNIQUE, path VARCHAR);
 CREATE TABLE IF NOT EXISTS nf_vectors (neuron_id BIGINT PRIMARY KEY, vector FLOAT[768]);
-CREATE TABLE IF NOT EXISTS index_vectors (neuron_id BIGINT PRIMARY KEY, vector FLOAT[5]);
+CREATE TABLE IF NOT EXISTS index_vectors (neuron_id BIGINT PRIMARY KEY, vector FLOAT[{index_dim}]);
 CREATE TABLE IF NOT EXISTS neuron_matches (
     model_a VARCHAR, layer_a VARCHAR, unit_a INTEGER, model_b VARCHAR, layer_b VARCHAR, unit_b INTEGER,
     score FLOAT, one_to_one BOOLEAN
@@ -80,15 +77,27 @@ CREATE TABLE IF NOT EXISTS relevance_classes (
 """
 
 #: Columns added after the first databases were written: a database opened for writing gains them
-#: (NULL in the rows already there), so ``analyze`` can add models to it.
+#: (NULL in the rows already there), so ``analyze`` can add models to it. Index columns are added
+#: from the registry (:func:`added_columns_sql`).
 ADDED_COLUMNS = """
 ALTER TABLE neurons ADD COLUMN IF NOT EXISTS saturated_top INTEGER;
 ALTER TABLE top_activations ADD COLUMN IF NOT EXISTS pre_activation FLOAT;
-ALTER TABLE neurons ADD COLUMN IF NOT EXISTS top_color VARCHAR;
-ALTER TABLE neurons ADD COLUMN IF NOT EXISTS top_color_share DOUBLE;
-ALTER TABLE neurons ADD COLUMN IF NOT EXISTS concept VARCHAR;
-ALTER TABLE neurons ADD COLUMN IF NOT EXISTS concept_p DOUBLE;
 """
+
+
+def index_columns() -> list[str]:
+    """``name TYPE`` of every declared index's ``neurons`` columns (``names.INDEXES``), in its order."""
+    return [f"{c.name} {c.sql}" for spec in INDEXES.values() for c in spec.columns]
+
+
+def tables_sql() -> str:
+    """The tables, with the ``neurons`` columns of every index declared now."""
+    return TABLES.format(index_columns=", ".join(index_columns()), index_dim=len(INDEX_COLUMNS))
+
+
+def added_columns_sql() -> str:
+    """:data:`ADDED_COLUMNS`, and every declared index column a database written before it lacks."""
+    return ADDED_COLUMNS + "".join(f"ALTER TABLE neurons ADD COLUMN IF NOT EXISTS {c};\n" for c in index_columns())
 
 VIEWS = """
 CREATE OR REPLACE VIEW layer_summary AS
@@ -105,14 +114,14 @@ ORDER BY l.model, l.depth;
 
 
 def layer_summary_sql() -> str:
-    """``layer_summary``: per model and layer, counts and mean/median/p90 of every index column.
+    """``layer_summary``: per model and layer, counts and mean/median/p90 of every selectivity index column.
 
     ``saturated`` counts the live neurons whose largest score is shared by several top images
     (``neurons.saturated_top > 1``): their order and crops come from the pre-activation (docs/method.md §2).
     """
     aggregates = ",\n    ".join(
         f"avg({c}) AS {c}_mean, median({c}) AS {c}_median, quantile_cont({c}, 0.9) AS {c}_p90"
-        for c in INDEX_COLUMNS
+        for c in selectivity_columns()
     )
     return VIEWS.format(aggregates=aggregates)
 
