@@ -201,7 +201,7 @@ time.sleep(600)
 
 def locked_at_the_write(db: Path, lockers: list[subprocess.Popen]) -> Callable[[str], bool]:
     """Another process takes the database's lock once the scan starts; reached when the run, done, waits for it."""
-    api.sql("SELECT 1", db, write=True)  # an existing database, so the run gets past its start-up check
+    api.sql("SELECT 1", write=True, db=db)  # an existing database, so the run gets past its start-up check
 
     def reached(text: str) -> bool:
         if "Scanning images" in text and not lockers:
@@ -246,7 +246,7 @@ def test_ctrl_c_during_a_query_is_one_line(tmp_path: Path) -> None:
     # DuckDB turns a Ctrl-C during a query into RuntimeError('Query interrupted'), or (as often, on
     # this VM) lets the query finish first, after which the Ctrl-C arrives: either way, one line
     db = tmp_path / "nfi.duckdb"
-    api.sql("SELECT 1", db, write=True)
+    api.sql("SELECT 1", write=True, db=db)
     proc = subprocess.Popen(
         [sys.executable, "-m", "onnx_nfi", "sql", "SELECT count(*) FROM range(1000000000) t(x) WHERE x % 7 = 3",
          "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

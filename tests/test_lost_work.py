@@ -18,7 +18,11 @@ from tables import assert_same_analysis
 from test_checkpoint import CONFIG, MODEL, images, reference  # noqa: F401  (fixtures)
 
 from onnx_nfi import api
+from onnx_nfi.config import IndexConfig
 from onnx_nfi.errors import ResultsNotWritten
+
+#: The index options of the analysis ``reference`` made (CONFIG's batch size and provider).
+INDEX_CONFIG = IndexConfig(batch_size=CONFIG.batch_size, provider=CONFIG.provider)
 
 #: Holds a database's lock for ARGV[2] seconds.
 LOCKER = """
@@ -47,7 +51,7 @@ def test_index_waits_for_a_lock_released_in_time(reference: Path, tmp_path: Path
     lockers: list[subprocess.Popen] = []
     try:
         started = time.monotonic()
-        summary = api.index(MODEL, db, config=replace(CONFIG, lock_timeout=60), progress=locking(db, 2, lockers))
+        summary = api.index(MODEL, db=db, config=replace(INDEX_CONFIG, lock_timeout=60), progress=locking(db, 2, lockers))
     finally:
         for locker in lockers:
             locker.kill()
@@ -60,12 +64,12 @@ def test_index_waits_for_a_lock_released_in_time(reference: Path, tmp_path: Path
 def test_index_keeps_its_indexes_when_the_lock_outlasts_the_wait(reference: Path, tmp_path: Path) -> None:
     db = tmp_path / "nfi.duckdb"
     shutil.copy(reference, db)
-    api.sql(f"UPDATE neurons SET color_selectivity = NULL, class_selectivity = NULL WHERE model = '{MODEL}'", db,
+    api.sql(f"UPDATE neurons SET color_selectivity = NULL, class_selectivity = NULL WHERE model = '{MODEL}'", db=db,
             write=True)
     lockers: list[subprocess.Popen] = []
     try:
         with pytest.raises(ResultsNotWritten) as caught:
-            api.index(MODEL, db, config=replace(CONFIG, lock_timeout=1), progress=locking(db, 600, lockers))
+            api.index(MODEL, db=db, config=replace(INDEX_CONFIG, lock_timeout=1), progress=locking(db, 600, lockers))
     finally:
         for locker in lockers:
             locker.kill()
@@ -109,7 +113,7 @@ def test_probe_force_waits_for_a_lock_taken_while_it_scores(reference: Path, ima
     shutil.copy(reference, db)
     lockers: list[subprocess.Popen] = []
     try:
-        summary = api.set_probe(db, images, size=20, force=True, lock_timeout=60,
+        summary = api.set_probe(images, db=db, size=20, force=True, lock_timeout=60,
                                 progress=locking(db, 2, lockers, "probe"))
     finally:
         for locker in lockers:

@@ -36,7 +36,7 @@ from onnx_nfi.cli.common import (
     warn,
     wrote,
 )
-from onnx_nfi.config import HELP, AnalyzeConfig, parse_size
+from onnx_nfi.config import HELP, AnalyzeConfig, IndexConfig, parse_size
 from onnx_nfi.errors import Interrupted
 
 if TYPE_CHECKING:
@@ -176,13 +176,13 @@ def index_cmd(
     db: Db = Path(DEFAULT_DB),
     indexes: Indexes = DEFAULT_INDEXES,
     layers: LayerPatterns = None,
-    color_mode: ColorMode = AnalyzeConfig.color_mode,
-    rho: Rho = AnalyzeConfig.rho,
-    seed: Seed = AnalyzeConfig.seed,
-    batch_size: BatchSize = AnalyzeConfig.batch_size,
-    provider: Provider = AnalyzeConfig.provider,
+    color_mode: ColorMode = IndexConfig.color_mode,
+    rho: Rho = IndexConfig.rho,
+    seed: Seed = IndexConfig.seed,
+    batch_size: BatchSize = IndexConfig.batch_size,
+    provider: Provider = IndexConfig.provider,
     image_root: ImageRoot = None,
-    lock_timeout: LockTimeout = AnalyzeConfig.lock_timeout,
+    lock_timeout: LockTimeout = IndexConfig.lock_timeout,
     saved: Annotated[
         Path | None, typer.Option("--saved", help="Write the indexes a failed write kept in FILE (nothing is computed).")
     ] = None,
@@ -191,12 +191,12 @@ def index_cmd(
     """(Re)compute selectivity indexes of a model already in the database, without a new scan."""
     from onnx_nfi import api
 
-    config = AnalyzeConfig(
+    config = IndexConfig(
         indexes=(indexes,), layers=tuple(layers or ()), color_mode=color_mode, rho=rho, seed=seed,
         batch_size=batch_size, provider=provider, lock_timeout=lock_timeout,
     )
     with ProgressBars(silent) as bars:
-        s = api.index(model, db, config=config, progress=bars, image_root=image_root, saved=saved)
+        s = api.index(model, db=db, config=config, progress=bars, image_root=image_root, saved=saved)
     say(
         f"Indexed {s.model}: {', '.join(s.indexes)} for {s.neurons} neurons in {s.layers} layers "
         f"({s.seconds:.1f} s).",
@@ -287,4 +287,4 @@ def demo(
         say(f"  # {title}\n  onnx-nfi sql --db {result.db} \"{query}\"")
     title, query = DEMO_QUERIES[0]
     say(f"\n{title}:")
-    print_table(*api.sql(query, result.db))
+    print_table(*api.sql(query, db=result.db))

@@ -50,9 +50,9 @@ def sql_cmd(
     if fmt == "parquet":
         if output is None:
             raise typer.BadParameter("parquet output needs a file: -o result.parquet", param_hint="--format")
-        wrote(api.export_parquet(query, output, db))
+        wrote(api.export_parquet(query, output, db=db))
         return
-    columns, rows = api.sql(query, db, write=write)
+    columns, rows = api.sql(query, db=db, write=write)
     if output:
         output.write_text(plain_table(columns, rows) if fmt == "table" else render_rows(columns, rows, fmt))
     elif fmt == "table":
@@ -71,7 +71,7 @@ def remove_cmd(
     """Delete a model's rows everywhere and its vectors from the search indexes."""
     from onnx_nfi import api
 
-    summary = api.remove(db, model)
+    summary = api.remove(model, db=db)
     say(f"Removed {summary.model} ({summary.neurons} neurons) from {db}.")
     warn(summary.warnings)
     if compact:
@@ -93,7 +93,7 @@ def compact_and_say(db: Path) -> None:
     from onnx_nfi import api
 
     with sigterm_as_ctrl_c():
-        s = api.compact(db)
+        s = api.compact(db=db)
     say(
         f"Compacted {s.db}: {s.bytes_before / 2**20:.1f} MiB -> {s.bytes_after / 2**20:.1f} MiB "
         f"({max(s.freed, 0) / 2**20:.1f} MiB freed).",
@@ -110,7 +110,7 @@ def import_cmd(
     """Copy models analysed in another database into this one (neuron ids and search indexes kept in step)."""
     from onnx_nfi import api
 
-    s = api.import_db(db, other, models or ())
+    s = api.import_db(other, models or (), db=db)
     note = "" if s.responses else " (response profiles left out: the databases' probe sets differ)"
     say(f"Imported {', '.join(s.models)} ({s.neurons} neurons) from {other} into {db}{note}.")
     warn(s.warnings)
@@ -134,7 +134,7 @@ def probe_cmd(
     from onnx_nfi import api
 
     with ProgressBars(silent) as bars:
-        summary = api.set_probe(db, images, size=size, force=force, batch_size=batch_size, provider=provider,
+        summary = api.set_probe(images, db=db, size=size, force=force, batch_size=batch_size, provider=provider,
                                 progress=bars, lock_timeout=lock_timeout)
     if not summary.changed:
         say(f"The probe set of {db} already is these {summary.images} images; nothing changed.")

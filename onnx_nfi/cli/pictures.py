@@ -3,7 +3,7 @@
 A layer grid is drawn a page at a time (``--page``, ``--per-page``), so every NF keeps a tile
 large enough to see, however many units the layer has.
 
-Each parses its options, makes one ``onnx_nfi.report.render`` call and prints where the PNG went.
+Each parses its options, makes one ``onnx_nfi.api`` call and prints where the PNG went.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def nf_cmd(
         "--per-page", min=1, help="NFs on one page of the grid (default 256: a 1,280-unit layer is 5 pages).")] = None,
 ) -> None:
     """Draw one neuron's NF enlarged, or with --grid a page of a layer's NFs in a labelled grid (NEURON: MODEL:LAYER)."""
-    from onnx_nfi.report import render
+    from onnx_nfi import api
 
     model, layer_name, unit = neuron_arguments(neuron, layer, unit, unit_needed=not grid)
     if grid == (unit is not None):
@@ -53,11 +53,10 @@ def nf_cmd(
     if not grid:
         if page is not None or per_page is not None:
             raise typer.BadParameter("pages are for --grid; a single NF is one picture", param_hint="--page")
-        wrote(render.nf_png(model, layer_name, unit, output, db, scale).path)  # type: ignore[arg-type]
+        wrote(api.nf(f"{model}:{layer_name}:{unit}", output, db=db, scale=scale).path)
         return
-    drawn = render.grid_png(
-        model, layer_name, output, db, order_by=order_by, descending=desc, limit=limit,
-        page=page or 1, per_page=per_page or render.PER_PAGE,
+    drawn = api.grid(
+        model, layer_name, output, db=db, order_by=order_by, descending=desc, limit=limit, page=page or 1, per_page=per_page,
     )
     wrote(drawn.path)
     if drawn.pages > 1:
@@ -78,9 +77,9 @@ def top_cmd(
     db: Db = Path(DEFAULT_DB),
 ) -> None:
     """Draw the NFs of a layer's most selective neurons with their values."""
-    from onnx_nfi.report import render
+    from onnx_nfi import api
 
-    wrote(render.top_png(model, layer, by, output, db, k=k, lowest=asc).path)
+    wrote(api.top(model, layer, by, output, db=db, k=k, lowest=asc).path)
 
 
 @app.command("card")
@@ -95,12 +94,12 @@ def card_cmd(
     image_root: ImageRoot = None,
 ) -> None:
     """Draw a neuron card: the NF beside its top image crops with rank, label and a_j/a_1 (paper's figure 1)."""
-    from onnx_nfi.report import render
+    from onnx_nfi import api
 
     model, layer_name, number = neuron_arguments(neuron, layer, unit, unit_needed=True)
     if number is None:
         raise typer.BadParameter("name the unit: MODEL:LAYER:UNIT", param_hint="NEURON")
-    wrote(render.card_png(model, layer_name, number, output, db, top=top, image_root=image_root).path)
+    wrote(api.card(f"{model}:{layer_name}:{number}", output, db=db, top=top, image_root=image_root).path)
 
 
 @app.command("summary")
@@ -116,15 +115,12 @@ def summary_cmd(
                         "label, one panel per model (colour names: --indexes color_names when analysing).")] = False,
 ) -> None:
     """Draw each index's per-layer distribution against relative depth, models overlaid (--names: colours and concepts)."""
-    from onnx_nfi.report import render
+    from onnx_nfi import api
 
-    if names:
-        wrote(render.names_png(models or [], output, db))
-        return
-    columns = list(parse_list(indexes))
-    if not columns:
+    columns = parse_list(indexes)
+    if not columns and not names:
         raise typer.BadParameter("name at least one index column", param_hint="--indexes")
-    path, missing = render.summary_png(models or [], columns, output, db)
-    for index in missing:
+    drawn = api.summary(output, models or (), columns, db=db, names=names)
+    for index in drawn.missing:
         say(f"Note: {index} has no value in any model; left out (compute it with onnx-nfi index).")
-    wrote(path)
+    wrote(drawn.path)

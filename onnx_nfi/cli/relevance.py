@@ -58,23 +58,18 @@ def relevance_cmd(
     """Ablate each neuron of a stored classifier: mean drop of the target class probability, top-1 flips."""
     from onnx_nfi import api
     from onnx_nfi.config import parse_list
-    from onnx_nfi.report import pictures
-    from onnx_nfi.report.relevance_plot import relevance_png
-
-    if plot is not None:
-        pictures.check_png(plot)  # before the work, not after
 
     with sigterm_as_ctrl_c(), ProgressBars(silent) as bars:
         s = api.relevance(
             model, db=db, layers=parse_list(layers), images=images, target=target, mode=mode, class_names=class_names,
-            batch_size=batch_size, provider=provider, progress=bars, resume=resume, ray=ray,
+            batch_size=batch_size, provider=provider, progress=bars, resume=resume, ray=ray, plot=plot,
         )
     if s.resumed:
         say(f"Already measured the same way, left out: {', '.join(s.resumed)}.")
     if s.layers:
         _print_layers(s, db)
     if plot is not None:
-        wrote(relevance_png(s.model, plot, db))
+        wrote(plot)
 
 
 def _print_layers(s: RelevanceSummary, db: Path) -> None:

@@ -49,15 +49,13 @@ def similar_cmd(
     """The neurons most similar to one neuron, across layers and models."""
     from onnx_nfi import api
     from onnx_nfi.config import parse_list
-    from onnx_nfi.report import pictures, render
 
     if by not in VECTOR_KINDS:
         raise typer.BadParameter(f"use one of {', '.join(VECTOR_KINDS)}", param_hint="--by")
     if fmt not in FORMATS:
         raise typer.BadParameter(f"use one of {', '.join(FORMATS)}", param_hint="--format")
-    if output is not None:
-        pictures.check_png(output)  # before the search, not after
-    result = api.similar(db, neuron, by=by, k=k, models=parse_list(models), layers=parse_list(layers), other_models=other_models)
+    result = api.similar(neuron, db=db, by=by, k=k, models=parse_list(models), layers=parse_list(layers),
+                         other_models=other_models, picture=output)
     if fmt == "table":
         shown = [c for c in INDEX_COLUMNS if any(h.indexes[c] is not None for h in result.hits)]
         say(f"Neurons most similar to {result.query.name} by {by}:")
@@ -74,7 +72,7 @@ def similar_cmd(
         ]
         sys.stdout.write(render_rows(columns, rows, fmt))
     if output is not None:
-        wrote(render.similar_png(result, output).path, out if fmt == "table" else console)  # json/csv on stdout stay parseable
+        wrote(output, out if fmt == "table" else console)  # json/csv on stdout stay parseable
 
 
 @app.command("match")
@@ -90,7 +88,7 @@ def match_cmd(
     """Match every neuron of MODEL_A to MODEL_B by response correlation (results in neuron_matches)."""
     from onnx_nfi import api
 
-    result = api.match(db, model_a, model_b, output, lock_timeout=lock_timeout)
+    result = api.match(model_a, model_b, output, db=db, lock_timeout=lock_timeout)
     print_table(
         [f"{model_a} layer", "neurons", f"best {model_b} layer", "mean best corr", "mean one-to-one"],
         [(row.alias, str(row.neurons), row.best_alias or "-", _num(row.mean_best), _num(row.mean_one_to_one))

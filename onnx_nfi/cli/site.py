@@ -13,7 +13,6 @@ from rich.markup import escape
 
 from onnx_nfi.cli.common import DEFAULT_DB, Db, ImageRoot, ProgressBars, Silent, app, console, say, user_errors
 from onnx_nfi.config import DEFAULT_MAX_PIXELS
-from onnx_nfi.errors import Interrupted
 
 
 @app.command("report")
@@ -27,10 +26,10 @@ def report_cmd(
     silent: Silent = False,
 ) -> None:
     """Write the neuron browser as a static site: open OUTPUT/index.html in a browser, no server needed."""
-    from onnx_nfi.report.site.build import build_report
+    from onnx_nfi import api
 
     with ProgressBars(silent) as bars:
-        s = build_report(output, db, models or None, force=force, progress=bars, image_root=image_root)
+        s = api.build_report(output, models or None, db=db, force=force, progress=bars, image_root=image_root)
     say(
         f"Report: {len(s.written)} model(s) written, {len(s.kept)} up to date; {s.files} files, "
         f"{s.bytes / 2**20:.1f} MiB in {s.seconds:.1f} s.\nOpen: file://{(s.output / 'index.html').resolve()}",
@@ -49,14 +48,12 @@ def serve_cmd(
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image the query page decodes (pixels).")] = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Serve the neuron browser from the live database, with similar-neuron search and read-only SQL."""
-    from onnx_nfi.report import serve
+    from onnx_nfi import api
 
-    warning = serve.warning_for(host)
-    if warning:
-        console.print(f"[yellow]Warning:[/yellow] {escape(warning)}", highlight=False)
-    app_ = serve.create_app(db, image_root, max_pixels, sql_timeout=sql_timeout)
-    say(f"Serving {db} on http://{host}:{port}/ (Ctrl-C stops)")
-    try:
-        serve.server(app_, host, port).run()
-    except KeyboardInterrupt as exc:  # uvicorn raises the Ctrl-C again once it has stopped
-        raise Interrupted.of(exc, f"Stopped serving {db} (it was only read).") from None
+    def started(serving: api.Serving) -> None:
+        if serving.warning:
+            console.print(f"[yellow]Warning:[/yellow] {escape(serving.warning)}", highlight=False)
+        say(f"Serving {serving.db} on {serving.url} (Ctrl-C stops)")
+
+    api.serve(db=db, host=host, port=port, image_root=image_root, max_pixels=max_pixels, sql_timeout=sql_timeout,
+              on_start=started)
