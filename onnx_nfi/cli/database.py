@@ -36,10 +36,12 @@ SQL_FORMATS = ("table", "csv", "json", "parquet")
 @app.command("sql")
 @user_errors
 def sql_cmd(
-    query: Annotated[str, typer.Argument(help="SQL to run, e.g. \"SELECT * FROM layer_summary\".")],
+    query: Annotated[str, typer.Argument(metavar="SQL", help="SQL to run, e.g. \"SELECT * FROM layer_summary\".")],
     db: Db = Path(DEFAULT_DB),
-    fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet (parquet needs -o).")] = "table",
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file instead of stdout.")] = None,
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT",
+        help="table, csv, json or parquet (parquet needs -o).")] = "table",
+    output: Annotated[Path | None, typer.Option("-o", "--output", metavar="FILE",
+        help="Write to this file instead of stdout.")] = None,
     write: Annotated[bool, typer.Option("--write", help="Open the database writable (default read-only).")] = False,
 ) -> None:
     """Run SQL against the database (tables: models, images, layers, neurons, top_activations, …)."""
@@ -103,9 +105,11 @@ def compact_and_say(db: Path) -> None:
 @app.command("import")
 @user_errors
 def import_cmd(
-    other: Annotated[Path, typer.Argument(help="Another onnx-nfi database (e.g. made on another machine).")],
+    other: Annotated[Path, typer.Argument(metavar="DATABASE",
+        help="Another onnx-nfi database (e.g. made on another machine).")],
     db: Db = Path(DEFAULT_DB),
-    models: Annotated[list[str] | None, typer.Option("--model", help="Import only these models (repeatable).")] = None,
+    models: Annotated[list[str] | None, typer.Option("--model", metavar="MODEL",
+        help="Import only these models (repeatable).")] = None,
 ) -> None:
     """Copy models analysed in another database into this one (neuron ids and search indexes kept in step)."""
     from onnx_nfi import api
@@ -119,9 +123,10 @@ def import_cmd(
 @app.command("probe")
 @user_errors
 def probe_cmd(
-    images: Annotated[Path, typer.Argument(help="Image folder to draw the probe set from.")],
+    images: Annotated[Path, typer.Argument(metavar="IMAGES", help="Image folder to draw the probe set from.")],
     size: Annotated[int, typer.Option(
-        "--size", help="Most images in the probe set (evenly spaced over the sorted files).")] = AnalyzeConfig.probe_size,
+        "--size", metavar="N",
+            help="Most images in the probe set (evenly spaced over the sorted files).")] = AnalyzeConfig.probe_size,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace an existing probe set and recompute every model's response profiles.")] = False,
     batch_size: BatchSize = AnalyzeConfig.batch_size,

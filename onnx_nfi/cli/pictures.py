@@ -20,8 +20,9 @@ from onnx_nfi.names import INDEX_COLUMNS
 Neuron = Annotated[str, typer.Argument(
     help="The neuron as MODEL:LAYER:UNIT (LAYER: alias such as conv3, or tensor name), or the model name "
          "followed by LAYER and UNIT.", metavar="NEURON")]
-Layer = Annotated[str | None, typer.Argument(help="Layer alias (conv3) or tensor name, when NEURON is a model name.")]
-Layer1 = Annotated[str, typer.Argument(help="Layer alias (conv3) or tensor name.")]
+Layer = Annotated[str | None, typer.Argument(
+    metavar="LAYER", help="Layer alias (conv3) or tensor name, when NEURON is a model name.")]
+Layer1 = Annotated[str, typer.Argument(metavar="LAYER", help="Layer alias (conv3) or tensor name.")]
 
 
 @app.command("nf")
@@ -29,20 +30,25 @@ Layer1 = Annotated[str, typer.Argument(help="Layer alias (conv3) or tensor name.
 def nf_cmd(
     neuron: Neuron,
     layer: Layer = None,
-    unit: Annotated[int | None, typer.Argument(help="Unit (channel) number; leave out with --grid.")] = None,
+    unit: Annotated[int | None, typer.Argument(metavar="UNIT",
+        help="Unit (channel) number; leave out with --grid.")] = None,
     output: Png = ...,  # type: ignore[assignment]
     db: Db = Path(DEFAULT_DB),
     grid: Annotated[bool, typer.Option("--grid", help="The layer's NFs in a labelled grid, a page at a time (--page, --per-page).")] = False,
     scale: Annotated[int | None, typer.Option(
-        "--scale", min=1, help="Enlargement factor of a single NF (default: to >= 256 px).")] = None,
+        "--scale", metavar="FACTOR", min=1, help="Enlargement factor of a single NF (default: to >= 256 px).")] = None,
     order_by: Annotated[str, typer.Option(
-        "--order-by", help="Grid order: unit or any neurons column (e.g. color_selectivity).")] = "unit",
+        "--order-by", metavar="COLUMN",
+            help="Grid order: unit or any neurons column (e.g. color_selectivity).")] = "unit",
     desc: Annotated[bool | None, typer.Option(
         "--desc/--asc", help="Grid order direction (default: ascending units, descending columns).")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Show only the first K neurons of the grid.")] = None,
-    page: Annotated[int | None, typer.Option("--page", min=1, help="Which page of the grid to draw (default 1).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", metavar="K",
+        min=1, help="Show only the first K neurons of the grid.")] = None,
+    page: Annotated[int | None, typer.Option("--page", metavar="N",
+        min=1, help="Which page of the grid to draw (default 1).")] = None,
     per_page: Annotated[int | None, typer.Option(
-        "--per-page", min=1, help="NFs on one page of the grid (default 256: a 1,280-unit layer is 5 pages).")] = None,
+        "--per-page", metavar="N",
+            min=1, help="NFs on one page of the grid (default 256: a 1,280-unit layer is 5 pages).")] = None,
 ) -> None:
     """Draw one neuron's NF enlarged, or with --grid a page of a layer's NFs in a labelled grid (NEURON: MODEL:LAYER)."""
     from onnx_nfi import api
@@ -70,8 +76,8 @@ def top_cmd(
     model: ModelName,
     layer: Layer1,
     by: Annotated[str, typer.Option(
-        "--by", help="Neurons column to rank by, e.g. color_selectivity or class_selectivity.")],
-    k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many neurons.")] = 16,
+        "--by", metavar="COLUMN", help="Neurons column to rank by, e.g. color_selectivity or class_selectivity.")],
+    k: Annotated[int, typer.Option("-k", "--top", metavar="K", min=1, help="How many neurons to draw.")] = 16,
     asc: Annotated[bool, typer.Option("--asc", help="The least selective instead of the most.")] = False,
     output: Png = ...,  # type: ignore[assignment]
     db: Db = Path(DEFAULT_DB),
@@ -87,10 +93,11 @@ def top_cmd(
 def card_cmd(
     neuron: Neuron,
     layer: Layer = None,
-    unit: Annotated[int | None, typer.Argument(help="Unit (channel) number, when NEURON is a model name.")] = None,
+    unit: Annotated[int | None, typer.Argument(metavar="UNIT",
+        help="Unit (channel) number, when NEURON is a model name.")] = None,
     output: Png = ...,  # type: ignore[assignment]
     db: Db = Path(DEFAULT_DB),
-    top: Annotated[int, typer.Option("--top", min=1, help="How many top images to show.")] = 20,
+    top: Annotated[int, typer.Option("--top", metavar="K", min=1, help="How many top images to show.")] = 20,
     image_root: ImageRoot = None,
 ) -> None:
     """Draw a neuron card: the NF beside its top image crops with rank, label and a_j/a_1 (paper's figure 1)."""
@@ -105,11 +112,13 @@ def card_cmd(
 @app.command("summary")
 @user_errors
 def summary_cmd(
-    models: Annotated[list[str] | None, typer.Argument(help="Model names (default: every model in the database).")] = None,
+    models: Annotated[list[str] | None, typer.Argument(metavar="MODEL...",
+        help="Model names (default: every model in the database).")] = None,
     output: Png = ...,  # type: ignore[assignment]
     db: Db = Path(DEFAULT_DB),
     indexes: Annotated[str, typer.Option(
-        "--indexes", help="Comma-separated neurons columns, one panel each.")] = ",".join(INDEX_COLUMNS),
+        "--indexes", metavar="COLUMNS",
+            help="Comma-separated neurons columns, one panel each.")] = ",".join(INDEX_COLUMNS),
     names: Annotated[bool, typer.Option(
         "--names", help="Draw instead, per layer, the share of live neurons with each top colour and with a concept "
                         "label, one panel per model (colour names: --indexes color_names when analysing).")] = False,

@@ -12,9 +12,9 @@ import typer
 from onnx_nfi.cli.common import (
     DEFAULT_DB,
     Db,
-    LayerPatterns,
     LockTimeout,
     app,
+    layer_patterns,
     console,
     out,
     print_table,
@@ -27,23 +27,26 @@ from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.names import INDEX_COLUMNS, VECTOR_KINDS
 
 FORMATS = ("table", "json", "csv")
+#: The layers ``similar`` looks for neighbours in.
+NeighbourLayers = layer_patterns("Only neighbours in these layers")
 
 
 @app.command("similar")
 @user_errors
 def similar_cmd(
-    neuron: Annotated[str, typer.Argument(
+    neuron: Annotated[str, typer.Argument(metavar="NEURON", 
         help="The query neuron, MODEL:LAYER:UNIT (LAYER: alias such as conv3, or tensor name).")],
     by: Annotated[str, typer.Option(
-        "--by", help="Vector compared: response (profile over the probe set), nf or indexes.")] = "response",
-    k: Annotated[int, typer.Option("-k", min=1, help="How many neighbours.")] = 10,
+        "--by", metavar="KIND",
+            help="Vector compared: response (profile over the probe set), nf or indexes.")] = "response",
+    k: Annotated[int, typer.Option("-k", metavar="K", min=1, help="How many neighbours.")] = 10,
     models: Annotated[list[str] | None, typer.Option(
-        "--models", help="Only neurons of these models (comma-separated or repeated).")] = None,
-    layers: LayerPatterns = None,
+        "--models", metavar="MODELS", help="Only neighbours in these models (comma-separated or repeated).")] = None,
+    layers: NeighbourLayers = None,
     other_models: Annotated[bool, typer.Option("--other-models", help="Leave out the query's own model.")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="table, json or csv.")] = "table",
     output: Annotated[Path | None, typer.Option(
-        "-o", "--output", help="Also draw the query NF beside its neighbours' NFs (PNG).")] = None,
+        "-o", "--output", metavar="FILE", help="Also draw the query NF beside its neighbours' NFs (PNG).")] = None,
     db: Db = Path(DEFAULT_DB),
 ) -> None:
     """The neurons most similar to one neuron, across layers and models."""
@@ -78,10 +81,10 @@ def similar_cmd(
 @app.command("match")
 @user_errors
 def match_cmd(
-    model_a: Annotated[str, typer.Argument(help="Model whose neurons are matched.")],
-    model_b: Annotated[str, typer.Argument(help="Model they are matched in.")],
+    model_a: Annotated[str, typer.Argument(metavar="MODEL_A", help="Model whose neurons are matched.")],
+    model_b: Annotated[str, typer.Argument(metavar="MODEL_B", help="Model they are matched in.")],
     output: Annotated[Path | None, typer.Option(
-        "-o", "--output", help="Heat map of mean best correlation, layer by layer (PNG).")] = None,
+        "-o", "--output", metavar="FILE", help="Heat map of mean best correlation, layer by layer (PNG).")] = None,
     db: Db = Path(DEFAULT_DB),
     lock_timeout: LockTimeout = AnalyzeConfig.lock_timeout,
 ) -> None:

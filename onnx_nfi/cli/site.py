@@ -18,9 +18,10 @@ from onnx_nfi.config import DEFAULT_MAX_PIXELS
 @app.command("report")
 @user_errors
 def report_cmd(
-    output: Path = typer.Option(..., "-o", "--output", help="Folder of the site (created; rebuilt in place)."),
+    output: Path = typer.Option(..., "-o", "--output", metavar="FOLDER",
+        help="Folder of the site (created; rebuilt in place)."),
     db: Db = Path(DEFAULT_DB),
-    models: list[str] = typer.Option(None, "--models", help="Models to (re)build (default: all)."),
+    models: list[str] = typer.Option(None, "--models", metavar="MODELS", help="Models to (re)build (default: all)."),
     force: bool = typer.Option(False, "--force", help="Rewrite every model's pages, even those up to date."),
     image_root: ImageRoot = None,
     silent: Silent = False,
@@ -40,12 +41,14 @@ def report_cmd(
 @user_errors
 def serve_cmd(
     db: Db = Path(DEFAULT_DB),
-    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (another than 127.0.0.1 only when needed)."),
+    port: int = typer.Option(8000, "--port", metavar="PORT", min=1, max=65535, help="TCP port."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS",
+        help="Address to listen on (another than 127.0.0.1 only when needed)."),
     image_root: ImageRoot = None,
     sql_timeout: float = typer.Option(
         5.0, "--sql-timeout", min=0.1, metavar="SECONDS", help="Seconds a query of the SQL page may run before it is stopped."),
-    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image the query page decodes (pixels).")] = DEFAULT_MAX_PIXELS,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", metavar="PIXELS",
+        help="Largest image the query page decodes (pixels).")] = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Serve the neuron browser from the live database, with similar-neuron search and read-only SQL."""
     from onnx_nfi import api

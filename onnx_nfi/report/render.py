@@ -93,7 +93,8 @@ def top_png(
 ) -> Drawn:
     """The NFs of a layer's ``k`` most (or least) selective neurons by column ``by``, with their values."""
     with reading(db) as store:
-        data = queries.layer_nfs(store, model, layer, order_by=by, descending=not lowest, limit=k, only_valued=True)
+        column = queries.check_column(store, by, "--by", numeric=True)  # named as top's option, not the grid's
+        data = queries.layer_nfs(store, model, layer, order_by=column, descending=not lowest, limit=k, only_valued=True)
     which = "lowest" if lowest else "highest"
     title = f"{data.ref.model} / {data.ref.alias}: the {len(data.neurons)} neurons with the {which} {data.column}"
     return _write_grid(output, data, title, _span(data))
