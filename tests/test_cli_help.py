@@ -10,6 +10,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+import typer
 from cli_helpers import invoke
 from conftest import TINY
 from typer.main import get_command
@@ -29,10 +30,9 @@ SHARED = {
 
 
 def params(name: str) -> list:
+    """The parameters of command ``name`` as its help shows them (``--help`` included)."""
     command = GROUP.commands[name]  # type: ignore[attr-defined]
-    import click
-
-    return command.get_params(click.Context(command, info_name=name))
+    return command.get_params(typer.Context(command, info_name=name))
 
 
 def label(param) -> str:  # noqa: ANN001 - a click parameter

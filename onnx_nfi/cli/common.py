@@ -21,10 +21,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from onnx_nfi.config import HELP, AnalyzeConfig
 from onnx_nfi.errors import Interrupted, NfiError
