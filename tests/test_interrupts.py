@@ -125,7 +125,7 @@ def check_message(stop: Stopped, db: Path, images: Path, reference: Path, signum
     assert stop.returncode == 128 + signum, stop.terminal[-3000:]
     assert "Traceback" not in stop.terminal and "Traceback" not in stop.stdout
     message = stop.message
-    state = api.state_path(db, MODEL)
+    state = api.state_path(MODEL, db=db)
     nothing = f"Interrupted; nothing was written to {db}"
     resume = ": run the same command with --resume to continue."
     command = f"onnx-nfi merge {state} --db {db}"
@@ -214,7 +214,7 @@ def locked_at_the_write(db: Path, lockers: list[subprocess.Popen]) -> Callable[[
 
 def trigger(phase: str, db: Path) -> Callable[[str], bool]:
     """When ``phase`` has been reached: from the bars' labels or from the files the run makes."""
-    state, faiss = api.state_path(db, MODEL), db.with_name(db.name + ".faiss")
+    state, faiss = api.state_path(MODEL, db=db), db.with_name(db.name + ".faiss")
     return {
         "scan": lambda text: state.exists(),  # the first checkpoint: 8 images scanned
         "nf": lambda text: state.exists() and read_header(state)["complete"],  # the scan is done: the NFs begin

@@ -36,7 +36,7 @@ def stopped(tmp_path_factory: pytest.TempPathFactory, images: Path) -> tuple[Pat
 
     with pytest.raises(KeyboardInterrupt):
         api.analyze(TINY, images, db=db, config=CONFIG, progress=interrupt)
-    state = api.state_path(db, MODEL)
+    state = api.state_path(MODEL, db=db)
     assert state.is_file()
     return db, state
 
