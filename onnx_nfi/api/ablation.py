@@ -10,7 +10,6 @@ from onnx_nfi.pipeline.relevance import RelevanceSummary
 from onnx_nfi.pipeline.relevance import relevance as measure_relevance
 from onnx_nfi.progress import Progress
 from onnx_nfi.report import pictures
-from onnx_nfi.report.relevance_plot import relevance_png
 
 
 def relevance(
@@ -30,5 +29,7 @@ def relevance(
         batch_size=batch_size, provider=provider, progress=progress, resume=resume, ray=ray,
     )
     if plot is not None:
+        from onnx_nfi.report.relevance_plot import relevance_png  # scipy: only for the plot
+
         relevance_png(summary.model, plot, db=db)
     return summary
