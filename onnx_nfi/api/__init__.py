@@ -3,7 +3,10 @@
 model -> instrumented graph -> batched scan -> top-N state -> NF / indexes -> DuckDB (+ FAISS)
 Each verb validates all user input before any long work, and writes the database in one
 transaction at the end, so a failure never leaves a half-written model behind. Verbs never print:
-long ones take a ``progress(phase, done, total)`` callback.
+long ones take a ``progress(phase, done, total)`` callback. A verb that uses a database takes it as
+the keyword ``db``. The verbs of runs and the database are here; the pictures (``pictures``), the
+browser (``site``), ``similar`` (``neighbours``), ``relevance`` (``ablation``) and ``demo`` have
+modules of their own. ``__all__`` is ``onnx_nfi.names.API_NAMES``, which the package lists too.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from onnx_nfi.cli.common import (
 from onnx_nfi.config import AnalyzeConfig
 
 if TYPE_CHECKING:
-    from onnx_nfi.pipeline.relevance import RelevanceSummary
+    from onnx_nfi.api import RelevanceSummary
 
 #: The layers ``relevance`` ablates.
 AblatedLayers = layer_patterns("Layers whose neurons are ablated")
