@@ -37,7 +37,8 @@ DEMO_QUERIES = (
 
 @dataclass(frozen=True)
 class DemoResult:
-    """What ``demo`` made: the database, the analyses, the pictures, the model match and the browser."""
+    """What ``demo`` made: the database, the analyses, the pictures, the model match, the browser, and
+    the columns and rows of the first of ``DEMO_QUERIES`` (read with the pictures: no open of its own)."""
 
     db: Path
     images: Path
@@ -45,6 +46,7 @@ class DemoResult:
     analyses: tuple[AnalysisSummary, ...]
     match: search.MatchResult
     report: Path
+    example: tuple[list[str], list[tuple]]
 
 
 def demo(
@@ -74,12 +76,13 @@ def demo(
         analyses.append(analyze(BUNDLED_MODELS / f"{model}.onnx", images, db=db, config=DEMO_CONFIG, progress=progress))
         if on_analysis:
             on_analysis(analyses[-1])
-    with Store.open(db, read_only=True) as store:  # one read for every picture
+    with Store.open(db, read_only=True) as store:  # one read for every picture and the example query
         drawn = _pictures(store, folder)
+        example = store.query(DEMO_QUERIES[0][1])
     matched = match(*DEMO_MODELS, picture=folder / "match.png", db=db)  # writes neuron_matches: its own (writable) open
     # the browser opens the file itself, read-only, after the match it shows
     site = build_report(output / "report", db=db, progress=step(f"Building the neuron browser in {output / 'report'}"))
-    return DemoResult(db, images, tuple(drawn), tuple(analyses), matched, site.output)
+    return DemoResult(db, images, tuple(drawn), tuple(analyses), matched, site.output, example)
 
 
 def _pictures(store: Store, folder: Path) -> list[Path]:

@@ -299,6 +299,5 @@ def demo(
 
     for title, query in DEMO_QUERIES:
         say(f"  # {title}\n  onnx-nfi sql --db {result.db} \"{query}\"")
-    title, query = DEMO_QUERIES[0]
-    say(f"\n{title}:")
-    print_table(*api.sql(query, db=result.db))
+    say(f"\n{DEMO_QUERIES[0][0]}:")
+    print_table(*result.example)
