@@ -22,6 +22,7 @@ from onnx_nfi.cli.common import (
     InputSize,
     LayerPatterns,
     LockTimeout,
+    MaxPixels,
     Preprocess,
     ProgressBars,
     Provider,
@@ -44,6 +45,8 @@ from onnx_nfi.errors import Interrupted
 if TYPE_CHECKING:
     from onnx_nfi.api import AnalysisSummary
 
+#: The model argument of the commands that read an ONNX file.
+OnnxFile = Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX model file.")]
 IndexLayers = layer_patterns("Layers whose indexes are recomputed")
 RecomputedIndexes = Annotated[str, typer.Option("--indexes", metavar="INDEXES", help=(
     "Indexes to recompute, comma-separated: the names analyze --indexes takes, or all."))]
@@ -52,7 +55,7 @@ RecomputedIndexes = Annotated[str, typer.Option("--indexes", metavar="INDEXES", 
 @app.command()
 @user_errors
 def analyze(
-    model: Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX model file.")],
+    model: OnnxFile,
     images: Annotated[Path, typer.Argument(metavar="IMAGES",
         help="Image folder (recursive; sub-folders name classes).")],
     db: Db = Path(DEFAULT_DB),
@@ -73,8 +76,7 @@ def analyze(
     seed: Seed = AnalyzeConfig.seed,
     input_size: InputSize = None,
     input_name: ImageInput = None,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", metavar="PIXELS",
-        help=HELP["max_pixels"])] = AnalyzeConfig.max_pixels,
+    max_pixels: MaxPixels = AnalyzeConfig.max_pixels,
     lock_timeout: Annotated[
         float, typer.Option("--lock-timeout", metavar="SECONDS", help=HELP["lock_timeout"])
     ] = AnalyzeConfig.lock_timeout,
@@ -221,7 +223,7 @@ def index_cmd(
 @app.command("layers")
 @user_errors
 def layers_cmd(
-    model: Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX model file.")],
+    model: OnnxFile,
     preprocess: Preprocess = None,
     input_size: InputSize = None,
     input_name: ImageInput = None,

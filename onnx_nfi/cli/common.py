@@ -36,11 +36,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def plain_help(params: list[Any]) -> list[Any]:
     """Help that shows what the user types: a flag (``--silent``, ``--help``) takes no value, so it shows
-    none (typer writes ``<bool>``), and an argument's name is its metavar, so no Python type follows it
-    (typer writes ``<list[str]>``)."""
+    none (typer writes ``<bool>``); an option given no metavar shows its name in capitals, not a Python
+    type; and an argument's name is its metavar, so no Python type follows it (typer writes ``<list[str]>``)."""
     for param in params:
-        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
-            param.metavar = ""
+        if isinstance(param, TyperOption) and param.metavar is None:  # a value's name, when not given one
+            param.metavar = "" if param.is_flag else param.name.upper()
         elif isinstance(param, TyperArgument) and not isinstance(param, _NamedArgument):
             param.__class__ = _NamedArgument
     return params
@@ -108,6 +108,7 @@ def layer_patterns(what: str) -> Any:
 
 InputSize = Annotated[str | None, typer.Option("--input-size", metavar="H,W", help=HELP["input_size"])]
 ImageInput = Annotated[str | None, typer.Option("--input", metavar="NAME", help=HELP["input"])]
+MaxPixels = Annotated[int, typer.Option("--max-pixels", metavar="PIXELS", help=HELP["max_pixels"])]
 Png = Annotated[Path, typer.Option("-o", "--output", metavar="FILE", help="PNG file to write.")]
 ModelName = Annotated[str, typer.Argument(metavar="MODEL", help="Model name in the database.")]
 #: ``--image-root`` of the commands that write a database (analyze, merge) ...

@@ -9,14 +9,13 @@ from typing import Annotated
 import typer
 
 from onnx_nfi.cli.common import (
-    DEFAULT_DB, Db, ProgressBars, Provider, Silent, app, console, layer_patterns, out, print_table, say, user_errors,
-    wrote,
+    DEFAULT_DB, Db, MaxPixels, ProgressBars, Provider, Silent, app, console, layer_patterns, out, print_table, say,
+    user_errors, wrote,
 )
-from onnx_nfi.config import DEFAULT_MAX_PIXELS, HELP
+from onnx_nfi.config import DEFAULT_MAX_PIXELS
 
 ModelFile = Annotated[Path | None, typer.Option(
     "--model-file", metavar="FILE", help="The analysed .onnx file, when it moved (checked against the stored hash).")]
-MaxPixels = Annotated[int, typer.Option("--max-pixels", metavar="PIXELS", help=HELP["max_pixels"])]
 QueriedLayers = layer_patterns("Only neurons of these layers")
 ImagePixels = Annotated[int, typer.Option("--max-pixels", metavar="PIXELS", help=(
     "Largest image in pixels, read from the file header before decoding; a larger one is refused."))]
