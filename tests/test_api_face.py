@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,7 @@ def test_an_index_run_stores_exactly_its_own_options(photo_dir: Path, tmp_path: 
     assert result.exit_code == 0, result.output
     analysed, = runs(db, "analyze")
     through_api, through_cli = runs(db, "index")
-    assert through_api == STORED
+    assert through_api == STORED and set(through_api) == {f.name for f in fields(IndexConfig)}
     assert through_cli == {"indexes": ["color"], "layers": [], "color_mode": "image", "rho": 0.5, "seed": 0,
                            "batch_size": 32, "provider": "auto", "lock_timeout": 60.0}
     assert analysed["top_n"] == 6 and analysed["batch_size"] == 16  # the analysis's own run is untouched
