@@ -33,7 +33,6 @@ from onnx_nfi.names import DEFAULT_DB  # noqa: F401  (the commands take it from 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-
 def plain_help(params: list[Any]) -> list[Any]:
     """Help that shows what the user types: a flag (``--silent``, ``--help``) takes no value, so it shows
     none (typer writes ``<bool>``); an option given no metavar shows its name in capitals, not a Python
@@ -97,15 +96,6 @@ Rho = Annotated[float, typer.Option("--rho", metavar="RHO", help=HELP["rho"])]
 Seed = Annotated[int, typer.Option("--seed", metavar="SEED", help=HELP["seed"])]
 LockTimeout = Annotated[float, typer.Option("--lock-timeout", metavar="SECONDS", help=HELP["lock_timeout"])]
 LayerPatterns = Annotated[list[str] | None, typer.Option("--layers", metavar="LAYERS", help=HELP["layers"])]
-
-
-def layer_patterns(what: str) -> Any:
-    """``--layers`` of a command that reads stored layers: ``what`` says what it does with them."""
-    return Annotated[list[str] | None, typer.Option("--layers", metavar="LAYERS", help=(
-        f"{what}: aliases (conv3), tensor names or globs (conv1*), comma-separated or repeated; default every stored layer."
-    ))]
-
-
 InputSize = Annotated[str | None, typer.Option("--input-size", metavar="H,W", help=HELP["input_size"])]
 ImageInput = Annotated[str | None, typer.Option("--input", metavar="NAME", help=HELP["input"])]
 MaxPixels = Annotated[int, typer.Option("--max-pixels", metavar="PIXELS", help=HELP["max_pixels"])]
@@ -119,6 +109,14 @@ StoredImageRoot = Annotated[Path | None, typer.Option(
 ImageRoot = Annotated[Path | None, typer.Option(
     "--image-root", metavar="FOLDER",
     help="Where the images are now, when the database stores their paths relative to a folder (analyze --image-root).")]
+
+
+def layer_patterns(what: str) -> Any:
+    """``--layers`` of a command that reads stored layers: ``what`` says what it does with them."""
+    return Annotated[list[str] | None, typer.Option("--layers", metavar="LAYERS", help=(
+        f"{what}: aliases (conv3), tensor names or globs (conv1*), comma-separated or repeated; default every stored layer."
+    ))]
+
 
 DEFAULT_INDEXES = ",".join(AnalyzeConfig.indexes)
 
