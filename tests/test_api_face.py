@@ -95,3 +95,24 @@ def test_an_index_run_stores_exactly_its_own_options(photo_dir: Path, tmp_path: 
     assert through_cli == {"indexes": ["color"], "layers": [], "color_mode": "image", "rho": 0.5, "seed": 0,
                            "batch_size": 32, "provider": "auto", "lock_timeout": 60.0}
     assert analysed["top_n"] == 6 and analysed["batch_size"] == 16  # the analysis's own run is untouched
+
+
+def test_pictures_can_share_one_open_database(photo_dir: Path, tmp_path: Path) -> None:
+    """What the demo does: every picture verb drawn from one open store, which stays open for the next."""
+    from onnx_nfi.store.duckdb_store import Store
+
+    db = tmp_path / "nfi.duckdb"
+    api.analyze(TINY, photo_dir, db=db, config=AnalyzeConfig(top_n=4, indexes=("color", "class"), layers=("conv2",)))
+    with Store.open(db, read_only=True) as store:
+        drawn = [
+            api.nf("tiny_lite0:conv2:1", tmp_path / "nf.png", db=store).path,
+            api.grid("tiny_lite0", "conv2", tmp_path / "grid.png", db=store, per_page=8).path,
+            api.top("tiny_lite0", "conv2", "color", tmp_path / "top.png", db=store, k=3).path,
+            api.card("tiny_lite0:conv2:1", tmp_path / "card.png", db=store, top=3).path,
+            api.summary(tmp_path / "summary.png", ["tiny_lite0"], ["color_selectivity"], db=store).path,
+        ]
+        assert store.query("SELECT count(*) FROM neurons")[1] == [(32,)]  # still open, and the same database
+    for path in drawn:
+        assert path.stat().st_size > 1000, path
+    alone = api.nf("tiny_lite0:conv2:1", tmp_path / "nf_alone.png", db=db)  # and the file itself, opened here
+    assert alone.path.read_bytes() == drawn[0].read_bytes()
