@@ -1,11 +1,13 @@
 """One API face: every command has a Python twin in ``onnx_nfi`` whose ``db`` is keyword-only, the
-package exports exactly the API's names, and an index run stores exactly its own options."""
+package exports exactly the API's names, an index run stores exactly its own options, and the picture
+verbs can share one open database."""
 
 from __future__ import annotations
 
 import inspect
 import json
 import re
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -59,7 +61,7 @@ def test_every_command_has_a_twin_whose_db_is_keyword_only(command: str) -> None
     render.nf_png, render.grid_png, render.top_png, render.card_png, render.summary_png, render.names_png,
     relevance_plot.relevance_png, build.build_report, *(getattr(api, n) for n in API_NAMES if n[0].islower()),
 ], ids=lambda f: f.__name__)
-def test_every_public_function_that_takes_a_db_takes_it_by_keyword(function) -> None:  # noqa: ANN001
+def test_every_public_function_that_takes_a_db_takes_it_by_keyword(function: Callable[..., object]) -> None:
     db = inspect.signature(function).parameters.get("db")
     assert db is None or db.kind is inspect.Parameter.KEYWORD_ONLY
 

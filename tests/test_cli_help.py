@@ -33,7 +33,7 @@ def params(name: str) -> list:
     return command.get_params(typer.Context(command, info_name=name))
 
 
-def label(param) -> str:  # noqa: ANN001 - a click parameter
+def label(param: typer.core.TyperOption | typer.core.TyperArgument) -> str:
     longs = [o for o in param.opts if o.startswith("--")]
     return longs[0] if longs else param.name
 
