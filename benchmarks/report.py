@@ -55,9 +55,9 @@ def main() -> None:
     with Store.open(db, read_only=True) as store:
         neurons = store.rows("SELECT count(*) AS n FROM neurons")[0]["n"]
     shutil.rmtree(site, ignore_errors=True)
-    first = build_report(site, db)
+    first = build_report(site, db=db)
     analyze(MOBILENET, photos, db=db, name="mobilenetv2")
-    added = build_report(site, db)
+    added = build_report(site, db=db)
     with Store.open(db, read_only=True) as store:
         total = store.rows("SELECT count(*) AS n FROM neurons")[0]["n"]
         largest = store.rows(

@@ -144,7 +144,7 @@ def main() -> None:
         alias = store.rows("SELECT alias FROM layers WHERE model = 'lite0' AND channels = 1280")[0]["alias"]
     site = args.work / "report"
     shutil.rmtree(site, ignore_errors=True)
-    built = build_report(site, db)
+    built = build_report(site, db=db)
     load_start = load_average()
     proc, base = start_server(db)
     try:

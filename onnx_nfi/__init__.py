@@ -10,34 +10,18 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from onnx_nfi.config import AnalyzeConfig
+from onnx_nfi.config import AnalyzeConfig, IndexConfig  # noqa: F401  (an API name too; light, so here)
 from onnx_nfi.errors import NfiError
+from onnx_nfi.names import API_NAMES
 
-#: Every name of ``onnx_nfi.api.__all__`` (a test keeps the two equal), listed here so that resolving one
-#: does not import the runtime libraries up front.
-_VERBS = (
-    "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "LayerListing", "ProbeSummary",
-    "QueryResult",
-    "QueryTable", "RFVerification", "RelevanceSummary", "ShardSummary", "WhereResult", "analyze",
-    "color_memberships", "compact", "demo", "describe", "export_parquet", "find", "import_db", "index", "layers",
-    "match", "merge", "parse_shard", "query", "query_folder", "relevance", "remove", "set_probe", "similar", "sql",
-    "state_path", "verify_receptive_fields", "where",
-)
-
-__all__ = ["AnalyzeConfig", "NfiError", "__version__", *_VERBS]
+__all__ = ["AnalyzeConfig", "NfiError", "__version__", *API_NAMES]
 
 if TYPE_CHECKING:
-    from onnx_nfi.api import (  # noqa: F401
-        AnalysisSummary, CompactSummary, DemoResult, IndexSummary, LayerInfo, LayerListing, ProbeSummary,
-        QueryResult, QueryTable,
-        RFVerification, RelevanceSummary, ShardSummary, WhereResult, analyze, color_memberships, compact, demo,
-        describe, export_parquet, find, import_db, index, layers, match, merge, parse_shard, query, query_folder,
-        relevance, remove, set_probe, similar, sql, state_path, verify_receptive_fields, where,
-    )
+    from onnx_nfi.api import *
 
 
 def __getattr__(name: str) -> Any:
-    if name in _VERBS:
+    if name in API_NAMES:
         return getattr(import_module("onnx_nfi.api"), name)
     if name == "__version__":  # importlib.metadata costs ~50 ms: only when asked
         from importlib.metadata import PackageNotFoundError, version

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from onnx_nfi.errors import ConfigError
 from onnx_nfi.names import (  # noqa: F401  (INDEX_NAMES: re-exported)
@@ -56,19 +57,13 @@ class AnalyzeConfig:
     checkpoint_seconds: float = 600.0
 
     def __post_init__(self) -> None:
-        # canonical forms first, so the stored parameters of equal runs are equal
-        object.__setattr__(self, "indexes", parse_indexes(self.indexes))
-        object.__setattr__(self, "layers", parse_list(self.layers))
+        _check_shared(self)
         _at_least("top_n", self.top_n, 1)
-        _at_least("batch_size", self.batch_size, 1)
         _at_least("nf_max_size", self.nf_max_size, 0)
-        _at_least("seed", self.seed, 0)
         _at_least("probe_size", self.probe_size, 1)
         _at_least("checkpoint_every", self.checkpoint_every, 1)
         if not self.checkpoint_seconds > 0:
             raise ConfigError(f"--checkpoint-seconds must be > 0, got {self.checkpoint_seconds}")
-        if not 0 < self.rho <= 1:
-            raise ConfigError(f"rho must be in (0, 1], got {self.rho}; 1 counts every class of a neuron's top images")
         if not 0 < self.population_threshold <= 1:
             raise ConfigError(f"population_threshold must be in (0, 1], got {self.population_threshold}")
         if self.input_size is not None:
@@ -76,14 +71,59 @@ class AnalyzeConfig:
         if self.input is not None and (not isinstance(self.input, str) or not self.input):
             raise ConfigError(f"--input must name one of the model's inputs, got {self.input!r}")
         _at_least("max_pixels", self.max_pixels, 1)
-        if isinstance(self.lock_timeout, bool) or not isinstance(self.lock_timeout, (int, float)) or self.lock_timeout < 0:
-            raise ConfigError(f"--lock-timeout must be a number of seconds >= 0, got {self.lock_timeout!r}")
-        _one_of("color_mode", self.color_mode, COLOR_MODES)
-        _one_of("provider", self.provider, PROVIDERS)
 
     def to_json(self) -> str:
         """The stored form of the parameters."""
         return json.dumps(asdict(self), sort_keys=True, default=list)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Options of ``index`` (indexes recomputed from a stored model's top images): exactly what an
+    index run stores as its parameters, so the run says what made its values and nothing else."""
+
+    indexes: tuple[str, ...] = AnalyzeConfig.indexes
+    layers: tuple[str, ...] = ()
+    color_mode: str = AnalyzeConfig.color_mode
+    rho: float = AnalyzeConfig.rho
+    seed: int = AnalyzeConfig.seed
+    batch_size: int = AnalyzeConfig.batch_size
+    provider: str = AnalyzeConfig.provider
+    lock_timeout: float = AnalyzeConfig.lock_timeout
+
+    def __post_init__(self) -> None:
+        _check_shared(self)
+
+    def to_json(self) -> str:
+        """The stored form of the parameters."""
+        return json.dumps(asdict(self), sort_keys=True, default=list)
+
+    @classmethod
+    def of(cls, values: dict[str, Any]) -> IndexConfig:
+        """The index options among stored parameters (a saved index file written by an older version
+        stored every analysis option: the others are left out)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
+
+    def analysis(self) -> AnalyzeConfig:
+        """The analysis options the index passes run with: these, no NF pass, defaults for the rest."""
+        return AnalyzeConfig(**asdict(self), nf=False)
+
+
+def _check_shared(config: AnalyzeConfig | IndexConfig) -> None:
+    """Canonical forms and checks of the options ``analyze`` and ``index`` share (canonical first, so
+    the stored parameters of equal runs are equal)."""
+    object.__setattr__(config, "indexes", parse_indexes(config.indexes))
+    object.__setattr__(config, "layers", parse_list(config.layers))
+    _at_least("batch_size", config.batch_size, 1)
+    _at_least("seed", config.seed, 0)
+    if not 0 < config.rho <= 1:
+        raise ConfigError(f"rho must be in (0, 1], got {config.rho}; 1 counts every class of a neuron's top images")
+    timeout = config.lock_timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+        raise ConfigError(f"--lock-timeout must be a number of seconds >= 0, got {timeout!r}")
+    _one_of("color_mode", config.color_mode, COLOR_MODES)
+    _one_of("provider", config.provider, PROVIDERS)
 
 
 def _option(name: str) -> str:

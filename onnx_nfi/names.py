@@ -178,3 +178,18 @@ def check_model_name(name: str) -> None:
 
 #: The database file commands use unless given ``--db``.
 DEFAULT_DB = "nfi.duckdb"
+
+#: Every name ``onnx_nfi.api`` exports: one verb per command (``import`` is ``import_db``, ``probe``
+#: is ``set_probe``, ``report`` is ``build_report``: ``onnx_nfi.report`` is a package; ``nf --grid`` is
+#: ``grid``), the helpers beside them and the results they return.
+#: Kept here, where importing costs nothing, so that ``onnx_nfi`` can list them without loading the API.
+API_NAMES = (
+    "AnalysisSummary", "CompactSummary", "DemoResult", "Drawn", "IndexConfig", "IndexSummary", "LayerInfo",
+    "LayerListing", "ProbeSummary", "QueryResult", "QueryTable", "RFVerification", "RelevanceSummary",
+    "ReportSummary", "Serving", "ShardSummary", "SummaryPicture", "WhereResult", "analyze", "build_report", "card",
+    "color_memberships", "compact", "demo", "describe", "export_parquet", "find", "grid", "import_db", "index",
+    "layers", "match", "merge", "nf", "parse_shard", "query", "query_folder", "relevance", "remove", "serve",
+    "set_probe", "similar", "sql", "state_path", "summary", "top", "verify_receptive_fields", "where",
+)
+#: The API verb of each command whose name is not its verb's.
+COMMAND_VERBS = {"import": "import_db", "probe": "set_probe", "report": "build_report"}

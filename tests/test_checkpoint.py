@@ -78,7 +78,7 @@ def _run_killed(images: Path, db: Path, phase: str, at: int, resume: bool) -> in
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_equals_uninterrupted(images: Path, reference: Path, tmp_path: Path) -> None:
     db = tmp_path / "nfi.duckdb"
-    state = api.state_path(db, MODEL)
+    state = api.state_path(MODEL, db=db)
     rng = random.Random(13)
     first, second = sorted(rng.sample(range(10, 80), 2))
     # two kills during the scan, one in the NF pass, one in the index pass, each resumed from the last checkpoint
@@ -101,7 +101,7 @@ def test_ctrl_c_saves_then_resume_equals_uninterrupted(images: Path, reference: 
 
     with pytest.raises(KeyboardInterrupt):
         api.analyze(TINY, images, db=db, config=CONFIG, progress=interrupt)
-    state = api.state_path(db, MODEL)
+    state = api.state_path(MODEL, db=db)
     assert state.is_file() and not db.exists()
     # how often it saves and how long it waits for a lock may change on resume: not what it computes
     api.analyze(TINY, images, db=db, config=replace(CONFIG, checkpoint_every=20, lock_timeout=5), resume=True)
@@ -110,7 +110,7 @@ def test_ctrl_c_saves_then_resume_equals_uninterrupted(images: Path, reference: 
 
 def test_cli_ctrl_c_says_how_to_resume(images: Path, tmp_path: Path) -> None:
     db = tmp_path / "nfi.duckdb"
-    state = api.state_path(db, MODEL)
+    state = api.state_path(MODEL, db=db)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from onnx_nfi.cli import main; main()", "analyze", str(TINY), str(images), "--db", str(db), *OPTIONS],
@@ -132,7 +132,7 @@ def test_resume_of_another_run_is_refused_saying_what_differs(images: Path, tmp_
     db = tmp_path / "nfi.duckdb"
     shard = invoke("analyze", TINY, images, "--db", db, "--shard", "1/3", *OPTIONS)
     assert shard.exit_code == 0, shard.output
-    state = api.state_path(db, MODEL, api.parse_shard("1/3"))
+    state = api.state_path(MODEL, api.parse_shard("1/3"), db=db)
     changed = invoke("analyze", TINY, images, "--db", db, "--shard", "1/3", "--resume", "--top-n", "50", *OPTIONS)
     assert changed.exit_code == 2
     assert changed.output.strip().splitlines() == [(
@@ -149,7 +149,7 @@ def test_resume_of_another_run_is_refused_saying_what_differs(images: Path, tmp_
     assert other.exit_code == 2 and "the shard differs (1/3 -> 2/3);" in other.output, other.output
     missing = invoke("analyze", TINY, images, "--db", db, "--resume", *OPTIONS)  # a scheduler's rerun: starts over
     assert missing.exit_code == 0, missing.output
-    assert (f"Warning: no scan state at {api.state_path(db, MODEL)} to resume from: the analysis started from the "
+    assert (f"Warning: no scan state at {api.state_path(MODEL, db=db)} to resume from: the analysis started from the "
             "beginning") in missing.output.splitlines()
 
 
@@ -159,12 +159,12 @@ def test_three_shards_merged_equal_one_run(images: Path, reference: Path, tmp_pa
     for i in (3, 1):  # any order, any machine
         shard = invoke("analyze", TINY, images, "--db", db, "--shard", f"{i}/3", *OPTIONS)
         assert shard.exit_code == 0, shard.output
-        states.append(api.state_path(db, MODEL, api.parse_shard(f"{i}/3")))
+        states.append(api.state_path(MODEL, api.parse_shard(f"{i}/3"), db=db))
         assert f"State: {states[-1].resolve()}" in shard.output
     summary = api.analyze(TINY, images, db=db, config=CONFIG, shard="2/3")  # the API's twin of --shard
     assert isinstance(summary, api.ShardSummary)
     states.append(summary.state)
-    assert summary.state == api.state_path(db, MODEL, api.parse_shard("2/3")).resolve()
+    assert summary.state == api.state_path(MODEL, api.parse_shard("2/3"), db=db).resolve()
     first, last = api.parse_shard("2/3").bounds(sum(1 for p in images.rglob("*") if p.is_file()))
     assert (summary.shard, summary.images_seen + summary.images_skipped) == ("2/3", last - first)
     assert not db.exists(), "a shard wrote the database"
@@ -209,7 +209,7 @@ def test_locked_database_at_write_keeps_the_analysis_and_names_the_command(
         for locker in lockers:
             locker.kill()
             locker.wait()
-    state = api.state_path(db, MODEL)
+    state = api.state_path(MODEL, db=db)
     assert caught.value.command == f"onnx-nfi merge {state} --db {db}"
     assert "locked by another process" in str(caught.value) and state.is_file()
     written = invoke(*caught.value.command.split()[1:], "--silent")

@@ -156,5 +156,5 @@ def test_sql_prints_values_literally(analysed: tuple[Path, str]) -> None:
 def test_parquet_path_with_a_quote(analysed: tuple[Path, str], tmp_path: Path) -> None:
     db, _ = analysed
     target = tmp_path / "it's here.parquet"
-    assert api.export_parquet("SELECT 42 AS answer", target, db) == target
+    assert api.export_parquet("SELECT 42 AS answer", target, db=db) == target
     assert duckdb.connect().execute("SELECT answer FROM read_parquet(?)", [str(target)]).fetchall() == [(42,)]

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_nfi
 from onnx_nfi import api
-from onnx_nfi.config import AnalyzeConfig
+from onnx_nfi.config import AnalyzeConfig, IndexConfig
 from onnx_nfi.data.images import list_images
 from onnx_nfi.graph.model_layers import model_layers
 from onnx_nfi.pipeline.features import FeatureWork, compute_features
@@ -241,7 +241,7 @@ def test_index_recomputes_the_same_colour_names_in_small_chunks(colour_db: tuple
              "LEFT JOIN color_names c USING (neuron_id) ORDER BY ALL")
     with Store.open(db, read_only=True) as store:
         before = store.rows(query)
-    summary = api.index("rgb", db, config=AnalyzeConfig(indexes=("color_names",)))
+    summary = api.index("rgb", db=db, config=IndexConfig(indexes=("color_names",)))
     assert summary.indexes == ("color_names",)
     with Store.open(db, read_only=True) as store:
         assert store.rows(query) == before
@@ -302,10 +302,10 @@ def test_colour_names_follow_their_neurons_through_import_and_remove(colour_db: 
              "JOIN layers l USING (model, layer) ORDER BY ALL")
     with Store.open(colour_db[0], read_only=True) as store:
         source = store.rows(query)
-    api.import_db(db, colour_db[0])
+    api.import_db(colour_db[0], db=db)
     with Store.open(db, read_only=True) as store:
         assert store.rows(query) == source
-    api.remove(db, "rgb")
+    api.remove("rgb", db=db)
     with Store.open(db, read_only=True) as store:
         assert store.rows("SELECT * FROM color_names") == []
 

@@ -161,7 +161,7 @@ def test_a_ray_run_stopped_after_its_scan_keeps_the_scan_for_merge(images: Path,
 
     with pytest.raises(Interrupted) as caught:
         api.analyze(TINY, images, db=db, config=CONFIG, ray="local", progress=stop_in_the_nf_pass)
-    state = api.state_path(db, MODEL)
+    state = api.state_path(MODEL, db=db)
     assert str(caught.value) == (
         f"Interrupted; nothing was written to {db}; the finished scan is saved in {state}: "
         f"write it with 'onnx-nfi merge {state} --db {db}'."

@@ -11,7 +11,7 @@ from conftest import PLANTED, TINY
 from planted_data import COLOR_CLASSES, write_image_folder
 
 from onnx_nfi import api
-from onnx_nfi.config import INDEX_NAMES, AnalyzeConfig
+from onnx_nfi.config import INDEX_NAMES, AnalyzeConfig, IndexConfig
 from onnx_nfi.neurons.transforms import ANGLES, AXES
 
 
@@ -29,7 +29,7 @@ def test_whole_image_grey_pass_equals_region_mode(photo_dir: Path, tmp_path: Pat
     db = tmp_path / "nfi.duckdb"
     api.analyze(TINY, photo_dir, db=db, config=AnalyzeConfig(top_n=6, nf=False, indexes=("color",)))
     image_mode = neuron_table(db, "tiny_lite0")["color_selectivity"]
-    api.index("tiny_lite0", db, config=AnalyzeConfig(indexes=("color",), color_mode="region"))
+    api.index("tiny_lite0", db=db, config=IndexConfig(indexes=("color",), color_mode="region"))
     region_mode = neuron_table(db, "tiny_lite0")["color_selectivity"]
     alive = ~np.isnan(np.asarray(image_mode, float))
     assert alive.sum() > 500
@@ -44,7 +44,7 @@ def test_index_recomputation_matches_analysis(photo_dir: Path, tmp_path: Path) -
     with duckdb.connect(str(db)) as con:
         con.execute("UPDATE neurons SET color_selectivity = NULL, class_selectivity = NULL, top_class = NULL")
         con.execute("DELETE FROM class_frequencies")
-    api.index("tiny_lite0", db)
+    api.index("tiny_lite0", db=db)
     after = neuron_table(db, "tiny_lite0")
     np.testing.assert_allclose(np.asarray(after["color_selectivity"], float), np.asarray(before["color_selectivity"], float), atol=1e-6)
     np.testing.assert_allclose(np.asarray(after["class_selectivity"], float), np.asarray(before["class_selectivity"], float))

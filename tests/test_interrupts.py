@@ -125,7 +125,7 @@ def check_message(stop: Stopped, db: Path, images: Path, reference: Path, signum
     assert stop.returncode == 128 + signum, stop.terminal[-3000:]
     assert "Traceback" not in stop.terminal and "Traceback" not in stop.stdout
     message = stop.message
-    state = api.state_path(db, MODEL)
+    state = api.state_path(MODEL, db=db)
     nothing = f"Interrupted; nothing was written to {db}"
     resume = ": run the same command with --resume to continue."
     command = f"onnx-nfi merge {state} --db {db}"
@@ -201,7 +201,7 @@ time.sleep(600)
 
 def locked_at_the_write(db: Path, lockers: list[subprocess.Popen]) -> Callable[[str], bool]:
     """Another process takes the database's lock once the scan starts; reached when the run, done, waits for it."""
-    api.sql("SELECT 1", db, write=True)  # an existing database, so the run gets past its start-up check
+    api.sql("SELECT 1", write=True, db=db)  # an existing database, so the run gets past its start-up check
 
     def reached(text: str) -> bool:
         if "Scanning images" in text and not lockers:
@@ -214,7 +214,7 @@ def locked_at_the_write(db: Path, lockers: list[subprocess.Popen]) -> Callable[[
 
 def trigger(phase: str, db: Path) -> Callable[[str], bool]:
     """When ``phase`` has been reached: from the bars' labels or from the files the run makes."""
-    state, faiss = api.state_path(db, MODEL), db.with_name(db.name + ".faiss")
+    state, faiss = api.state_path(MODEL, db=db), db.with_name(db.name + ".faiss")
     return {
         "scan": lambda text: state.exists(),  # the first checkpoint: 8 images scanned
         "nf": lambda text: state.exists() and read_header(state)["complete"],  # the scan is done: the NFs begin
@@ -246,7 +246,7 @@ def test_ctrl_c_during_a_query_is_one_line(tmp_path: Path) -> None:
     # DuckDB turns a Ctrl-C during a query into RuntimeError('Query interrupted'), or (as often, on
     # this VM) lets the query finish first, after which the Ctrl-C arrives: either way, one line
     db = tmp_path / "nfi.duckdb"
-    api.sql("SELECT 1", db, write=True)
+    api.sql("SELECT 1", write=True, db=db)
     proc = subprocess.Popen(
         [sys.executable, "-m", "onnx_nfi", "sql", "SELECT count(*) FROM range(1000000000) t(x) WHERE x % 7 = 3",
          "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

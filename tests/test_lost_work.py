@@ -20,7 +20,11 @@ from tables import assert_same_analysis
 from test_checkpoint import CONFIG, MODEL, images, reference  # noqa: F401  (fixtures)
 
 from onnx_nfi import api
+from onnx_nfi.config import IndexConfig
 from onnx_nfi.errors import ResultsNotWritten
+
+#: The index options of the analysis ``reference`` made (CONFIG's batch size and provider).
+INDEX_CONFIG = IndexConfig(batch_size=CONFIG.batch_size, provider=CONFIG.provider)
 
 #: Holds a database's lock for ARGV[2] seconds.
 LOCKER = """
@@ -49,7 +53,7 @@ def test_index_waits_for_a_lock_released_in_time(reference: Path, tmp_path: Path
     lockers: list[subprocess.Popen] = []
     try:
         started = time.monotonic()
-        summary = api.index(MODEL, db, config=replace(CONFIG, lock_timeout=60), progress=locking(db, 2, lockers))
+        summary = api.index(MODEL, db=db, config=replace(INDEX_CONFIG, lock_timeout=60), progress=locking(db, 2, lockers))
     finally:
         for locker in lockers:
             locker.kill()
@@ -62,12 +66,12 @@ def test_index_waits_for_a_lock_released_in_time(reference: Path, tmp_path: Path
 def test_index_keeps_its_indexes_when_the_lock_outlasts_the_wait(reference: Path, tmp_path: Path) -> None:
     db = tmp_path / "nfi.duckdb"
     shutil.copy(reference, db)
-    api.sql(f"UPDATE neurons SET color_selectivity = NULL, class_selectivity = NULL WHERE model = '{MODEL}'", db,
+    api.sql(f"UPDATE neurons SET color_selectivity = NULL, class_selectivity = NULL WHERE model = '{MODEL}'", db=db,
             write=True)
     lockers: list[subprocess.Popen] = []
     try:
         with pytest.raises(ResultsNotWritten) as caught:
-            api.index(MODEL, db, config=replace(CONFIG, lock_timeout=1), progress=locking(db, 600, lockers))
+            api.index(MODEL, db=db, config=replace(INDEX_CONFIG, lock_timeout=1), progress=locking(db, 600, lockers))
     finally:
         for locker in lockers:
             locker.kill()
@@ -111,7 +115,7 @@ def test_probe_force_waits_for_a_lock_taken_while_it_scores(reference: Path, ima
     shutil.copy(reference, db)
     lockers: list[subprocess.Popen] = []
     try:
-        summary = api.set_probe(db, images, size=20, force=True, lock_timeout=60,
+        summary = api.set_probe(images, db=db, size=20, force=True, lock_timeout=60,
                                 progress=locking(db, 2, lockers, "probe"))
     finally:
         for locker in lockers:
@@ -155,7 +159,7 @@ def test_probe_force_keeps_the_profiles_when_the_lock_outlasts_the_wait(
     shutil.copy(reference, unhindered)
     before = table(db, "SELECT sha256 FROM probe_images")
     with lockers_ended() as lockers, pytest.raises(ResultsNotWritten) as caught:
-        api.set_probe(db, images, size=20, force=True, lock_timeout=1, progress=locking(db, 600, lockers, "probe"))
+        api.set_probe(images, db=db, size=20, force=True, lock_timeout=1, progress=locking(db, 600, lockers, "probe"))
     saved = Path(f"{db}.probe.npz")
     assert caught.value.command == f"onnx-nfi probe --db {db} --saved {saved}" and saved.is_file()
     assert str(caught.value) == (
@@ -167,7 +171,7 @@ def test_probe_force_keeps_the_profiles_when_the_lock_outlasts_the_wait(
     written = invoke(*caught.value.command.split()[1:], "--silent")
     assert written.exit_code == 0, written.output
     assert not saved.exists(), "the written profiles were left behind"
-    api.set_probe(unhindered, images, size=20, force=True)
+    api.set_probe(images, db=unhindered, size=20, force=True)
     probe_sql = "SELECT probe_index, sha256 FROM probe_images"
     assert table(db, probe_sql) == table(unhindered, probe_sql) != before
     vectors_sql = "SELECT n.layer, n.unit, r.vector FROM response_vectors r JOIN neurons n USING (neuron_id)"
@@ -201,7 +205,7 @@ def test_match_reads_then_computes_unlocked_and_keeps_matches_it_cannot_write(re
     assert query(db, "SELECT count(*) FROM neuron_matches") == [(0,)]
     replaced = tmp_path / "replaced.duckdb"
     shutil.copy(db, replaced)
-    api.sql(f"UPDATE models SET sha256 = 'another file' WHERE model = '{MODEL}'", replaced, write=True)
+    api.sql(f"UPDATE models SET sha256 = 'another file' WHERE model = '{MODEL}'", db=replaced, write=True)
     stale = invoke("match", MODEL, MODEL, "--db", replaced, "--saved", saved)
     assert stale.exit_code == 2 and stale.output.strip() == (
         f"Error: {saved} holds matches of other models (or other versions of them) than {MODEL} in {MODEL} as stored "
@@ -221,7 +225,7 @@ def test_match_after_an_import_without_profiles_says_what_happened_and_what_to_r
     reference: Path, images: Path, tmp_path: Path
 ) -> None:
     db = tmp_path / "other.duckdb"
-    api.set_probe(db, images, size=5)  # an empty database with another probe set than the reference's
+    api.set_probe(images, db=db, size=5)  # an empty database with another probe set than the reference's
     imported = invoke("import", reference, "--db", db)
     assert imported.exit_code == 0, imported.output
     refused = invoke("match", MODEL, MODEL, "--db", db)

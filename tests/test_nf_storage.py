@@ -142,7 +142,7 @@ def test_a_float_database_is_read_as_it_is_then_converted_and_smaller(db: Path, 
         r = invoke("nf", MODEL, "conv5", 3, "-o", tmp_path / f"{where.stem}.png", "--db", where)
         assert r.exit_code == 0, r.output
     assert (tmp_path / "old.png").read_bytes() == (tmp_path / "nfi.png").read_bytes()
-    hits = [[(h.layer, h.unit) for h in api.similar(w, f"{MODEL}:conv5:3", by="nf", k=5).hits] for w in (old, db)]
+    hits = [[(h.layer, h.unit) for h in api.similar(f"{MODEL}:conv5:3", by="nf", k=5, db=w).hits] for w in (old, db)]
     assert hits[0] == hits[1]
     layer = query(db, "SELECT layer FROM layers WHERE alias = 'conv7'")[0][0]
     pngs = []

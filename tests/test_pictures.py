@@ -165,7 +165,7 @@ def test_single_nf_is_the_stored_nf_enlarged_under_a_title(db: Path, tmp_path: P
     assert r.exit_code == 0, r.output
     assert r.output.strip() == f"Wrote {tmp_path / 'nf.png'}"
     png = read_png(tmp_path / "nf.png")
-    drawn = render.nf_png(MODEL, tensor(db, "conv3"), 5, tmp_path / "api.png", db)
+    drawn = render.nf_png(MODEL, tensor(db, "conv3"), 5, tmp_path / "api.png", db=db)
     assert (tmp_path / "api.png").read_bytes() == (tmp_path / "nf.png").read_bytes()
     (box,) = drawn.boxes
     k = math.ceil(256 / nf.shape[0])
@@ -183,7 +183,7 @@ def test_single_nf_is_the_stored_nf_enlarged_under_a_title(db: Path, tmp_path: P
 
     r = invoke("nf", MODEL, tensor(db, "conv3"), 5, "-o", tmp_path / "nf4.png", "--db", db, "--scale", 4)
     assert r.exit_code == 0, r.output
-    drawn = render.nf_png(MODEL, "conv3", 5, tmp_path / "api4.png", db, 4)
+    drawn = render.nf_png(MODEL, "conv3", 5, tmp_path / "api4.png", db=db, scale=4)
     (box,) = drawn.boxes
     assert (box[2] - box[0], box[3] - box[1]) == (nf.shape[0] * 4, nf.shape[1] * 4)
     tile = box_pixels(read_png(tmp_path / "nf4.png"), box)
@@ -198,7 +198,7 @@ def test_layer_grid_pages_hold_exactly_their_units(db: Path, tmp_path: Path) -> 
     r = invoke("nf", MODEL, "conv1", "--grid", "-o", out, "--db", db)  # 32 units: one page, 8 x 4
     assert r.exit_code == 0, r.output
     assert r.output.strip() == f"Wrote {out}"
-    drawn = render.grid_png(MODEL, "conv1", tmp_path / "api.png", db)
+    drawn = render.grid_png(MODEL, "conv1", tmp_path / "api.png", db=db)
     assert (tmp_path / "api.png").read_bytes() == out.read_bytes() and (drawn.page, drawn.pages) == (1, 1)
     png = read_png(out)
     check_tiles(png, drawn, db, "conv1", units)
@@ -213,7 +213,7 @@ def test_layer_grid_pages_hold_exactly_their_units(db: Path, tmp_path: Path) -> 
         assert r.exit_code == 0, r.output
         following = f"; --page {page + 1} draws the next" if page < 3 else ""
         assert r.output == f"Wrote {out}\nPage {page} of 3{following}.\n"
-        drawn = render.grid_png(MODEL, "conv1", tmp_path / "api.png", db, page=page, per_page=per)
+        drawn = render.grid_png(MODEL, "conv1", tmp_path / "api.png", db=db, page=page, per_page=per)
         assert (tmp_path / "api.png").read_bytes() == out.read_bytes() and (drawn.page, drawn.pages) == (page, 3)
         png = read_png(out)
         check_tiles(png, drawn, db, "conv1", units[(page - 1) * per : page * per])  # 8 on the last page
@@ -230,13 +230,13 @@ def test_grid_ordered_by_a_column_pages_through_the_ranking(db: Path, tmp_path: 
     r = invoke("nf", MODEL, "conv3", "--grid", "--order-by", "max_activation", "--per-page", 5, "--page", 2,
                "-o", out, "--db", db)
     assert r.exit_code == 0, r.output
-    drawn = render.grid_png(MODEL, "conv3", tmp_path / "api.png", db, order_by="max_activation", page=2, per_page=5)
+    drawn = render.grid_png(MODEL, "conv3", tmp_path / "api.png", db=db, order_by="max_activation", page=2, per_page=5)
     assert (tmp_path / "api.png").read_bytes() == out.read_bytes()
     png = read_png(out)
     check_tiles(png, drawn, db, "conv3", ranking[5:10])
     assert check_lattice(png, drawn.boxes) == (1, 5)  # five tiles: one full row, not 3 + 2
 
-    drawn = render.grid_png(MODEL, "conv3", out, db, order_by="max_activation", descending=False, limit=3)
+    drawn = render.grid_png(MODEL, "conv3", out, db=db, order_by="max_activation", descending=False, limit=3)
     lowest = [u for (u,) in query(
         db, "SELECT unit FROM neurons WHERE model = ? AND layer = ? ORDER BY max_activation, unit LIMIT 3",
         [MODEL, tensor(db, "conv3")])]
@@ -254,7 +254,7 @@ def test_top_shows_the_most_selective_neurons(db: Path, tmp_path: Path) -> None:
         "ORDER BY color_selectivity DESC, unit LIMIT 6",
         [MODEL, tensor(db, "conv3")],
     )
-    drawn = render.top_png(MODEL, "conv3", "color_selectivity", tmp_path / "api.png", db, k=6)
+    drawn = render.top_png(MODEL, "conv3", "color_selectivity", tmp_path / "api.png", db=db, k=6)
     assert (tmp_path / "api.png").read_bytes() == out.read_bytes()
     png = read_png(out)
     check_tiles(png, drawn, db, "conv3", [u for (u,) in rows])
@@ -296,7 +296,7 @@ def test_card_shows_the_nf_and_its_top_crops(db: Path, tmp_path: Path) -> None:
                     crop[i, j] = image[y0 + i, x0 + j]
         crops.append(crop)
     nf = stored_nf(db, "conv9", 3)
-    picture = render.card_png(MODEL, "conv9", 3, tmp_path / "api.png", db, top=top)
+    picture = render.card_png(MODEL, "conv9", 3, tmp_path / "api.png", db=db, top=top)
     assert (tmp_path / "api.png").read_bytes() == out.read_bytes()
     nf_tile = box_pixels(png, picture.boxes[0])
     assert nf_tile.shape[0] >= 200
@@ -393,7 +393,7 @@ def test_similar_picture_writes_model_names_in_full(two_models: Path, tmp_path: 
     out = tmp_path / "similar.png"
     r = invoke("similar", f"{MODEL}:conv3:5", "--other-models", "-k", 4, "-o", out, "--db", two_models)
     assert r.exit_code == 0, r.output
-    result = api.similar(two_models, f"{MODEL}:conv3:5", k=4, other_models=True)
+    result = api.similar(f"{MODEL}:conv3:5", k=4, other_models=True, db=two_models)
     drawn = render.similar_png(result, tmp_path / "api.png")
     assert (tmp_path / "api.png").read_bytes() == out.read_bytes()
     png = read_png(out)
@@ -415,7 +415,7 @@ def test_match_heat_map_marks_each_rows_best_layer(two_models: Path, tmp_path: P
     out = tmp_path / "match.png"
     r = invoke("match", MODEL, LONG, "-o", out, "--db", two_models)
     assert r.exit_code == 0, r.output
-    result = api.match(two_models, MODEL, LONG)
+    result = api.match(MODEL, LONG, db=two_models)
     drawn = render.match_png(result, tmp_path / "api.png")
     assert (tmp_path / "api.png").read_bytes() == out.read_bytes()
     png = read_png(out).astype(int)

@@ -67,7 +67,7 @@ def test_imported_models_are_found_by_similar(photo_dir: Path, tmp_path: Path) -
         joined = f"SELECT count(*) FROM {table} JOIN neurons USING (neuron_id) WHERE model = 'tiny_there'"
         assert n_there > 0 and scalar(here, joined) == n_there, table
     # the same network on the same probe images: unit 7 of conv2 finds its twin first among the other models
-    hits = api.similar(here, "tiny_here:conv2:7", other_models=True, k=3).hits
+    hits = api.similar("tiny_here:conv2:7", other_models=True, k=3, db=here).hits
     assert (hits[0].model, hits[0].alias, hits[0].unit) == ("tiny_there", "conv2", 7)
     assert hits[0].score > 0.999
     again = invoke("import", there, "--db", here)

@@ -28,7 +28,7 @@ MODEL = "tiny_lite0"
 
 def test_sigterm_to_a_ray_run_exits_143_naming_what_it_kept(photo_dir: Path, tmp_path: Path) -> None:
     db = tmp_path / "nfi.duckdb"
-    state = api.state_path(db, MODEL)
+    state = api.state_path(MODEL, db=db)
     proc = subprocess.Popen(
         [sys.executable, "-m", "onnx_nfi", "analyze", str(TINY), str(photo_dir), "--db", str(db), "--ray", "local",
          "--batch-size", "4", "--provider", "cpu", "--silent"],

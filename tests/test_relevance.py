@@ -105,7 +105,7 @@ def stored(db: Path, model: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per layer tensor: the stored prob_drop and flip_rate by unit."""
     _, rows = api.sql(
         "SELECT n.layer, n.unit, r.prob_drop, r.flip_rate FROM relevance r JOIN neurons n USING (neuron_id) "
-        f"WHERE n.model = '{model}' ORDER BY n.layer, n.unit", db,
+        f"WHERE n.model = '{model}' ORDER BY n.layer, n.unit", db=db,
     )
     out: dict[str, tuple[list, list]] = {}
     for layer, _unit, drop, flip in rows:
@@ -133,7 +133,7 @@ def test_hand_built_classifier_gives_the_drops_and_flips_computed_by_hand(hand, 
         np.testing.assert_allclose(values[layer][0], drop, rtol=1e-5, atol=1e-7)
         np.testing.assert_array_equal(values[layer][1], flips)
         assert flips.max() > 0  # the test would see a wrong flip count
-    _, rows = api.sql("SELECT DISTINCT target, mode, images FROM relevance", db)
+    _, rows = api.sql("SELECT DISTINCT target, mode, images FROM relevance", db=db)
     assert rows == [(target, mode, len(labels))]
 
 
@@ -143,7 +143,7 @@ def test_classes_hurt_most_are_the_largest_mean_drops_by_target_class(hand) -> N
     base, ablated = by_hand(means, "B", "zero")
     _, rows = api.sql(
         "SELECT n.unit, c.rank, c.class_index, c.prob_drop FROM relevance_classes c JOIN neurons n USING (neuron_id) "
-        "WHERE n.layer = 'B' ORDER BY n.unit, c.rank", db,
+        "WHERE n.layer = 'B' ORDER BY n.unit, c.rank", db=db,
     )
     for unit in range(3):
         drops = base[np.arange(len(labels)), labels] - ablated[unit, np.arange(len(labels)), labels]
@@ -264,13 +264,13 @@ def test_model_without_class_scores_is_refused_in_one_line(photo_dir: Path, tmp_
     assert result.exit_code == 2 and not result.stdout.strip() and "Traceback" not in result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "class-score output" in lines[0]
-    assert api.sql("SELECT count(*) FROM relevance", db)[1] == [(0,)]
+    assert api.sql("SELECT count(*) FROM relevance", db=db)[1] == [(0,)]
 
 
 def test_stopped_run_says_which_layers_were_written(hand, tmp_path: Path) -> None:
     db = tmp_path / "copy.duckdb"
     shutil.copy(hand[0], db)
-    api.sql("DELETE FROM relevance", db, write=True)
+    api.sql("DELETE FROM relevance", write=True, db=db)
 
     def stop_in_second_layer(phase: str, done: int, total: int) -> None:
         if phase == "Ablating conv2":
@@ -280,21 +280,22 @@ def test_stopped_run_says_which_layers_were_written(hand, tmp_path: Path) -> Non
                        r"run the same command with --resume\."):
         onnx_nfi.relevance("hand", db=db, images=hand[0].parent / "images", progress=stop_in_second_layer)
     layers = "SELECT DISTINCT n.layer FROM relevance JOIN neurons n USING (neuron_id) ORDER BY 1"
-    assert api.sql(layers, db)[1] == [("A",)]
+    assert api.sql(layers, db=db)[1] == [("A",)]
     resumed = onnx_nfi.relevance("hand", db=db, images=hand[0].parent / "images", resume=True)
     assert resumed.resumed == ("conv1",) and [d.alias for d in resumed.layers] == ["conv2"]
-    assert api.sql(layers, db)[1] == [("A",), ("B",)]
+    assert api.sql(layers, db=db)[1] == [("A",), ("B",)]
     again = onnx_nfi.relevance("hand", db=db, images=hand[0].parent / "images", resume=True, mode="mean")
     assert again.resumed == () and len(again.layers) == 2  # another mode is another measurement
-    api.remove(db, "hand")
-    assert api.sql("SELECT count(*) FROM relevance UNION ALL SELECT count(*) FROM relevance_classes", db)[1] == [(0,), (0,)]
+    api.remove("hand", db=db)
+    both = "SELECT count(*) FROM relevance UNION ALL SELECT count(*) FROM relevance_classes"
+    assert api.sql(both, db=db)[1] == [(0,), (0,)]
 
 
 def test_top_card_and_plot_show_the_stored_relevance(hand, tmp_path: Path) -> None:
     db, _, _ = hand
     onnx_nfi.relevance("hand", db=db, images=db.parent / "images", layers=["conv1", "conv2"])
     drops = stored(db, "hand")["B"][0]
-    drawn = render.top_png("hand", "conv2", "prob_drop", tmp_path / "top.png", db, k=3)
+    drawn = render.top_png("hand", "conv2", "prob_drop", tmp_path / "top.png", db=db, k=3)
     assert list(drawn.units) == np.argsort(-drops, kind="stable").tolist()
     with Store.open(db, read_only=True) as store:
         card = queries.neuron_card(store, "hand", "conv2", 1)
@@ -303,7 +304,7 @@ def test_top_card_and_plot_show_the_stored_relevance(hand, tmp_path: Path) -> No
                     "--plot", tmp_path / "plot.png", "--silent")
     assert result.exit_code == 0, result.output
     assert "conv2" in result.stdout and (tmp_path / "plot.png").stat().st_size > 1000
-    image = cv2.imread(str(relevance_png("hand", tmp_path / "again.png", db)))
+    image = cv2.imread(str(relevance_png("hand", tmp_path / "again.png", db=db)))
     assert image is not None and image.shape[1] > 600  # two layers with relevance: two panels side by side
 
 
@@ -311,19 +312,19 @@ def test_import_brings_the_relevance_rows_with_fresh_neuron_ids(hand, tmp_path: 
     db = hand[0]
     onnx_nfi.relevance("hand", db=db, images=db.parent / "images")
     other = tmp_path / "other.duckdb"
-    api.import_db(other, db)
+    api.import_db(db, db=other)
     query = ("SELECT n.layer, n.unit, r.prob_drop, r.flip_rate, c.rank, c.class_index FROM relevance r "
              "JOIN neurons n USING (neuron_id) JOIN relevance_classes c USING (neuron_id) ORDER BY ALL")
-    assert api.sql(query, other)[1] == api.sql(query, db)[1] and len(api.sql(query, db)[1]) == 18
+    assert api.sql(query, db=other)[1] == api.sql(query, db=db)[1] and len(api.sql(query, db=db)[1]) == 18
 
 
 def test_labels_that_name_no_class_and_bad_options_are_refused_before_any_work(hand, photo_dir: Path) -> None:
     db = hand[0]
-    before = api.sql("SELECT count(*) FROM runs WHERE kind = 'relevance'", db)[1]
+    before = api.sql("SELECT count(*) FROM runs WHERE kind = 'relevance'", db=db)[1]
     with pytest.raises(NfiError, match=r"is not one of the model's 4 classes.*--class-names"):
         onnx_nfi.relevance("hand", db=db, images=photo_dir, target="label")
     with pytest.raises(NfiError, match="--target label needs labelled images"):
         onnx_nfi.relevance("hand", db=db, target="label")
     with pytest.raises(NfiError, match="--mode one of zero, mean"):
         onnx_nfi.relevance("hand", db=db, mode="half")
-    assert api.sql("SELECT count(*) FROM runs WHERE kind = 'relevance'", db)[1] == before
+    assert api.sql("SELECT count(*) FROM runs WHERE kind = 'relevance'", db=db)[1] == before

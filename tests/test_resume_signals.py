@@ -142,7 +142,7 @@ def test_group_signals_at_seeded_points_then_resume_equals_uninterrupted(
             start_new_session=True, check=False,
         )
         assert "Traceback" not in proc.stderr, (where, proc.stderr[-3000:])
-        state = api.state_path(db, MODEL)
+        state = api.state_path(MODEL, db=db)
         if proc.returncode != 0:  # stopped before its results were written
             assert proc.returncode == 128 + signum, (where, proc.returncode, proc.stderr[-3000:])
             assert proc.stderr.strip().startswith("Interrupted; nothing was written to"), (where, proc.stderr)

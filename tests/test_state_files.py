@@ -36,7 +36,7 @@ def stopped(tmp_path_factory: pytest.TempPathFactory, images: Path) -> tuple[Pat
 
     with pytest.raises(KeyboardInterrupt):
         api.analyze(TINY, images, db=db, config=CONFIG, progress=interrupt)
-    state = api.state_path(db, MODEL)
+    state = api.state_path(MODEL, db=db)
     assert state.is_file()
     return db, state
 
@@ -155,7 +155,7 @@ def test_a_second_run_into_the_same_state_file_is_refused(images: Path, tmp_path
     for copy in "abc":  # a scan long enough for the locker to start during it
         shutil.copytree(images, many / copy)
     images = many
-    api.sql("SELECT 1", first_db, write=True)
+    api.sql("SELECT 1", write=True, db=first_db)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(
         [sys.executable, "-m", "onnx_nfi", "analyze", str(TINY), str(images), "--db", str(first_db),

@@ -109,7 +109,7 @@ def test_killed_index_write_leaves_no_temporary_for_good(tmp_path: Path, photo_d
 
 def test_sql_table_prints_markup_literally(tmp_path: Path) -> None:
     db = tmp_path / "nfi.duckdb"
-    api.sql("SELECT 1", db, write=True)  # creates the schema
+    api.sql("SELECT 1", write=True, db=db)  # creates the schema
     result = invoke("sql", "SELECT '[red]red[/red]' AS a, '[c]' AS b, '[/i]' AS c", "--db", db)
     assert result.exit_code == 0, result.output
     assert "[red]red[/red]" in result.stdout and "[c]" in result.stdout and "[/i]" in result.stdout
@@ -117,10 +117,10 @@ def test_sql_table_prints_markup_literally(tmp_path: Path) -> None:
 
 def test_parquet_export_to_a_path_with_a_quote(tmp_path: Path) -> None:
     db = tmp_path / "nfi.duckdb"
-    api.sql("SELECT 1", db, write=True)
+    api.sql("SELECT 1", write=True, db=db)
     target = tmp_path / "it's here" / "o'k.parquet"
     target.parent.mkdir()
-    api.export_parquet("SELECT 42 AS answer, 'a''b' AS text", target, db)
+    api.export_parquet("SELECT 42 AS answer, 'a''b' AS text", target, db=db)
     assert query(db, f"SELECT * FROM read_parquet('{target.as_posix().replace(chr(39), chr(39) * 2)}')") == [(42, "a'b")]
 
 

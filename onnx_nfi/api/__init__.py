@@ -3,7 +3,10 @@
 model -> instrumented graph -> batched scan -> top-N state -> NF / indexes -> DuckDB (+ FAISS)
 Each verb validates all user input before any long work, and writes the database in one
 transaction at the end, so a failure never leaves a half-written model behind. Verbs never print:
-long ones take a ``progress(phase, done, total)`` callback.
+long ones take a ``progress(phase, done, total)`` callback. A verb that uses a database takes it as
+the keyword ``db``. The verbs of runs and the database are here; the pictures (``pictures``), the
+browser (``site``), ``similar`` (``neighbours``), ``relevance`` (``ablation``) and ``demo`` have
+modules of their own. ``__all__`` is ``onnx_nfi.names.API_NAMES``, which the package lists too.
 """
 
 from __future__ import annotations
@@ -14,15 +17,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from onnx_nfi import search
+from onnx_nfi.api.ablation import relevance
 from onnx_nfi.api.demo import DemoResult, demo
-from onnx_nfi.config import AnalyzeConfig
+from onnx_nfi.api.neighbours import similar
+from onnx_nfi.api.pictures import Drawn, SummaryPicture, card, grid, nf, summary, top
+from onnx_nfi.api.site import ReportSummary, Serving, build_report, serve
+from onnx_nfi.config import AnalyzeConfig, IndexConfig
 from onnx_nfi.data.images import relative_to_root
 from onnx_nfi.errors import ConfigError, Interrupted
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
 from onnx_nfi.graph.receptive_field import clipped_windows
 from onnx_nfi.graph.rf_probe import measure_windows, outside_windows
 from onnx_nfi.graph.session import check_runtime_install
-from onnx_nfi.names import DEFAULT_DB
+from onnx_nfi.names import API_NAMES, DEFAULT_DB
 from onnx_nfi.neurons.color_naming import color_memberships
 from onnx_nfi.pipeline import analysis
 from onnx_nfi.pipeline import probe as probes
@@ -36,7 +43,6 @@ from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.pipeline.reindex import reindex
 from onnx_nfi.pipeline.run_lock import run_lock
 from onnx_nfi.pipeline.relevance import RelevanceSummary
-from onnx_nfi.pipeline.relevance import relevance as _relevance
 from onnx_nfi.progress import Progress
 from onnx_nfi.report import pictures, render
 from onnx_nfi.search.describe import Description
@@ -55,21 +61,8 @@ from onnx_nfi.store.vectors import remove as remove_model
 query, query_folder, where = asking.query, asking.query_folder, asking.where
 QueryResult, QueryTable, WhereResult = asking.QueryResult, asking.QueryTable, asking.WhereResult
 
-#: ``onnx-nfi similar``: the neurons nearest to a ``MODEL:LAYER:UNIT`` (draw them with
-#: ``onnx_nfi.report.render.similar_png``).
-similar = search.similar
-#: ``onnx-nfi relevance``: each neuron of a stored classifier ablated, its class-probability drop and
-#: top-1 flip rate stored per neuron (``relevance``, ``relevance_classes``; docs/method.md).
-relevance = _relevance
 
-__all__ = [
-    "AnalysisSummary", "CompactSummary", "DemoResult", "IndexSummary", "LayerInfo", "LayerListing", "ProbeSummary",
-    "QueryResult",
-    "QueryTable", "RFVerification", "RelevanceSummary", "ShardSummary", "WhereResult", "analyze",
-    "color_memberships", "compact", "demo", "describe", "export_parquet", "find", "import_db", "index", "layers",
-    "match", "merge", "parse_shard", "query", "query_folder", "relevance", "remove", "set_probe", "similar", "sql",
-    "state_path", "verify_receptive_fields", "where",
-]
+__all__ = list(API_NAMES)  # the package lists the same names without importing this module
 
 ProbeSummary = probes.ProbeSummary
 
@@ -201,7 +194,7 @@ def analyze(
     p = analysis.plan(model_path, images, db, name, config)
     if image_root is not None:
         relative_to_root(p.imageset.root, image_root)
-    state = Path(checkpoint) if checkpoint else state_path(db, p.name)
+    state = Path(checkpoint) if checkpoint else state_path(p.name, db=db)
     check_state_path(state)
     with run_lock(state):
         return _analyze_plan(p, db, state, resume, ray, image_root, progress, started)
@@ -232,7 +225,7 @@ def _analyze_plan(
         raise interruption(exc, p.header, state, db, merge_hint=hint) from None
 
 
-def state_path(db: str | Path, name: str, shard: Shard | None = None) -> Path:
+def state_path(name: str, shard: Shard | None = None, *, db: str | Path = DEFAULT_DB) -> Path:
     """Where a run keeps its scan state unless told: beside the database, named by model (and shard)."""
     suffix = f".shard-{shard.index}-of-{shard.count}" if shard and shard.count > 1 else ""
     return Path(f"{db}.{name}{suffix}.state")
@@ -257,7 +250,7 @@ def _scan_shard(
 ) -> ShardSummary:
     """``analyze --shard i/n``: the part's scan state, for ``merge``."""
     p = analysis.plan(model_path, images, None, name, config, part)
-    state = Path(checkpoint) if checkpoint else state_path(db, p.name, part)
+    state = Path(checkpoint) if checkpoint else state_path(p.name, part, db=db)
     check_state_path(state)
     with run_lock(state):
         resume, notes = resume_or_start(state, resume)
@@ -292,7 +285,7 @@ def merge(
     if image_root is not None:
         relative_to_root(p.imageset.root, image_root)
     whole_run = header["shard"][1] == 1
-    state = paths[0] if whole_run else state_path(db, p.name)
+    state = paths[0] if whole_run else state_path(p.name, db=db)
     try:
         with run_lock(state):
             scanned = merge_states(paths, p.layers, p.paths)
@@ -323,9 +316,9 @@ def _summary(
 
 def index(
     model: str,
-    db: str | Path = DEFAULT_DB,
     *,
-    config: AnalyzeConfig = AnalyzeConfig(),
+    db: str | Path = DEFAULT_DB,
+    config: IndexConfig = IndexConfig(),
     progress: Progress | None = None,
     image_root: str | Path | None = None,
     saved: str | Path | None = None,
@@ -357,22 +350,22 @@ def find(
     return find_neurons(db, words, models=models, layers=layers, k=k)
 
 
-def sql(query: str, db: str | Path = DEFAULT_DB, *, write: bool = False) -> tuple[list[str], list[tuple]]:
+def sql(query: str, *, db: str | Path = DEFAULT_DB, write: bool = False) -> tuple[list[str], list[tuple]]:
     """Run SQL on the database (read-only unless ``write``); returns column names and rows."""
     with Store.open(db, read_only=not write) as store:
         return store.query(query)
 
 
-def export_parquet(query: str, target: str | Path, db: str | Path = DEFAULT_DB) -> Path:
+def export_parquet(query: str, target: str | Path, *, db: str | Path = DEFAULT_DB) -> Path:
     """Write a query's result to a Parquet file (DuckDB's own writer)."""
     with Store.open(db, read_only=True) as store:
         return store.export_parquet(query, target)
 
 
 def set_probe(
-    db: str | Path,
     images_dir: str | Path | None,
     *,
+    db: str | Path = DEFAULT_DB,
     size: int = AnalyzeConfig.probe_size,
     force: bool = False,
     batch_size: int = AnalyzeConfig.batch_size,
@@ -390,23 +383,23 @@ def set_probe(
     )
 
 
-def import_db(db: str | Path, other: str | Path, models: Sequence[str] = ()) -> ImportSummary:
+def import_db(other: str | Path, models: Sequence[str] = (), *, db: str | Path = DEFAULT_DB) -> ImportSummary:
     """``onnx-nfi import``: copy ``models`` (default all) analysed in database ``other`` into ``db``."""
     return import_models(db, other, models)
 
 
-def remove(db: str | Path, model: str) -> RemoveSummary:
+def remove(model: str, *, db: str | Path = DEFAULT_DB) -> RemoveSummary:
     """``onnx-nfi remove``: delete every row of ``model`` and its search vectors."""
     return remove_model(db, model)
 
 
-def compact(db: str | Path = DEFAULT_DB) -> CompactSummary:
+def compact(*, db: str | Path = DEFAULT_DB) -> CompactSummary:
     """``onnx-nfi compact``: rewrite the database file without the space deleted rows left."""
     return compact_db(db)
 
 
 def match(
-    db: str | Path, model_a: str, model_b: str, picture: str | Path | None = None, *,
+    model_a: str, model_b: str, picture: str | Path | None = None, *, db: str | Path = DEFAULT_DB,
     lock_timeout: float = AnalyzeConfig.lock_timeout, saved: str | Path | None = None,
 ) -> search.MatchResult:
     """``onnx-nfi match``: match every neuron of ``model_a`` in ``model_b`` (stored in ``neuron_matches``);
@@ -420,3 +413,4 @@ def match(
     if picture is None:
         return result
     return replace(result, picture=render.match_png(result, picture).path)
+

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from onnx_nfi.api.pictures import card, grid, summary
+from onnx_nfi.api.site import build_report
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.progress import Progress
-from onnx_nfi.report import render
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.example_queries import DEMO_QUERIES  # noqa: F401  (the CLI prints them)
 
@@ -27,7 +28,8 @@ DEMO_CONFIG = AnalyzeConfig(indexes=(*AnalyzeConfig.indexes, "color_names"))
 
 @dataclass(frozen=True)
 class DemoResult:
-    """What ``demo`` made: the database, the analyses, the pictures, the model match and the browser."""
+    """What ``demo`` made: the database, the analyses, the pictures, the model match, the browser, and
+    the columns and rows of the first of ``DEMO_QUERIES`` (read with the pictures: no open of its own)."""
 
     db: Path
     images: Path
@@ -35,6 +37,7 @@ class DemoResult:
     analyses: tuple[AnalysisSummary, ...]
     match: search.MatchResult
     report: Path
+    example: tuple[list[str], list[tuple]]
 
 
 def demo(
@@ -49,7 +52,6 @@ def demo(
     progress callback for it; ``on_analysis(summary)`` is called after each analysis."""
     from onnx_nfi.api import analyze, match  # the verbs it strings together (imported when run: no cycle)
     from onnx_nfi.data.demo_images import build_demo_images
-    from onnx_nfi.report.site.build import build_report
 
     def step(title: str) -> Progress | None:
         return on_step(title) if on_step else None
@@ -60,22 +62,31 @@ def demo(
     db, folder = output / "nfi.duckdb", output / "pictures"
     folder.mkdir(exist_ok=True)
     analyses = []
-    for model in DEMO_MODELS:
+    for model in DEMO_MODELS:  # each analysis writes its model in its own transaction: it opens the file itself
         progress = step(f"Analysing {model} on {images}")
         analyses.append(analyze(BUNDLED_MODELS / f"{model}.onnx", images, db=db, config=DEMO_CONFIG, progress=progress))
         if on_analysis:
             on_analysis(analyses[-1])
+    with Store.open(db, read_only=True) as store:  # one read for every picture and the example query
+        drawn = _pictures(store, folder)
+        example = store.query(DEMO_QUERIES[0][1])
+    matched = match(*DEMO_MODELS, picture=folder / "match.png", db=db)  # writes neuron_matches: its own (writable) open
+    # the browser opens the file itself, read-only, after the match it shows
+    site = build_report(output / "report", db=db, progress=step(f"Building the neuron browser in {output / 'report'}"))
+    return DemoResult(db, images, tuple(drawn), tuple(analyses), matched, site.output, example)
+
+
+def _pictures(store: Store, folder: Path) -> list[Path]:
+    """The README's pictures of the demo, all drawn from the one open ``store``."""
     lite0 = DEMO_MODELS[0]
-    drawn = [render.grid_png(lite0, layer, folder / f"lite0_{layer}_nfs.png", db, per_page=64).path for layer in ("conv1", "conv40")]
-    drawn.append(render.card_png(lite0, "conv40", _most_class_selective(db, lite0, "conv40"), folder / "lite0_conv40_card.png", db).path)
-    drawn.append(render.summary_png(list(DEMO_MODELS), ["color_selectivity", "class_selectivity"], folder / "selectivity.png", db)[0])
-    drawn.append(render.names_png(list(DEMO_MODELS), folder / "names.png", db))
-    matched = match(db, *DEMO_MODELS, picture=folder / "match.png")
-    site = build_report(output / "report", db, progress=step(f"Building the neuron browser in {output / 'report'}"))
-    return DemoResult(db, images, tuple(drawn), tuple(analyses), matched, site.output)
+    drawn = [grid(lite0, layer, folder / f"lite0_{layer}_nfs.png", db=store, per_page=64).path for layer in ("conv1", "conv40")]
+    unit = _most_class_selective(store, lite0, "conv40")
+    drawn.append(card(f"{lite0}:conv40:{unit}", folder / "lite0_conv40_card.png", db=store).path)
+    drawn.append(summary(folder / "selectivity.png", DEMO_MODELS, ["color_selectivity", "class_selectivity"], db=store).path)
+    drawn.append(summary(folder / "names.png", DEMO_MODELS, db=store, names=True).path)
+    return drawn
 
 
-def _most_class_selective(db: Path, model: str, layer: str) -> int:
+def _most_class_selective(store: Store, model: str, layer: str) -> int:
     """The unit whose top images are most dominated by one class: a good neuron card."""
-    with Store.open(db, read_only=True) as store:
-        return store.most_class_dominated_unit(model, layer)
+    return store.most_class_dominated_unit(model, layer)

@@ -22,13 +22,16 @@ from onnx_nfi.cli.common import (
     InputSize,
     LayerPatterns,
     LockTimeout,
+    MaxPixels,
     Preprocess,
     ProgressBars,
     Provider,
     Rho,
     Seed,
     Silent,
+    StoredImageRoot,
     app,
+    layer_patterns,
     print_table,
     say,
     sigterm_as_ctrl_c,
@@ -36,58 +39,69 @@ from onnx_nfi.cli.common import (
     warn,
     wrote,
 )
-from onnx_nfi.config import HELP, AnalyzeConfig, parse_size
+from onnx_nfi.config import HELP, AnalyzeConfig, IndexConfig, parse_size
 from onnx_nfi.errors import Interrupted
 from onnx_nfi.store.example_queries import skipped_files_query
 
 if TYPE_CHECKING:
     from onnx_nfi.api import AnalysisSummary
 
+#: The model argument of the commands that read an ONNX file.
+OnnxFile = Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX model file.")]
+IndexLayers = layer_patterns("Layers whose indexes are recomputed")
+RecomputedIndexes = Annotated[str, typer.Option("--indexes", metavar="INDEXES", help=(
+    "Indexes to recompute, comma-separated: the names analyze --indexes takes, or all."))]
+
 
 @app.command()
 @user_errors
 def analyze(
-    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
-    images: Annotated[Path, typer.Argument(help="Image folder (recursive; sub-folders name classes).")],
+    model: OnnxFile,
+    images: Annotated[Path, typer.Argument(metavar="IMAGES",
+        help="Image folder (recursive; sub-folders name classes).")],
     db: Db = Path(DEFAULT_DB),
-    name: Annotated[str | None, typer.Option("--name", help="Model name in the database (default: file stem).")] = None,
+    name: Annotated[str | None, typer.Option("--name", metavar="NAME",
+        help="Model name in the database (default: file stem).")] = None,
     layers: LayerPatterns = None,
-    top_n: Annotated[int, typer.Option("--top-n", help=HELP["top_n"])] = AnalyzeConfig.top_n,
+    top_n: Annotated[int, typer.Option("--top-n", metavar="N", help=HELP["top_n"])] = AnalyzeConfig.top_n,
     batch_size: BatchSize = AnalyzeConfig.batch_size,
     preprocess: Preprocess = None,
-    labels: Annotated[str, typer.Option("--labels", help=HELP["labels"])] = AnalyzeConfig.labels,
+    labels: Annotated[str, typer.Option("--labels", metavar="SOURCE", help=HELP["labels"])] = AnalyzeConfig.labels,
     provider: Provider = AnalyzeConfig.provider,
     nf: Annotated[bool, typer.Option("--nf/--no-nf", help=HELP["nf"])] = AnalyzeConfig.nf,
-    nf_max_size: Annotated[int, typer.Option("--nf-max-size", help=HELP["nf_max_size"])] = AnalyzeConfig.nf_max_size,
+    nf_max_size: Annotated[int, typer.Option("--nf-max-size", metavar="PIXELS",
+        help=HELP["nf_max_size"])] = AnalyzeConfig.nf_max_size,
     indexes: Indexes = DEFAULT_INDEXES,
     color_mode: ColorMode = AnalyzeConfig.color_mode,
     rho: Rho = AnalyzeConfig.rho,
     seed: Seed = AnalyzeConfig.seed,
     input_size: InputSize = None,
     input_name: ImageInput = None,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", help=HELP["max_pixels"])] = AnalyzeConfig.max_pixels,
+    max_pixels: MaxPixels = AnalyzeConfig.max_pixels,
     lock_timeout: Annotated[
-        float, typer.Option("--lock-timeout", help=HELP["lock_timeout"])
+        float, typer.Option("--lock-timeout", metavar="SECONDS", help=HELP["lock_timeout"])
     ] = AnalyzeConfig.lock_timeout,
     checkpoint_every: Annotated[
-        int, typer.Option("--checkpoint-every", help=HELP["checkpoint_every"])
+        int, typer.Option("--checkpoint-every", metavar="IMAGES", help=HELP["checkpoint_every"])
     ] = AnalyzeConfig.checkpoint_every,
     checkpoint_seconds: Annotated[
-        float, typer.Option("--checkpoint-seconds", help=HELP["checkpoint_seconds"])
+        float, typer.Option("--checkpoint-seconds", metavar="SECONDS", help=HELP["checkpoint_seconds"])
     ] = AnalyzeConfig.checkpoint_seconds,
     checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="Scan state file (default: beside the database, DB.NAME.state).")
+        Path | None, typer.Option("--checkpoint", metavar="FILE",
+            help="Scan state file (default: beside the database, DB.NAME.state).")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its scan state file.")] = False,
     shard: Annotated[
-        str | None, typer.Option("--shard", help="Scan only part i of n (i/n) into a state file for 'onnx-nfi merge'.")
+        str | None, typer.Option("--shard", metavar="I/N",
+            help="Scan only part i of n (i/n) into a state file for 'onnx-nfi merge'.")
     ] = None,
     ray: Annotated[
         str | None,
-        typer.Option("--ray", help="Run the scan, NFs and indexes on a Ray cluster: its address "
+        typer.Option("--ray", metavar="ADDRESS", help="Run the scan, NFs and indexes on a Ray cluster: its address "
                      "(ray://host:10001, auto) or local (a local instance)."),
     ] = None,
-    image_root: ImageRoot = None,
+    image_root: StoredImageRoot = None,
     silent: Silent = False,
 ) -> None:
     """Scan IMAGES with MODEL and index every neuron of every conv layer into the database."""
@@ -116,9 +130,10 @@ def analyze(
 @app.command()
 @user_errors
 def merge(
-    states: Annotated[list[Path], typer.Argument(help="State files of shards 1..n (analyze --shard i/n), or one finished run's.")],
+    states: Annotated[list[Path], typer.Argument(metavar="STATE...",
+        help="State files of shards 1..n (analyze --shard i/n), or one finished run's.")],
     db: Db = Path(DEFAULT_DB),
-    image_root: ImageRoot = None,
+    image_root: StoredImageRoot = None,
     silent: Silent = False,
 ) -> None:
     """Combine shard states into the result of one run, compute NFs and indexes and write the database."""
@@ -173,31 +188,32 @@ SKIPPED_SHOWN = 20
 @app.command("index")
 @user_errors
 def index_cmd(
-    model: Annotated[str, typer.Argument(help="Model name in the database.")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name in the database.")],
     db: Db = Path(DEFAULT_DB),
-    indexes: Indexes = DEFAULT_INDEXES,
-    layers: LayerPatterns = None,
-    color_mode: ColorMode = AnalyzeConfig.color_mode,
-    rho: Rho = AnalyzeConfig.rho,
-    seed: Seed = AnalyzeConfig.seed,
-    batch_size: BatchSize = AnalyzeConfig.batch_size,
-    provider: Provider = AnalyzeConfig.provider,
+    indexes: RecomputedIndexes = DEFAULT_INDEXES,
+    layers: IndexLayers = None,
+    color_mode: ColorMode = IndexConfig.color_mode,
+    rho: Rho = IndexConfig.rho,
+    seed: Seed = IndexConfig.seed,
+    batch_size: BatchSize = IndexConfig.batch_size,
+    provider: Provider = IndexConfig.provider,
     image_root: ImageRoot = None,
-    lock_timeout: LockTimeout = AnalyzeConfig.lock_timeout,
+    lock_timeout: LockTimeout = IndexConfig.lock_timeout,
     saved: Annotated[
-        Path | None, typer.Option("--saved", help="Write the indexes a failed write kept in FILE (nothing is computed).")
+        Path | None, typer.Option("--saved", metavar="FILE",
+            help="Write the indexes a failed write kept in FILE (nothing is computed).")
     ] = None,
     silent: Silent = False,
 ) -> None:
     """(Re)compute selectivity indexes of a model already in the database, without a new scan."""
     from onnx_nfi import api
 
-    config = AnalyzeConfig(
+    config = IndexConfig(
         indexes=(indexes,), layers=tuple(layers or ()), color_mode=color_mode, rho=rho, seed=seed,
         batch_size=batch_size, provider=provider, lock_timeout=lock_timeout,
     )
     with ProgressBars(silent) as bars:
-        s = api.index(model, db, config=config, progress=bars, image_root=image_root, saved=saved)
+        s = api.index(model, db=db, config=config, progress=bars, image_root=image_root, saved=saved)
     say(
         f"Indexed {s.model}: {', '.join(s.indexes)} for {s.neurons} neurons in {s.layers} layers "
         f"({s.seconds:.1f} s).",
@@ -208,7 +224,7 @@ def index_cmd(
 @app.command("layers")
 @user_errors
 def layers_cmd(
-    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    model: OnnxFile,
     preprocess: Preprocess = None,
     input_size: InputSize = None,
     input_name: ImageInput = None,
@@ -255,7 +271,7 @@ def layers_cmd(
 @user_errors
 def demo(
     output: Annotated[
-        Path, typer.Option("-o", "--output", help="Folder for the images, database and pictures.")
+        Path, typer.Option("-o", "--output", metavar="FOLDER", help="Folder for the images, database and pictures.")
     ] = Path("demo-output"),
     silent: Silent = False,
 ) -> None:
@@ -286,6 +302,5 @@ def demo(
 
     for title, query in DEMO_QUERIES:
         say(f"  # {title}\n  onnx-nfi sql --db {result.db} \"{query}\"")
-    title, query = DEMO_QUERIES[0]
-    say(f"\n{title}:")
-    print_table(*api.sql(query, result.db))
+    say(f"\n{DEMO_QUERIES[0][0]}:")
+    print_table(*result.example)

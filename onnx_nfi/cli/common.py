@@ -24,13 +24,58 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from onnx_nfi.config import HELP, AnalyzeConfig
 from onnx_nfi.errors import Interrupted, NfiError
 from onnx_nfi.names import DEFAULT_DB  # noqa: F401  (the commands take it from here)
 
-app = typer.Typer(
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def plain_help(params: list[Any]) -> list[Any]:
+    """Help that shows what the user types: a flag (``--silent``, ``--help``) takes no value, so it shows
+    none (typer writes ``<bool>``); an option given no metavar shows its name in capitals, not a Python
+    type; and an argument's name is its metavar, so no Python type follows it (typer writes ``<list[str]>``)."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.metavar is None:  # a value's name, when not given one
+            param.metavar = "" if param.is_flag else param.name.upper()
+        elif isinstance(param, TyperArgument) and not isinstance(param, _NamedArgument):
+            param.__class__ = _NamedArgument
+    return params
+
+
+class _NamedArgument(TyperArgument):
+    """An argument shown by its name alone (see ``plain_help``)."""
+
+    def display_type_rich(self, ctx: typer.Context) -> str | None:
+        return None
+
+
+class Command(TyperCommand):
+    """Every ``onnx-nfi`` command: its help as ``plain_help`` writes it."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        return plain_help(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """The ``onnx-nfi`` group: ``--version`` and ``--help`` as ``plain_help`` writes them."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        return plain_help(super().get_params(ctx))
+
+
+class App(typer.Typer):
+    """The typer app whose commands are all :class:`Command`."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:  # type: ignore[override]
+        return super().command(*args, cls=kwargs.pop("cls", Command), **kwargs)
+
+
+app = App(
     help="Index the neurons of any ONNX CNN by the images that excite them (Rafegas et al., PRL 2020).",
+    cls=Group,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
@@ -39,26 +84,39 @@ console = Console(stderr=True, soft_wrap=True)
 #: stdout; not a terminal (pipes, tests): wide, so tensor names and paths are never cut or wrapped
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 400)
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 # ---- options shared by several commands: declared once, help from config.HELP ------------------
-Db = Annotated[Path, typer.Option("--db", help="DuckDB database file.")]
+Db = Annotated[Path, typer.Option("--db", metavar="FILE", help="DuckDB database file.")]
 Silent = Annotated[bool, typer.Option("--silent", help="No progress bars.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", help=HELP["batch_size"])]
-Provider = Annotated[str, typer.Option("--provider", help=HELP["provider"])]
-Preprocess = Annotated[str | None, typer.Option("--preprocess", help=HELP["preprocess"])]
-Indexes = Annotated[str, typer.Option("--indexes", help=HELP["indexes"])]
-ColorMode = Annotated[str, typer.Option("--color-mode", help=HELP["color_mode"])]
-Rho = Annotated[float, typer.Option("--rho", help=HELP["rho"])]
-Seed = Annotated[int, typer.Option("--seed", help=HELP["seed"])]
-LockTimeout = Annotated[float, typer.Option("--lock-timeout", help=HELP["lock_timeout"])]
-LayerPatterns = Annotated[list[str] | None, typer.Option("--layers", help=HELP["layers"])]
-InputSize = Annotated[str | None, typer.Option("--input-size", help=HELP["input_size"])]
-ImageInput = Annotated[str | None, typer.Option("--input", help=HELP["input"])]
-Png = Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")]
-ModelName = Annotated[str, typer.Argument(help="Model name in the database.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", metavar="N", help=HELP["batch_size"])]
+Provider = Annotated[str, typer.Option("--provider", metavar="PROVIDER", help=HELP["provider"])]
+Preprocess = Annotated[str | None, typer.Option("--preprocess", metavar="PRESET|FILE", help=HELP["preprocess"])]
+Indexes = Annotated[str, typer.Option("--indexes", metavar="INDEXES", help=HELP["indexes"])]
+ColorMode = Annotated[str, typer.Option("--color-mode", metavar="MODE", help=HELP["color_mode"])]
+Rho = Annotated[float, typer.Option("--rho", metavar="RHO", help=HELP["rho"])]
+Seed = Annotated[int, typer.Option("--seed", metavar="SEED", help=HELP["seed"])]
+LockTimeout = Annotated[float, typer.Option("--lock-timeout", metavar="SECONDS", help=HELP["lock_timeout"])]
+LayerPatterns = Annotated[list[str] | None, typer.Option("--layers", metavar="LAYERS", help=HELP["layers"])]
+InputSize = Annotated[str | None, typer.Option("--input-size", metavar="H,W", help=HELP["input_size"])]
+ImageInput = Annotated[str | None, typer.Option("--input", metavar="NAME", help=HELP["input"])]
+MaxPixels = Annotated[int, typer.Option("--max-pixels", metavar="PIXELS", help=HELP["max_pixels"])]
+Png = Annotated[Path, typer.Option("-o", "--output", metavar="FILE", help="PNG file to write.")]
+ModelName = Annotated[str, typer.Argument(metavar="MODEL", help="Model name in the database.")]
+#: ``--image-root`` of the commands that write a database (analyze, merge) ...
+StoredImageRoot = Annotated[Path | None, typer.Option(
+    "--image-root", metavar="FOLDER",
+    help="Store image paths relative to this folder, so the database can move with the images.")]
+#: ... and of those that read images again
 ImageRoot = Annotated[Path | None, typer.Option(
-    "--image-root", help="Folder the images are under: analyze stores paths relative to it; card, index, report, serve find them there.")]
+    "--image-root", metavar="FOLDER",
+    help="Where the images are now, when the database stores their paths relative to a folder (analyze --image-root).")]
+
+
+def layer_patterns(what: str) -> Any:
+    """``--layers`` of a command that reads stored layers: ``what`` says what it does with them."""
+    return Annotated[list[str] | None, typer.Option("--layers", metavar="LAYERS", help=(
+        f"{what}: aliases (conv3), tensor names or globs (conv1*), comma-separated or repeated; default every stored layer."
+    ))]
+
 
 DEFAULT_INDEXES = ",".join(AnalyzeConfig.indexes)
 

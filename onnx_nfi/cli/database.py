@@ -36,10 +36,12 @@ SQL_FORMATS = ("table", "csv", "json", "parquet")
 @app.command("sql")
 @user_errors
 def sql_cmd(
-    query: Annotated[str, typer.Argument(help="SQL to run, e.g. \"SELECT * FROM layer_summary\".")],
+    query: Annotated[str, typer.Argument(metavar="SQL", help="SQL to run, e.g. \"SELECT * FROM layer_summary\".")],
     db: Db = Path(DEFAULT_DB),
-    fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet (parquet needs -o).")] = "table",
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file instead of stdout.")] = None,
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT",
+        help="table, csv, json or parquet (parquet needs -o).")] = "table",
+    output: Annotated[Path | None, typer.Option("-o", "--output", metavar="FILE",
+        help="Write to this file instead of stdout.")] = None,
     write: Annotated[bool, typer.Option("--write", help="Open the database writable (default read-only).")] = False,
 ) -> None:
     """Run SQL against the database (tables: models, images, layers, neurons, top_activations, …)."""
@@ -50,9 +52,9 @@ def sql_cmd(
     if fmt == "parquet":
         if output is None:
             raise typer.BadParameter("parquet output needs a file: -o result.parquet", param_hint="--format")
-        wrote(api.export_parquet(query, output, db))
+        wrote(api.export_parquet(query, output, db=db))
         return
-    columns, rows = api.sql(query, db, write=write)
+    columns, rows = api.sql(query, db=db, write=write)
     if output:
         output.write_text(plain_table(columns, rows) if fmt == "table" else render_rows(columns, rows, fmt))
     elif fmt == "table":
@@ -71,7 +73,7 @@ def remove_cmd(
     """Delete a model's rows everywhere and its vectors from the search indexes."""
     from onnx_nfi import api
 
-    summary = api.remove(db, model)
+    summary = api.remove(model, db=db)
     say(f"Removed {summary.model} ({summary.neurons} neurons) from {db}.")
     warn(summary.warnings)
     if compact:
@@ -93,7 +95,7 @@ def compact_and_say(db: Path) -> None:
     from onnx_nfi import api
 
     with sigterm_as_ctrl_c():
-        s = api.compact(db)
+        s = api.compact(db=db)
     say(
         f"Compacted {s.db}: {s.bytes_before / 2**20:.1f} MiB -> {s.bytes_after / 2**20:.1f} MiB "
         f"({max(s.freed, 0) / 2**20:.1f} MiB freed).",
@@ -103,14 +105,16 @@ def compact_and_say(db: Path) -> None:
 @app.command("import")
 @user_errors
 def import_cmd(
-    other: Annotated[Path, typer.Argument(help="Another onnx-nfi database (e.g. made on another machine).")],
+    other: Annotated[Path, typer.Argument(metavar="DATABASE",
+        help="Another onnx-nfi database (e.g. made on another machine).")],
     db: Db = Path(DEFAULT_DB),
-    models: Annotated[list[str] | None, typer.Option("--model", help="Import only these models (repeatable).")] = None,
+    models: Annotated[list[str] | None, typer.Option("--model", metavar="MODEL",
+        help="Import only these models (repeatable).")] = None,
 ) -> None:
     """Copy models analysed in another database into this one (neuron ids and search indexes kept in step)."""
     from onnx_nfi import api
 
-    s = api.import_db(db, other, models or ())
+    s = api.import_db(other, models or (), db=db)
     note = "" if s.responses else " (response profiles left out: the databases' probe sets differ)"
     say(f"Imported {', '.join(s.models)} ({s.neurons} neurons) from {other} into {db}{note}.")
     warn(s.warnings)
@@ -119,9 +123,10 @@ def import_cmd(
 @app.command("probe")
 @user_errors
 def probe_cmd(
-    images: Annotated[Path | None, typer.Argument(help="Image folder to draw the probe set from.")] = None,
+    images: Annotated[Path | None, typer.Argument(metavar="IMAGES", help="Image folder to draw the probe set from.")] = None,
     size: Annotated[int, typer.Option(
-        "--size", help="Most images in the probe set (evenly spaced over the sorted files).")] = AnalyzeConfig.probe_size,
+        "--size", metavar="N",
+            help="Most images in the probe set (evenly spaced over the sorted files).")] = AnalyzeConfig.probe_size,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace an existing probe set and recompute every model's response profiles.")] = False,
     batch_size: BatchSize = AnalyzeConfig.batch_size,
@@ -136,7 +141,7 @@ def probe_cmd(
     from onnx_nfi import api
 
     with ProgressBars(silent) as bars:
-        summary = api.set_probe(db, images, size=size, force=force, batch_size=batch_size, provider=provider,
+        summary = api.set_probe(images, db=db, size=size, force=force, batch_size=batch_size, provider=provider,
                                 progress=bars, lock_timeout=lock_timeout, saved=saved)
     if not summary.changed:
         say(f"The probe set of {db} already is these {summary.images} images; nothing changed.")

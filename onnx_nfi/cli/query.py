@@ -9,31 +9,37 @@ from typing import Annotated
 import typer
 
 from onnx_nfi.cli.common import (
-    DEFAULT_DB, Db, LayerPatterns, ProgressBars, Provider, Silent, app, console, out, print_table, say, user_errors,
-    wrote,
+    DEFAULT_DB, Db, MaxPixels, ProgressBars, Provider, Silent, app, console, layer_patterns, out, print_table, say,
+    user_errors, wrote,
 )
-from onnx_nfi.config import DEFAULT_MAX_PIXELS, HELP
+from onnx_nfi.config import DEFAULT_MAX_PIXELS
 
 ModelFile = Annotated[Path | None, typer.Option(
-    "--model-file", help="The analysed .onnx file, when it moved (checked against the stored hash).")]
-MaxPixels = Annotated[int, typer.Option("--max-pixels", help=HELP["max_pixels"])]
+    "--model-file", metavar="FILE", help="The analysed .onnx file, when it moved (checked against the stored hash).")]
+QueriedLayers = layer_patterns("Only neurons of these layers")
+ImagePixels = Annotated[int, typer.Option("--max-pixels", metavar="PIXELS", help=(
+    "Largest image in pixels, read from the file header before decoding; a larger one is refused."))]
 
 
 @app.command("query")
 @user_errors
 def query_cmd(
-    image: Annotated[Path, typer.Argument(help="An image file, or a folder of images (then give --out).")],
-    model: Annotated[str, typer.Option("--model", help="Model name in the database.")],
+    image: Annotated[Path, typer.Argument(metavar="IMAGE",
+        help="An image file, or a folder of images (then give --out).")],
+    model: Annotated[str, typer.Option("--model", metavar="MODEL", help="Model name in the database.")],
     box: Annotated[str | None, typer.Option(
-        "--box", help="Only this region: X0,Y0,X1,Y1 in the image's pixels (default: the whole image).")] = None,
-    layers: LayerPatterns = None,
-    k: Annotated[int, typer.Option("-k", min=1, help="How many neurons (per layer with --per-layer).")] = 20,
+        "--box", metavar="X0,Y0,X1,Y1",
+            help="Only this region: X0,Y0,X1,Y1 in the image's pixels (default: the whole image).")] = None,
+    layers: QueriedLayers = None,
+    k: Annotated[int, typer.Option("-k", metavar="K",
+        min=1, help="How many neurons (per layer with --per-layer).")] = 20,
     per_layer: Annotated[bool, typer.Option("--per-layer", help="The best k of each layer, not overall.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per neuron on stdout.")] = False,
     output: Annotated[Path | None, typer.Option(
-        "-o", "--output", help="Draw the image, its box and the top neurons' NFs and response maps (PNG).")] = None,
+        "-o", "--output", metavar="FILE",
+            help="Draw the image, its box and the top neurons' NFs and response maps (PNG).")] = None,
     table: Annotated[Path | None, typer.Option(
-        "--out", help="For a folder: the table of each image's top k (.parquet or .csv).")] = None,
+        "--out", metavar="FILE", help="For a folder: the table of each image's top k (.parquet or .csv).")] = None,
     model_file: ModelFile = None,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     provider: Provider = "auto",
@@ -79,11 +85,12 @@ def query_cmd(
 @app.command("where")
 @user_errors
 def where_cmd(
-    neuron: Annotated[str, typer.Argument(help="MODEL:LAYER:UNIT (LAYER: alias such as conv3, or tensor name).")],
-    image: Annotated[Path, typer.Argument(help="The image file.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")],
+    neuron: Annotated[str, typer.Argument(metavar="NEURON",
+        help="MODEL:LAYER:UNIT (LAYER: alias such as conv3, or tensor name).")],
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="The image file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="FILE", help="PNG file to write.")],
     model_file: ModelFile = None,
-    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    max_pixels: ImagePixels = DEFAULT_MAX_PIXELS,
     provider: Provider = "auto",
     db: Db = Path(DEFAULT_DB),
 ) -> None:

@@ -11,12 +11,12 @@ from onnx_nfi.cli.common import (
     DEFAULT_DB,
     BatchSize,
     Db,
-    LayerPatterns,
     ModelName,
     ProgressBars,
     Provider,
     Silent,
     app,
+    layer_patterns,
     print_table,
     say,
     sigterm_as_ctrl_c,
@@ -26,31 +26,39 @@ from onnx_nfi.cli.common import (
 from onnx_nfi.config import AnalyzeConfig
 
 if TYPE_CHECKING:
-    from onnx_nfi.pipeline.relevance import RelevanceSummary
+    from onnx_nfi.api import RelevanceSummary
+
+#: The layers ``relevance`` ablates.
+AblatedLayers = layer_patterns("Layers whose neurons are ablated")
 
 
 @app.command("relevance")
 @user_errors
 def relevance_cmd(
     model: ModelName,
-    layers: LayerPatterns = None,
+    layers: AblatedLayers = None,
     images: Annotated[Path | None, typer.Option(
-        "--images", help="Image folder to measure on (default: the database's probe set).")] = None,
+        "--images", metavar="FOLDER", help="Image folder to measure on (default: the database's probe set).")] = None,
     target: Annotated[str, typer.Option(
-        "--target", help="Class whose probability drop is measured: predicted (unablated top-1) or label (sub-folder "
+        "--target", metavar="TARGET",
+            help="Class whose probability drop is measured: predicted (unablated top-1) or label (sub-folder "
         "name: a class index, or a name of --class-names).")] = "predicted",
     mode: Annotated[str, typer.Option(
-        "--mode", help="What an ablated channel becomes: zero, or mean (its mean map over the images).")] = "zero",
+        "--mode", metavar="MODE",
+            help="What an ablated channel becomes: zero, or mean (its mean map over the images).")] = "zero",
     class_names: Annotated[Path | None, typer.Option(
-        "--class-names", help="The model's class names, one a line (names the classes hurt most; maps labels).")] = None,
+        "--class-names", metavar="FILE",
+            help="The model's class names, one a line (names the classes hurt most; maps labels).")] = None,
     batch_size: BatchSize = AnalyzeConfig.batch_size,
     provider: Provider = AnalyzeConfig.provider,
     plot: Annotated[Path | None, typer.Option(
-        "--plot", help="Also draw prob_drop against class selectivity, a panel per layer with relevance (PNG).")] = None,
+        "--plot", metavar="FILE",
+            help="Also draw prob_drop against class selectivity, a panel per layer with relevance (PNG).")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Leave out the layers already measured on the same images with the same target and mode.")] = False,
     ray: Annotated[str | None, typer.Option(
-        "--ray", help="Measure the layers as tasks on a Ray cluster: its address (ray://host:10001, auto) or local "
+        "--ray", metavar="ADDRESS",
+            help="Measure the layers as tasks on a Ray cluster: its address (ray://host:10001, auto) or local "
         "(a local instance).")] = None,
     silent: Silent = False,
     db: Db = Path(DEFAULT_DB),
@@ -58,23 +66,18 @@ def relevance_cmd(
     """Ablate each neuron of a stored classifier: mean drop of the target class probability, top-1 flips."""
     from onnx_nfi import api
     from onnx_nfi.config import parse_list
-    from onnx_nfi.report import pictures
-    from onnx_nfi.report.relevance_plot import relevance_png
-
-    if plot is not None:
-        pictures.check_png(plot)  # before the work, not after
 
     with sigterm_as_ctrl_c(), ProgressBars(silent) as bars:
         s = api.relevance(
             model, db=db, layers=parse_list(layers), images=images, target=target, mode=mode, class_names=class_names,
-            batch_size=batch_size, provider=provider, progress=bars, resume=resume, ray=ray,
+            batch_size=batch_size, provider=provider, progress=bars, resume=resume, ray=ray, plot=plot,
         )
     if s.resumed:
         say(f"Already measured the same way, left out: {', '.join(s.resumed)}.")
     if s.layers:
         _print_layers(s, db)
     if plot is not None:
-        wrote(relevance_png(s.model, plot, db))
+        wrote(plot)
 
 
 def _print_layers(s: RelevanceSummary, db: Path) -> None:

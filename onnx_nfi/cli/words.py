@@ -8,16 +8,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from onnx_nfi.cli.common import DEFAULT_DB, Db, LayerPatterns, app, print_table, say, user_errors
+from onnx_nfi.cli.common import DEFAULT_DB, Db, app, layer_patterns, print_table, say, user_errors
 
 if TYPE_CHECKING:
     from onnx_nfi.search.find import Match
+
+#: The layers ``find`` searches.
+SearchedLayers = layer_patterns("Search only these layers")
 
 
 @app.command("describe")
 @user_errors
 def describe_cmd(
-    neuron: Annotated[str, typer.Argument(help="The neuron, MODEL:LAYER:UNIT (LAYER: alias such as conv3, or tensor name).")],
+    neuron: Annotated[str, typer.Argument(metavar="NEURON",
+        help="The neuron, MODEL:LAYER:UNIT (LAYER: alias such as conv3, or tensor name).")],
     db: Db = Path(DEFAULT_DB),
 ) -> None:
     """A neuron's top colour and concept label in words, with their evidence, and its indexes."""
@@ -35,11 +39,12 @@ def describe_cmd(
 @app.command("find")
 @user_errors
 def find_cmd(
-    words: Annotated[str, typer.Argument(help='Colour terms and nouns every neuron must match, e.g. "red dog".')],
+    words: Annotated[str, typer.Argument(metavar="WORDS",
+        help='Colour terms and nouns every neuron must match, e.g. "red dog".')],
     model: Annotated[list[str] | None, typer.Option(
-        "--model", help="Only neurons of these models (comma-separated or repeated).")] = None,
-    layers: LayerPatterns = None,
-    k: Annotated[int, typer.Option("-k", min=1, help="How many neurons.")] = 20,
+        "--model", metavar="MODEL", help="Search only these models (comma-separated or repeated).")] = None,
+    layers: SearchedLayers = None,
+    k: Annotated[int, typer.Option("-k", metavar="K", min=1, help="How many neurons to list, best first.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per neuron and line.")] = False,
     db: Db = Path(DEFAULT_DB),
 ) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from onnx_nfi.config import AnalyzeConfig
+from onnx_nfi.config import IndexConfig
 from onnx_nfi.errors import StateError
 from onnx_nfi.neurons.indexes import IndexResult
 from onnx_nfi.store.unwritten import kept_path, load_kept, save_kept
@@ -31,7 +31,7 @@ def finish_command(path: Path, model: str, db: str | Path) -> str:
     return f"onnx-nfi index {model} --db {db} --saved {path}"
 
 
-def save_indexes(path: Path, model: str, model_sha256: str, config: AnalyzeConfig, result: IndexResult) -> None:
+def save_indexes(path: Path, model: str, model_sha256: str, config: IndexConfig, result: IndexResult) -> None:
     """Write ``result`` to ``path`` atomically (a crash leaves the previous file or the new one)."""
     layers = sorted({*result.columns, *result.class_frequencies, *result.color_names, *result.concepts})
     meta = {"model": model, "model_sha256": model_sha256, "config": json.loads(config.to_json()), "layers": layers,

@@ -10,12 +10,11 @@ import datetime as dt
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from onnx_nfi.config import AnalyzeConfig
+from onnx_nfi.config import IndexConfig
 from onnx_nfi.data.images import stored_image_path
 from onnx_nfi.graph.layers import find_conv_layers, select_layers
 from onnx_nfi.graph.model_layers import LayerInfo
 from onnx_nfi.neurons.indexes import IndexResult
-from onnx_nfi.pipeline.checkpoint import config_of
 from onnx_nfi.pipeline.features import FeatureWork, compute_features
 from onnx_nfi.pipeline.index_state import finish_command, index_state_path, load_indexes, save_indexes
 from onnx_nfi.progress import Progress
@@ -29,7 +28,7 @@ from onnx_nfi.store.unwritten import write_or_keep
 class Reindexed:
     """What ``reindex`` wrote: the options that made the indexes, and the layers and neurons they cover."""
 
-    config: AnalyzeConfig
+    config: IndexConfig
     layers: int
     neurons: int
     #: lines for the summary (e.g. no concept labels for an unlabelled run)
@@ -37,7 +36,7 @@ class Reindexed:
 
 
 def reindex(
-    model: str, db: str | Path, config: AnalyzeConfig, progress: Progress | None, image_root: str | Path | None,
+    model: str, db: str | Path, config: IndexConfig, progress: Progress | None, image_root: str | Path | None,
     saved: str | Path | None, started: dt.datetime,
 ) -> Reindexed:
     """Compute (or, with ``saved``, read back) the indexes of ``model`` and write them to ``db``."""
@@ -50,7 +49,7 @@ def reindex(
     neurons = sum(int(r["channels"]) for r in layer_rows)
     if saved is not None:
         result, made_with = load_indexes(Path(saved), model, row["sha256"])
-        config = replace(config_of({"config": made_with}), lock_timeout=config.lock_timeout)
+        config = replace(IndexConfig.of(made_with), lock_timeout=config.lock_timeout)
         _write_or_keep(db, model, row["sha256"], result, config, started, progress)
         Path(saved).unlink(missing_ok=True)
         return Reindexed(config, len(result.columns), neurons)
@@ -63,14 +62,14 @@ def reindex(
     paths = {int(r["image_id"]): stored_image_path(r["path"], image_root) for r in image_rows}
     labels = {int(r["image_id"]): r["label"] for r in image_rows}
     work = FeatureWork.of(lm, pre, infos, {i.layer.tensor: topns[i.layer.tensor] for i in infos}, paths, labels,
-                          replace(config, nf=False), sha256={int(r["image_id"]): r["sha256"] for r in image_rows})
+                          config.analysis(), sha256={int(r["image_id"]): r["sha256"] for r in image_rows})
     result = compute_features(work, progress).indexes
     _write_or_keep(db, model, row["sha256"], result, config, started, progress)
     return Reindexed(config, len(infos), sum(i.layer.channels for i in infos), result.notes)
 
 
 def _write_or_keep(
-    db: str | Path, model: str, sha256: str, result: IndexResult, config: AnalyzeConfig, started: dt.datetime,
+    db: str | Path, model: str, sha256: str, result: IndexResult, config: IndexConfig, started: dt.datetime,
     progress: Progress | None,
 ) -> None:
     """Write the indexes, or keep them in a file that ``index --saved`` writes later (``store.unwritten``)."""

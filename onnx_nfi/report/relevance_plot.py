@@ -26,7 +26,9 @@ from onnx_nfi.store.relevance import LayerPoints, relevance_points
 COLUMNS = 4
 
 
-def relevance_png(model: str, output: str | Path, db: str | Path = DEFAULT_DB, *, against: str = "class_selectivity") -> Path:
+def relevance_png(
+    model: str, output: str | Path, *, db: str | Path = DEFAULT_DB, against: str = "class_selectivity"
+) -> Path:
     """``prob_drop`` against ``against`` for every layer of ``model`` with stored relevance."""
     pictures.check_png(output)
     with Store.open(db, read_only=True) as store:

@@ -10,7 +10,8 @@ the heat map's matrix) landed and which page it is, so a caller or a test can fi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,10 @@ from onnx_nfi.report.names_plot import names_by_depth_plot
 from onnx_nfi.search.records import MatchResult, SimilarResult
 from onnx_nfi.store.color_names import names_by_depth
 from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store
+
+#: Where a picture verb reads: the database file, or a store the caller already holds open (so a run of
+#: pictures, as the demo draws, opens the file once).
+Database = str | Path | Store
 
 #: NFs on one page of a layer grid: 16 x 16 tiles of 96 px, a sheet a screen shows at full size.
 PER_PAGE = 256
@@ -38,9 +43,11 @@ class Drawn:
     pages: int = 1
 
 
-def nf_png(model: str, layer: str, unit: int, output: str | Path, db: str | Path = DEFAULT_DB, scale: int | None = None) -> Drawn:
+def nf_png(
+    model: str, layer: str, unit: int, output: str | Path, *, db: Database = DEFAULT_DB, scale: int | None = None
+) -> Drawn:
     """One neuron's NF, enlarged (nearest neighbour) under a title naming it and its indexes."""
-    with Store.open(db, read_only=True) as store:
+    with reading(db) as store:
         ref, nf, values = queries.neuron_nf(store, model, layer, unit)
     header = [
         f"{ref.model} / {ref.alias} / unit {unit}",
@@ -55,8 +62,8 @@ def grid_png(
     model: str,
     layer: str,
     output: str | Path,
-    db: str | Path = DEFAULT_DB,
     *,
+    db: Database = DEFAULT_DB,
     order_by: str = "unit",
     descending: bool | None = None,
     limit: int | None = None,
@@ -65,7 +72,7 @@ def grid_png(
 ) -> Drawn:
     """Page ``page`` of a layer's NFs in a labelled grid, ``per_page`` at most, ordered by unit or by
     any neurons column; the caption says which units (or ranks) of how many the page holds."""
-    with Store.open(db, read_only=True) as store:
+    with reading(db) as store:
         data = queries.layer_nfs(
             store, model, layer, order_by=order_by, descending=descending, limit=limit,
             window=((page - 1) * per_page, per_page),
@@ -82,23 +89,24 @@ def grid_png(
 
 
 def top_png(
-    model: str, layer: str, by: str, output: str | Path, db: str | Path = DEFAULT_DB, *, k: int = 16, lowest: bool = False
+    model: str, layer: str, by: str, output: str | Path, *, db: Database = DEFAULT_DB, k: int = 16, lowest: bool = False
 ) -> Drawn:
     """The NFs of a layer's ``k`` most (or least) selective neurons by column ``by``, with their values."""
-    with Store.open(db, read_only=True) as store:
-        data = queries.layer_nfs(store, model, layer, order_by=by, descending=not lowest, limit=k, only_valued=True)
+    with reading(db) as store:
+        column = queries.check_column(store, by, "--by", numeric=True)  # named as top's option, not the grid's
+        data = queries.layer_nfs(store, model, layer, order_by=column, descending=not lowest, limit=k, only_valued=True)
     which = "lowest" if lowest else "highest"
     title = f"{data.ref.model} / {data.ref.alias}: the {len(data.neurons)} neurons with the {which} {data.column}"
     return _write_grid(output, data, title, _span(data))
 
 
 def card_png(
-    model: str, layer: str, unit: int, output: str | Path, db: str | Path = DEFAULT_DB, *, top: int = 20,
+    model: str, layer: str, unit: int, output: str | Path, *, db: Database = DEFAULT_DB, top: int = 20,
     image_root: str | Path | None = None,
 ) -> Drawn:
     """A neuron card (the paper's figure 1): the NF beside its top crops with rank, a/a1 and label;
     ``boxes`` holds the NF's box, then the crops'."""
-    with Store.open(db, read_only=True) as store:
+    with reading(db) as store:
         c = queries.neuron_card(store, model, layer, unit, top, image_root)
     crops = [pictures.Tile(x.crop, (f"#{x.rank}  {x.relative:.2f}", x.label or "(no label)")) for x in c.crops]
     header = [
@@ -113,10 +121,10 @@ def card_png(
 
 
 def summary_png(
-    models: Sequence[str], indexes: Sequence[str], output: str | Path, db: str | Path = DEFAULT_DB
+    models: Sequence[str], indexes: Sequence[str], output: str | Path, *, db: Database = DEFAULT_DB
 ) -> tuple[Path, list[str]]:
     """Per-layer distributions of each index against relative depth, models overlaid; and the indexes left out."""
-    with Store.open(db, read_only=True) as store:
+    with reading(db) as store:
         image, missing = summary_picture(store, models, indexes)
     return pictures.write_png(output, image), missing
 
@@ -132,16 +140,26 @@ def summary_picture(store: Store, models: Sequence[str], indexes: Sequence[str])
     return pictures.selectivity_plot(panels, footnote=footnote).image, list(data.missing)
 
 
-def names_png(models: Sequence[str], output: str | Path, db: str | Path = DEFAULT_DB) -> Path:
+def names_png(models: Sequence[str], output: str | Path, *, db: Database = DEFAULT_DB) -> Path:
     """``summary --names``: per layer of each model, the share of live neurons with each top colour
     and with a concept label, against relative depth; every model in the database when ``models`` is empty."""
-    with Store.open(db, read_only=True) as store:
+    with reading(db) as store:
         for model in models:
             store.model_row(model)  # NotFoundError names the models there are
         layers = names_by_depth(store, list(models))
     if not layers:
-        raise NotFoundError(f"{db} holds no analysed model; run 'onnx-nfi analyze' first")
+        raise NotFoundError(f"{store.path} holds no analysed model; run 'onnx-nfi analyze' first")
     return pictures.write_png(output, names_by_depth_plot(layers).image)
+
+
+@contextmanager
+def reading(db: Database) -> Iterator[Store]:
+    """``db`` opened read-only for one picture, or the store the caller holds (left open)."""
+    if isinstance(db, Store):
+        yield db
+        return
+    with Store.open(db, read_only=True) as store:
+        yield store
 
 
 def similar_png(result: SimilarResult, output: str | Path) -> Drawn:

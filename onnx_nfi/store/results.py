@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from onnx_nfi.config import AnalyzeConfig
+from onnx_nfi.config import AnalyzeConfig, IndexConfig
 from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.model_layers import LayerInfo
@@ -76,7 +76,7 @@ def write_analysis(db: str | Path, record: AnalysisRecord) -> tuple[int, int]:
     return run_id, dead
 
 
-def write_index_run(db: str | Path, model: str, result: IndexResult, config: AnalyzeConfig, started: dt.datetime) -> int:
+def write_index_run(db: str | Path, model: str, result: IndexResult, config: IndexConfig, started: dt.datetime) -> int:
     """Replace a stored model's index columns, class frequencies and index vectors in one transaction,
     with a ``runs`` row of kind ``index`` whose params say which indexes, rho and colour mode made them."""
     with Store.open(db) as store, store.transaction():

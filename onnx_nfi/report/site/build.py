@@ -78,15 +78,16 @@ class _Writer:
 
 def build_report(
     output: str | Path,
-    db: str | Path = DEFAULT_DB,
     models: Sequence[str] | None = None,
     *,
+    db: str | Path = DEFAULT_DB,
     force: bool = False,
     progress: Progress | None = None,
     image_root: str | Path | None = None,
 ) -> ReportSummary:
-    """Write (or bring up to date) the static site for ``models`` (default: all) of ``db`` under ``output``
-    (``image_root``: where images stored relative to their root are now)."""
+    """``onnx-nfi report``: write (or bring up to date) the static site for ``models`` (default: all) of
+    ``db`` under ``output``; ``force`` rewrites pages already up to date (``image_root``: where images
+    stored relative to their root are now)."""
     started = time.perf_counter()
     output, db = Path(output), Path(db)
     progress = progress or (lambda phase, done, total: None)
