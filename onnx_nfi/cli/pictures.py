@@ -22,6 +22,8 @@ Neuron = Annotated[str, typer.Argument(
          "followed by LAYER and UNIT.", metavar="NEURON")]
 Layer = Annotated[str | None, typer.Argument(help="Layer alias (conv3) or tensor name, when NEURON is a model name.")]
 Layer1 = Annotated[str, typer.Argument(help="Layer alias (conv3) or tensor name.")]
+IncludeWeak = Annotated[bool, typer.Option(
+    "--include-weak", help="Rank weak units too (too little evidence: few active top images or a faint maximum).")]
 
 
 @app.command("nf")
@@ -43,6 +45,7 @@ def nf_cmd(
     page: Annotated[int | None, typer.Option("--page", min=1, help="Which page of the grid to draw (default 1).")] = None,
     per_page: Annotated[int | None, typer.Option(
         "--per-page", min=1, help="NFs on one page of the grid (default 256: a 1,280-unit layer is 5 pages).")] = None,
+    include_weak: IncludeWeak = False,
 ) -> None:
     """Draw one neuron's NF enlarged, or with --grid a page of a layer's NFs in a labelled grid (NEURON: MODEL:LAYER)."""
     from onnx_nfi.report import render
@@ -57,7 +60,7 @@ def nf_cmd(
         return
     drawn = render.grid_png(
         model, layer_name, output, db, order_by=order_by, descending=desc, limit=limit,
-        page=page or 1, per_page=per_page or render.PER_PAGE,
+        page=page or 1, per_page=per_page or render.PER_PAGE, include_weak=include_weak,
     )
     wrote(drawn.path)
     if drawn.pages > 1:
@@ -76,11 +79,12 @@ def top_cmd(
     asc: Annotated[bool, typer.Option("--asc", help="The least selective instead of the most.")] = False,
     output: Png = ...,  # type: ignore[assignment]
     db: Db = Path(DEFAULT_DB),
+    include_weak: IncludeWeak = False,
 ) -> None:
     """Draw the NFs of a layer's most selective neurons with their values."""
     from onnx_nfi.report import render
 
-    wrote(render.top_png(model, layer, by, output, db, k=k, lowest=asc).path)
+    wrote(render.top_png(model, layer, by, output, db, k=k, lowest=asc, include_weak=include_weak).path)
 
 
 @app.command("card")

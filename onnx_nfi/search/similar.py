@@ -15,6 +15,7 @@ from onnx_nfi.errors import NotFoundError, SearchError
 from onnx_nfi.names import INDEX_COLUMNS, VECTOR_KINDS, VECTOR_TABLES, parse_neuron
 from onnx_nfi.search.records import MISSING_REASON, Neuron, SimilarResult
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.evidence import weak_ids
 from onnx_nfi.store.nf_storage import decode
 from onnx_nfi.store.vectors import in_step, read_vectors
 
@@ -51,14 +52,18 @@ def similar(
     models: Sequence[str] = (),
     layers: Sequence[str] = (),
     other_models: bool = False,
+    include_weak: bool = False,
 ) -> SimilarResult:
     """The ``k`` neurons whose ``by`` vector has the largest inner product with the query neuron's.
 
     ``query`` is ``MODEL:LAYER:UNIT`` (LAYER: tensor name or alias); the query itself is never a
     hit. ``models`` / ``layers`` (names, aliases or globs) restrict the candidates, and
-    ``other_models`` leaves out the query's own model.
+    ``other_models`` leaves out the query's own model; weak units (docs/method.md §14) are no hits
+    unless ``include_weak``.
     """
-    return similar_many(db, [query], by=by, k=k, models=models, layers=layers, other_models=other_models)[0]
+    return similar_many(
+        db, [query], by=by, k=k, models=models, layers=layers, other_models=other_models, include_weak=include_weak
+    )[0]
 
 
 def similar_many(
@@ -70,10 +75,12 @@ def similar_many(
     models: Sequence[str] = (),
     layers: Sequence[str] = (),
     other_models: bool = False,
+    include_weak: bool = False,
 ) -> list[SimilarResult]:
     """:func:`similar` for many queries at once: one database visit and one batched search."""
     with Store.open(db, read_only=True) as store:
-        return similar_in(store, Path(db), queries, by=by, k=k, models=models, layers=layers, other_models=other_models)
+        return similar_in(store, Path(db), queries, by=by, k=k, models=models, layers=layers, other_models=other_models,
+                          include_weak=include_weak)
 
 
 def similar_in(
@@ -86,6 +93,7 @@ def similar_in(
     models: Sequence[str] = (),
     layers: Sequence[str] = (),
     other_models: bool = False,
+    include_weak: bool = False,
     kept: Searcher | None = None,
 ) -> list[SimilarResult]:
     """:func:`similar_many` through an open store (``serve`` uses its own read-only connection, and
@@ -112,6 +120,8 @@ def similar_in(
     for model in sorted({m for m, _, _ in parsed}) if other_models else [None]:
         rows = [i for i, (m, _, _) in enumerate(parsed) if model is None or m == model]
         allowed = neurons.candidates(models, layers, model)
+        if not include_weak:
+            allowed = np.setdiff1d(allowed, weak_ids(store), assume_unique=True)
         if index is None or not len(allowed):
             continue
         scores, ids = index.search(vectors[rows], k + 1, allowed_ids=allowed)  # +1: the query itself may come back

@@ -9,6 +9,7 @@ that ordered them (NULL for a layer without such an activation), so a stored top
 state the scan kept. ``color_names`` holds each neuron's colour terms with share >= 0.01
 (docs/method.md §9), ``neurons.top_color`` / ``top_color_share`` its largest; ``concept_labels`` its
 concepts (§10). Both are keyed by ``neuron_id`` (rows of a neuron go with it: ``Store.delete_model``, ``import``).
+``neurons.weak`` / ``weak_reason`` flag a live unit with too little evidence (§14, store/evidence.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS neurons (
     population_code INTEGER, orientation_selectivity DOUBLE, orientation_by_angle DOUBLE[],
     symmetry_selectivity DOUBLE, symmetry_by_axis DOUBLE[], shape_selectivity DOUBLE,
     top_color VARCHAR, top_color_share DOUBLE, concept VARCHAR, concept_p DOUBLE,
+    weak BOOLEAN, weak_reason VARCHAR,
     PRIMARY KEY (model, layer, unit)
 );
 CREATE TABLE IF NOT EXISTS top_activations (
@@ -88,6 +90,8 @@ ALTER TABLE neurons ADD COLUMN IF NOT EXISTS top_color VARCHAR;
 ALTER TABLE neurons ADD COLUMN IF NOT EXISTS top_color_share DOUBLE;
 ALTER TABLE neurons ADD COLUMN IF NOT EXISTS concept VARCHAR;
 ALTER TABLE neurons ADD COLUMN IF NOT EXISTS concept_p DOUBLE;
+ALTER TABLE neurons ADD COLUMN IF NOT EXISTS weak BOOLEAN;
+ALTER TABLE neurons ADD COLUMN IF NOT EXISTS weak_reason VARCHAR;
 """
 
 VIEWS = """
