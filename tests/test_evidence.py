@@ -9,6 +9,7 @@ layer's units reach 4.7-9.4. The expected flags come from onnxruntime's maps red
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -127,3 +128,38 @@ def test_grid_by_a_column_leaves_it_out_by_unit_shows_it(case: tuple[Path, np.nd
     assert list(render.grid_png("once", "post", tmp_path / "g.png", db).units) == [0, 1, 2, 3]
     r = invoke("nf", "once", "post", "--grid", "--order-by", "color", "--include-weak", "-o", tmp_path / "c.png", "--db", db)
     assert r.exit_code == 0, r.output
+
+
+def test_site_marks_the_weak_unit_and_leads_with_the_top_class_share(case: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    """The static report: the weak unit's tile and page carry the mark and the stored reason; a unit's
+    class evidence starts with the top-class share and concept, the paper's index after it."""
+    import shutil
+
+    import duckdb
+
+    from onnx_nfi.report.site.build import build_report
+
+    db = tmp_path / "site.duckdb"
+    shutil.copy(case[0], db)
+    con = duckdb.connect(str(db))
+    try:
+        con.execute("UPDATE neurons SET top_class = 'cat', top_class_frequency = 0.886, class_selectivity = 0.739, "
+                    "concept = 'domestic cat' WHERE unit = 0")
+    finally:
+        con.close()
+    build_report(tmp_path / "site", db)
+    layer = (tmp_path / "site" / "once" / "conv1" / "index.html").read_text()
+    assert 'data-unit="1" data-dead="0" data-weak="1"' in layer and 'data-unit="0" data-dead="0" data-weak="0"' in layer
+    assert '<span class="weak-mark">weak</span>' in layer and 'id="include-weak"' in layer
+    assert "<b>weak</b>: 1 unit with too little evidence" in layer
+    reason = query(db, "SELECT weak_reason FROM neurons WHERE unit = 1")[0][0]
+    weak_page = (tmp_path / "site" / "once" / "conv1" / "1" / "index.html").read_text()
+    assert f"<b>weak</b> — {reason}" in weak_page.replace("&#39;", "'")
+    page = (tmp_path / "site" / "once" / "conv1" / "0" / "index.html").read_text()
+    block = page[page.index('id="class-evidence"'):]
+    lines = re.findall(r"<p[^>]*>(.*?)</p>", block)[:3]
+    assert lines[0] == "top class cat: 88.6 % of the top images&#39; weight · concept domestic cat"
+    assert lines[1] == "class selectivity 0.739 (the paper&#39;s index)"
+    assert lines[2].startswith("share: the part of the activation weight") and "(N&#39;−M)/(N&#39;−1)" in lines[2]
+    assert page.index('id="class-evidence"') < page.index('id="stats"')  # read before the table of numbers
+    assert 'id="weak"' not in page and 'id="class-evidence"' not in weak_page
