@@ -13,6 +13,7 @@ import numpy as np
 
 from onnx_nfi.errors import NotFoundError, SearchError
 from onnx_nfi.names import INDEX_COLUMNS, VECTOR_KINDS, VECTOR_TABLES, parse_neuron
+from onnx_nfi.search.index_space import IndexSpace
 from onnx_nfi.search.records import MISSING_REASON, Neuron, SimilarResult
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.evidence import weak_ids
@@ -115,7 +116,10 @@ def similar_in(
         name = neurons.name(int(missing[0]))
         raise SearchError(f"neuron {name} has no {by} vector ({MISSING_REASON[by]}); try another --by")
     vectors = qvecs[np.searchsorted(found, qids)]
-    index = kept.index(store, by) if kept is not None else in_step(store, Path(db), by)
+    index = kept.index(store, by) if kept is not None else in_step(store, Path(db), by)  # the cache kept in step
+    if by == "indexes":  # standardised per index over the database, compared by distance (search/index_space.py)
+        index = IndexSpace.read(store)
+        vectors = index.vectors_of(qids)
     hit_lists: list[list[tuple[int, float]]] = [[] for _ in parsed]
     for model in sorted({m for m, _, _ in parsed}) if other_models else [None]:
         rows = [i for i, (m, _, _) in enumerate(parsed) if model is None or m == model]
