@@ -63,3 +63,11 @@ def test_scores_are_minus_the_distance_of_z_scores_and_never_tie_at_one(db: Path
     # differ get scores that differ (magnitude kept), and only equal raw vectors tie
     raw = {(round(h.indexes["color_selectivity"], 6), round(h.indexes["class_selectivity"], 6)) for h in result.hits}
     assert len(raw) > 5 and len({round(h.score, 5) for h in result.hits}) == len(raw)
+
+
+def test_other_models_with_one_model_says_so_in_one_line(db: Path) -> None:
+    r = invoke("similar", "a:conv1:0", "--other-models", "--db", db)
+    assert r.exit_code == 2
+    assert r.output == (
+        f"Error: --other-models: {db} holds no model but a; analyse or import another model to search across models\n"
+    )

@@ -108,6 +108,12 @@ def similar_in(
     unknown = [m for m in models if m not in known]
     if unknown:
         raise NotFoundError(f"model {unknown[0]!r} is not in {db} (models: {', '.join(sorted(known))})")
+    own = sorted({m for m, _, _ in parsed})
+    if other_models and not known - set(own):
+        raise SearchError(
+            f"--other-models: {db} holds no model but {', '.join(own)}; "
+            "analyse or import another model to search across models"
+        )
     neurons = kept.neurons if kept is not None else _NeuronTable(store)
     qids = np.array([neurons.resolve(store, *q) for q in parsed], np.int64)
     found, qvecs = read_vectors(store, table, np.unique(qids)) if store.has_table(table) else (np.empty(0, np.int64), None)
