@@ -163,3 +163,30 @@ def test_site_marks_the_weak_unit_and_leads_with_the_top_class_share(case: tuple
     assert lines[2].startswith("share: the part of the activation weight") and "(N&#39;−M)/(N&#39;−1)" in lines[2]
     assert page.index('id="class-evidence"') < page.index('id="stats"')  # read before the table of numbers
     assert 'id="weak"' not in page and 'id="class-evidence"' not in weak_page
+
+
+def test_similar_leaves_the_weak_unit_out_of_its_hits(case: tuple[Path, np.ndarray]) -> None:
+    from onnx_nfi import search
+
+    db, _ = case
+    with_vectors = {u for (u,) in query(db, "SELECT n.unit FROM neurons n JOIN response_vectors USING (neuron_id)")}
+    assert {0, 1, 2} <= with_vectors  # the weak unit has a response profile: only the flag keeps it out
+    hits = search.similar(db, "once:conv1:0", k=10)
+    assert [h.unit for h in hits.hits if h.unit == 1] == []
+    back = search.similar(db, "once:conv1:0", k=10, include_weak=True)
+    assert 1 in [h.unit for h in back.hits]
+    r = invoke("similar", "once:conv1:0", "--include-weak", "--format", "csv", "--db", db)
+    assert r.exit_code == 0 and any(line.split(",")[3] == "1" for line in r.output.splitlines()[1:]), r.output
+    weak_query = search.similar(db, "once:conv1:1", k=10)  # a weak query is answered
+    assert weak_query.hits and 1 not in [h.unit for h in weak_query.hits]
+
+
+def test_card_carries_the_stored_reason(case: tuple[Path, np.ndarray]) -> None:
+    from onnx_nfi.report import queries
+    from onnx_nfi.store.duckdb_store import Store
+
+    db, _ = case
+    reason = query(db, "SELECT weak_reason FROM neurons WHERE unit = 1")[0][0]
+    with Store.open(db, read_only=True) as store:
+        assert queries.neuron_card(store, "once", "conv1", 1, 4).weak == reason
+        assert queries.neuron_card(store, "once", "conv1", 0, 4).weak is None
