@@ -190,3 +190,16 @@ def test_card_carries_the_stored_reason(case: tuple[Path, np.ndarray]) -> None:
     with Store.open(db, read_only=True) as store:
         assert queries.neuron_card(store, "once", "conv1", 1, 4).weak == reason
         assert queries.neuron_card(store, "once", "conv1", 0, 4).weak is None
+
+
+def test_the_browsers_neighbour_lists_leave_the_weak_unit_out(case: tuple[Path, np.ndarray]) -> None:
+    from onnx_nfi.search.similar import nearest_by_model
+    from onnx_nfi.store.duckdb_store import Store
+
+    db, _ = case
+    ids = dict(query(db, "SELECT unit, neuron_id FROM neurons ORDER BY unit"))
+    with Store.open(db, read_only=True) as store:
+        lists = nearest_by_model(store, ["once"], k=10)
+    assert ids[1] in lists  # asked about
+    assert all(ids[1] not in [h for h, _ in same] for same, _ in lists.values())  # never a neighbour
+    assert ids[2] in [h for h, _ in lists[ids[0]][0]]

@@ -219,7 +219,8 @@ def nearest_by_model(
 
     Result: neuron id -> (same-model hits, other-model hits), each (neuron id, score) best first.
     One index per model, searched with all queries at once (batched, no per-query id filter), so
-    precomputing the neighbours of a whole database costs one pass per model pair.
+    precomputing the neighbours of a whole database costs one pass per model pair. Weak neurons are
+    queries but no hits.
     """
     from onnx_nfi.store.vector_index import VectorIndex
 
@@ -235,8 +236,12 @@ def nearest_by_model(
             owned[model] = (ids, vectors)
     same: dict[int, list[tuple[int, float]]] = {}
     other: dict[int, list[tuple[int, float]]] = {}
+    weak = weak_ids(store)  # asked about, never a neighbour (docs/method.md §14)
     for target, (target_ids, target_vectors) in owned.items():
-        index = VectorIndex.build(target_ids, target_vectors)
+        strong = ~np.isin(target_ids, weak)
+        if not strong.any():
+            continue
+        index = VectorIndex.build(target_ids[strong], target_vectors[strong])
         for model, (ids, vectors) in owned.items():
             scores, hits = index.search(vectors, min(k + 1, len(index)))
             for qid, s_row, h_row in zip(ids.tolist(), scores.tolist(), hits.tolist()):
@@ -245,4 +250,4 @@ def nearest_by_model(
                     same[qid] = found[:k]
                 else:
                     other[qid] = sorted(other.get(qid, []) + found, key=lambda hit: -hit[1])[:k]
-    return {qid: (same.get(qid, []), other.get(qid, [])) for qid in same}
+    return {qid: (same.get(qid, []), other.get(qid, [])) for ids, _ in owned.values() for qid in ids.tolist()}
