@@ -99,7 +99,7 @@ def test_flags_equal_a_brute_force(case: tuple[Path, np.ndarray]) -> None:
     rows = query(db, "SELECT unit, weak, weak_reason FROM neurons WHERE model = 'once' ORDER BY unit")
     assert [bool(w) for _, w, _ in rows] == expected.tolist() == [False, True, False, False]
     reason = rows[1][2]
-    assert reason.startswith("weak evidence: active on 1 of its top images (fewer than 5)")
+    assert reason.startswith("active on 1 of its top images (fewer than 5); largest activation ")
     assert f"is {100 * best[1] / median:.1f} % of its layer's median unit maximum {median:.3g} (below 5 %)" in reason
     assert all(r is None for _, w, r in rows if not w)
 

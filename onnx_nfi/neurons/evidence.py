@@ -58,5 +58,5 @@ def weak_units(
                 f"largest activation {best[k]:.3g} is {100 * best[k] / median[k]:.1f} % of its layer's median "
                 f"unit maximum {median[k]:.3g} (below {100 * MIN_MAX_FRACTION:g} %)"
             )
-        reason[k] = "weak evidence: " + "; ".join(parts)
+        reason[k] = "; ".join(parts)
     return Evidence(few | faint, reason)

@@ -124,10 +124,10 @@ def card_png(
     header = [
         f"{c.ref.model} / {c.ref.alias} ({c.ref.layer}) / unit {c.unit}" + (" — DEAD UNIT" if c.dead else ""),
         *(["dead unit: it never fired on the analysed images, so it has no NF; its stored top list as it is"] if c.dead else []),
-        *([f"WEAK — {c.weak}"] if c.weak else []),
+        *([f"WEAK, too little evidence: {c.weak}"] if c.weak else []),
         *([c.description] if c.description else []),
         *evidence,
-        _card_values(values),
+        *([_card_values(values)] if values or not evidence else []),
         *([_saturation_line(c.saturated_top)] if c.saturated_top and c.saturated_top > 1 else []),
         f"top {len(c.crops)} crops (receptive field in the image as fed to the network); under each: rank, {ratio}, label",
     ]
