@@ -203,3 +203,21 @@ def test_the_browsers_neighbour_lists_leave_the_weak_unit_out(case: tuple[Path, 
     assert ids[1] in lists  # asked about
     assert all(ids[1] not in [h for h, _ in same] for same, _ in lists.values())  # never a neighbour
     assert ids[2] in [h for h, _ in lists[ids[0]][0]]
+
+
+def test_index_writes_the_flags_into_a_database_without_them(case: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    import shutil
+
+    import duckdb
+
+    db = tmp_path / "old.duckdb"
+    shutil.copy(case[0], db)
+    expected = query(db, "SELECT unit, weak, weak_reason FROM neurons ORDER BY unit")
+    con = duckdb.connect(str(db))
+    try:
+        con.execute("UPDATE neurons SET weak = NULL, weak_reason = NULL")  # as a database from before the flags
+    finally:
+        con.close()
+    r = invoke("index", "once", "--indexes", "class", "--db", db)
+    assert r.exit_code == 0, r.output
+    assert query(db, "SELECT unit, weak, weak_reason FROM neurons ORDER BY unit") == expected
