@@ -19,6 +19,7 @@ import onnxruntime as ort
 import pytest
 from cli_helpers import invoke, query
 from onnx import TensorProto, helper, numpy_helper
+from test_site import browser, open_page  # noqa: F401  (the Chromium fixture and page helper)
 
 from onnx_nfi import api
 from onnx_nfi.config import AnalyzeConfig
@@ -130,15 +131,16 @@ def test_grid_by_a_column_leaves_it_out_by_unit_shows_it(case: tuple[Path, np.nd
     assert r.exit_code == 0, r.output
 
 
-def test_site_marks_the_weak_unit_and_leads_with_the_top_class_share(case: tuple[Path, np.ndarray], tmp_path: Path) -> None:
-    """The static report: the weak unit's tile and page carry the mark and the stored reason; a unit's
-    class evidence starts with the top-class share and concept, the paper's index after it."""
+@pytest.fixture(scope="module")
+def site(case: tuple[Path, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The static report of a copy of the case, unit 0 given the demo's cat-eye class evidence."""
     import shutil
 
     import duckdb
 
     from onnx_nfi.report.site.build import build_report
 
+    tmp_path = tmp_path_factory.mktemp("evidence_site")
     db = tmp_path / "site.duckdb"
     shutil.copy(case[0], db)
     con = duckdb.connect(str(db))
@@ -148,6 +150,13 @@ def test_site_marks_the_weak_unit_and_leads_with_the_top_class_share(case: tuple
     finally:
         con.close()
     build_report(tmp_path / "site", db)
+    return db, tmp_path
+
+
+def test_site_marks_the_weak_unit_and_leads_with_the_top_class_share(site: tuple[Path, Path]) -> None:
+    """The static report: the weak unit's tile and page carry the mark and the stored reason; a unit's
+    class evidence starts with the top-class share and concept, the paper's index after it."""
+    db, tmp_path = site
     layer = (tmp_path / "site" / "once" / "conv1" / "index.html").read_text()
     assert 'data-unit="1" data-dead="0" data-weak="1"' in layer and 'data-unit="0" data-dead="0" data-weak="0"' in layer
     assert '<span class="weak-mark">weak</span>' in layer and 'id="include-weak"' in layer
@@ -221,3 +230,16 @@ def test_index_writes_the_flags_into_a_database_without_them(case: tuple[Path, n
     r = invoke("index", "once", "--indexes", "class", "--db", db)
     assert r.exit_code == 0, r.output
     assert query(db, "SELECT unit, weak, weak_reason FROM neurons ORDER BY unit") == expected
+
+
+def test_layer_page_sort_leaves_the_weak_unit_out_until_included(browser, site: tuple[Path, Path]) -> None:  # noqa: F811
+    _, root = site
+    page = open_page(browser, (root / "site" / "once" / "conv1" / "index.html").as_uri())
+    visible = "ts => ts.filter(t => !t.hidden).map(t => parseInt(t.dataset.unit))"
+    assert page.eval_on_selector_all("#grid a.tile", visible) == [0, 1, 2, 3]  # by unit: all, marked
+    page.select_option("#sort", "color_selectivity")
+    assert page.eval_on_selector_all("#grid a.tile", visible) == [3, 2, 0]
+    assert page.locator("#shown").inner_text() == "3 of 4 units"
+    page.check("#include-weak")
+    assert page.eval_on_selector_all("#grid a.tile", visible) == [1, 3, 2, 0]
+    assert page.errors == []
