@@ -243,3 +243,23 @@ def test_layer_page_sort_leaves_the_weak_unit_out_until_included(browser, site: 
     page.check("#include-weak")
     assert page.eval_on_selector_all("#grid a.tile", visible) == [1, 3, 2, 0]
     assert page.errors == []
+
+
+def test_top_over_weak_values_only_says_so(case: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    import shutil
+
+    import duckdb
+
+    db = tmp_path / "only_weak.duckdb"
+    shutil.copy(case[0], db)
+    con = duckdb.connect(str(db))
+    try:
+        con.execute("UPDATE neurons SET color_selectivity = NULL WHERE NOT weak")
+    finally:
+        con.close()
+    r = invoke("top", "once", "conv1", "--by", "color", "-o", tmp_path / "t.png", "--db", db)
+    assert r.exit_code == 2
+    assert r.output == ("Error: every neuron of once/conv1 with a color_selectivity value is flagged weak "
+                        "(too little evidence); add --include-weak to rank them anyway\n")
+    r = invoke("top", "once", "conv1", "--by", "color", "--include-weak", "-o", tmp_path / "t.png", "--db", db)
+    assert r.exit_code == 0, r.output

@@ -183,12 +183,10 @@ def layer_nfs(
     key = column or "unit"
     where = f"WHERE model = ? AND layer = ?{f' AND {column} IS NOT NULL' if only_valued and column else ''}"
     source = neurons_with_relevance(store)  # relevance columns order a grid like index columns
-    left_out = 0
-    if column and not include_weak:
-        left_out = int(store.con.execute(f"SELECT count(*) FROM {source} {where} AND NOT ({strong_only(store)})",
-                                         [ref.model, ref.layer]).fetchone()[0])
-        where += f" AND {strong_only(store)}"
-    available = int(store.con.execute(f"SELECT count(*) FROM {source} {where}", [ref.model, ref.layer]).fetchone()[0])
+    keep = strong_only(store) if column and not include_weak else "true"  # rankings leave weak units out
+    kept, every = store.con.execute(f"SELECT count(*) FILTER (WHERE {keep}), count(*) FROM {source} {where}",
+                                    [ref.model, ref.layer]).fetchone()
+    available, left_out, where = int(kept), int(every) - int(kept), f"{where} AND {keep}"
     total = min(available, limit) if limit else available
     start, count = window or (0, total)
     sql = (
@@ -209,17 +207,22 @@ def layer_nfs(
         )
         for k in range(len(data["unit"]))
     )
-    if only_valued and column and not available and left_out:
+    if only_valued and column and not available:
+        _refuse_empty(ref, column, left_out)
+    return LayerNFs(ref, column, descending, neurons, start, total, available, left_out)
+
+
+def _refuse_empty(ref: LayerRef, column: str, weak: int) -> None:
+    """The error of a ranking with nothing to rank: no value at all, or only weak units' values."""
+    if weak:
         raise NotFoundError(
             f"every neuron of {ref.model}/{ref.alias} with a {column} value is flagged weak (too little evidence); "
             "add --include-weak to rank them anyway"
         )
-    if only_valued and column and not available:
-        raise NotFoundError(
-            f"no neuron of {ref.model}/{ref.alias} has a {column} value; "
-            f"compute it with: onnx-nfi index {ref.model} --indexes …"
-        )
-    return LayerNFs(ref, column, descending, neurons, start, total, available, left_out)
+    raise NotFoundError(
+        f"no neuron of {ref.model}/{ref.alias} has a {column} value; "
+        f"compute it with: onnx-nfi index {ref.model} --indexes …"
+    )
 
 
 def neuron_card(

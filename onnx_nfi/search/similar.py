@@ -104,16 +104,7 @@ def similar_in(
         raise SearchError(f"-k must be at least 1, got {k}")
     parsed = [parse_neuron(q) for q in queries]
     table = VECTOR_TABLES[by]
-    known = set(store.models())
-    unknown = [m for m in models if m not in known]
-    if unknown:
-        raise NotFoundError(f"model {unknown[0]!r} is not in {db} (models: {', '.join(sorted(known))})")
-    own = sorted({m for m, _, _ in parsed})
-    if other_models and not known - set(own):
-        raise SearchError(
-            f"--other-models: {db} holds no model but {', '.join(own)}; "
-            "analyse or import another model to search across models"
-        )
+    _check_scope(set(store.models()), models, sorted({m for m, _, _ in parsed}), other_models, db)
     neurons = kept.neurons if kept is not None else _NeuronTable(store)
     qids = np.array([neurons.resolve(store, *q) for q in parsed], np.int64)
     found, qvecs = read_vectors(store, table, np.unique(qids)) if store.has_table(table) else (np.empty(0, np.int64), None)
@@ -147,6 +138,18 @@ def similar_in(
         )
         for qid, hits in zip(qids, hit_lists)
     ]
+
+
+def _check_scope(known: set[str], models: Sequence[str], own: list[str], other_models: bool, db: Path) -> None:
+    """Refuse ``--models`` naming a model that is not there, and ``--other-models`` with no other model."""
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        raise NotFoundError(f"model {unknown[0]!r} is not in {db} (models: {', '.join(sorted(known))})")
+    if other_models and not known - set(own):
+        raise SearchError(
+            f"--other-models: {db} holds no model but {', '.join(own)}; "
+            "analyse or import another model to search across models"
+        )
 
 
 class Searcher:
