@@ -55,7 +55,8 @@ def similar(
     other_models: bool = False,
     include_weak: bool = False,
 ) -> SimilarResult:
-    """The ``k`` neurons whose ``by`` vector has the largest inner product with the query neuron's.
+    """The ``k`` neurons whose ``by`` vector has the largest inner product with the query neuron's
+    (``indexes``: the smallest distance between index vectors standardised over the database).
 
     ``query`` is ``MODEL:LAYER:UNIT`` (LAYER: tensor name or alias); the query itself is never a
     hit. ``models`` / ``layers`` (names, aliases or globs) restrict the candidates, and
