@@ -336,11 +336,35 @@ def test_summary_overlays_models_and_skips_empty_indexes(db: Path, tmp_path: Pat
     assert r.exit_code == 2 and "no value of shape_selectivity, orientation_selectivity" in r.output
 
 
+def test_card_of_a_dead_unit_shows_its_stored_top_list_with_a_dead_mark(db: Path, tmp_path: Path) -> None:
+    """A dead unit has no NF but a stored top list: the card draws the crossed tile in the NF's place
+    and every stored top image (``nf`` of a dead unit stays an error: there is no NF to enlarge)."""
+    out = tmp_path / "dead.png"
+    r = invoke("card", MODEL, "conv1", DEAD[1], "-o", out, "--db", db)
+    assert r.exit_code == 0, r.output
+    stored = query(
+        db, "SELECT count(*) FROM top_activations t JOIN layers l USING (model, layer) WHERE t.model = ? AND l.alias = ? "
+        "AND t.unit = ?", [MODEL, DEAD[0], DEAD[1]],
+    )[0][0]
+    drawn = render.card_png(MODEL, DEAD[0], DEAD[1], tmp_path / "dead2.png", db=db)
+    assert stored > 0 and len(drawn.boxes) == 1 + min(stored, 20)
+    png = read_png(tmp_path / "dead2.png")
+    tile = box_pixels(png, drawn.boxes[0])
+    side = tile.shape[0]
+    assert (tile[1, side // 2] == 127).all()  # grey fill
+    assert (tile[side // 2, side // 2] < 100).all() and (tile[2, 2] < 100).all()  # crossed out
+    from onnx_nfi.report import queries
+    from onnx_nfi.store.duckdb_store import Store
+
+    with Store.open(db, read_only=True) as store:
+        card = queries.neuron_card(store, MODEL, DEAD[0], DEAD[1], 20)
+    assert card.dead and card.nf is None
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["nf", MODEL, "conv1", DEAD[1]], "neuron is dead: tiny/conv1:2 never fired"),
-        (["card", MODEL, "conv1", DEAD[1]], "neuron is dead: tiny/conv1:2"),
         (["nf", MODEL, "conv1", 99], "neuron tiny/conv1:99 does not exist; layer conv1 has units 0-31"),
         (["nf", MODEL, "conv99", 1], "layer 'conv99' is not in model 'tiny'"),
         (["nf", "resnet", "conv1", 1], "model 'resnet' is not in"),

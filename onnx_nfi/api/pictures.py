@@ -25,21 +25,24 @@ def nf(neuron: str, output: str | Path, *, db: render.Database = DEFAULT_DB, sca
 def grid(
     model: str, layer: str, output: str | Path, *, db: render.Database = DEFAULT_DB, order_by: str = "unit",
     descending: bool | None = None, limit: int | None = None, page: int = 1, per_page: int | None = None,
+    include_weak: bool = False,
 ) -> Drawn:
     """``onnx-nfi nf MODEL:LAYER --grid``: page ``page`` of a layer's NFs in a labelled grid (``per_page``
-    a page, default 256), by unit or by any neurons column (``order_by``), the first ``limit`` only when given."""
+    a page, default 256), by unit or by any neurons column (``order_by``; weak units left out of a column's
+    order unless ``include_weak``), the first ``limit`` only when given."""
     return render.grid_png(
         model, layer, output, db=db, order_by=order_by, descending=descending, limit=limit, page=page,
-        per_page=per_page or PER_PAGE,
+        per_page=per_page or PER_PAGE, include_weak=include_weak,
     )
 
 
 def top(
     model: str, layer: str, by: str, output: str | Path, *, db: render.Database = DEFAULT_DB, k: int = 16,
-    lowest: bool = False,
+    lowest: bool = False, include_weak: bool = False,
 ) -> Drawn:
-    """``onnx-nfi top``: the NFs of a layer's ``k`` highest (``lowest``: lowest) neurons by column ``by``."""
-    return render.top_png(model, layer, by, output, db=db, k=k, lowest=lowest)
+    """``onnx-nfi top``: the NFs of a layer's ``k`` highest (``lowest``: lowest) neurons by column ``by``
+    (weak units left out unless ``include_weak``)."""
+    return render.top_png(model, layer, by, output, db=db, k=k, lowest=lowest, include_weak=include_weak)
 
 
 def card(

@@ -23,6 +23,8 @@ Neuron = Annotated[str, typer.Argument(
 Layer = Annotated[str | None, typer.Argument(
     metavar="LAYER", help="Layer alias (conv3) or tensor name, when NEURON is a model name.")]
 Layer1 = Annotated[str, typer.Argument(metavar="LAYER", help="Layer alias (conv3) or tensor name.")]
+IncludeWeak = Annotated[bool, typer.Option(
+    "--include-weak", help="Rank weak units too (too little evidence: few active top images or a faint maximum).")]
 
 
 @app.command("nf")
@@ -49,6 +51,7 @@ def nf_cmd(
     per_page: Annotated[int | None, typer.Option(
         "--per-page", metavar="N",
             min=1, help="NFs on one page of the grid (default 256: a 1,280-unit layer is 5 pages).")] = None,
+    include_weak: IncludeWeak = False,
 ) -> None:
     """Draw one neuron's NF enlarged, or with --grid a page of a layer's NFs in a labelled grid (NEURON: MODEL:LAYER)."""
     from onnx_nfi import api
@@ -63,6 +66,7 @@ def nf_cmd(
         return
     drawn = api.grid(
         model, layer_name, output, db=db, order_by=order_by, descending=desc, limit=limit, page=page or 1, per_page=per_page,
+        include_weak=include_weak,
     )
     wrote(drawn.path)
     if drawn.pages > 1:
@@ -82,11 +86,12 @@ def top_cmd(
     asc: Annotated[bool, typer.Option("--asc", help="The least selective instead of the most.")] = False,
     output: Png = ...,  # type: ignore[assignment]
     db: Db = Path(DEFAULT_DB),
+    include_weak: IncludeWeak = False,
 ) -> None:
     """Draw the NFs of a layer's most selective neurons with their values."""
     from onnx_nfi import api
 
-    wrote(api.top(model, layer, by, output, db=db, k=k, lowest=asc).path)
+    wrote(api.top(model, layer, by, output, db=db, k=k, lowest=asc, include_weak=include_weak).path)
 
 
 @app.command("card")

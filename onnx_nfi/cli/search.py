@@ -47,6 +47,8 @@ def similar_cmd(
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", metavar="FILE", help="Also draw the query NF beside its neighbours' NFs (PNG).")] = None,
     db: Db = Path(DEFAULT_DB),
+    include_weak: Annotated[bool, typer.Option(
+        "--include-weak", help="Weak units (too little evidence) as hits too.")] = False,
 ) -> None:
     """The neurons most similar to one neuron, across layers and models."""
     from onnx_nfi import api
@@ -57,7 +59,8 @@ def similar_cmd(
     if fmt not in FORMATS:
         raise typer.BadParameter(f"use one of {', '.join(FORMATS)}", param_hint="--format")
     result = api.similar(neuron, db=db, by=by, k=k, models=parse_list(models), layers=parse_list(layers),
-                         other_models=other_models, picture=output)
+                         other_models=other_models, picture=output,
+                         include_weak=include_weak)
     if fmt == "table":
         shown = [c for c in INDEX_COLUMNS if any(h.indexes[c] is not None for h in result.hits)]
         say(f"Neurons most similar to {result.query.name} by {by}:")

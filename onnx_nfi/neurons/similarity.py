@@ -1,8 +1,9 @@
 """The three search vectors of a neuron (docs/method.md §8), each a unit vector or all zeros.
 
-Every vector is L2-normalised so that one inner product compares two neurons: for response
-profiles it is the Pearson correlation over the probe set, for NF embeddings the correlation of
-the two (resized) pictures, for index vectors the cosine of their selectivity patterns. A neuron
+Response profiles and NF embeddings are L2-normalised so that one inner product compares two
+neurons: for response profiles it is the Pearson correlation over the probe set, for NF embeddings
+the correlation of the two (resized) pictures. Index vectors keep their magnitude (see
+:func:`index_vectors`). A neuron
 with nothing to compare (dead, constant, no NF, no index) gets the zero vector, which callers do
 not store or search: a zero vector would score 0 against everything and only add noise.
 """
@@ -68,10 +69,12 @@ def nf_embeddings(nfs: np.ndarray) -> np.ndarray:
 def index_vectors(columns: Mapping[str, Sequence[float | None] | np.ndarray]) -> np.ndarray:
     """Index vectors ``[n, 5]`` from the ``neurons`` index columns (``INDEX_COLUMNS`` order).
 
-    Component k is ``index_k - 0.5`` (0 for NULL/NaN), then the vector is L2-normalised. Centring
-    by a constant (not by the vector's own mean) keeps the meaning of each axis: a neuron that is
-    colour- but not class-selective points away from one that is class- but not colour-selective.
-    A neuron without any index (dead) gets the zero vector.
+    Component k is ``index_k - 0.5`` (0 for NULL/NaN), not normalised: the magnitude says how far
+    from "half selective" a neuron is, and a unit-length vector of two indexes would leave only a
+    direction (many neurons tied at 1.0). Centring by a constant (not by the vector's own mean)
+    keeps the meaning of each axis. A neuron without any index (dead) gets the zero vector.
+    ``similar --by indexes`` does not search these: it standardises each index over the database
+    (``search/index_space.py``).
     """
     n = len(next(iter(columns.values()))) if columns else 0
     raw = np.zeros((n, INDEX_DIM), np.float64)
@@ -79,7 +82,7 @@ def index_vectors(columns: Mapping[str, Sequence[float | None] | np.ndarray]) ->
         if name in columns:
             values = np.array([np.nan if v is None else v for v in columns[name]], dtype=np.float64)
             raw[:, k] = np.where(np.isfinite(values), values - INDEX_CENTRE, 0.0)
-    return _normalised(raw)
+    return raw.astype(np.float32)
 
 
 def has_vector(vectors: np.ndarray) -> np.ndarray:

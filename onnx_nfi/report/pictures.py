@@ -152,7 +152,7 @@ def grid(tiles: Sequence[Tile], title: str = "", caption: str = "", *, cell: int
 
 
 def card(
-    nf: np.ndarray,
+    nf: np.ndarray | None,
     crops: Sequence[Tile],
     header: Sequence[str],
     *,
@@ -162,9 +162,10 @@ def card(
 ) -> Picture:
     """A neuron card (Rafegas et al., figure 1): the NF large beside its top crops.
 
-    ``boxes`` holds the NF's box first, then the crops' boxes in order.
+    ``boxes`` holds the NF's box first, then the crops' boxes in order. A dead unit (``nf`` None)
+    gets the crossed grey tile in the NF's place.
     """
-    nf_img = fit(nf, nf_side)
+    nf_img = _dead_tile(nf_side) if nf is None else fit(nf, nf_side)
     crops_canvas, crop_boxes, crop_texts = _grid_canvas(crops, cell, min(columns, max(1, len(crops))))
     left_w = max(nf_side, nf_img.shape[1])
     body_h = max(nf_img.shape[0] + GAP + LINE_PX, crops_canvas.shape[0])
@@ -175,7 +176,7 @@ def card(
     page[y0 : y0 + nf_img.shape[0], x0 : x0 + nf_img.shape[1]] = nf_img
     cx = MARGIN + left_w + 3 * GAP
     page[y0 : y0 + crops_canvas.shape[0], cx : cx + crops_canvas.shape[1]] = crops_canvas
-    texts.append(_Text(MARGIN + left_w / 2, y0 + nf_img.shape[0] + GAP // 2, "neuron feature", CAPTION_PX))
+    texts.append(_Text(MARGIN + left_w / 2, y0 + nf_img.shape[0] + GAP // 2, "neuron feature" if nf is not None else "dead: no neuron feature", CAPTION_PX))
     texts += [_Text(t.x + cx, t.y + y0, t.text, t.size, t.bold, t.ha) for t in crop_texts]
     boxes = ((y0, x0, y0 + nf_img.shape[0], x0 + nf_img.shape[1]), *(_shift(b, y0, cx) for b in crop_boxes))
     return Picture(_draw_text(page, texts), boxes)

@@ -25,6 +25,7 @@ from onnx_nfi.neurons.nf import GREY, crop_geometry
 from onnx_nfi.search.describe import description_text
 from onnx_nfi.store.descriptions import neuron_description
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.evidence import strong_only, weak_reason_sql
 from onnx_nfi.store.nf_storage import decode
 from onnx_nfi.store.relevance import RELEVANCE_COLUMNS, neurons_with_relevance
 from onnx_nfi.store.schema import INDEX_COLUMNS
@@ -54,6 +55,8 @@ class NeuronNF:
     value: Any = None
     #: top images sharing the largest activation (``neurons.saturated_top``); None when dead or not stored
     saturated_top: int | None = None
+    #: why the unit has too little evidence (``neurons.weak_reason``, docs/method.md §14); None when not weak
+    weak: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class LayerNFs:
     first: int  # position of ``neurons[0]`` in the whole ordering (0 = its first)
     total: int  # neurons in the whole ordering (after ``limit``)
     available: int  # neurons of the layer the ordering draws from (before ``limit``)
+    weak_left_out: int = 0  # weak units left out of a ranking (docs/method.md §14)
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class CardCrop:
     image_id: int
     label: str | None
     activation: float
-    relative: float  # a_j / a_1
+    relative: float  # a_j / a_1 (NaN when a_1 <= 0: a dead unit)
     crop: np.ndarray  # uint8 [h, w, 3] RGB; out-of-image pixels grey 127
 
 
@@ -87,13 +91,19 @@ class NeuronCard:
 
     ref: LayerRef
     unit: int
-    nf: np.ndarray
+    nf: np.ndarray | None  # None for a dead unit
     crops: tuple[CardCrop, ...]
     values: dict[str, Any]  # non-NULL index columns, in CARD_COLUMNS order
     #: top images sharing the largest activation, ranked and placed by the pre-activation (docs/method.md §2)
     saturated_top: int | None = None
     #: top colour and concept label in words (``search.describe``); None before they were computed
     description: str | None = None
+    #: why the unit has too little evidence (docs/method.md §14); None when not weak
+    weak: str | None = None
+    #: the unit never fired: no NF, its stored top list shown as it is
+    dead: bool = False
+    #: the concept label (docs/method.md §10); None where there is none
+    concept: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,12 +167,14 @@ def layer_nfs(
     limit: int | None = None,
     only_valued: bool = False,
     window: tuple[int, int] | None = None,
+    include_weak: bool = False,
 ) -> LayerNFs:
     """A layer's NFs ordered by unit or by any scalar ``neurons`` column (NULLs last).
 
     ``descending`` defaults to ascending for ``unit`` and descending for a column (the most
     selective first). ``only_valued`` drops neurons whose column is NULL. ``limit`` keeps the
     first neurons of the ordering; ``window`` = (start, count) reads only that part of it (a page).
+    An ordering by a column leaves weak units out unless ``include_weak`` (docs/method.md §14).
     """
     ref = layer_ref(store, model, layer)
     column = None if order_by == "unit" else check_column(store, order_by, "--order-by")
@@ -171,11 +183,15 @@ def layer_nfs(
     key = column or "unit"
     where = f"WHERE model = ? AND layer = ?{f' AND {column} IS NOT NULL' if only_valued and column else ''}"
     source = neurons_with_relevance(store)  # relevance columns order a grid like index columns
-    available = int(store._con.execute(f"SELECT count(*) FROM {source} {where}", [ref.model, ref.layer]).fetchone()[0])
+    keep = strong_only(store) if column and not include_weak else "true"  # rankings leave weak units out
+    kept, every = store._con.execute(f"SELECT count(*) FILTER (WHERE {keep}), count(*) FROM {source} {where}",
+                                    [ref.model, ref.layer]).fetchone()
+    available, left_out, where = int(kept), int(every) - int(kept), f"{where} AND {keep}"
     total = min(available, limit) if limit else available
     start, count = window or (0, total)
     sql = (
-        "SELECT unit, nf, nf_height, nf_width, CASE WHEN NOT dead THEN saturated_top END AS saturated_top"
+        "SELECT unit, nf, nf_height, nf_width, CASE WHEN NOT dead THEN saturated_top END AS saturated_top, "
+        f"{weak_reason_sql(store)} AS weak"
         f"{', ' + column + ' AS value' if column else ''} FROM {source} "
         f"{where} ORDER BY {key} {'DESC' if descending else 'ASC'} NULLS LAST, unit"
         f" LIMIT {max(0, min(count, total - start))} OFFSET {int(start)}"
@@ -187,15 +203,26 @@ def layer_nfs(
             decode(data["nf"][k], data["nf_height"][k], data["nf_width"][k]),
             _plain(data["value"][k]) if column else None,
             _plain(data["saturated_top"][k]),
+            _plain(data["weak"][k]),
         )
         for k in range(len(data["unit"]))
     )
     if only_valued and column and not available:
+        _refuse_empty(ref, column, left_out)
+    return LayerNFs(ref, column, descending, neurons, start, total, available, left_out)
+
+
+def _refuse_empty(ref: LayerRef, column: str, weak: int) -> None:
+    """The error of a ranking with nothing to rank: no value at all, or only weak units' values."""
+    if weak:
         raise NotFoundError(
-            f"no neuron of {ref.model}/{ref.alias} has a {column} value; "
-            f"compute it with: onnx-nfi index {ref.model} --indexes …"
+            f"every neuron of {ref.model}/{ref.alias} with a {column} value is flagged weak (too little evidence); "
+            "add --include-weak to rank them anyway"
         )
-    return LayerNFs(ref, column, descending, neurons, start, total, available)
+    raise NotFoundError(
+        f"no neuron of {ref.model}/{ref.alias} has a {column} value; "
+        f"compute it with: onnx-nfi index {ref.model} --indexes …"
+    )
 
 
 def neuron_card(
@@ -205,7 +232,8 @@ def neuron_card(
     ``image_root`` is where images stored relative to their root (``analyze --image-root``) are now."""
     ref = layer_ref(store, model, layer)
     row = _neuron_row(store, ref, unit)
-    nf = _nf_of(row, ref, unit)
+    dead = bool(row["dead"])
+    nf = None if dead else _nf_of(row, ref, unit)  # a dead unit's stored top list is still shown
     pre = from_dict(store.model_row(model)["preprocessing"], f"stored preprocessing of {model}")
     tops = store.rows(
         "SELECT t.rank, t.image_id, t.y, t.x, t.activation, i.path, i.label, i.sha256 FROM top_activations t "
@@ -215,7 +243,7 @@ def neuron_card(
     )
     geometry = crop_geometry(ref.rf, ref.input_size, 0)
     ys, xs = geometry.starts(np.array([t["y"] for t in tops], np.int64), np.array([t["x"] for t in tops], np.int64))
-    best = float(tops[0]["activation"]) if tops else 1.0
+    best = float(tops[0]["activation"]) if tops and float(tops[0]["activation"]) > 0 else float("nan")
     crops = tuple(
         CardCrop(
             rank=int(t["rank"]),
@@ -229,7 +257,10 @@ def neuron_card(
         for t, y, x in zip(tops, ys, xs)
     )
     words = neuron_description(store, ref.model, ref.layer, unit) if store.has_table("concept_labels") else None
-    return NeuronCard(ref, unit, nf, crops, _values(row), _plain(row["saturated_top"]), description_text(words) if words else None)
+    return NeuronCard(
+        ref, unit, nf, crops, _values(row), _plain(row["saturated_top"]), description_text(words) if words else None,
+        weak=row.get("weak_reason") if row.get("weak") else None, dead=dead, concept=row.get("concept"),
+    )
 
 
 def cut_crop(image: np.ndarray, y0: int, x0: int, size: tuple[int, int]) -> np.ndarray:

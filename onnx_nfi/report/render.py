@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from onnx_nfi.errors import NotFoundError
+from onnx_nfi.neurons.evidence import MIN_ACTIVE_TOP, MIN_MAX_FRACTION
 from onnx_nfi.report import pictures, queries
+from onnx_nfi.report.class_evidence import class_evidence
 from onnx_nfi.report.names_plot import names_by_depth_plot
 from onnx_nfi.search.records import MatchResult, SimilarResult
 from onnx_nfi.store.color_names import names_by_depth
@@ -27,6 +29,11 @@ from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store
 #: pictures, as the demo draws, opens the file once).
 Database = str | Path | Store
 
+#: The one-line reason under a grid that shows weak units (docs/method.md §14).
+WEAK_NOTE = (
+    f"(weak): too little evidence: fewer than {MIN_ACTIVE_TOP} active top images or a largest activation "
+    f"below {100 * MIN_MAX_FRACTION:g} % of the layer's median; its indexes are not to be trusted"
+)
 #: NFs on one page of a layer grid: 16 x 16 tiles of 96 px, a sheet a screen shows at full size.
 PER_PAGE = 256
 
@@ -69,13 +76,15 @@ def grid_png(
     limit: int | None = None,
     page: int = 1,
     per_page: int = PER_PAGE,
+    include_weak: bool = False,
 ) -> Drawn:
     """Page ``page`` of a layer's NFs in a labelled grid, ``per_page`` at most, ordered by unit or by
-    any neurons column; the caption says which units (or ranks) of how many the page holds."""
+    any neurons column (weak units left out unless ``include_weak``); the caption says which units
+    (or ranks) of how many the page holds."""
     with reading(db) as store:
         data = queries.layer_nfs(
             store, model, layer, order_by=order_by, descending=descending, limit=limit,
-            window=((page - 1) * per_page, per_page),
+            window=((page - 1) * per_page, per_page), include_weak=include_weak,
         )
     pages = max(1, math.ceil(data.total / per_page))
     if page > pages:
@@ -89,12 +98,16 @@ def grid_png(
 
 
 def top_png(
-    model: str, layer: str, by: str, output: str | Path, *, db: Database = DEFAULT_DB, k: int = 16, lowest: bool = False
+    model: str, layer: str, by: str, output: str | Path, *, db: Database = DEFAULT_DB, k: int = 16, lowest: bool = False,
+    include_weak: bool = False,
 ) -> Drawn:
-    """The NFs of a layer's ``k`` most (or least) selective neurons by column ``by``, with their values."""
+    """The NFs of a layer's ``k`` most (or least) selective neurons by column ``by``, with their values
+    (weak units left out unless ``include_weak``: docs/method.md §14)."""
     with reading(db) as store:
         column = queries.check_column(store, by, "--by", numeric=True)  # named as top's option, not the grid's
-        data = queries.layer_nfs(store, model, layer, order_by=column, descending=not lowest, limit=k, only_valued=True)
+        data = queries.layer_nfs(
+            store, model, layer, order_by=column, descending=not lowest, limit=k, only_valued=True, include_weak=include_weak
+        )
     which = "lowest" if lowest else "highest"
     title = f"{data.ref.model} / {data.ref.alias}: the {len(data.neurons)} neurons with the {which} {data.column}"
     return _write_grid(output, data, title, _span(data))
@@ -108,13 +121,23 @@ def card_png(
     ``boxes`` holds the NF's box, then the crops'."""
     with reading(db) as store:
         c = queries.neuron_card(store, model, layer, unit, top, image_root)
-    crops = [pictures.Tile(x.crop, (f"#{x.rank}  {x.relative:.2f}", x.label or "(no label)")) for x in c.crops]
+    ratio = "a" if c.dead else "a/a1"
+    crops = [pictures.Tile(x.crop, (f"#{x.rank}  {x.activation if c.dead else x.relative:.2f}", x.label or "(no label)"))
+             for x in c.crops]
+    values = c.values
+    evidence = class_evidence(values.get("top_class"), values.get("top_class_frequency"),
+                              values.get("class_selectivity"), c.concept)
+    if evidence:  # the class columns are said in words instead
+        values = {k: v for k, v in values.items() if k not in ("top_class", "top_class_frequency", "class_selectivity")}
     header = [
-        f"{c.ref.model} / {c.ref.alias} ({c.ref.layer}) / unit {c.unit}",
+        f"{c.ref.model} / {c.ref.alias} ({c.ref.layer}) / unit {c.unit}" + (" — DEAD UNIT" if c.dead else ""),
+        *(["dead unit: it never fired on the analysed images, so it has no NF; its stored top list as it is"] if c.dead else []),
+        *([f"WEAK, too little evidence: {c.weak}"] if c.weak else []),
         *([c.description] if c.description else []),
-        _card_values(c.values),
+        *evidence,
+        *([_card_values(values)] if values or not evidence else []),
         *([_saturation_line(c.saturated_top)] if c.saturated_top and c.saturated_top > 1 else []),
-        f"top {len(c.crops)} crops (receptive field in the image as fed to the network); under each: rank, a/a1, label",
+        f"top {len(c.crops)} crops (receptive field in the image as fed to the network); under each: rank, {ratio}, label",
     ]
     picture = pictures.card(c.nf, crops, header)
     return Drawn(pictures.write_png(output, picture.image), picture.boxes, (unit,))
@@ -196,6 +219,8 @@ def _saturation_line(tied: int) -> str:
 
 
 def _write_grid(output: str | Path, data: queries.LayerNFs, title: str, caption: str, page: int = 1, pages: int = 1) -> Drawn:
+    if any(n.weak for n in data.neurons):
+        caption += f" · {WEAK_NOTE}"
     picture = pictures.grid(_tiles(data), title, caption)
     units = tuple(n.unit for n in data.neurons)
     return Drawn(pictures.write_png(output, picture.image), picture.boxes, units, page, pages)
@@ -209,7 +234,10 @@ def _span(data: queries.LayerNFs) -> str:
         return f"{shown} of {data.available:,}"
     a, b = data.first + 1, data.first + len(data.neurons)
     shown = f"rank {a}" if a == b else f"ranks {a}-{b}"
-    return f"{shown} of {data.available:,} by {data.column}, {'highest' if data.descending else 'lowest'} first"
+    text = f"{shown} of {data.available:,} by {data.column}, {'highest' if data.descending else 'lowest'} first"
+    if data.weak_left_out:
+        text += f"; {data.weak_left_out:,} weak unit{'s' if data.weak_left_out > 1 else ''} left out (--include-weak)"
+    return text
 
 
 def _tiles(data: queries.LayerNFs) -> list[pictures.Tile]:
@@ -217,7 +245,7 @@ def _tiles(data: queries.LayerNFs) -> list[pictures.Tile]:
     tiles = []
     for n in data.neurons:
         tied = f" ({n.saturated_top} tied)" if n.saturated_top and n.saturated_top > 1 else ""
-        caption = [f"unit {n.unit}" + (" (dead)" if n.nf is None else tied)]
+        caption = [f"unit {n.unit}" + (" (dead)" if n.nf is None else " (weak)" if n.weak else tied)]
         if data.column:
             caption.append(_value(n.value))
         tiles.append(pictures.Tile(n.nf, tuple(caption)))

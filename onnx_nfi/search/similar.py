@@ -13,8 +13,10 @@ import numpy as np
 
 from onnx_nfi.errors import NotFoundError, SearchError
 from onnx_nfi.names import INDEX_COLUMNS, VECTOR_KINDS, VECTOR_TABLES, parse_neuron
+from onnx_nfi.search.index_space import IndexSpace
 from onnx_nfi.search.records import MISSING_REASON, Neuron, SimilarResult
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.evidence import weak_ids
 from onnx_nfi.store.nf_storage import decode
 from onnx_nfi.store.vectors import in_step, read_vectors
 
@@ -51,14 +53,19 @@ def similar(
     models: Sequence[str] = (),
     layers: Sequence[str] = (),
     other_models: bool = False,
+    include_weak: bool = False,
 ) -> SimilarResult:
-    """The ``k`` neurons whose ``by`` vector has the largest inner product with the query neuron's.
+    """The ``k`` neurons whose ``by`` vector has the largest inner product with the query neuron's
+    (``indexes``: the smallest distance between index vectors standardised over the database).
 
     ``query`` is ``MODEL:LAYER:UNIT`` (LAYER: tensor name or alias); the query itself is never a
     hit. ``models`` / ``layers`` (names, aliases or globs) restrict the candidates, and
-    ``other_models`` leaves out the query's own model.
+    ``other_models`` leaves out the query's own model; weak units (docs/method.md §14) are no hits
+    unless ``include_weak``.
     """
-    return similar_many(db, [query], by=by, k=k, models=models, layers=layers, other_models=other_models)[0]
+    return similar_many(
+        db, [query], by=by, k=k, models=models, layers=layers, other_models=other_models, include_weak=include_weak
+    )[0]
 
 
 def similar_many(
@@ -70,10 +77,12 @@ def similar_many(
     models: Sequence[str] = (),
     layers: Sequence[str] = (),
     other_models: bool = False,
+    include_weak: bool = False,
 ) -> list[SimilarResult]:
     """:func:`similar` for many queries at once: one database visit and one batched search."""
     with Store.open(db, read_only=True) as store:
-        return similar_in(store, Path(db), queries, by=by, k=k, models=models, layers=layers, other_models=other_models)
+        return similar_in(store, Path(db), queries, by=by, k=k, models=models, layers=layers, other_models=other_models,
+                          include_weak=include_weak)
 
 
 def similar_in(
@@ -86,6 +95,7 @@ def similar_in(
     models: Sequence[str] = (),
     layers: Sequence[str] = (),
     other_models: bool = False,
+    include_weak: bool = False,
     kept: Searcher | None = None,
 ) -> list[SimilarResult]:
     """:func:`similar_many` through an open store (``serve`` uses its own read-only connection, and
@@ -95,10 +105,7 @@ def similar_in(
         raise SearchError(f"-k must be at least 1, got {k}")
     parsed = [parse_neuron(q) for q in queries]
     table = VECTOR_TABLES[by]
-    known = set(store.models())
-    unknown = [m for m in models if m not in known]
-    if unknown:
-        raise NotFoundError(f"model {unknown[0]!r} is not in {db} (models: {', '.join(sorted(known))})")
+    _check_scope(set(store.models()), models, sorted({m for m, _, _ in parsed}), other_models, db)
     neurons = kept.neurons if kept is not None else _NeuronTable(store)
     qids = np.array([neurons.resolve(store, *q) for q in parsed], np.int64)
     found, qvecs = read_vectors(store, table, np.unique(qids)) if store.has_table(table) else (np.empty(0, np.int64), None)
@@ -107,11 +114,16 @@ def similar_in(
         name = neurons.name(int(missing[0]))
         raise SearchError(f"neuron {name} has no {by} vector ({MISSING_REASON[by]}); try another --by")
     vectors = qvecs[np.searchsorted(found, qids)]
-    index = kept.index(store, by) if kept is not None else in_step(store, Path(db), by)
+    index = kept.index(store, by) if kept is not None else in_step(store, Path(db), by)  # the cache kept in step
+    if by == "indexes":  # standardised per index over the database, compared by distance (search/index_space.py)
+        index = IndexSpace.read(store)
+        vectors = index.vectors_of(qids)
     hit_lists: list[list[tuple[int, float]]] = [[] for _ in parsed]
     for model in sorted({m for m, _, _ in parsed}) if other_models else [None]:
         rows = [i for i, (m, _, _) in enumerate(parsed) if model is None or m == model]
         allowed = neurons.candidates(models, layers, model)
+        if not include_weak:
+            allowed = np.setdiff1d(allowed, weak_ids(store), assume_unique=True)
         if index is None or not len(allowed):
             continue
         scores, ids = index.search(vectors[rows], k + 1, allowed_ids=allowed)  # +1: the query itself may come back
@@ -127,6 +139,18 @@ def similar_in(
         )
         for qid, hits in zip(qids, hit_lists)
     ]
+
+
+def _check_scope(known: set[str], models: Sequence[str], own: list[str], other_models: bool, db: Path) -> None:
+    """Refuse ``--models`` naming a model that is not there, and ``--other-models`` with no other model."""
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        raise NotFoundError(f"model {unknown[0]!r} is not in {db} (models: {', '.join(sorted(known))})")
+    if other_models and not known - set(own):
+        raise SearchError(
+            f"--other-models: {db} holds no model but {', '.join(own)}; "
+            "analyse or import another model to search across models"
+        )
 
 
 class Searcher:
@@ -199,7 +223,8 @@ def nearest_by_model(
 
     Result: neuron id -> (same-model hits, other-model hits), each (neuron id, score) best first.
     One index per model, searched with all queries at once (batched, no per-query id filter), so
-    precomputing the neighbours of a whole database costs one pass per model pair.
+    precomputing the neighbours of a whole database costs one pass per model pair. Weak neurons are
+    queries but no hits.
     """
     from onnx_nfi.store.vector_index import VectorIndex
 
@@ -215,8 +240,12 @@ def nearest_by_model(
             owned[model] = (ids, vectors)
     same: dict[int, list[tuple[int, float]]] = {}
     other: dict[int, list[tuple[int, float]]] = {}
+    weak = weak_ids(store)  # asked about, never a neighbour (docs/method.md §14)
     for target, (target_ids, target_vectors) in owned.items():
-        index = VectorIndex.build(target_ids, target_vectors)
+        strong = ~np.isin(target_ids, weak)
+        if not strong.any():
+            continue
+        index = VectorIndex.build(target_ids[strong], target_vectors[strong])
         for model, (ids, vectors) in owned.items():
             scores, hits = index.search(vectors, min(k + 1, len(index)))
             for qid, s_row, h_row in zip(ids.tolist(), scores.tolist(), hits.tolist()):
@@ -225,4 +254,4 @@ def nearest_by_model(
                     same[qid] = found[:k]
                 else:
                     other[qid] = sorted(other.get(qid, []) + found, key=lambda hit: -hit[1])[:k]
-    return {qid: (same.get(qid, []), other.get(qid, [])) for qid in same}
+    return {qid: (same.get(qid, []), other.get(qid, [])) for ids, _ in owned.values() for qid in ids.tolist()}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from onnx_nfi.errors import StoreError
 from onnx_nfi.store.duckdb_store import NEURON_TABLES, Store
+from onnx_nfi.store.evidence import write_evidence
 from onnx_nfi.store.nf_storage import FLOAT_TO_STORED
 from onnx_nfi.store.relevance import import_relevance
 from onnx_nfi.store.schema import response_vectors_sql
@@ -65,6 +66,8 @@ def import_models(db: str | Path, other: str | Path, models: Sequence[str] = ())
                     save_probe(store, theirs)
                     store._con.execute(response_vectors_sql(len(theirs)))
                 neurons = sum(_copy_model(store, m, responses) for m in names)
+                for m in names:
+                    write_evidence(store, m)  # flags by this version's rule, also for a source without them
         finally:
             store._con.execute("DETACH src")
     return ImportSummary(tuple(names), neurons, responses, sync_after_commit(db))

@@ -24,6 +24,7 @@ from onnx_nfi.scan.topn import TopN
 from onnx_nfi.signals import hold_signals
 from onnx_nfi.store.color_names import write_color_names
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.evidence import write_evidence
 from onnx_nfi.store.nf_storage import encode, rounded
 from onnx_nfi.store.vectors import ProbeSet, store_index_vectors, store_vectors
 
@@ -62,6 +63,7 @@ def write_analysis(db: str | Path, record: AnalysisRecord) -> tuple[int, int]:
             run_id = store.reserve_ids("runs", "run_id", 1)
             store.delete_model(record.name)
             _insert_rows(store, record, run_id, nfs)
+            write_evidence(store, record.name)
             if record.indexes is not None:
                 write_indexes(store, record.name, record.indexes)
             store_vectors(store, record.name, record.probe, record.probe_scores, nfs)
@@ -81,6 +83,7 @@ def write_index_run(db: str | Path, model: str, result: IndexResult, config: Ind
     with a ``runs`` row of kind ``index`` whose params say which indexes, rho and colour mode made them."""
     with Store.open(db) as store, store.transaction():
         write_indexes(store, model, result)
+        write_evidence(store, model)  # a database from before the flags gains them here
         store_index_vectors(store, model)
         run_id = store.reserve_ids("runs", "run_id", 1)
         store.insert("runs", {

@@ -9,6 +9,7 @@ that ordered them (NULL for a layer without such an activation), so a stored top
 state the scan kept. ``color_names`` holds each neuron's colour terms with share >= 0.01
 (docs/method.md §9), ``neurons.top_color`` / ``top_color_share`` its largest; ``concept_labels`` its
 concepts (§10). Both are keyed by ``neuron_id`` (rows of a neuron go with it: ``Store.delete_model``, ``import``).
+``neurons.weak`` / ``weak_reason`` flag a live unit with too little evidence (§14, store/evidence.py).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ CREATE TABLE IF NOT EXISTS neurons (
     saturated_top INTEGER,
     nf UTINYINT[], nf_height INTEGER, nf_width INTEGER,
     {index_columns},
+    weak BOOLEAN, weak_reason VARCHAR,
     PRIMARY KEY (model, layer, unit)
 );
 CREATE TABLE IF NOT EXISTS top_activations (
@@ -82,6 +84,8 @@ CREATE TABLE IF NOT EXISTS relevance_classes (
 ADDED_COLUMNS = """
 ALTER TABLE neurons ADD COLUMN IF NOT EXISTS saturated_top INTEGER;
 ALTER TABLE top_activations ADD COLUMN IF NOT EXISTS pre_activation FLOAT;
+ALTER TABLE neurons ADD COLUMN IF NOT EXISTS weak BOOLEAN;
+ALTER TABLE neurons ADD COLUMN IF NOT EXISTS weak_reason VARCHAR;
 """
 
 

@@ -25,6 +25,7 @@ from onnx_nfi.search.describe import description_text
 from onnx_nfi.search.similar import nearest_by_model
 from onnx_nfi.store.descriptions import layer_descriptions
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.evidence import weak_reason_sql
 from onnx_nfi.store.relevance import RELEVANCE_COLUMNS, neurons_with_relevance
 from onnx_nfi.names import INDEX_COLUMNS
 
@@ -120,6 +121,8 @@ class Unit:
     description: str = ""
     concept: str | None = None
     top_color: str | None = None
+    #: why the unit has too little evidence (docs/method.md §14); None when not weak
+    weak: str | None = None
 
 
 @dataclass(frozen=True)
@@ -280,7 +283,7 @@ def find_layer(rows: Sequence[LayerRow], layer_slug: str) -> LayerRow:
 def layer_data(store: Store, row: LayerRow) -> LayerData:
     """A layer's units with statistics and indexes, and the distribution of every index it has."""
     cols = _numpy(store, 
-        "SELECT unit, neuron_id, dead, nf IS NOT NULL AS has_nf, top_class, "
+        f"SELECT unit, neuron_id, dead, nf IS NOT NULL AS has_nf, top_class, {weak_reason_sql(store)} AS weak, "
         + ", ".join(f"CAST({c} AS DOUBLE) AS {c}" for c in (*STAT_COLUMNS, *MEASURED))
         + f" FROM {neurons_with_relevance(store)} WHERE model = ? AND layer = ? ORDER BY unit",
         [row.model, row.layer],
@@ -293,7 +296,7 @@ def layer_data(store: Store, row: LayerRow) -> LayerData:
     units = tuple(
         Unit(
             unit=int(cols["unit"][k]), neuron_id=int(cols["neuron_id"][k]), dead=bool(cols["dead"][k]),
-            has_nf=bool(has_nf[k]), top_class=_text(cols["top_class"][k]),
+            has_nf=bool(has_nf[k]), top_class=_text(cols["top_class"][k]), weak=_text(cols["weak"][k]),
             values={c: _num(values[c][k]) for c in shown},
             **_words(words.get(int(cols["unit"][k]))),
         )

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onnx_nfi.report.class_evidence import class_evidence
 from onnx_nfi.report.site.data import (
     STAT_COLUMNS,
     Crop,
@@ -66,7 +67,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(fmt=_fmt, short=_short, when=_when, href=href)
-    env.globals["bars"] = _bars
+    env.globals.update(bars=_bars, class_evidence=class_evidence)
     return env
 
 

@@ -5,7 +5,7 @@
   const grid = document.getElementById("grid");
   const tiles = Array.from(grid.children);
   const $ = (id) => document.getElementById(id);
-  const sort = $("sort"), desc = $("desc"), hideDead = $("hide-dead"), klass = $("class");
+  const sort = $("sort"), desc = $("desc"), hideDead = $("hide-dead"), klass = $("class"), includeWeak = $("include-weak");
   const minCol = $("min-col"), minVal = $("min-val"), shown = $("shown");
   const concept = $("concept"), color = $("color");  // present where the layer has concept labels / top colours
   const matches = (select, value) => !select || select.value === "" || value === select.value;
@@ -32,6 +32,7 @@
     let visible = 0;
     for (const tile of sorted) {
       const keep = !(hideDead.checked && tile.dataset.dead === "1")
+        && !(column !== "unit" && !includeWeak.checked && tile.dataset.weak === "1")  // weak units: out of rankings
         && (klass.value === "" || tile.dataset.class === klass.value)
         && matches(concept, tile.dataset.concept) && matches(color, tile.dataset.color)
         && (Number.isNaN(threshold) || number(tile, minCol.value) >= threshold);
@@ -44,7 +45,7 @@
   }
 
   sort.addEventListener("change", () => { desc.checked = sort.value !== "unit"; apply(); });
-  for (const control of [desc, hideDead, klass, minCol, concept, color]) if (control) control.addEventListener("change", apply);
+  for (const control of [desc, hideDead, includeWeak, klass, minCol, concept, color]) if (control) control.addEventListener("change", apply);
   minVal.addEventListener("input", apply);
   apply();
 })();
