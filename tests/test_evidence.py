@@ -149,7 +149,7 @@ def site(case: tuple[Path, np.ndarray], tmp_path_factory: pytest.TempPathFactory
                     "concept = 'domestic cat' WHERE unit = 0")
     finally:
         con.close()
-    build_report(tmp_path / "site", db)
+    build_report(tmp_path / "site", db=db)
     return db, tmp_path
 
 
