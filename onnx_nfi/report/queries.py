@@ -25,9 +25,16 @@ from onnx_nfi.neurons.nf import GREY, crop_geometry
 from onnx_nfi.search.describe import description_text
 from onnx_nfi.store.descriptions import neuron_description
 from onnx_nfi.store.duckdb_store import Store
-from onnx_nfi.store.evidence import strong_only, weak_reason_sql
 from onnx_nfi.store.nf_storage import decode
-from onnx_nfi.store.relevance import RELEVANCE_COLUMNS, neurons_with_relevance
+from onnx_nfi.store.neuron_reads import (
+    neuron_column_types,
+    neuron_row,
+    ranked_counts,
+    ranked_nfs,
+    top_image_rows,
+    values_by_layer,
+)
+from onnx_nfi.store.relevance import RELEVANCE_COLUMNS
 from onnx_nfi.store.schema import INDEX_COLUMNS
 
 #: Columns shown in a card's header when they have a value.
@@ -180,23 +187,12 @@ def layer_nfs(
     column = None if order_by == "unit" else check_column(store, order_by, "--order-by")
     if descending is None:
         descending = column is not None
-    key = column or "unit"
-    where = f"WHERE model = ? AND layer = ?{f' AND {column} IS NOT NULL' if only_valued and column else ''}"
-    source = neurons_with_relevance(store)  # relevance columns order a grid like index columns
-    keep = strong_only(store) if column and not include_weak else "true"  # rankings leave weak units out
-    kept, every = store._con.execute(f"SELECT count(*) FILTER (WHERE {keep}), count(*) FROM {source} {where}",
-                                    [ref.model, ref.layer]).fetchone()
-    available, left_out, where = int(kept), int(every) - int(kept), f"{where} AND {keep}"
+    available, left_out = ranked_counts(store, ref.model, ref.layer, column, only_valued=only_valued,
+                                        include_weak=include_weak)
     total = min(available, limit) if limit else available
     start, count = window or (0, total)
-    sql = (
-        "SELECT unit, nf, nf_height, nf_width, CASE WHEN NOT dead THEN saturated_top END AS saturated_top, "
-        f"{weak_reason_sql(store)} AS weak"
-        f"{', ' + column + ' AS value' if column else ''} FROM {source} "
-        f"{where} ORDER BY {key} {'DESC' if descending else 'ASC'} NULLS LAST, unit"
-        f" LIMIT {max(0, min(count, total - start))} OFFSET {int(start)}"
-    )
-    data = store._con.execute(sql, [ref.model, ref.layer]).fetchnumpy()  # masked arrays keep NULLs
+    data = ranked_nfs(store, ref.model, ref.layer, column, descending=descending, only_valued=only_valued,
+                      include_weak=include_weak, start=start, count=min(count, total - start))
     neurons = tuple(
         NeuronNF(
             int(data["unit"][k]),
@@ -235,12 +231,7 @@ def neuron_card(
     dead = bool(row["dead"])
     nf = None if dead else _nf_of(row, ref, unit)  # a dead unit's stored top list is still shown
     pre = from_dict(store.model_row(model)["preprocessing"], f"stored preprocessing of {model}")
-    tops = store.rows(
-        "SELECT t.rank, t.image_id, t.y, t.x, t.activation, i.path, i.label, i.sha256 FROM top_activations t "
-        "JOIN images i ON i.model = t.model AND i.image_id = t.image_id "
-        "WHERE t.model = ? AND t.layer = ? AND t.unit = ? ORDER BY t.rank LIMIT ?",
-        [ref.model, ref.layer, unit, top],
-    )
+    tops = top_image_rows(store, ref.model, ref.layer, unit, top)
     geometry = crop_geometry(ref.rf, ref.input_size, 0)
     ys, xs = geometry.starts(np.array([t["y"] for t in tops], np.int64), np.array([t["x"] for t in tops], np.int64))
     best = float(tops[0]["activation"]) if tops and float(tops[0]["activation"]) > 0 else float("nan")
@@ -286,11 +277,7 @@ def selectivity_by_depth(store: Store, models: Sequence[str], indexes: Sequence[
     for column in dict.fromkeys(columns):
         per_model = []
         for m in models:
-            data = store.columns(
-                f"SELECT layer, CAST({column} AS DOUBLE) AS v FROM {neurons_with_relevance(store)} "
-                f"WHERE model = ? AND {column} IS NOT NULL",
-                [m],
-            )
+            data = values_by_layer(store, m, column)
             values = data["v"].astype(np.float64)
             keep = np.isfinite(values)
             by_layer = tuple(values[keep & (data["layer"] == row["layer"])] for row in layers[m])
@@ -316,7 +303,7 @@ def selectivity_by_depth(store: Store, models: Sequence[str], indexes: Sequence[
 
 def check_column(store: Store, name: str, option: str, numeric: bool = False) -> str:
     """A ``neurons`` column the user named (``color`` is short for ``color_selectivity``); arrays are refused."""
-    types = {r["column_name"]: r["column_type"] for r in store.rows(f"DESCRIBE {neurons_with_relevance(store)}")}
+    types = neuron_column_types(store)
     usable = {c: t for c, t in types.items() if not t.endswith("]") and (not numeric or _is_numeric(t))}
     for candidate in (name, f"{name}_selectivity"):
         if candidate in usable:
@@ -341,14 +328,12 @@ def _is_numeric(duck_type: str) -> bool:
 
 
 def _neuron_row(store: Store, ref: LayerRef, unit: int) -> dict[str, Any]:
-    rows = store.rows(
-        f"SELECT * FROM {neurons_with_relevance(store)} WHERE model = ? AND layer = ? AND unit = ?", [ref.model, ref.layer, unit]
-    )
-    if not rows:
+    row = neuron_row(store, ref.model, ref.layer, unit)
+    if row is None:
         raise NotFoundError(
             f"neuron {neuron_name(ref, unit)} does not exist; layer {ref.alias} has units 0-{ref.channels - 1}"
         )
-    return rows[0]
+    return row
 
 
 def _values(row: dict[str, Any]) -> dict[str, Any]:

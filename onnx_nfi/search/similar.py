@@ -17,6 +17,7 @@ from onnx_nfi.search.index_space import IndexSpace
 from onnx_nfi.search.records import MISSING_REASON, Neuron, SimilarResult
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.evidence import weak_ids
+from onnx_nfi.store.neuron_table import layer_channels, model_neuron_ids, neuron_names, search_records
 from onnx_nfi.store.nf_storage import decode
 from onnx_nfi.store.vectors import in_step, read_vectors
 
@@ -25,13 +26,6 @@ def _check_kind(by: str) -> str:
     if by not in VECTOR_KINDS:
         raise SearchError(f"unknown vector {by!r}; use --by {', --by '.join(VECTOR_KINDS)}")
     return by
-
-
-_NEURON_SQL = (
-    "SELECT n.model, n.layer, l.alias, n.unit, n.neuron_id, n.top_class, n.nf, n.nf_height, n.nf_width, "
-    + ", ".join(f"n.{c}" for c in INDEX_COLUMNS)
-    + " FROM neurons n JOIN layers l USING (model, layer)"
-)
 
 
 def _neuron(row: dict[str, Any], score: float) -> Neuron:
@@ -130,7 +124,7 @@ def similar_in(
         for row, s_row, i_row in zip(rows, scores, ids):
             hit_lists[row] = [(int(i), float(s)) for s, i in zip(s_row, i_row) if i >= 0 and i != qids[row]][:k]
     wanted = sorted(set(qids.tolist()) | {i for hits in hit_lists for i, _ in hits})
-    by_id = {int(r["neuron_id"]): r for r in store.rows(_NEURON_SQL + " WHERE n.neuron_id IN (SELECT unnest(?::BIGINT[]))", [wanted])}
+    by_id = {int(r["neuron_id"]): r for r in search_records(store, wanted)}
     template = {i: _neuron(row, 1.0) for i, row in by_id.items()}  # each NF decoded once, however many hits share it
     return [
         SimilarResult(
@@ -177,15 +171,13 @@ class _NeuronTable:
     """
 
     def __init__(self, store: Store) -> None:
-        cols = store.columns(
-            "SELECT n.neuron_id, n.model, n.layer, l.alias, n.unit FROM neurons n JOIN layers l USING (model, layer)"
-        )
+        cols = neuron_names(store)
         self.ids = np.asarray(cols["neuron_id"], np.int64)
         self.model, self.layer, self.alias = cols["model"].astype(str), cols["layer"].astype(str), cols["alias"].astype(str)
         self.unit = np.asarray(cols["unit"], np.int64)
         self._by_name = {(m, l, int(u)): int(i) for m, l, u, i in zip(self.model, self.layer, self.unit, self.ids)}
         self._by_id = {int(i): k for k, i in enumerate(self.ids)}
-        self._layers = {(r["model"], r["layer"]): r for r in store.rows("SELECT model, layer, alias, channels FROM layers")}
+        self._layers = {(r["model"], r["layer"]): r for r in layer_channels(store)}
         self._layers.update({(r["model"], r["alias"]): r for r in self._layers.copy().values()})
 
     def resolve(self, store: Store, model: str, layer: str, unit: int) -> int:
@@ -234,8 +226,7 @@ def nearest_by_model(
         return {}
     owned: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for model in models:
-        wanted = store.columns("SELECT neuron_id FROM neurons WHERE model = ?", [model])["neuron_id"]
-        ids, vectors = read_vectors(store, table, np.asarray(wanted, np.int64))
+        ids, vectors = read_vectors(store, table, model_neuron_ids(store, model))
         if len(ids):
             owned[model] = (ids, vectors)
     same: dict[int, list[tuple[int, float]]] = {}
