@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from onnx_nfi.errors import ConfigError, SearchError
+from onnx_nfi.errors import ConfigError
+from onnx_nfi.refs import NeuronRef
 
 
 class Column(NamedTuple):
@@ -153,11 +154,8 @@ LABEL_SOURCES: dict[str, LabelSource] = {s.name: s for s in (
 def parse_neuron(text: str) -> tuple[str, str, int]:
     """``MODEL:LAYER:UNIT`` -> (model, layer, unit), the one way a neuron is named in commands,
     pages and the API. LAYER is an alias (``conv3``) or a tensor name, which may itself contain ':'."""
-    parts = text.split(":")
-    unit = parts[-1].strip()
-    if len(parts) < 3 or not parts[0] or not ":".join(parts[1:-1]) or not (unit.isascii() and unit.isdigit()):
-        raise SearchError(f"bad neuron {text!r}; write MODEL:LAYER:UNIT, e.g. lite0:conv3:12 (LAYER: alias or tensor name)")
-    return parts[0], ":".join(parts[1:-1]), int(unit)
+    ref = NeuronRef.parse(text)
+    return ref.model, ref.layer, ref.unit
 
 #: Names at the root of the neuron browser (static site and ``serve``) that a model's folder would hide.
 SITE_NAMES = (

@@ -364,8 +364,8 @@ def test_card_of_a_dead_unit_shows_its_stored_top_list_with_a_dead_mark(db: Path
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["nf", MODEL, "conv1", DEAD[1]], "neuron is dead: tiny/conv1:2 never fired"),
-        (["nf", MODEL, "conv1", 99], "neuron tiny/conv1:99 does not exist; layer conv1 has units 0-31"),
+        (["nf", MODEL, "conv1", DEAD[1]], "neuron is dead: tiny:conv1:2 never fired"),
+        (["nf", MODEL, "conv1", 99], "neuron tiny:conv1:99 does not exist; layer conv1 of 'tiny' has units 0-31"),
         (["nf", MODEL, "conv99", 1], "layer 'conv99' is not in model 'tiny'"),
         (["nf", "resnet", "conv1", 1], "model 'resnet' is not in"),
         (["summary", "resnet"], "model 'resnet' is not in"),
@@ -465,3 +465,23 @@ def test_match_heat_map_marks_each_rows_best_layer(two_models: Path, tmp_path: P
     for j in range(columns):
         cx = round(x0 + (j + 0.5) * cell_w)
         assert ink(png[y1 + 4 : y1 + 50, cx - 4 : cx + 5].astype(np.uint8))  # the column's label
+
+
+def test_one_neuron_error_text_across_commands(db: Path, tmp_path: Path) -> None:
+    """card, nf and similar name a missing unit with one line; top (which takes no unit), card, nf and
+    similar name a missing layer with one line: the neuron written MODEL:LAYER:UNIT each time."""
+    out = tmp_path / "x.png"
+    unit_lines = {
+        invoke("card", MODEL, "conv1", 32, "-o", out, "--db", db).output,
+        invoke("nf", MODEL, "conv1", 32, "-o", out, "--db", db).output,
+        invoke("similar", f"{MODEL}:conv1:32", "--db", db).output,
+    }
+    assert unit_lines == {"Error: neuron tiny:conv1:32 does not exist; layer conv1 of 'tiny' has units 0-31\n"}
+    layer_lines = {
+        invoke("card", MODEL, "conv99", 1, "-o", out, "--db", db).output,
+        invoke("nf", MODEL, "conv99", 1, "-o", out, "--db", db).output,
+        invoke("similar", f"{MODEL}:conv99:1", "--db", db).output,
+        invoke("top", MODEL, "conv99", "--by", "color_selectivity", "-o", out, "--db", db).output,
+    }
+    assert len(layer_lines) == 1 and next(iter(layer_lines)).startswith("Error: layer 'conv99' is not in model 'tiny'")
+    assert not out.exists()

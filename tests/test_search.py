@@ -177,7 +177,7 @@ def test_similar_json_csv_table_and_picture(shared: Path, tmp_path: Path) -> Non
     [
         (["x:conv2:1"], "Error: model 'x' is not in {db} (models: a, b)"),
         (["a:conv99:1"], "Error: layer 'conv99' is not in model 'a'; list them with: onnx-nfi sql \"SELECT alias, layer FROM layers WHERE model = 'a'\""),
-        (["a:conv2:32"], "Error: unit 32 is not in layer conv2 of 'a'; it has units 0-31"),
+        (["a:conv2:32"], "Error: neuron a:conv2:32 does not exist; layer conv2 of 'a' has units 0-31"),
         (["a:conv2"], "Error: bad neuron 'a:conv2'; write MODEL:LAYER:UNIT, e.g. lite0:conv3:12 (LAYER: alias or tensor name)"),
         (["a:conv2:x"], "Error: bad neuron 'a:conv2:x'; write MODEL:LAYER:UNIT, e.g. lite0:conv3:12 (LAYER: alias or tensor name)"),
         (["a:conv2:\u00b2"], "Error: bad neuron 'a:conv2:\u00b2'; write MODEL:LAYER:UNIT, e.g. lite0:conv3:12 (LAYER: alias or tensor name)"),

@@ -14,7 +14,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "onnx_nfi"
 #: The data flow, lowest first: a module may import from its own layer or any layer before it.
 LAYERS = (
-    {"errors", "config", "names", "progress", "files", "jit", "signals"},
+    {"errors", "config", "names", "refs", "progress", "files", "jit", "signals"},
     {"graph"},
     {"data"},
     {"scan"},

@@ -2,7 +2,7 @@
 
 Every function takes an open ``Store`` (read-only is enough) and resolves the user's names the
 same way: the model by its name in the database, the layer by alias or tensor name, and fails
-with a ``NotFoundError`` that names what exists. A neuron is written ``model/alias:unit`` in
+with a ``NotFoundError`` that names what exists. A neuron is written ``MODEL:LAYER:UNIT`` in
 messages, as everywhere in onnx-nfi.
 """
 
@@ -26,6 +26,8 @@ from onnx_nfi.search.describe import description_text
 from onnx_nfi.store.descriptions import neuron_description
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.nf_storage import decode
+from onnx_nfi.refs import NeuronRef
+from onnx_nfi.store.neuron_ref import missing_neuron
 from onnx_nfi.store.neuron_reads import (
     neuron_column_types,
     neuron_row,
@@ -132,8 +134,8 @@ class SelectivityByDepth:
 
 
 def neuron_name(ref: LayerRef, unit: int) -> str:
-    """The short form used in messages: ``model/alias:unit``."""
-    return f"{ref.model}/{ref.alias}:{unit}"
+    """How messages and titles name a neuron: ``MODEL:LAYER:UNIT`` (the layer by alias)."""
+    return str(NeuronRef(ref.model, ref.alias, unit))
 
 
 def layer_ref(store: Store, model: str, layer: str) -> LayerRef:
@@ -330,9 +332,7 @@ def _is_numeric(duck_type: str) -> bool:
 def _neuron_row(store: Store, ref: LayerRef, unit: int) -> dict[str, Any]:
     row = neuron_row(store, ref.model, ref.layer, unit)
     if row is None:
-        raise NotFoundError(
-            f"neuron {neuron_name(ref, unit)} does not exist; layer {ref.alias} has units 0-{ref.channels - 1}"
-        )
+        raise missing_neuron(NeuronRef(ref.model, ref.layer, unit), {"alias": ref.alias, "channels": ref.channels})
     return row
 
 

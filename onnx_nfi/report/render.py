@@ -57,7 +57,7 @@ def nf_png(
     with reading(db) as store:
         ref, nf, values = queries.neuron_nf(store, model, layer, unit)
     header = [
-        f"{ref.model} / {ref.alias} / unit {unit}",
+        queries.neuron_name(ref, unit),
         f"layer {ref.layer}, NF {nf.shape[0]}x{nf.shape[1]} px",
         _card_values(values),
     ]
@@ -130,7 +130,7 @@ def card_png(
     if evidence:  # the class columns are said in words instead
         values = {k: v for k, v in values.items() if k not in ("top_class", "top_class_frequency", "class_selectivity")}
     header = [
-        f"{c.ref.model} / {c.ref.alias} ({c.ref.layer}) / unit {c.unit}" + (" — DEAD UNIT" if c.dead else ""),
+        f"{queries.neuron_name(c.ref, c.unit)} ({c.ref.layer})" + (" — DEAD UNIT" if c.dead else ""),
         *(["dead unit: it never fired on the analysed images, so it has no NF; its stored top list as it is"] if c.dead else []),
         *([f"WEAK, too little evidence: {c.weak}"] if c.weak else []),
         *([c.description] if c.description else []),

@@ -11,7 +11,9 @@ from typing import Any
 
 from onnx_nfi.errors import NotFoundError
 from onnx_nfi.names import INDEX_COLUMNS, parse_neuron
+from onnx_nfi.refs import NeuronRef
 from onnx_nfi.store.descriptions import neuron_description
+from onnx_nfi.store.neuron_ref import missing_neuron, resolve_neuron
 from onnx_nfi.store.duckdb_store import Store
 
 #: What a neuron without a top colour or concept label is described as.
@@ -69,10 +71,10 @@ def describe(db: str | Path, neuron: str) -> Description:
     with Store.open(db, read_only=True) as store:
         row = neuron_description(store, model, layer, unit) if store.has_table("concept_labels") else None
         if row is None:
-            found = store.resolve_layer(model, layer)  # names the missing model or layer
+            layer_row = resolve_neuron(store, NeuronRef(model, layer, unit))  # names the missing model, layer or unit
             if not store.has_table("concept_labels"):
                 raise NotFoundError(f"{db} has no concept labels yet; compute them with: onnx-nfi index {model} --indexes concepts")
-            raise NotFoundError(f"unit {unit} is not in layer {found['alias']} of {model!r}; it has units 0-{found['channels'] - 1}")
+            raise missing_neuron(NeuronRef(model, layer, unit), layer_row)
     value = {k: (float(v) if _given(v) and not isinstance(v, str) else (v if _given(v) else None)) for k, v in row.items()}
     return Description(
         neuron=f"{row['model']}:{row['alias']}:{row['unit']}", text=description_text(row),

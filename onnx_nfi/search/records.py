@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from onnx_nfi.names import VECTORS
+from onnx_nfi.refs import NeuronRef
 
 #: Why a neuron has no vector of a kind, for the error that says so.
 MISSING_REASON = {v.name: v.missing for v in VECTORS.values()}
@@ -30,7 +31,7 @@ class Neuron:
     @property
     def name(self) -> str:
         """``MODEL:ALIAS:UNIT``, the form every command takes."""
-        return f"{self.model}:{self.alias}:{self.unit}"
+        return str(NeuronRef(self.model, self.alias, self.unit))
 
 
 @dataclass(frozen=True)

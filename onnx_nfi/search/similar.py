@@ -17,6 +17,8 @@ from onnx_nfi.search.index_space import IndexSpace
 from onnx_nfi.search.records import MISSING_REASON, Neuron, SimilarResult
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.evidence import weak_ids
+from onnx_nfi.refs import NeuronRef
+from onnx_nfi.store.neuron_ref import check_unit, resolve_neuron
 from onnx_nfi.store.neuron_table import layer_channels, model_neuron_ids, neuron_names, search_records
 from onnx_nfi.store.nf_storage import decode
 from onnx_nfi.store.vectors import in_step, read_vectors
@@ -182,16 +184,16 @@ class _NeuronTable:
 
     def resolve(self, store: Store, model: str, layer: str, unit: int) -> int:
         """The neuron id of ``model:layer:unit`` (layer by tensor name or alias); NotFoundError says why not."""
-        row = self._layers.get((model, layer)) or store.resolve_layer(model, layer)  # raises the right error
-        if not 0 <= unit < int(row["channels"]):
-            raise NotFoundError(
-                f"unit {unit} is not in layer {row['alias']} of {model!r}; it has units 0-{int(row['channels']) - 1}"
-            )
+        ref = NeuronRef(model, layer, unit)
+        row = self._layers.get((model, layer))
+        if row is None:
+            row = resolve_neuron(store, ref)  # names the missing model, layer or unit
+        check_unit(ref, row)
         return self._by_name[(model, row["layer"], unit)]
 
     def name(self, neuron_id: int) -> str:
         k = self._by_id[neuron_id]
-        return f"{self.model[k]}:{self.alias[k]}:{self.unit[k]}"
+        return str(NeuronRef(self.model[k], self.alias[k], int(self.unit[k])))
 
     def candidates(self, models: Sequence[str], layers: Sequence[str], not_model: str | None) -> np.ndarray:
         """Ids allowed as hits: in ``models`` and ``layers`` (globs) when given, not of ``not_model``."""
