@@ -11,23 +11,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from onnx_nfi.data.images import stored_image_path
 from typing import Any
 
 import numpy as np
 
 from onnx_nfi.data.display import display_image
+from onnx_nfi.data.images import stored_image_path
 from onnx_nfi.data.preprocess import from_dict
 from onnx_nfi.errors import NotFoundError, StoreError
 from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.neurons.nf import GREY, crop_geometry
+from onnx_nfi.refs import NeuronRef
 from onnx_nfi.search.describe import description_text
 from onnx_nfi.store.descriptions import neuron_description
 from onnx_nfi.store.duckdb_store import Store
-from onnx_nfi.store.nf_storage import decode
-from onnx_nfi.refs import NeuronRef
-from onnx_nfi.store.neuron_ref import missing_neuron
 from onnx_nfi.store.neuron_reads import (
     neuron_column_types,
     neuron_row,
@@ -36,6 +33,8 @@ from onnx_nfi.store.neuron_reads import (
     top_image_rows,
     values_by_layer,
 )
+from onnx_nfi.store.neuron_ref import missing_neuron
+from onnx_nfi.store.nf_storage import decode
 from onnx_nfi.store.relevance import RELEVANCE_COLUMNS
 from onnx_nfi.store.schema import INDEX_COLUMNS
 

@@ -13,8 +13,8 @@ from onnx_nfi.errors import NotFoundError
 from onnx_nfi.names import INDEX_COLUMNS, parse_neuron
 from onnx_nfi.refs import NeuronRef
 from onnx_nfi.store.descriptions import neuron_description
-from onnx_nfi.store.neuron_ref import missing_neuron, resolve_neuron
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.neuron_ref import missing_neuron, resolve_neuron
 
 #: What a neuron without a top colour or concept label is described as.
 NO_DESCRIPTION = "no colour or concept label"
@@ -77,7 +77,7 @@ def describe(db: str | Path, neuron: str) -> Description:
             raise missing_neuron(NeuronRef(model, layer, unit), layer_row)
     value = {k: (float(v) if _given(v) and not isinstance(v, str) else (v if _given(v) else None)) for k, v in row.items()}
     return Description(
-        neuron=f"{row['model']}:{row['alias']}:{row['unit']}", text=description_text(row),
+        neuron=str(NeuronRef(row['model'], row['alias'], int(row['unit']))), text=description_text(row),
         top_color=value["top_color"], top_color_share=value["top_color_share"], concept=value["concept"],
         concept_share=value["concept_share"], concept_enrichment=value["concept_enrichment"],
         concept_p=value["concept_p"], top_class=value["top_class"], top_class_frequency=value["top_class_frequency"],

@@ -23,6 +23,7 @@ from onnx_nfi.errors import NotFoundError, SearchError
 from onnx_nfi.names import COLOR_TERMS
 from onnx_nfi.neurons.concepts import LABEL_P, LABEL_SHARE
 from onnx_nfi.neurons.wordnet import normalise, wordnet
+from onnx_nfi.refs import NeuronRef
 from onnx_nfi.search.describe import description_text
 from onnx_nfi.store.descriptions import concept_names, descriptions_of, neuron_colors, qualifying_concepts
 from onnx_nfi.store.duckdb_store import Store
@@ -98,7 +99,7 @@ def find_in(store: Store, query: str, *, models: Sequence[str] = (), layers: Seq
         if (models and row["model"] not in models) or (layers and not _in_layers(row, layers)):
             continue
         matches = tuple(m[nid] for m in per_term)
-        hits.append(Hit(f"{row['model']}:{row['alias']}:{row['unit']}", row["model"], row["layer"], row["alias"],
+        hits.append(Hit(str(NeuronRef(row["model"], row["alias"], int(row["unit"]))), row["model"], row["layer"], row["alias"],
                         int(row["unit"]), int(nid), math.prod(m.evidence for m in matches), matches))
     hits = sorted(hits, key=lambda h: (-h.score, h.model, h.neuron_id))[:k]
     described = descriptions_of(store, [h.neuron_id for h in hits])

@@ -13,11 +13,11 @@ import numpy as np
 
 from onnx_nfi.errors import NotFoundError, SearchError
 from onnx_nfi.names import INDEX_COLUMNS, VECTOR_KINDS, VECTOR_TABLES, parse_neuron
+from onnx_nfi.refs import NeuronRef
 from onnx_nfi.search.index_space import IndexSpace
 from onnx_nfi.search.records import MISSING_REASON, Neuron, SimilarResult
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.evidence import weak_ids
-from onnx_nfi.refs import NeuronRef
 from onnx_nfi.store.neuron_ref import check_unit, resolve_neuron
 from onnx_nfi.store.neuron_table import layer_channels, model_neuron_ids, neuron_names, search_records
 from onnx_nfi.store.nf_storage import decode
