@@ -210,3 +210,18 @@ def test_match_and_probe_commands(two_models: Path, tmp_path: Path, photo_dir: P
     check_in_step(db)
     hits = json.loads(invoke("similar", "a:conv3:0", "--db", db, "--format", "json", "--other-models", "-k", 1).output)
     assert (hits[0]["alias"], hits[0]["unit"]) == ("conv3", 0) and hits[0]["score"] > 0.999
+
+
+def test_neuron_ref_round_trips_and_refuses_bad_text() -> None:
+    from onnx_nfi.errors import SearchError
+    from onnx_nfi.names import parse_neuron
+    from onnx_nfi.refs import LayerRef, NeuronRef
+
+    ref = NeuronRef.parse("lite0:block/conv:0:12")  # a tensor name may hold ':'
+    assert (ref.model, ref.layer, ref.unit) == ("lite0", "block/conv:0", 12)
+    assert str(ref) == "lite0:block/conv:0:12" and NeuronRef.parse(str(ref)) == ref
+    assert ref.layer_ref == LayerRef("lite0", "block/conv:0") and str(ref.layer_ref) == "lite0:block/conv:0"
+    assert parse_neuron("a:conv2:3") == ("a", "conv2", 3)
+    for bad in ("a:conv2", "a:conv2:-1", ":conv2:1", "a::1"):
+        with pytest.raises(SearchError, match="write MODEL:LAYER:UNIT"):
+            NeuronRef.parse(bad)
