@@ -14,9 +14,11 @@ import cv2
 import numpy as np
 from matplotlib import colormaps
 
-from onnx_nfi.errors import NotFoundError, OutputError
+from onnx_nfi.errors import OutputError
+from onnx_nfi.refs import NeuronRef
 from onnx_nfi.report.pictures import Picture, Tile, fit, grid
 from onnx_nfi.search.query import QueryModel, Seen, field_window
+from onnx_nfi.store.neuron_ref import missing_neuron
 
 #: The box and receptive-field outlines: pure red, a colour viridis never takes.
 OUTLINE_RGB = (255, 0, 0)
@@ -139,7 +141,8 @@ def draw_where(engine: QueryModel, seen: Seen, layer: str, unit: int, name: str)
     its maximum and the neuron's stored top-1 score (a weak response looks weak)."""
     item = engine.layer(layer)
     if not 0 <= unit < item.layer.channels:
-        raise NotFoundError(f"layer {item.layer.alias} has units 0-{item.layer.channels - 1}")
+        raise missing_neuron(NeuronRef(engine.model, item.layer.alias, unit),
+                             {"alias": item.layer.alias, "channels": item.layer.channels})
     values = seen.maps[item.layer.tensor][unit]
     y, x = np.unravel_index(int(values.argmax()), values.shape)
     top1 = float(item.scores.top1[unit])

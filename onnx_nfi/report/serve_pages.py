@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from onnx_nfi.errors import NotFoundError
+from onnx_nfi.refs import NeuronRef
 from onnx_nfi.report.serve_db import ServedDatabase, etag
 from onnx_nfi.report.site import build, pages
 from onnx_nfi.report.site import data as q
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.neuron_ref import missing_neuron
 
 #: Similar-neuron scopes of the search page.
 SCOPES = (("all", "all models"), ("same", "its own model"), ("other", "other models"))
@@ -82,9 +84,9 @@ def neuron_html(store: Store, db: ServedDatabase, model_slug: str, layer_slug: s
     layer = _layer_data(store, db, row)
     chosen = [u for u in layer.units if u.unit == unit]
     if not chosen:
-        raise NotFoundError(f"layer {row.alias} has units 0-{row.channels - 1}")
+        raise missing_neuron(NeuronRef(row.model, row.alias, unit), {"alias": row.alias, "channels": row.channels})
     others = [m for m in db.memo.get(("models",), store.models) if m != row.model]
-    name = f"{row.model}:{row.alias}:{unit}"
+    name = str(NeuronRef(row.model, row.alias, unit))
     same = _similar_links(store, db, name, "same")
     other = _similar_links(store, db, name, "other") if others else []
     names = db.memo.get(("names",), lambda: q.NeuronNames(store))
