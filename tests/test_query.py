@@ -218,6 +218,7 @@ def test_query_refuses_bad_input_in_one_line(tiny_db: Path, photo: Path, tmp_pat
     assert result.exit_code == 2 and "X0,Y0,X1,Y1" in result.output
     result = invoke("where", "tiny:conv5:9999", photo, "--db", tiny_db, "-o", tmp_path / "w.png")
     assert result.exit_code == 2 and result.output.startswith("Error: ") and "units 0-" in result.output
+    assert result.output.startswith("Error: neuron tiny:conv5:9999 does not exist; layer conv5 of 'tiny' has units 0-")
 
 
 # ---- where ---------------------------------------------------------------------------------------
