@@ -118,11 +118,6 @@ SQL_TEXT = re.compile(
     r"\bSELECT\b[\s\S]*\bFROM\b|\bINSERT\s+(OR\s+\w+\s+)?INTO\b|\bUPDATE\s+\w+\s+SET\b|\bDELETE\s+FROM\b"
     r"|\b(CREATE|DROP|ALTER)\s+(TABLE|VIEW|INDEX)\b|\bCOPY\s*\(|\bATTACH\s+'"
 )
-#: Modules whose SQL is being moved behind Store readers on another branch at the same time; delete
-#: this allow-list when that branch is merged (the test then holds for the whole package).
-SQL_MOVING_ELSEWHERE = {
-    "onnx_nfi/report/site/data.py", "onnx_nfi/report/site/build.py",
-}
 
 
 def sql_strings(tree: ast.AST) -> list[tuple[int, str]]:
@@ -149,7 +144,7 @@ def test_sql_text_lives_in_the_store_only() -> None:
     outside = []
     for path in sorted(PACKAGE.rglob("*.py")):
         name = path.relative_to(ROOT).as_posix()
-        if top_level(path) == "store" or name in SQL_MOVING_ELSEWHERE:
+        if top_level(path) == "store":
             continue
         outside += [f"{name}:{line}: {text[:60]!r}" for line, text in sql_strings(ast.parse(path.read_text()))]
     assert not outside, "SQL outside onnx_nfi/store/ (add a Store reader or writer):\n" + "\n".join(outside)

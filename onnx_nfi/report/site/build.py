@@ -36,6 +36,7 @@ from onnx_nfi.errors import NotFoundError, ReportError
 from onnx_nfi.report.queries import display_image
 from onnx_nfi.report.site import data as q
 from onnx_nfi.report.site import find, pages
+from onnx_nfi.store import site_reads
 from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store
 from onnx_nfi.store.nf_storage import decode
 from onnx_nfi.names import INDEX_COLUMNS
@@ -182,13 +183,7 @@ def display_jpegs(
     """(image id, JPEG bytes, done, total) of the display images the neuron pages show (paths stored
     relative to their root are found under ``image_root``)."""
     pre = from_dict(store.model_row(model)["preprocessing"], f"stored preprocessing of {model}")
-    where = "" if image_ids is None else " AND image_id IN (SELECT unnest(?::BIGINT[]))"
-    params: list[object] = [model, model, top] + ([list(image_ids)] if image_ids is not None else [])
-    rows = store.rows(
-        "SELECT image_id, path FROM images WHERE model = ? AND image_id IN "
-        f"(SELECT DISTINCT image_id FROM top_activations WHERE model = ? AND rank <= ?){where} ORDER BY image_id",
-        params,
-    )
+    rows = site_reads.top_image_paths(store, model, top, image_ids)
     for k, r in enumerate(rows):
         rgb = display_image(stored_image_path(r["path"], image_root), pre)
         ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -199,11 +194,7 @@ def display_jpegs(
 
 def nf_pngs(store: Store, model: str, layer: str, units: Sequence[int] | None = None):
     """(unit, PNG bytes) of a layer's stored NFs (or of ``units``), at their stored size."""
-    where = "" if units is None else " AND unit IN (SELECT unnest(?::INTEGER[]))"
-    cols = store._con.execute(
-        f"SELECT unit, nf, nf_height, nf_width FROM neurons WHERE model = ? AND layer = ? AND nf IS NOT NULL{where}",
-        [model, layer] + ([list(units)] if units is not None else []),
-    ).fetchnumpy()
+    cols = site_reads.layer_nfs(store, model, layer, units)
     for unit, nf, h, w in zip(cols["unit"], cols["nf"], cols["nf_height"], cols["nf_width"]):
         rgb = decode(nf, h, w)
         ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))

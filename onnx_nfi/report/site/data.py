@@ -23,10 +23,10 @@ from onnx_nfi.neurons.nf import crop_geometry
 from onnx_nfi.report.queries import layer_ref
 from onnx_nfi.search.describe import description_text
 from onnx_nfi.search.similar import nearest_by_model
+from onnx_nfi.store import neuron_table, site_reads
 from onnx_nfi.store.descriptions import layer_descriptions
 from onnx_nfi.store.duckdb_store import Store
-from onnx_nfi.store.evidence import weak_reason_sql
-from onnx_nfi.store.relevance import RELEVANCE_COLUMNS, neurons_with_relevance
+from onnx_nfi.store.relevance import RELEVANCE_COLUMNS
 from onnx_nfi.names import INDEX_COLUMNS
 
 #: Per-neuron statistics a layer grid can be sorted by, besides the indexes.
@@ -186,18 +186,11 @@ def model_overviews(store: Store, models: Sequence[str] | None = None) -> list[M
     out = []
     for m in wanted:
         row = store.model_row(m)
-        counts = store.rows(
-            "SELECT count(*) AS neurons, count(*) FILTER (WHERE dead) AS dead FROM neurons WHERE model = ?", [m]
-        )[0]
-        images = store.rows("SELECT count(*) AS n FROM images WHERE model = ?", [m])[0]["n"]
-        runs = store.rows(
-            "SELECT run_id, kind, started_at, finished_at, images_seen, images_skipped, top_n, provider FROM runs "
-            "WHERE run_id = ?", [row["run_id"]]
-        )
+        neurons, dead, images = site_reads.model_counts(store, m)
         out.append(ModelOverview(
-            model=m, slug=slug(m), layers=int(row["n_layers"] or 0), neurons=int(counts["neurons"]),
-            dead=int(counts["dead"]), images=int(images), path=Path(str(row["path"])).name, analyzed_at=row["analyzed_at"],
-            run=runs[0] if runs else {}, input=f"{row['input_height']}×{row['input_width']} {row['layout']}",
+            model=m, slug=slug(m), layers=int(row["n_layers"] or 0), neurons=neurons,
+            dead=dead, images=images, path=Path(str(row["path"])).name, analyzed_at=row["analyzed_at"],
+            run=site_reads.run_summary(store, row["run_id"]), input=f"{row['input_height']}×{row['input_width']} {row['layout']}",
             preprocessing=preprocessing_text(row["preprocessing"]),
         ))
     return out
@@ -230,14 +223,7 @@ def fingerprint(store: Store, model: str) -> str:
     place), the probe set (``probe`` recomputes the response profiles behind similar neurons) and
     the stored matches (their rows, not only their number) count."""
     row = store.model_row(model)
-    extra = store.rows(
-        "SELECT count(*) AS n, coalesce(max(neuron_id), -1) AS last, "
-        "(SELECT coalesce(max(run_id), -1) FROM runs WHERE model = ?) AS last_run, "
-        "(SELECT count(*) || ':' || coalesce(sum(hash(sha256)), 0) FROM probe_images) AS probe, "
-        "(SELECT count(*) || ':' || coalesce(sum(hash(model_a, layer_a, unit_a, model_b, layer_b, unit_b, score)), 0) "
-        " FROM neuron_matches WHERE model_a = ? OR model_b = ?) AS matches "
-        "FROM neurons WHERE model = ?", [model, model, model, model],
-    )[0]
+    extra = site_reads.fingerprint_parts(store, model)
     return "|".join(str(v) for v in (
         row["run_id"], row["analyzed_at"], row["sha256"], extra["n"], extra["last"], extra["last_run"], extra["probe"],
         extra["matches"],
@@ -246,12 +232,7 @@ def fingerprint(store: Store, model: str) -> str:
 
 def layer_rows(store: Store, model: str) -> list[LayerRow]:
     """The model's layers in depth order with counts and the median / p90 of every index."""
-    summary_columns = ", ".join(f"s.{c}_median, s.{c}_p90" for c in INDEX_COLUMNS)
-    rows = store.rows(
-        f"SELECT l.*, s.neurons, s.dead, {summary_columns} FROM layers l "
-        "JOIN layer_summary s USING (model, layer) WHERE l.model = ? ORDER BY l.depth", [model]
-    )
-    return [_layer_row(r) for r in rows]
+    return [_layer_row(r) for r in site_reads.layers_with_summary(store, model, INDEX_COLUMNS)]
 
 
 def _layer_row(r: dict[str, Any]) -> LayerRow:
@@ -282,12 +263,7 @@ def find_layer(rows: Sequence[LayerRow], layer_slug: str) -> LayerRow:
 
 def layer_data(store: Store, row: LayerRow) -> LayerData:
     """A layer's units with statistics and indexes, and the distribution of every index it has."""
-    cols = _numpy(store, 
-        f"SELECT unit, neuron_id, dead, nf IS NOT NULL AS has_nf, top_class, {weak_reason_sql(store)} AS weak, "
-        + ", ".join(f"CAST({c} AS DOUBLE) AS {c}" for c in (*STAT_COLUMNS, *MEASURED))
-        + f" FROM {neurons_with_relevance(store)} WHERE model = ? AND layer = ? ORDER BY unit",
-        [row.model, row.layer],
-    )
+    cols = site_reads.layer_unit_columns(store, row.model, row.layer, (*STAT_COLUMNS, *MEASURED))
     values = {c: _float_column(cols[c]) for c in (*STAT_COLUMNS, *MEASURED)}
     indexes = tuple(c for c in MEASURED if np.isfinite(values[c]).any())
     shown = (*STAT_COLUMNS, *indexes)
@@ -330,14 +306,7 @@ def layer_crops(store: Store, data: LayerData, top: int, units: Sequence[int] | 
     """Each unit's ``top`` best images with the window its crop is cut from (display-image pixels)."""
     ref = layer_ref(store, data.row.model, data.row.layer)
     geometry = crop_geometry(ref.rf, ref.input_size, 0)
-    where = " AND t.unit IN (SELECT unnest(?::INTEGER[]))" if units is not None else ""
-    params: list[Any] = [data.row.model, data.row.layer, top] + ([list(units)] if units is not None else [])
-    cols = _numpy(store, 
-        "SELECT t.unit, t.rank, t.image_id, t.y, t.x, t.activation, i.path, i.label FROM top_activations t "
-        "JOIN images i ON i.model = t.model AND i.image_id = t.image_id "
-        f"WHERE t.model = ? AND t.layer = ? AND t.rank <= ?{where} ORDER BY t.unit, t.rank",
-        params,
-    )
+    cols = site_reads.layer_top_images(store, data.row.model, data.row.layer, top, units)
     if not len(cols["unit"]):
         return {}
     ys, xs = geometry.starts(cols["y"].astype(np.int64), cols["x"].astype(np.int64))
@@ -352,12 +321,7 @@ def layer_crops(store: Store, data: LayerData, top: int, units: Sequence[int] | 
 
 def layer_classes(store: Store, model: str, layer: str, units: Sequence[int] | None = None) -> dict[int, list[tuple[str, float]]]:
     """Each unit's class distribution over its top images, most frequent first."""
-    where = " AND unit IN (SELECT unnest(?::INTEGER[]))" if units is not None else ""
-    cols = _numpy(store, 
-        f"SELECT unit, label, frequency FROM class_frequencies WHERE model = ? AND layer = ?{where} AND frequency > 0 "
-        "ORDER BY unit, frequency DESC, label",
-        [model, layer] + ([list(units)] if units is not None else []),
-    )
+    cols = site_reads.layer_class_frequencies(store, model, layer, units)
     out: dict[int, list[tuple[str, float]]] = defaultdict(list)
     for u, label, f in zip(cols["unit"], cols["label"], cols["frequency"]):
         out[int(u)].append((str(label), float(f)))
@@ -373,7 +337,7 @@ class NeuronNames:
     """Every neuron id's model, layer alias and unit, read once: turns search hits into links."""
 
     def __init__(self, store: Store) -> None:
-        cols = _numpy(store, "SELECT n.neuron_id, n.model, l.alias, n.unit FROM neurons n JOIN layers l USING (model, layer)", [])
+        cols = neuron_table.neuron_names(store)
         self._by_id = {
             int(i): (str(m), str(a), int(u)) for i, m, a, u in zip(cols["neuron_id"], cols["model"], cols["alias"], cols["unit"])
         }
@@ -394,7 +358,7 @@ def similar_links(
 ) -> dict[int, tuple[list[Link], list[Link]]]:
     """Each neuron's ``k`` most similar neurons (response profiles) in its own model and in ``others``."""
     hits = nearest_by_model(store, [model, *others], k=k)
-    ids = store.columns("SELECT neuron_id FROM neurons WHERE model = ?", [model])["neuron_id"]
+    ids = neuron_table.model_neuron_ids(store, model)
     out = {}
     for i in ids.tolist():
         same, other = hits.get(i, ([], []))
@@ -407,17 +371,7 @@ def layer_matches(
 ) -> dict[int, list[Link]]:
     """Each unit's ``neuron_matches`` partners (either side) among ``models``: best matches first, then the
     strongest one-to-one pairs, ``limit`` at most."""
-    rows = store.rows(
-        "SELECT * FROM (SELECT m.unit_a AS unit, n.neuron_id, m.score, m.one_to_one FROM neuron_matches m "
-        "JOIN neurons n ON n.model = m.model_b AND n.layer = m.layer_b AND n.unit = m.unit_b "
-        "WHERE m.model_a = ? AND m.layer_a = ? AND m.model_b IN (SELECT unnest(?::VARCHAR[])) "
-        "UNION ALL "
-        "SELECT m.unit_b AS unit, n.neuron_id, m.score, m.one_to_one FROM neuron_matches m "
-        "JOIN neurons n ON n.model = m.model_a AND n.layer = m.layer_a AND n.unit = m.unit_a "
-        "WHERE m.model_b = ? AND m.layer_b = ? AND m.model_a IN (SELECT unnest(?::VARCHAR[]))) "
-        "QUALIFY row_number() OVER (PARTITION BY unit ORDER BY one_to_one, score DESC) <= ? ORDER BY unit, one_to_one, score DESC",
-        [model, layer, list(models), model, layer, list(models), limit],
-    )
+    rows = site_reads.layer_match_rows(store, model, layer, models, limit)
     out: dict[int, list[Link]] = defaultdict(list)
     for r in rows:
         out[int(r["unit"])].append(names.link(int(r["neuron_id"]), float(r["score"]), "one-to-one" if r["one_to_one"] else "best"))
@@ -425,11 +379,6 @@ def layer_matches(
 
 
 # ---- internals ---------------------------------------------------------------------------------------
-
-
-def _numpy(store: Store, sql: str, params: list[Any]) -> dict[str, np.ndarray]:
-    """Query columns as numpy arrays; NULLs stay masked (``Store.columns`` drops the mask)."""
-    return store._con.execute(sql, params).fetchnumpy()
 
 
 def _float_column(column: np.ndarray) -> np.ndarray:
