@@ -143,18 +143,6 @@ class _Stack:
         return np.where(inside, self._slot[np.where(inside, ids, 0)], -1)
 
 
-def neuron_features(
-    topn: TopN, images: Mapping[int, np.ndarray], geometry: CropGeometry
-) -> tuple[np.ndarray, np.ndarray]:
-    """NFs ``float32 [C, cy, cx, 3]`` (RGB 0-255) and a ``bool [C]`` mask of neurons that have one (not dead).
-
-    ``images`` maps image id -> display image (uint8 [H, W, 3]); every id in ``topn`` must be
-    there. The analysis computes the same over chunks of top images (``chunk_sums``).
-    """
-    plans = plan_features([(topn, geometry)])
-    return finish_features(plans, chunk_sums(plans, images, plans[0].used))[0]
-
-
 def plan_features(layers: Sequence[tuple[TopN, CropGeometry]]) -> list[NfPlan]:
     """Each layer's weights and crop corners: computed once, shared by every chunk of top images."""
     return [NfPlan.of(topn, geometry) for topn, geometry in layers]
