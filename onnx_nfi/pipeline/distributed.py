@@ -29,10 +29,11 @@ import numpy as np
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.errors import ConfigError, ImageError, NfiError
 from onnx_nfi.pipeline.analysis import Plan, plan
-from onnx_nfi.pipeline.checkpoint import Shard, merge_results
+from onnx_nfi.pipeline.run_header import Shard
+from onnx_nfi.pipeline.shards import merge_results
 from onnx_nfi.pipeline.features import ChunkOutput, FeatureWork, Fold, chunk_worker
 from onnx_nfi.progress import Progress, StageProgress
-from onnx_nfi.scan.scanner import ScanResult, scan
+from onnx_nfi.scan.scanner import ScanResult
 from onnx_nfi.store.vectors import ProbeSet
 
 #: A killed worker's shard or chunk is run again up to this many times.
@@ -175,7 +176,7 @@ def _scan_shard(
     except NfiError as exc:
         raise ImageError(f"worker on {node} cannot use the model or images at the driver's paths ({exc}); "
                          "images must be on a filesystem every Ray node sees at the same path") from None
-    if p.header["image_list"] != image_list:
+    if p.header.image_list != image_list:
         raise ImageError(f"worker on {node} sees another image list under {image_root} than the driver; "
                          "images must be on a filesystem every Ray node sees at the same path")
     start, end = shard.bounds(len(p.imageset.files))
@@ -184,12 +185,7 @@ def _scan_shard(
     def progress(done: int, total: int) -> None:
         tally.report.remote(shard.index, done, pid)
 
-    return scan(
-        p.lm, list(p.layers.values()), p.pre, p.imageset.files[start:end], top_n=config.top_n,
-        batch_size=config.batch_size, provider=config.provider,
-        predict_labels=p.imageset.label_source == "predicted", class_names=p.class_names,
-        probe_sha256=probe.sha256, progress=progress, first_position=start, renumber=False,
-    )
+    return p.scan(start, end, progress)
 
 
 def _merge(*parts: ScanResult) -> ScanResult:
@@ -207,7 +203,7 @@ def distributed_scan(p: Plan, address: str, progress: Progress | None = None) ->
     refs = [
         scan_task.remote(
             str(Path(p.lm.path).resolve()), str(p.imageset.root), p.name, p.config, Shard(i, count),
-            p.header["image_list"], p.probe, tally, layout.threads,
+            p.header.image_list, p.probe, tally, layout.threads,
         )
         for i in range(1, count + 1)
     ]

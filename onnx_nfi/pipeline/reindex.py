@@ -18,7 +18,7 @@ from onnx_nfi.errors import NfiError, ResultsNotWritten
 from onnx_nfi.graph.layers import find_conv_layers, select_layers
 from onnx_nfi.graph.model_layers import LayerInfo
 from onnx_nfi.neurons.indexes import IndexResult
-from onnx_nfi.pipeline.checkpoint import config_of
+from onnx_nfi.pipeline.run_header import config_from_json
 from onnx_nfi.pipeline.features import FeatureWork, compute_features
 from onnx_nfi.pipeline.index_state import finish_command, index_state_path, load_indexes, save_indexes
 from onnx_nfi.progress import Progress, phase
@@ -52,7 +52,7 @@ def reindex(
     neurons = sum(int(r["channels"]) for r in layer_rows)
     if saved is not None:
         result, made_with = load_indexes(Path(saved), model, row["sha256"])
-        config = replace(config_of({"config": made_with}), lock_timeout=config.lock_timeout)
+        config = replace(config_from_json(made_with), lock_timeout=config.lock_timeout)
         _write_or_keep(db, model, row["sha256"], result, config, started, progress)
         Path(saved).unlink(missing_ok=True)
         return Reindexed(config, len(result.columns), neurons)
