@@ -89,3 +89,43 @@ def test_a_killed_progress_actor_does_not_end_the_run(local_ray: None, photo_dir
                           ray="local", progress=kill_the_progress_actor)
     assert killed, ("the progress actor was never seen", errors[:3], len(errors))
     assert summary.images_seen == query(db, "SELECT count(*) FROM images")[0][0] > 0
+
+
+def _children(pid: int) -> list[str]:
+    """Names of the processes whose parent is ``pid`` (Ray's head processes while ``ray.init`` starts them)."""
+    names = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+        if int(rest[1]) == pid:
+            names.append(name)
+    return names
+
+
+def test_sigterm_while_ray_starts_exits_143_with_one_line(photo_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM as soon as ``ray.init`` has started Ray's first process (it is still connecting):
+    Ray's own handler would exit 15 without a word; the run says it was interrupted and exits 143."""
+    db = tmp_path / "nfi.duckdb"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "onnx_nfi", "analyze", str(TINY), str(photo_dir), "--db", str(db), "--ray", "local",
+         "--batch-size", "4", "--provider", "cpu", "--silent"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _children(proc.pid):  # the head node's first process: ray.init has begun and not returned
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if "Interrupted" in line] == [f"Interrupted; nothing was written to {db}."], err
+    assert not db.exists() or query(db, "SELECT count(*) FROM models") == [(0,)]

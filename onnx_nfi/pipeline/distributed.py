@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from onnx_nfi.config import AnalyzeConfig
-from onnx_nfi.errors import ConfigError, ImageError, NfiError
+from onnx_nfi.errors import ConfigError, ImageError, Interrupted, NfiError
 from onnx_nfi.pipeline.analysis import Plan, plan
 from onnx_nfi.pipeline.run_header import Shard
 from onnx_nfi.pipeline.shards import merge_results
@@ -61,6 +61,10 @@ def connect(address: str) -> Any:
             ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise ConfigError(f"cannot reach the Ray cluster at {address!r} ({exc}); check --ray ADDRESS") from None
+        except SystemExit as exc:  # a SIGTERM met ray.init's own handler while it started: stop as ours would
+            if exc.code == signal.SIGTERM and callable(on_sigterm):
+                raise Interrupted("", signal.SIGTERM) from None
+            raise
         finally:  # ray.init makes SIGTERM exit(15) at once; ours saves the scan and says so, as on Ctrl-C
             if on_sigterm is not None and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, on_sigterm)
