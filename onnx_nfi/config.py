@@ -9,6 +9,7 @@ a test checks that every field has help text and appears in the README.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 
 from onnx_nfi.errors import ConfigError
@@ -21,6 +22,26 @@ DEFAULT_MAX_PIXELS = 100_000_000
 COLOR_MODES = ("image", "region")
 #: onnxruntime providers by the names users give.
 PROVIDERS = ("auto", "cpu", "cuda")
+#: onnxruntime intra-op threads per session (and NF crop workers) when not told; 0: one per core,
+#: onnxruntime's own default. The scan runs its session beside the decode threads, so on a small
+#: machine fewer may be faster: this one constant is the default of ``--threads``.
+THREADS_WHEN_NOT_TOLD = 0
+#: The default of ``--threads``: ``ONNX_NFI_THREADS`` when set to a count (the test suite and the
+#: benchmarks pin it), else ``THREADS_WHEN_NOT_TOLD``.
+DEFAULT_THREADS = int(os.environ["ONNX_NFI_THREADS"]) if os.environ.get("ONNX_NFI_THREADS", "").isdigit() \
+    else THREADS_WHEN_NOT_TOLD
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run uses the machine, waits for a lock and saves its state; not what it computes (a
+    resume or a merge may change them). Taken from the options (``AnalyzeConfig.settings``) and
+    handed to each stage that needs it, and to each Ray task."""
+
+    threads: int = DEFAULT_THREADS
+    lock_timeout: float = 60.0
+    checkpoint_every: int = 5000
+    checkpoint_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -44,9 +65,10 @@ class AnalyzeConfig:
     input_size: tuple[int, int] | None = None
     input: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
-    lock_timeout: float = 60.0
-    checkpoint_every: int = 5000
-    checkpoint_seconds: float = 600.0
+    lock_timeout: float = RunSettings.lock_timeout
+    checkpoint_every: int = RunSettings.checkpoint_every
+    checkpoint_seconds: float = RunSettings.checkpoint_seconds
+    threads: int = RunSettings.threads
 
     def __post_init__(self) -> None:
         # canonical forms first, so the stored parameters of equal runs are equal
@@ -58,6 +80,7 @@ class AnalyzeConfig:
         _at_least("seed", self.seed, 0)
         _at_least("probe_size", self.probe_size, 1)
         _at_least("checkpoint_every", self.checkpoint_every, 1)
+        _at_least("threads", self.threads, 0)
         if not self.checkpoint_seconds > 0:
             raise ConfigError(f"--checkpoint-seconds must be > 0, got {self.checkpoint_seconds}")
         if not 0 < self.rho <= 1:
@@ -73,6 +96,11 @@ class AnalyzeConfig:
             raise ConfigError(f"--lock-timeout must be a number of seconds >= 0, got {self.lock_timeout!r}")
         _one_of("color_mode", self.color_mode, COLOR_MODES)
         _one_of("provider", self.provider, PROVIDERS)
+
+    @property
+    def settings(self) -> RunSettings:
+        """The options that are run settings, not part of what the run computes."""
+        return RunSettings(**{f.name: getattr(self, f.name) for f in fields(RunSettings)})
 
     def to_json(self) -> str:
         """The stored form of the parameters."""
@@ -115,6 +143,7 @@ HELP: dict[str, str] = {
     "lock_timeout": "Seconds to wait for a database another process holds before giving up.",
     "checkpoint_every": "Save the scan state every this many images (resume with --resume).",
     "checkpoint_seconds": "Save the scan state at least this often, in seconds.",
+    "threads": "onnxruntime threads per session, also the NF crop workers; 0 = one per core (onnxruntime's default).",
 }
 
 

@@ -52,6 +52,7 @@ ColorMode = Annotated[str, typer.Option("--color-mode", help=HELP["color_mode"])
 Rho = Annotated[float, typer.Option("--rho", help=HELP["rho"])]
 Seed = Annotated[int, typer.Option("--seed", help=HELP["seed"])]
 LockTimeout = Annotated[float, typer.Option("--lock-timeout", help=HELP["lock_timeout"])]
+Threads = Annotated[int, typer.Option("--threads", help=HELP["threads"])]
 LayerPatterns = Annotated[list[str] | None, typer.Option("--layers", help=HELP["layers"])]
 InputSize = Annotated[str | None, typer.Option("--input-size", help=HELP["input_size"])]
 ImageInput = Annotated[str | None, typer.Option("--input", help=HELP["input"])]

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from onnx_nfi.graph.receptive_field import ReceptiveField
+from onnx_nfi.graph.session import session_threads
 from onnx_nfi.neurons.nf_kernel import add_weighted_crops
 from onnx_nfi.scan.topn import TopN
 
@@ -91,12 +92,10 @@ def scale_into(image: np.ndarray, geometry: CropGeometry, out: np.ndarray) -> No
 
 
 def compute_threads() -> int:
-    """Worker threads for NF crops: ``ONNX_NFI_THREADS`` (as for onnxruntime), else every core.
-
-    They run the compiled crop sums and the image scaling (OpenCV releases the GIL).
-    """
-    env = os.environ.get("ONNX_NFI_THREADS")
-    return max(1, int(env)) if env else max(1, os.cpu_count() or 1)
+    """Worker threads for NF crops: the run's thread count (``RunSettings.threads``, as for
+    onnxruntime), else every core. They run the compiled crop sums and the image scaling (OpenCV
+    releases the GIL)."""
+    return session_threads() or max(1, os.cpu_count() or 1)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from onnx_nfi.data.images import ImageSet, list_images, parse_label_option, read
 from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.errors import ConfigError, ImageError, Interrupted, NfiError, ResultsNotWritten, StateError
 from onnx_nfi.graph.load import LoadedModel
+from onnx_nfi.graph.session import using_threads
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
 from onnx_nfi.names import check_model_name
 from onnx_nfi.pipeline import probe as probes
@@ -99,7 +100,8 @@ class Plan:
             self.config.batch_size, self.config.provider, self.imageset.label_source == "predicted",
             self.class_names, self.probe.sha256,
         )
-        return request.run(progress, resume, checkpoint, renumber=False)
+        with using_threads(self.config.threads):
+            return request.run(progress, resume, checkpoint, renumber=False)
 
     def with_probe(self, probe: ProbeSet) -> Plan:
         """This plan scoring the probe images a saved scan was made with (a resume), so the saved
@@ -184,17 +186,19 @@ def finish(
     check_finite(result.stats)
     with _kept_on_failure(p, scanned, db, state, image_root), lock_wait(p.config.lock_timeout, phase(progress, "lock")):
         probe, scores = _probe_scores_for(db, p, result)  # the scan is done: its work waits for a busy database
-    probe, probe_scores = probes.complete_probe_scores(
-        probe, replace(result, probe_scores=scores), p.lm, p.pre, list(p.layers.values()),
-        batch_size=p.config.batch_size, provider=p.config.provider, progress=progress,
-    )
+    with using_threads(p.config.threads):
+        probe, probe_scores = probes.complete_probe_scores(
+            probe, replace(result, probe_scores=scores), p.lm, p.pre, list(p.layers.values()),
+            batch_size=p.config.batch_size, provider=p.config.provider, progress=progress,
+        )
     topns = {tensor: st.topn for tensor, st in result.stats.items()}
     work = FeatureWork.of(
         p.lm, p.pre, p.infos, topns,
         {i.image_id: Path(i.path) for i in result.images}, {i.image_id: i.label for i in result.images}, p.config,
         sha256={i.image_id: i.sha256 for i in result.images},
     )
-    features = compute_features(work, progress, run_chunks)
+    with using_threads(p.config.threads):  # a cluster's tasks use their layout's
+        features = compute_features(work, progress, run_chunks)
     if image_root is not None:
         result = replace(result, images=[replace(i, path=relative_to_root(i.path, image_root)) for i in result.images])
     record = AnalysisRecord(

@@ -28,6 +28,7 @@ import numpy as np
 
 from onnx_nfi.config import AnalyzeConfig
 from onnx_nfi.errors import ConfigError, ImageError, Interrupted, NfiError
+from onnx_nfi.graph.session import using_threads
 from onnx_nfi.pipeline.analysis import Plan, plan
 from onnx_nfi.pipeline.run_header import Shard
 from onnx_nfi.pipeline.shards import merge_results
@@ -135,8 +136,8 @@ def _tally_done(ray: Any, answer: Any) -> int | None:
 
 def _call(fn: Callable[[Any, Any], Any], shared: Any, item: Any, threads: int) -> Any:
     """``fn(shared, item)`` on a worker, with the layout's threads per task."""
-    os.environ["ONNX_NFI_THREADS"] = str(threads)
-    return fn(shared, item)
+    with using_threads(threads):
+        return fn(shared, item)
 
 
 def ordered_tasks(
@@ -173,7 +174,6 @@ def _scan_shard(
     set, check the list, scan."""
     import socket
 
-    os.environ["ONNX_NFI_THREADS"] = str(threads)
     node = socket.gethostname()
     try:
         p = plan(model_path, image_root, None, name, config, shard, probe)
@@ -189,7 +189,8 @@ def _scan_shard(
     def progress(done: int, total: int) -> None:
         tally.report.remote(shard.index, done, pid)
 
-    return p.scan(start, end, progress)
+    with using_threads(threads):
+        return p.scan(start, end, progress)
 
 
 def _merge(*parts: ScanResult) -> ScanResult:
@@ -241,9 +242,9 @@ def distributed_scan(p: Plan, address: str, progress: Progress | None = None) ->
 def _run_chunk(work: FeatureWork, kind: str, number: int, chunk: np.ndarray, tally: Any, threads: int) -> ChunkOutput:
     """One chunk of the NF or index pass on a worker; the worker keeps the passes' sessions for the
     next chunks of the same work."""
-    os.environ["ONNX_NFI_THREADS"] = str(threads)
     tally.start.remote(number, os.getpid())
-    return chunk_worker(work).run(kind, chunk)
+    with using_threads(threads):
+        return chunk_worker(work).run(kind, chunk)
 
 
 class _ClusterFold(Fold):

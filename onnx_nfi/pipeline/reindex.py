@@ -17,6 +17,7 @@ from onnx_nfi.data.images import stored_image_path
 from onnx_nfi.errors import NfiError, ResultsNotWritten
 from onnx_nfi.graph.layers import find_conv_layers, select_layers
 from onnx_nfi.graph.model_layers import LayerInfo
+from onnx_nfi.graph.session import using_threads
 from onnx_nfi.neurons.indexes import IndexResult
 from onnx_nfi.pipeline.run_header import config_from_json
 from onnx_nfi.pipeline.features import FeatureWork, compute_features
@@ -66,7 +67,8 @@ def reindex(
     labels = {int(r["image_id"]): r["label"] for r in image_rows}
     work = FeatureWork.of(lm, pre, infos, {i.layer.tensor: topns[i.layer.tensor] for i in infos}, paths, labels,
                           replace(config, nf=False), sha256={int(r["image_id"]): r["sha256"] for r in image_rows})
-    result = compute_features(work, progress).indexes
+    with using_threads(config.threads):
+        result = compute_features(work, progress).indexes
     _write_or_keep(db, model, row["sha256"], result, config, started, progress)
     return Reindexed(config, len(infos), sum(i.layer.channels for i in infos), result.notes)
 

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from onnx_nfi.config import AnalyzeConfig
+from onnx_nfi.config import AnalyzeConfig, RunSettings
 from onnx_nfi.data.images import ImageSet
 from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.errors import ConfigError
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.store.vectors import ProbeSet
 
-#: Options that change how often a run saves or how long it waits for a lock, not what it
-#: computes: a resume or a merge may change them.
-SCHEDULE_OPTIONS = ("checkpoint_every", "checkpoint_seconds", "lock_timeout")
+#: Options that change how a run uses the machine, how often it saves or how long it waits for a
+#: lock, not what it computes: a resume or a merge may change them.
+SCHEDULE_OPTIONS = tuple(f.name for f in fields(RunSettings))
 
 
 @dataclass(frozen=True)
