@@ -44,7 +44,7 @@ import onnx_nfi.scan.rule as rule  # noqa: E402
 import onnx_nfi.scan.scanner as scanner  # noqa: E402
 from onnx_nfi.data.images import list_images  # noqa: E402
 from onnx_nfi.graph.model_layers import model_layers  # noqa: E402
-from onnx_nfi.config import AnalyzeConfig  # noqa: E402
+from onnx_nfi.config import AnalyzeConfig, RunSettings  # noqa: E402
 from onnx_nfi.pipeline.checkpoint import Checkpointer  # noqa: E402
 from onnx_nfi.pipeline.models import open_model  # noqa: E402
 from onnx_nfi.pipeline.run_header import RunHeader, Shard  # noqa: E402
@@ -150,7 +150,7 @@ def run_scan(args: argparse.Namespace, lm: Any, layers: list[Any], pre: Any, fil
     with tempfile.TemporaryDirectory() as tmp, cli_common.ProgressBars() as bars:
         state = StateFile(Path(tmp) / "scan.state")
         run = RunHeader("profile", str(LITE0), "", "", AnalyzeConfig(), tmp, "", len(files), Shard(), ProbeSet((), (), False))
-        checkpoint = Checkpointer(state, run, 5000, 600.0)
+        checkpoint = Checkpointer(state, run, RunSettings())
         request = scanner.ScanRequest(lm, layers, pre, files, top_n=args.top_n, batch_size=args.batch_size,
                                       provider=args.provider)
         result = request.run(lambda done, total: bars("scan", done, total), checkpoint=checkpoint, renumber=False)

@@ -25,8 +25,8 @@ from onnx_nfi.data.images import ImageSet, list_images, parse_label_option, read
 from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.errors import ConfigError, ImageError, Interrupted, NfiError, ResultsNotWritten, StateError
 from onnx_nfi.graph.load import LoadedModel
-from onnx_nfi.graph.session import using_threads
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
+from onnx_nfi.graph.session import using_threads
 from onnx_nfi.names import check_model_name
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline.caveats import caveats
@@ -164,7 +164,7 @@ def scan_part(
         if saved.complete:
             return partial, p
         start = saved.next_position
-    checkpoint = Checkpointer(file, p.header, p.config.checkpoint_every, p.config.checkpoint_seconds)
+    checkpoint = Checkpointer(file, p.header, p.config.settings)
     result = p.scan(start, end, phase(progress, "scan"), partial, checkpoint)
     file.mark_complete(p.header, result)
     return result, p

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import time
 
+from onnx_nfi.config import RunSettings
 from onnx_nfi.pipeline.run_header import RunHeader
 from onnx_nfi.pipeline.state_file import StateFile
 from onnx_nfi.scan.scanner import ScanResult
 
 
 class Checkpointer:
-    """Saves the scan state to ``state`` on the schedule (the scanner asks ``due``, then ``save``s)."""
+    """Saves the scan state to ``state`` on the run's schedule (``RunSettings.checkpoint_every`` and
+    ``checkpoint_seconds``; the scanner asks ``due``, then ``save``s)."""
 
-    def __init__(self, state: StateFile, run: RunHeader, every: int, seconds: float) -> None:
-        self.state, self.run, self.every, self.seconds = state, run, every, seconds
+    def __init__(self, state: StateFile, run: RunHeader, settings: RunSettings) -> None:
+        self.state, self.run = state, run
+        self.every, self.seconds = settings.checkpoint_every, settings.checkpoint_seconds
         self._images = self._saved_at_images = 0
         self._saved_at = time.monotonic()
 
