@@ -16,6 +16,7 @@ from onnx_nfi.cli.common import (
     ProgressBars,
     Provider,
     Silent,
+    Threads,
     app,
     print_table,
     say,
@@ -45,6 +46,7 @@ def relevance_cmd(
         "--class-names", help="The model's class names, one a line (names the classes hurt most; maps labels).")] = None,
     batch_size: BatchSize = AnalyzeConfig.batch_size,
     provider: Provider = AnalyzeConfig.provider,
+    threads: Threads = AnalyzeConfig.threads,
     plot: Annotated[Path | None, typer.Option(
         "--plot", help="Also draw prob_drop against class selectivity, a panel per layer with relevance (PNG).")] = None,
     resume: Annotated[bool, typer.Option(
@@ -67,7 +69,7 @@ def relevance_cmd(
     with sigterm_as_ctrl_c(), ProgressBars(silent) as bars:
         s = api.relevance(
             model, db=db, layers=parse_list(layers), images=images, target=target, mode=mode, class_names=class_names,
-            batch_size=batch_size, provider=provider, progress=bars, resume=resume, ray=ray,
+            batch_size=batch_size, provider=provider, progress=bars, resume=resume, ray=ray, threads=threads,
         )
     if s.resumed:
         say(f"Already measured the same way, left out: {', '.join(s.resumed)}.")
