@@ -44,9 +44,13 @@ import onnx_nfi.scan.rule as rule  # noqa: E402
 import onnx_nfi.scan.scanner as scanner  # noqa: E402
 from onnx_nfi.data.images import list_images  # noqa: E402
 from onnx_nfi.graph.model_layers import model_layers  # noqa: E402
+from onnx_nfi.config import AnalyzeConfig, RunSettings  # noqa: E402
 from onnx_nfi.pipeline.checkpoint import Checkpointer  # noqa: E402
 from onnx_nfi.pipeline.models import open_model  # noqa: E402
+from onnx_nfi.pipeline.run_header import RunHeader, Shard  # noqa: E402
+from onnx_nfi.pipeline.state_file import StateFile  # noqa: E402
 from onnx_nfi.scan.topn import Moments, TopN  # noqa: E402
+from onnx_nfi.store.vectors import ProbeSet  # noqa: E402
 
 #: (wall s, CPU s, calls) per stage, filled while a profiled scan runs
 TIMES: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
@@ -117,13 +121,13 @@ def install_timers() -> None:
     rule.RuleRunner.exact = timed("  rule: check a batch", rule.RuleRunner.exact)
     rule.instrument = timed("instrument the graph (main)", rule.instrument)
     session.Runner.__init__ = timed("create the session (main)", session.Runner.__init__)
-    scanner.scan = timed("scan call, wall (main)", scanner.scan)
+    scanner.ScanRequest.run = timed("scan call, wall (main)", scanner.ScanRequest.run)
     TopN.update = timed("  top-N upkeep with the key", TopN.update)
     Moments.update = timed("  moments", Moments.update)
     scanner.Scanning.take_probe_scores = timed("  probe scores", scanner.Scanning.take_probe_scores)
     scanner.Scanning.report = timed("  progress", scanner.Scanning.report)
     Checkpointer.due = timed("  checkpoint due?", Checkpointer.due)
-    Checkpointer.save = timed("final complete save (main)", Checkpointer.save)
+    StateFile.mark_complete = timed("final complete save (main)", StateFile.mark_complete)
     signals_wait = scanner.signals_wait
 
     @contextlib.contextmanager
@@ -144,12 +148,13 @@ def run_scan(args: argparse.Namespace, lm: Any, layers: list[Any], pre: Any, fil
         return len(scanner.scan(lm, layers, pre, files, top_n=args.top_n, batch_size=args.batch_size,
                                 provider=args.provider).images)
     with tempfile.TemporaryDirectory() as tmp, cli_common.ProgressBars() as bars:
-        checkpoint = Checkpointer(Path(tmp) / "scan.state", {"profile": True}, 5000, 600.0)
-        result = scanner.scan(
-            lm, layers, pre, files, top_n=args.top_n, batch_size=args.batch_size, provider=args.provider,
-            progress=lambda done, total: bars("scan", done, total), checkpoint=checkpoint, renumber=False,
-        )
-        checkpoint.save(result, len(files), complete=True)
+        state = StateFile(Path(tmp) / "scan.state")
+        run = RunHeader("profile", str(LITE0), "", "", AnalyzeConfig(), tmp, "", len(files), Shard(), ProbeSet((), (), False))
+        checkpoint = Checkpointer(state, run, RunSettings())
+        request = scanner.ScanRequest(lm, layers, pre, files, top_n=args.top_n, batch_size=args.batch_size,
+                                      provider=args.provider)
+        result = request.run(lambda done, total: bars("scan", done, total), checkpoint=checkpoint, renumber=False)
+        state.mark_complete(run, result)
         return len(result.images)
 
 

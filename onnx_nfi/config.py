@@ -9,6 +9,7 @@ a test checks that every field has help text and appears in the README.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -29,6 +30,26 @@ DEFAULT_MAX_PIXELS = 100_000_000
 COLOR_MODES = ("image", "region")
 #: onnxruntime providers by the names users give.
 PROVIDERS = ("auto", "cpu", "cuda")
+#: onnxruntime intra-op threads per session (and NF crop workers) when not told; 0: one per core,
+#: onnxruntime's own default. The scan runs its session beside the decode threads, so on a small
+#: machine fewer may be faster: this one constant is the default of ``--threads``.
+THREADS_WHEN_NOT_TOLD = 0
+#: The default of ``--threads``: ``ONNX_NFI_THREADS`` when set to a count (the test suite and the
+#: benchmarks pin it), else ``THREADS_WHEN_NOT_TOLD``.
+DEFAULT_THREADS = int(os.environ["ONNX_NFI_THREADS"]) if os.environ.get("ONNX_NFI_THREADS", "").isdigit() \
+    else THREADS_WHEN_NOT_TOLD
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run uses the machine, waits for a lock and saves its state; not what it computes (a
+    resume or a merge may change them). Taken from the options (``AnalyzeConfig.settings``) and
+    handed to each stage that needs it, and to each Ray task."""
+
+    threads: int = DEFAULT_THREADS
+    lock_timeout: float = 60.0
+    checkpoint_every: int = 5000
+    checkpoint_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -52,9 +73,10 @@ class AnalyzeConfig:
     input_size: tuple[int, int] | None = None
     input: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
-    lock_timeout: float = 60.0
-    checkpoint_every: int = 5000
-    checkpoint_seconds: float = 600.0
+    lock_timeout: float = RunSettings.lock_timeout
+    checkpoint_every: int = RunSettings.checkpoint_every
+    checkpoint_seconds: float = RunSettings.checkpoint_seconds
+    threads: int = RunSettings.threads
 
     def __post_init__(self) -> None:
         _check_shared(self)
@@ -71,6 +93,11 @@ class AnalyzeConfig:
         if self.input is not None and (not isinstance(self.input, str) or not self.input):
             raise ConfigError(f"--input must name one of the model's inputs, got {self.input!r}")
         _at_least("max_pixels", self.max_pixels, 1)
+
+    @property
+    def settings(self) -> RunSettings:
+        """The options that are run settings, not part of what the run computes."""
+        return RunSettings(**{f.name: getattr(self, f.name) for f in fields(RunSettings)})
 
     def to_json(self) -> str:
         """The stored form of the parameters."""
@@ -90,6 +117,7 @@ class IndexConfig:
     batch_size: int = AnalyzeConfig.batch_size
     provider: str = AnalyzeConfig.provider
     lock_timeout: float = AnalyzeConfig.lock_timeout
+    threads: int = AnalyzeConfig.threads
 
     def __post_init__(self) -> None:
         _check_shared(self)
@@ -117,6 +145,7 @@ def _check_shared(config: AnalyzeConfig | IndexConfig) -> None:
     object.__setattr__(config, "layers", parse_list(config.layers))
     _at_least("batch_size", config.batch_size, 1)
     _at_least("seed", config.seed, 0)
+    _at_least("threads", config.threads, 0)
     if not 0 < config.rho <= 1:
         raise ConfigError(f"rho must be in (0, 1], got {config.rho}; 1 counts every class of a neuron's top images")
     timeout = config.lock_timeout
@@ -167,6 +196,7 @@ HELP: dict[str, str] = {
     "lock_timeout": "Seconds to wait for a database another process holds before giving up.",
     "checkpoint_every": "Save the scan state every this many images (resume with --resume).",
     "checkpoint_seconds": "Save the scan state at least this often, in seconds.",
+    "threads": "onnxruntime threads per session, also the NF crop workers; 0 = one per core (onnxruntime's default).",
 }
 
 

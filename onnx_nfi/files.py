@@ -3,6 +3,7 @@ cannot block, and atomic writes that leave no temporary behind for good."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import stat
@@ -46,14 +47,26 @@ def read_regular(path: str | Path) -> bytes:
 #
 # A file is written to ``NAME.PID.RANDOM.tmp`` beside its target and renamed over it, so readers
 # never see half a file. A process killed mid-write (SIGKILL, power loss) leaves its temporary
-# behind; the PID in its name tells a later writer that nobody is writing it any more.
+# behind (with any side files its writer adds, such as DuckDB's ``.wal``); the PID in its name
+# tells a later writer or reader that nobody is writing it any more, and ``sweep_orphans`` deletes it.
 
 _TMP_SUFFIX = ".tmp"
 
 
+def temporary_beside(path: Path) -> Path:
+    """A fresh temporary name beside ``path`` for a writer that creates the file itself (DuckDB's
+    ``ATTACH``), named so that ``sweep_orphans`` recognises it once its process is gone."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{os.getpid()}.", suffix=_TMP_SUFFIX)
+    os.close(fd)
+    os.unlink(tmp)
+    return Path(tmp)
+
+
 @contextmanager
 def atomic_write(path: Path) -> Iterator[BinaryIO]:
-    """A binary file that replaces ``path`` (fsynced) only when the block ends without error."""
+    """A binary file that replaces ``path`` only when the block ends without error: written to a
+    temporary, fsynced, renamed over ``path``, and the folder fsynced so the rename survives a power
+    cut. On any error or signal the temporary goes and the previous file stays."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{os.getpid()}.", suffix=_TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -64,17 +77,35 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_folder(path.parent)
 
 
-def sweep_orphans(folder: Path) -> list[Path]:
-    """Delete the temporaries of writers that are gone (their PID no longer runs); returns them."""
+def fsync_folder(folder: Path) -> None:
+    """Make the renames and deletions in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sweep_orphans(folder: Path, target: str | None = None) -> list[Path]:
+    """Delete the temporaries (and their side files) of writers that are gone (their PID no longer
+    runs), of ``target`` only when given; returns them. A file that cannot be deleted (a read-only
+    folder) is left: whoever can write there sweeps it."""
+    if not folder.is_dir():
+        return []
+    pattern = f"{glob.escape(target)}.*{_TMP_SUFFIX}*" if target else f"*{_TMP_SUFFIX}*"
     removed = []
-    for tmp in folder.glob(f"*{_TMP_SUFFIX}") if folder.is_dir() else ():
-        parts = tmp.name[: -len(_TMP_SUFFIX)].split(".")
-        pid = int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
-        if pid is not None and pid_alive(pid):
-            continue  # a writer at work (another process, or this one)
-        tmp.unlink(missing_ok=True)
+    for tmp in folder.glob(pattern):
+        stem, dot, _side = tmp.name.rpartition(_TMP_SUFFIX)
+        parts = stem.split(".")
+        if not dot or len(parts) < 3 or not parts[-2].isdigit() or pid_alive(int(parts[-2])):
+            continue  # not ours, or a writer at work (another process, or this one)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            continue
         removed.append(tmp)
     return removed
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from onnx_nfi.data.demo_images import build_demo_images, source_photos
+os.environ.setdefault("ONNX_NFI_THREADS", "1")  # tests run 2 in parallel on 2 cores (before onnx_nfi reads it)
+
+from onnx_nfi.data.demo_images import build_demo_images, source_photos  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -17,7 +19,6 @@ LITE0 = MODELS / "efficientnet_lite0.onnx"
 MOBILENET = MODELS / "mobilenetv2_deepsort.onnx"
 PLANTED = MODELS / "planted_selectivity.onnx"
 
-os.environ.setdefault("ONNX_NFI_THREADS", "1")  # tests run 2 in parallel on 2 cores
 
 
 @pytest.fixture(scope="session")

@@ -76,9 +76,9 @@ def test_the_package_is_the_api() -> None:
 
 #: The index options as the test gives them, and as the stored parameters must read (JSON: lists).
 GIVEN = {"indexes": ("class", "color"), "layers": ("conv2",), "color_mode": "region", "rho": 0.9, "seed": 3,
-         "batch_size": 5, "provider": "cpu", "lock_timeout": 7.5}
+         "batch_size": 5, "provider": "cpu", "lock_timeout": 7.5, "threads": 2}
 STORED = {"indexes": ["color", "class"], "layers": ["conv2"], "color_mode": "region", "rho": 0.9, "seed": 3,
-          "batch_size": 5, "provider": "cpu", "lock_timeout": 7.5}
+          "batch_size": 5, "provider": "cpu", "lock_timeout": 7.5, "threads": 2}
 
 
 def runs(db: Path, kind: str) -> list[dict]:
@@ -95,7 +95,7 @@ def test_an_index_run_stores_exactly_its_own_options(photo_dir: Path, tmp_path: 
     through_api, through_cli = runs(db, "index")
     assert through_api == STORED and set(through_api) == {f.name for f in fields(IndexConfig)}
     assert through_cli == {"indexes": ["color"], "layers": [], "color_mode": "image", "rho": 0.5, "seed": 0,
-                           "batch_size": 32, "provider": "auto", "lock_timeout": 60.0}
+                           "batch_size": 32, "provider": "auto", "lock_timeout": 60.0, "threads": 1}
     assert analysed["top_n"] == 6 and analysed["batch_size"] == 16  # the analysis's own run is untouched
 
 

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import duckdb
 
 from cli_helpers import invoke, query
 from conftest import TINY
@@ -47,3 +54,27 @@ def test_remove_can_compact_at_once(photo_dir: Path, tmp_path: Path) -> None:
 
 def test_compact_of_a_missing_database(tmp_path: Path) -> None:
     assert_clean_error(invoke("compact", "--db", tmp_path / "none.duckdb"), "does not exist")
+
+
+def test_a_killed_compact_leaves_no_copy_past_the_next_command(tmp_path: Path) -> None:
+    """SIGKILL to a real ``compact`` while it writes its copy: the copy (and its WAL) stays only
+    until the next command that opens the database, which deletes it and finds every row."""
+    db = tmp_path / "nfi.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE filler AS SELECT range AS k, random() AS v FROM range(6000000)")
+    con.close()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    compact = subprocess.Popen([sys.executable, "-m", "onnx_nfi", "compact", "--db", str(db)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    copies: list[Path] = []
+    while compact.poll() is None and not copies:
+        copies = [p for p in tmp_path.glob("nfi.duckdb.*.tmp") if p.stat().st_size > 0]
+        time.sleep(0.005)
+    compact.send_signal(signal.SIGKILL)
+    compact.wait()
+    assert copies, "the compact finished before its copy was seen"
+    assert copies[0].exists()  # the kill left it behind
+    result = invoke("sql", "SELECT count(*) AS n FROM filler", "--db", db)
+    assert result.exit_code == 0, result.output
+    assert "6000000" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nfi.duckdb"]

@@ -95,7 +95,7 @@ def test_a_worker_that_cannot_see_the_images_stops_the_run_with_one_line(photo_d
     elsewhere = replace(p, imageset=replace(p.imageset, root=tmp_path / "not-on-this-node"))
     with pytest.raises(ImageError, match=r"cannot use the model or images at the driver's paths .*image folder .* does not exist"):
         distributed_scan(elsewhere, "local")
-    other_list = replace(p, header={**p.header, "image_list": "0" * 64})
+    other_list = replace(p, header=replace(p.header, image_list="0" * 64))
     with pytest.raises(ImageError, match="sees another image list under .* than the driver; images must be on a filesystem"):
         distributed_scan(other_list, "local")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,20 @@ from onnx_nfi.data.loader import iter_decoded
 from onnx_nfi.errors import ImageError
 from onnx_nfi.graph.model_layers import model_layers
 from onnx_nfi.graph.receptive_field import ReceptiveField
-from onnx_nfi.neurons.nf import crop_geometry, neuron_features
+from onnx_nfi.neurons.nf import CropGeometry, chunk_sums, crop_geometry, finish_features, plan_features
 from onnx_nfi.pipeline.features import FeatureWork, compute_features, top_image_ids
 from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.scan.scanner import scan
 from onnx_nfi.scan.topn import TopN
+
+
+def neuron_features(
+    topn: TopN, images: Mapping[int, np.ndarray], geometry: CropGeometry
+) -> tuple[np.ndarray, np.ndarray]:
+    """One layer's NFs ``float32 [C, cy, cx, 3]`` and alive mask, as the analysis computes them over
+    chunks of top images, here in one chunk of all of them."""
+    plans = plan_features([(topn, geometry)])
+    return finish_features(plans, chunk_sums(plans, images, plans[0].used))[0]
 
 
 def topns(result) -> dict[str, TopN]:

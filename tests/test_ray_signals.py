@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,22 +29,8 @@ MODEL = "tiny_lite0"
 def test_sigterm_to_a_ray_run_exits_143_naming_what_it_kept(photo_dir: Path, tmp_path: Path) -> None:
     db = tmp_path / "nfi.duckdb"
     state = api.state_path(MODEL, db=db)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "onnx_nfi", "analyze", str(TINY), str(photo_dir), "--db", str(db), "--ray", "local",
-         "--batch-size", "4", "--provider", "cpu", "--silent"],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while not (state.is_file() and read_header(state)["complete"]):  # the cluster's scan is saved: NFs next
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    # the cluster's scan is saved: NFs next
+    proc, err = _sigterm_when(lambda _: state.is_file() and read_header(state)["complete"], db, photo_dir, 0.02)
     assert proc.returncode == 143, err
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if "Interrupted" in line]
@@ -89,3 +75,52 @@ def test_a_killed_progress_actor_does_not_end_the_run(local_ray: None, photo_dir
                           ray="local", progress=kill_the_progress_actor)
     assert killed, ("the progress actor was never seen", errors[:3], len(errors))
     assert summary.images_seen == query(db, "SELECT count(*) FROM images")[0][0] > 0
+
+
+def _children(pid: int) -> list[str]:
+    """Names of the processes whose parent is ``pid`` (Ray's head processes while ``ray.init`` starts them)."""
+    names = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+        if int(rest[1]) == pid:
+            names.append(name)
+    return names
+
+
+def test_sigterm_while_ray_starts_exits_143_with_one_line(photo_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM as soon as ``ray.init`` has started Ray's first process (it is still connecting):
+    Ray's own handler would exit 15 without a word; the run says it was interrupted and exits 143."""
+    db = tmp_path / "nfi.duckdb"
+    # the head node's first process: ray.init has begun and not returned
+    proc, err = _sigterm_when(lambda pid: bool(_children(pid)), db, photo_dir, 0.005)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if "Interrupted" in line] == [f"Interrupted; nothing was written to {db}."], err
+    assert not db.exists() or query(db, "SELECT count(*) FROM models") == [(0,)]
+
+
+def _sigterm_when(
+    ready: Callable[[int], bool], db: Path, photo_dir: Path, poll: float
+) -> tuple[subprocess.Popen[str], str]:
+    """``analyze --ray local`` into ``db``, sent SIGTERM once ``ready(its pid)``; the ended process and its stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "onnx_nfi", "analyze", str(TINY), str(photo_dir), "--db", str(db), "--ray", "local",
+         "--batch-size", "4", "--provider", "cpu", "--silent"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not ready(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(poll)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc, err

@@ -18,13 +18,10 @@ import pytest
 
 from onnx_nfi.errors import LayerError, ModelError
 from onnx_nfi.graph.receptive_field import ReceptiveField, clipped_windows
-from onnx_nfi.graph.rf_probe import (
-    compare_windows,
-    fit_receptive_field,
-    measure_windows,
-)
+from onnx_nfi.graph.rf_probe import measure_windows
 from onnx_nfi.graph.rf_walk import receptive_fields, trace_graph
 from tests import onnx_builders as nets
+from tests.rf_fit import compare_windows, fit_receptive_field
 
 LITE0 = Path(__file__).resolve().parents[1] / "models" / "efficientnet_lite0.onnx"
 

@@ -328,3 +328,18 @@ def test_labels_that_name_no_class_and_bad_options_are_refused_before_any_work(h
     with pytest.raises(NfiError, match="--mode one of zero, mean"):
         onnx_nfi.relevance("hand", db=db, mode="half")
     assert api.sql("SELECT count(*) FROM runs WHERE kind = 'relevance'", db=db)[1] == before
+
+
+def test_threads_option_gives_the_same_relevance(hand, tmp_path: Path) -> None:
+    """``--threads`` sets how the sessions run, not what they compute: the stored rows are the same
+    (to float rounding) with 2 threads as with the suite's 1."""
+    db, _, _ = hand
+    onnx_nfi.relevance("hand", db=db, images=db.parent / "images", layers=["conv2"])
+    before = stored(db, "hand")
+    result = invoke("relevance", "hand", "--db", db, "--images", db.parent / "images", "--layers", "conv2",
+                    "--threads", "2", "--silent")
+    assert result.exit_code == 0, result.output
+    after = stored(db, "hand")
+    assert before.keys() == after.keys()
+    for key in before:
+        np.testing.assert_allclose(np.asarray(after[key]), np.asarray(before[key]), rtol=1e-5, atol=1e-7)

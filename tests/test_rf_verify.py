@@ -13,11 +13,12 @@ import onnx
 from cli_helpers import invoke
 from onnx import numpy_helper
 from onnx_builders import NetBuilder
+from rf_fit import fit_receptive_field
 
 from onnx_nfi.graph.load import load_model
 from onnx_nfi.graph.model_layers import model_layers
 from onnx_nfi.graph.receptive_field import clipped_windows
-from onnx_nfi.graph.rf_probe import fit_receptive_field, measure_windows, outside_windows
+from onnx_nfi.graph.rf_probe import measure_windows, outside_windows
 
 
 def centre_tap_net() -> onnx.ModelProto:

@@ -34,10 +34,10 @@ from onnx_nfi.neurons.color_naming import color_memberships
 from onnx_nfi.pipeline import analysis
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline import query as asking
-from onnx_nfi.pipeline.checkpoint import (
-    Shard, check_same_run, check_shards, check_state_path, config_of, interruption, merge_command, merge_states,
-    parse_shard, resume_or_start, saved_probe,
-)
+from onnx_nfi.pipeline.interruption import interruption
+from onnx_nfi.pipeline.run_header import Shard, parse_shard
+from onnx_nfi.pipeline.shards import check_shards, merge_command, merge_states
+from onnx_nfi.pipeline.state_file import StateFile, resume_or_start
 from onnx_nfi.pipeline.features import local_chunks
 from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.pipeline.reindex import reindex
@@ -195,7 +195,7 @@ def analyze(
     if image_root is not None:
         relative_to_root(p.imageset.root, image_root)
     state = Path(checkpoint) if checkpoint else state_path(p.name, db=db)
-    check_state_path(state)
+    StateFile(state).check_writable()
     with run_lock(state):
         return _analyze_plan(p, db, state, resume, ray, image_root, progress, started)
 
@@ -251,7 +251,7 @@ def _scan_shard(
     """``analyze --shard i/n``: the part's scan state, for ``merge``."""
     p = analysis.plan(model_path, images, None, name, config, part)
     state = Path(checkpoint) if checkpoint else state_path(p.name, part, db=db)
-    check_state_path(state)
+    StateFile(state).check_writable()
     with run_lock(state):
         resume, notes = resume_or_start(state, resume)
         try:
@@ -277,14 +277,12 @@ def merge(
     started = dt.datetime.now()
     check_runtime_install()
     paths = [Path(s) for s in states]
-    header = check_shards(paths)
-    p = analysis.plan(
-        header["model_path"], header["image_root"], db, header["name"], config_of(header), probe=saved_probe(header)
-    )
-    check_same_run(paths[0], {**header, "shard": [1, 1]}, p.header)
+    run = check_shards(paths)
+    p = analysis.plan(run.model_path, run.image_root, db, run.name, run.config, probe=run.probe)
+    StateFile(paths[0]).check_same_run(replace(run, shard=Shard()), p.header)
     if image_root is not None:
         relative_to_root(p.imageset.root, image_root)
-    whole_run = header["shard"][1] == 1
+    whole_run = run.shard.count == 1
     state = paths[0] if whole_run else state_path(p.name, db=db)
     try:
         with run_lock(state):

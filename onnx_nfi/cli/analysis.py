@@ -30,6 +30,7 @@ from onnx_nfi.cli.common import (
     Seed,
     Silent,
     StoredImageRoot,
+    Threads,
     app,
     layer_patterns,
     print_table,
@@ -87,6 +88,7 @@ def analyze(
     checkpoint_seconds: Annotated[
         float, typer.Option("--checkpoint-seconds", metavar="SECONDS", help=HELP["checkpoint_seconds"])
     ] = AnalyzeConfig.checkpoint_seconds,
+    threads: Threads = AnalyzeConfig.threads,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", metavar="FILE",
             help="Scan state file (default: beside the database, DB.NAME.state).")
@@ -111,7 +113,7 @@ def analyze(
         top_n=top_n, batch_size=batch_size, provider=provider, preprocess=preprocess, labels=labels,
         layers=tuple(layers or ()), nf=nf, nf_max_size=nf_max_size, indexes=(indexes,), color_mode=color_mode,
         rho=rho, seed=seed, input_size=input_size, input=input_name, max_pixels=max_pixels, lock_timeout=lock_timeout,
-        checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+        checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds, threads=threads,
     )
     common = {"db": db, "name": name, "config": config, "resume": resume, "checkpoint": checkpoint,
               "ray": ray, "image_root": image_root}
@@ -199,6 +201,7 @@ def index_cmd(
     provider: Provider = IndexConfig.provider,
     image_root: ImageRoot = None,
     lock_timeout: LockTimeout = IndexConfig.lock_timeout,
+    threads: Threads = IndexConfig.threads,
     saved: Annotated[
         Path | None, typer.Option("--saved", metavar="FILE",
             help="Write the indexes a failed write kept in FILE (nothing is computed).")
@@ -210,7 +213,7 @@ def index_cmd(
 
     config = IndexConfig(
         indexes=(indexes,), layers=tuple(layers or ()), color_mode=color_mode, rho=rho, seed=seed,
-        batch_size=batch_size, provider=provider, lock_timeout=lock_timeout,
+        batch_size=batch_size, provider=provider, lock_timeout=lock_timeout, threads=threads,
     )
     with ProgressBars(silent) as bars:
         s = api.index(model, db=db, config=config, progress=bars, image_root=image_root, saved=saved)

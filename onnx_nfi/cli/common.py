@@ -95,6 +95,7 @@ ColorMode = Annotated[str, typer.Option("--color-mode", metavar="MODE", help=HEL
 Rho = Annotated[float, typer.Option("--rho", metavar="RHO", help=HELP["rho"])]
 Seed = Annotated[int, typer.Option("--seed", metavar="SEED", help=HELP["seed"])]
 LockTimeout = Annotated[float, typer.Option("--lock-timeout", metavar="SECONDS", help=HELP["lock_timeout"])]
+Threads = Annotated[int, typer.Option("--threads", metavar="N", help=HELP["threads"])]
 LayerPatterns = Annotated[list[str] | None, typer.Option("--layers", metavar="LAYERS", help=HELP["layers"])]
 InputSize = Annotated[str | None, typer.Option("--input-size", metavar="H,W", help=HELP["input_size"])]
 ImageInput = Annotated[str | None, typer.Option("--input", metavar="NAME", help=HELP["input"])]

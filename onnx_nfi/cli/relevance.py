@@ -15,6 +15,7 @@ from onnx_nfi.cli.common import (
     ProgressBars,
     Provider,
     Silent,
+    Threads,
     app,
     layer_patterns,
     print_table,
@@ -51,6 +52,7 @@ def relevance_cmd(
             help="The model's class names, one a line (names the classes hurt most; maps labels).")] = None,
     batch_size: BatchSize = AnalyzeConfig.batch_size,
     provider: Provider = AnalyzeConfig.provider,
+    threads: Threads = AnalyzeConfig.threads,
     plot: Annotated[Path | None, typer.Option(
         "--plot", metavar="FILE",
             help="Also draw prob_drop against class selectivity, a panel per layer with relevance (PNG).")] = None,
@@ -71,6 +73,7 @@ def relevance_cmd(
         s = api.relevance(
             model, db=db, layers=parse_list(layers), images=images, target=target, mode=mode, class_names=class_names,
             batch_size=batch_size, provider=provider, progress=bars, resume=resume, ray=ray, plot=plot,
+            threads=threads,
         )
     if s.resumed:
         say(f"Already measured the same way, left out: {', '.join(s.resumed)}.")

@@ -23,6 +23,7 @@ import onnx
 from scipy import special
 
 from onnx_nfi.graph.graph_view import GraphView
+from onnx_nfi.graph.node_values import attributes
 
 #: Activations that are one node, read after that node.
 FUSED = {
@@ -82,18 +83,14 @@ SAMPLES = np.concatenate([np.linspace(-9.0, 9.0, 721), [-3.0, 0.0, 3.0, 6.0]])
 _MAX_NODES = 12
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _clip(args: list, node: onnx.NodeProto) -> np.ndarray:
     """Clip with its bounds as inputs (opset 11+) or attributes (before)."""
-    lo, hi = (args + [None, None])[1:3] if len(args) > 1 else (_attrs(node).get("min"), _attrs(node).get("max"))
+    lo, hi = (args + [None, None])[1:3] if len(args) > 1 else (attributes(node).get("min"), attributes(node).get("max"))
     return np.clip(args[0], -np.inf if lo is None else lo, np.inf if hi is None else hi)
 
 
 def _hard_sigmoid(args: list, node: onnx.NodeProto) -> np.ndarray:
-    attrs = _attrs(node)
+    attrs = attributes(node)
     return np.clip(attrs.get("alpha", 0.2) * args[0] + attrs.get("beta", 0.5), 0.0, 1.0)
 
 

@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 from onnx_nfi.graph.chains import Chain, follow_chain
 from onnx_nfi.graph.graph_view import BRANCH_PREFIX, GraphView
 from onnx_nfi.graph.proto import shape_table
-from onnx_nfi.graph.rf_nodes import attr
+from onnx_nfi.graph.node_values import attr
 
 _PREFIX = BRANCH_PREFIX
 

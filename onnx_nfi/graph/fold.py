@@ -19,8 +19,9 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from onnx_nfi.graph.node_values import attr, constants
 from onnx_nfi.graph.proto import shape_table
-from onnx_nfi.graph.rf_nodes import attr, constants, inferred
+from onnx_nfi.graph.rf_nodes import inferred
 
 #: Ops a fold may run: pure functions of their inputs (no randomness, no subgraphs).
 _FOLDABLE = {

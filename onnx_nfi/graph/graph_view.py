@@ -9,7 +9,7 @@ from collections import defaultdict
 import numpy as np
 import onnx
 
-from onnx_nfi.graph.rf_nodes import constants
+from onnx_nfi.graph.node_values import constants
 
 #: Ops that pass a constant's values through unchanged (only the shape or the type may change):
 #: exporters put biases and scalars behind them (``Unsqueeze(bias)`` before an ``Add``).

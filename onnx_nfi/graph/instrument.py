@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_nfi.graph.layers import Layer
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.proto import BATCH_DIM, copy_model, exposing, prune_unused
-from onnx_nfi.graph.rf_nodes import constants
+from onnx_nfi.graph.node_values import constants
 
 _PREFIX = "nfi__"
 

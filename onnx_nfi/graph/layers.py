@@ -25,6 +25,7 @@ from onnx_nfi.graph.chains import follow_chain
 from onnx_nfi.graph.channel_slices import branch_read
 from onnx_nfi.graph.graph_view import GraphView
 from onnx_nfi.graph.load import LoadedModel
+from onnx_nfi.graph.node_values import attributes
 from onnx_nfi.graph.proto import shape_table
 
 #: Activations whose largest output sits where their largest input does whenever that input is
@@ -154,7 +155,7 @@ def _rises(act: Activation, view: GraphView) -> bool:
     node = act.node
     if node is None or node.op_type not in _RISING:
         return node is None and act.acts_as in _RISING
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     if node.op_type == "PRelu":
         slope = view.value(node.input[1])  # None when stored as external data: the rule is not applied
         return slope is not None and bool((slope >= 0).all())

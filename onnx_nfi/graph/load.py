@@ -19,6 +19,7 @@ from onnx_nfi.errors import ModelError
 from onnx_nfi.files import file_sha256
 from onnx_nfi.graph.channel_slices import add_branch_slices
 from onnx_nfi.graph.fold import fold_constants
+from onnx_nfi.graph.node_values import constants
 from onnx_nfi.graph.proto import BATCH_DIM, copy_model, with_input_size  # noqa: F401  (BATCH_DIM: importable from here)
 
 #: Metadata key, set on protos of external-data models, naming the folder onnxruntime reads the
@@ -189,20 +190,9 @@ def _custom_ops(proto: onnx.ModelProto, path: Path) -> tuple[str, ...]:
     )
 
 
-def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Initializers and ``Constant`` node outputs as arrays (external data is not read)."""
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_location != TensorProto.EXTERNAL}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            value = next((a for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                values[node.output[0]] = numpy_helper.to_array(value.t)
-    return values
-
-
 def _reshape_to_batch_one_before_conv(graph: onnx.GraphProto) -> bool:
     """Whether a ``Reshape`` to a constant shape starting with 1 (rank > 2) lies upstream of a conv."""
-    values = _constant_values(graph)
+    values = constants(graph)
     deps = _ancestors(graph)
     reshapes = {
         i for i, n in enumerate(graph.node)

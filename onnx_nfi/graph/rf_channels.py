@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import onnx
 
+from onnx_nfi.graph.node_values import attr
 from onnx_nfi.graph.receptive_field import Local, State
-from onnx_nfi.graph.rf_nodes import attr, join
+from onnx_nfi.graph.rf_nodes import join
 
 Part = tuple[int, int, State]  # channels [start, stop) and their state
 

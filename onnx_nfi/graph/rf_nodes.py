@@ -1,16 +1,15 @@
 """What the receptive-field walk (rf_walk.py) reads off nodes, and its algebra of window states:
-attributes and constants, the Resize/Upsample index map, joins of branches and reshapes."""
+the Resize/Upsample index map, joins of branches and reshapes (node values: ``node_values``)."""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from fractions import Fraction
 
-import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import shape_inference
 
 from onnx_nfi.graph.receptive_field import POOLED, STRONG, Global, Local, State
 
@@ -53,20 +52,6 @@ def same_axis(in_shape: Sequence[int], out_shape: Sequence[int], axis: int) -> i
     return None
 
 
-def attr(node: onnx.NodeProto, name: str):  # noqa: ANN201 (any attribute type)
-    """A node attribute's value, or None."""
-    for attr in node.attribute:
-        if attr.name == name:
-            return onnx.helper.get_attribute_value(attr)
-    return None
-
-
-def str_attr(node: onnx.NodeProto, name: str, default: str) -> str:
-    """A string attribute, decoded, or ``default``."""
-    value = attr(node, name)
-    return default if value is None else value.decode()
-
-
 def inferred(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with shapes inferred, or as it is when inference fails."""
     try:
@@ -74,23 +59,6 @@ def inferred(model: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as err:  # a model ORT runs may still trip strict checks; sizes then come from the formulas
         log.warning("Shape inference failed (%s); receptive fields use computed sizes.", err)
         return model
-
-
-def constants(graph: onnx.GraphProto, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
-    """Initializers and Constant outputs by name (only those in ``names`` when given: converting every
-    weight of a large model to NumPy to read two scalars is wasted work)."""
-    # weights kept as external data are never needed here (pads, scales and shapes are small, inline)
-    consts = {
-        init.name: numpy_helper.to_array(init)
-        for init in graph.initializer
-        if init.data_location != onnx.TensorProto.EXTERNAL and (names is None or init.name in names)
-    }
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and (names is None or node.output[0] in names):
-            attr = node.attribute[0]
-            value = onnx.helper.get_attribute_value(attr)
-            consts[node.output[0]] = numpy_helper.to_array(value) if attr.name == "value" else np.asarray(value)
-    return consts
 
 
 def resize_sources(

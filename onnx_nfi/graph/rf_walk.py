@@ -38,9 +38,10 @@ import numpy as np
 import onnx
 
 from onnx_nfi.errors import ModelError
+from onnx_nfi.graph.node_values import attr, constants, str_attr
 from onnx_nfi.graph.proto import shape_table, with_input_size
 from onnx_nfi.graph.rf_channels import ChannelParts
-from onnx_nfi.graph.rf_nodes import attr, constants, globalise, inferred, join, resize_sources, same_axis, str_attr
+from onnx_nfi.graph.rf_nodes import globalise, inferred, join, resize_sources, same_axis
 from onnx_nfi.graph.receptive_field import LAYOUTS, POOLED, STRONG, AxisWindows, GraphTrace, Local, ReceptiveField, State
 
 log = logging.getLogger(__name__)

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnx_nfi.config import DEFAULT_THREADS
 from onnx_nfi.errors import NfiError
 from onnx_nfi.graph.load import EXTERNAL_DATA_DIR
 
@@ -62,6 +65,27 @@ def _providers(choice: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+#: Intra-op threads of the sessions made without a count of their own (0: one per core): the run's,
+#: inside ``using_threads``; else the default of ``--threads``.
+_THREADS: ContextVar[int] = ContextVar("onnxruntime_threads", default=DEFAULT_THREADS)
+
+
+@contextmanager
+def using_threads(threads: int) -> Iterator[None]:
+    """Inside, sessions (and NF crop workers, ``session_threads``) use ``threads`` threads, 0 one per
+    core: a stage runs under its run's ``RunSettings.threads`` (a Ray task, its layout's)."""
+    token = _THREADS.set(threads)
+    try:
+        yield
+    finally:
+        _THREADS.reset(token)
+
+
+def session_threads() -> int:
+    """The thread count of the ``using_threads`` around this call (else the default); 0: one per core."""
+    return _THREADS.get()
+
+
 def session_options(proto: onnx.ModelProto, threads: int | None = None, *, spinning: bool = True) -> ort.SessionOptions:
     """Options every session of ours uses; external-data models get the folder of their weights.
 
@@ -73,7 +97,7 @@ def session_options(proto: onnx.ModelProto, threads: int | None = None, *, spinn
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    threads = threads or (int(os.environ["ONNX_NFI_THREADS"]) if os.environ.get("ONNX_NFI_THREADS") else None)
+    threads = threads or _THREADS.get()
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3  # unused initializers of pruned nodes are expected, not news

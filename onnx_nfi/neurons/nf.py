@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from onnx_nfi.graph.receptive_field import ReceptiveField
+from onnx_nfi.graph.session import session_threads
 from onnx_nfi.neurons.nf_kernel import add_weighted_crops
 from onnx_nfi.scan.topn import TopN
 
@@ -91,12 +92,10 @@ def scale_into(image: np.ndarray, geometry: CropGeometry, out: np.ndarray) -> No
 
 
 def compute_threads() -> int:
-    """Worker threads for NF crops: ``ONNX_NFI_THREADS`` (as for onnxruntime), else every core.
-
-    They run the compiled crop sums and the image scaling (OpenCV releases the GIL).
-    """
-    env = os.environ.get("ONNX_NFI_THREADS")
-    return max(1, int(env)) if env else max(1, os.cpu_count() or 1)
+    """Worker threads for NF crops: the run's thread count (``RunSettings.threads``, as for
+    onnxruntime), else every core. They run the compiled crop sums and the image scaling (OpenCV
+    releases the GIL)."""
+    return session_threads() or max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -141,18 +140,6 @@ class _Stack:
         """Stack positions of image ids, -1 for ids not in the stack (and for -1, an empty rank)."""
         inside = (ids >= 0) & (ids < self._slot.size)
         return np.where(inside, self._slot[np.where(inside, ids, 0)], -1)
-
-
-def neuron_features(
-    topn: TopN, images: Mapping[int, np.ndarray], geometry: CropGeometry
-) -> tuple[np.ndarray, np.ndarray]:
-    """NFs ``float32 [C, cy, cx, 3]`` (RGB 0-255) and a ``bool [C]`` mask of neurons that have one (not dead).
-
-    ``images`` maps image id -> display image (uint8 [H, W, 3]); every id in ``topn`` must be
-    there. The analysis computes the same over chunks of top images (``chunk_sums``).
-    """
-    plans = plan_features([(topn, geometry)])
-    return finish_features(plans, chunk_sums(plans, images, plans[0].used))[0]
 
 
 def plan_features(layers: Sequence[tuple[TopN, CropGeometry]]) -> list[NfPlan]:

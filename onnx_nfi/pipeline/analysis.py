@@ -26,17 +26,20 @@ from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.errors import ConfigError, ImageError, Interrupted, NfiError, ResultsNotWritten, StateError
 from onnx_nfi.graph.load import LoadedModel
 from onnx_nfi.graph.model_layers import LayerInfo, model_layers
+from onnx_nfi.graph.session import using_threads
 from onnx_nfi.names import check_model_name
 from onnx_nfi.pipeline import probe as probes
 from onnx_nfi.pipeline.caveats import caveats
-from onnx_nfi.pipeline.checkpoint import Checkpointer, Shard, merge_command, read_resumable, run_header, saved_probe
+from onnx_nfi.pipeline.checkpoint import Checkpointer
 from onnx_nfi.pipeline.features import FeatureWork, RunChunks, compute_features, local_chunks
 from onnx_nfi.pipeline.finite import check_finite
 from onnx_nfi.pipeline.models import open_model
-from onnx_nfi.progress import Progress, phase
-from onnx_nfi.scan.scanner import ScanResult, renumbered, scan
-from onnx_nfi.scan.state import save_state
-from onnx_nfi.signals import SignalHold, signals_wait
+from onnx_nfi.pipeline.run_header import RunHeader, Shard, run_header
+from onnx_nfi.pipeline.shards import merge_command
+from onnx_nfi.pipeline.state_file import StateFile
+from onnx_nfi.progress import Progress, StageProgress, phase
+from onnx_nfi.scan.scanner import ScanRequest, ScanResult, renumbered
+from onnx_nfi.signals import SignalHold
 from onnx_nfi.store.duckdb_store import check_writable, lock_wait
 from onnx_nfi.store.results import AnalysisRecord, write_analysis
 from onnx_nfi.store.vectors import ProbeSet, sync_after_commit
@@ -46,18 +49,35 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Plan:
-    """A validated analysis, before any long work: the model, its layers, the images and the options."""
+    """A validated analysis, before any long work: the run (``header``: model, options, images,
+    shard, probe set, as every state of it records them) and what it loaded to check them."""
 
-    name: str
+    header: RunHeader
     lm: LoadedModel
     pre: Preprocessing
     infos: list[LayerInfo]
     imageset: ImageSet
     class_names: list[str] | None
-    config: AnalyzeConfig
-    shard: Shard
-    probe: ProbeSet
-    header: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        """The model's name in the database."""
+        return self.header.name
+
+    @property
+    def config(self) -> AnalyzeConfig:
+        """The analysis options (the batch size as the model allows it)."""
+        return self.header.config
+
+    @property
+    def shard(self) -> Shard:
+        """The part of the image list this plan scans."""
+        return self.header.shard
+
+    @property
+    def probe(self) -> ProbeSet:
+        """The probe images the scan scores."""
+        return self.header.probe
 
     @property
     def layers(self) -> dict[str, Any]:
@@ -69,12 +89,24 @@ class Plan:
         """Image paths by position in the image list."""
         return [Path(f.path) for f in self.imageset.files]
 
+    def scan(
+        self, start: int, end: int, progress: StageProgress | None, resume: ScanResult | None = None,
+        checkpoint: Checkpointer | None = None,
+    ) -> ScanResult:
+        """Scan list positions ``start``..``end`` as this plan asks (ids: list positions): the one place
+        an analysis, a shard, a resume and a cluster's shard task call the scanner."""
+        request = ScanRequest(
+            self.lm, list(self.layers.values()), self.pre, self.imageset.files[start:end], start, self.config.top_n,
+            self.config.batch_size, self.config.provider, self.imageset.label_source == "predicted",
+            self.class_names, self.probe.sha256,
+        )
+        with using_threads(self.config.threads):
+            return request.run(progress, resume, checkpoint, renumber=False)
+
     def with_probe(self, probe: ProbeSet) -> Plan:
-        """This plan scoring the probe images a saved scan was made with (a resume), in its probe set
-        and in the header of every state it saves, so the saved scores and list agree."""
-        return replace(self, probe=probe, header={
-            **self.header, "probe_sha256": list(probe.sha256), "probe_paths": [str(p) for p in probe.paths],
-        })
+        """This plan scoring the probe images a saved scan was made with (a resume), so the saved
+        scores and the probe list of every state it saves agree."""
+        return replace(self, header=self.header.with_probe(probe))
 
 
 @dataclass(frozen=True)
@@ -115,8 +147,7 @@ def plan(
     if probe is None:
         probe = probes.probe_for_analysis(db, imageset.files, config.probe_size) if shard.count == 1 and db else \
             probes.choose_probe(imageset.files, config.probe_size)
-    header = run_header(name, lm, pre, config, imageset, shard, probe)
-    return Plan(name, lm, pre, infos, imageset, class_names, config, shard, probe, header)
+    return Plan(run_header(name, lm, pre, config, imageset, shard, probe), lm, pre, infos, imageset, class_names)
 
 
 def scan_part(
@@ -126,22 +157,16 @@ def scan_part(
     with ``resume``, continue from the state there. Returns the finished scan and the plan it belongs
     to (a resumed run keeps scoring the probe images it started with)."""
     start, end = p.shard.bounds(len(p.imageset.files))
-    partial = None
+    partial, file = None, StateFile(state)
     if resume:
-        partial, saved = read_resumable(state, p.header, p.layers, p.paths)
-        p = p.with_probe(saved_probe(saved))
-        if saved["complete"]:
+        partial, saved = file.resumable(p.header, p.layers, p.paths)
+        p = p.with_probe(saved.run.probe)
+        if saved.complete:
             return partial, p
-        start = saved["next_position"]
-    checkpoint = Checkpointer(state, p.header, p.config.checkpoint_every, p.config.checkpoint_seconds)
-    result = scan(
-        p.lm, list(p.layers.values()), p.pre, p.imageset.files[start:end], top_n=p.config.top_n,
-        batch_size=p.config.batch_size, provider=p.config.provider,
-        predict_labels=p.imageset.label_source == "predicted", class_names=p.class_names,
-        probe_sha256=p.probe.sha256, progress=phase(progress, "scan"), resume=partial, first_position=start,
-        checkpoint=checkpoint, renumber=False,
-    )
-    checkpoint.save(result, end, complete=True)
+        start = saved.next_position
+    checkpoint = Checkpointer(file, p.header, p.config.settings)
+    result = p.scan(start, end, phase(progress, "scan"), partial, checkpoint)
+    file.mark_complete(p.header, result)
     return result, p
 
 
@@ -161,17 +186,19 @@ def finish(
     check_finite(result.stats)
     with _kept_on_failure(p, scanned, db, state, image_root), lock_wait(p.config.lock_timeout, phase(progress, "lock")):
         probe, scores = _probe_scores_for(db, p, result)  # the scan is done: its work waits for a busy database
-    probe, probe_scores = probes.complete_probe_scores(
-        probe, replace(result, probe_scores=scores), p.lm, p.pre, list(p.layers.values()),
-        batch_size=p.config.batch_size, provider=p.config.provider, progress=progress,
-    )
+    with using_threads(p.config.threads):
+        probe, probe_scores = probes.complete_probe_scores(
+            probe, replace(result, probe_scores=scores), p.lm, p.pre, list(p.layers.values()),
+            batch_size=p.config.batch_size, provider=p.config.provider, progress=progress,
+        )
     topns = {tensor: st.topn for tensor, st in result.stats.items()}
     work = FeatureWork.of(
         p.lm, p.pre, p.infos, topns,
         {i.image_id: Path(i.path) for i in result.images}, {i.image_id: i.label for i in result.images}, p.config,
         sha256={i.image_id: i.sha256 for i in result.images},
     )
-    features = compute_features(work, progress, run_chunks)
+    with using_threads(p.config.threads):  # a cluster's tasks use their layout's
+        features = compute_features(work, progress, run_chunks)
     if image_root is not None:
         result = replace(result, images=[replace(i, path=relative_to_root(i.path, image_root)) for i in result.images])
     record = AnalysisRecord(
@@ -225,8 +252,7 @@ def write(
 def save_finished(p: Plan, scanned: ScanResult, state: Path) -> None:
     """Save a finished scan of the whole list to ``state`` (for ``merge``, or ``--resume``); a signal
     waits for the file to be whole."""
-    with signals_wait():
-        save_state(state, {**p.header, "next_position": len(p.imageset.files), "complete": True}, scanned)
+    StateFile(state).mark_complete(p.header, scanned)
 
 
 @contextmanager

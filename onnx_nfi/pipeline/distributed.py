@@ -27,12 +27,14 @@ from typing import Any
 import numpy as np
 
 from onnx_nfi.config import AnalyzeConfig
-from onnx_nfi.errors import ConfigError, ImageError, NfiError
+from onnx_nfi.errors import ConfigError, ImageError, Interrupted, NfiError
+from onnx_nfi.graph.session import using_threads
 from onnx_nfi.pipeline.analysis import Plan, plan
-from onnx_nfi.pipeline.checkpoint import Shard, merge_results
+from onnx_nfi.pipeline.run_header import Shard
+from onnx_nfi.pipeline.shards import merge_results
 from onnx_nfi.pipeline.features import ChunkOutput, FeatureWork, Fold, chunk_worker
 from onnx_nfi.progress import Progress, StageProgress
-from onnx_nfi.scan.scanner import ScanResult, scan
+from onnx_nfi.scan.scanner import ScanResult
 from onnx_nfi.store.vectors import ProbeSet
 
 #: A killed worker's shard or chunk is run again up to this many times.
@@ -60,6 +62,10 @@ def connect(address: str) -> Any:
             ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise ConfigError(f"cannot reach the Ray cluster at {address!r} ({exc}); check --ray ADDRESS") from None
+        except SystemExit as exc:  # a SIGTERM met ray.init's own handler while it started: stop as ours would
+            if exc.code == signal.SIGTERM and callable(on_sigterm):
+                raise Interrupted("", signal.SIGTERM) from None
+            raise
         finally:  # ray.init makes SIGTERM exit(15) at once; ours saves the scan and says so, as on Ctrl-C
             if on_sigterm is not None and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, on_sigterm)
@@ -130,8 +136,8 @@ def _tally_done(ray: Any, answer: Any) -> int | None:
 
 def _call(fn: Callable[[Any, Any], Any], shared: Any, item: Any, threads: int) -> Any:
     """``fn(shared, item)`` on a worker, with the layout's threads per task."""
-    os.environ["ONNX_NFI_THREADS"] = str(threads)
-    return fn(shared, item)
+    with using_threads(threads):
+        return fn(shared, item)
 
 
 def ordered_tasks(
@@ -168,14 +174,13 @@ def _scan_shard(
     set, check the list, scan."""
     import socket
 
-    os.environ["ONNX_NFI_THREADS"] = str(threads)
     node = socket.gethostname()
     try:
         p = plan(model_path, image_root, None, name, config, shard, probe)
     except NfiError as exc:
         raise ImageError(f"worker on {node} cannot use the model or images at the driver's paths ({exc}); "
                          "images must be on a filesystem every Ray node sees at the same path") from None
-    if p.header["image_list"] != image_list:
+    if p.header.image_list != image_list:
         raise ImageError(f"worker on {node} sees another image list under {image_root} than the driver; "
                          "images must be on a filesystem every Ray node sees at the same path")
     start, end = shard.bounds(len(p.imageset.files))
@@ -184,12 +189,8 @@ def _scan_shard(
     def progress(done: int, total: int) -> None:
         tally.report.remote(shard.index, done, pid)
 
-    return scan(
-        p.lm, list(p.layers.values()), p.pre, p.imageset.files[start:end], top_n=config.top_n,
-        batch_size=config.batch_size, provider=config.provider,
-        predict_labels=p.imageset.label_source == "predicted", class_names=p.class_names,
-        probe_sha256=probe.sha256, progress=progress, first_position=start, renumber=False,
-    )
+    with using_threads(threads):
+        return p.scan(start, end, progress)
 
 
 def _merge(*parts: ScanResult) -> ScanResult:
@@ -207,7 +208,7 @@ def distributed_scan(p: Plan, address: str, progress: Progress | None = None) ->
     refs = [
         scan_task.remote(
             str(Path(p.lm.path).resolve()), str(p.imageset.root), p.name, p.config, Shard(i, count),
-            p.header["image_list"], p.probe, tally, layout.threads,
+            p.header.image_list, p.probe, tally, layout.threads,
         )
         for i in range(1, count + 1)
     ]
@@ -241,9 +242,9 @@ def distributed_scan(p: Plan, address: str, progress: Progress | None = None) ->
 def _run_chunk(work: FeatureWork, kind: str, number: int, chunk: np.ndarray, tally: Any, threads: int) -> ChunkOutput:
     """One chunk of the NF or index pass on a worker; the worker keeps the passes' sessions for the
     next chunks of the same work."""
-    os.environ["ONNX_NFI_THREADS"] = str(threads)
     tally.start.remote(number, os.getpid())
-    return chunk_worker(work).run(kind, chunk)
+    with using_threads(threads):
+        return chunk_worker(work).run(kind, chunk)
 
 
 class _ClusterFold(Fold):

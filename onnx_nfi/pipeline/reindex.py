@@ -14,6 +14,7 @@ from onnx_nfi.config import IndexConfig
 from onnx_nfi.data.images import stored_image_path
 from onnx_nfi.graph.layers import find_conv_layers, select_layers
 from onnx_nfi.graph.model_layers import LayerInfo
+from onnx_nfi.graph.session import using_threads
 from onnx_nfi.neurons.indexes import IndexResult
 from onnx_nfi.pipeline.features import FeatureWork, compute_features
 from onnx_nfi.pipeline.index_state import finish_command, index_state_path, load_indexes, save_indexes
@@ -49,7 +50,7 @@ def reindex(
     neurons = sum(int(r["channels"]) for r in layer_rows)
     if saved is not None:
         result, made_with = load_indexes(Path(saved), model, row["sha256"])
-        config = replace(IndexConfig.of(made_with), lock_timeout=config.lock_timeout)
+        config = replace(IndexConfig.of(made_with), lock_timeout=config.lock_timeout, threads=config.threads)
         _write_or_keep(db, model, row["sha256"], result, config, started, progress)
         Path(saved).unlink(missing_ok=True)
         return Reindexed(config, len(result.columns), neurons)
@@ -63,7 +64,8 @@ def reindex(
     labels = {int(r["image_id"]): r["label"] for r in image_rows}
     work = FeatureWork.of(lm, pre, infos, {i.layer.tensor: topns[i.layer.tensor] for i in infos}, paths, labels,
                           config.analysis(), sha256={int(r["image_id"]): r["sha256"] for r in image_rows})
-    result = compute_features(work, progress).indexes
+    with using_threads(config.threads):
+        result = compute_features(work, progress).indexes
     _write_or_keep(db, model, row["sha256"], result, config, started, progress)
     return Reindexed(config, len(infos), sum(i.layer.channels for i in infos), result.notes)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnx_nfi.config import DEFAULT_THREADS
 from onnx_nfi.data.images import ImageFile, list_images, read_class_names
 from onnx_nfi.data.loader import iter_batches
 from onnx_nfi.data.preprocess import Preprocessing
@@ -25,7 +26,7 @@ from onnx_nfi.errors import ConfigError, ImageError, Interrupted
 from onnx_nfi.graph.cut import Cut, cut_at, outputs_probabilities
 from onnx_nfi.graph.layers import Layer, find_conv_layers, select_layers
 from onnx_nfi.graph.load import LoadedModel
-from onnx_nfi.graph.session import Runner
+from onnx_nfi.graph.session import Runner, using_threads
 from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.neurons.ablation import (
     LayerRelevance,
@@ -79,6 +80,7 @@ def relevance(
     model: str, *, db: str | Path = DEFAULT_DB, layers: Sequence[str] = (), images: str | Path | None = None,
     target: str = "predicted", mode: str = "zero", class_names: str | Path | None = None, batch_size: int = 32,
     provider: str = "auto", progress: Progress | None = None, resume: bool = False, ray: str | None = None,
+    threads: int = DEFAULT_THREADS,
 ) -> RelevanceSummary:
     """Ablate each neuron of ``layers`` (aliases, tensors or globs; default every stored layer) of the
     stored classifier ``model`` on ``images`` (default the database's probe set); ``mode``: the channel
@@ -86,7 +88,8 @@ def relevance(
     probability drop is measured, the unablated prediction (``predicted``) or the image's sub-folder
     (``label``: a class index, or a name of ``class_names``). Each layer's rows are stored as it ends;
     ``resume`` leaves out the layers already stored from the same images, target and mode. ``ray`` (a cluster address, or ``local``)
-    measures the layers as Ray tasks, one a worker, with the same values; the driver writes them."""
+    measures the layers as Ray tasks, one a worker, with the same values; the driver writes them. ``threads``:
+    onnxruntime's threads per session here (``RunSettings.threads``; a Ray task uses its layout's)."""
     started = dt.datetime.now()
     if target not in TARGETS or mode not in MODES:
         raise ConfigError(f"--target is one of {', '.join(TARGETS)} and --mode one of {', '.join(MODES)}; got {target!r}, {mode!r}")
@@ -111,7 +114,7 @@ def relevance(
               "softmax_applied": not from_softmax}
     work = LayerWork(lm, pre, tuple(files), labels, mode, batch_size, provider, from_softmax)
     try:
-        for layer, m in zip(chosen, _measure(work, chosen, ray, progress), strict=True):
+        for layer, m in zip(chosen, _measure(work, chosen, ray, threads, progress), strict=True):
             provider_used, images_used, skipped = m.provider, m.images, m.skipped
             info = RelevanceRun(m.images, target, mode, m.provider, params, started)
             with signals_wait():  # a layer is written whole, and counted among the written ones
@@ -163,13 +166,21 @@ def measure_layer(work: LayerWork, tensor: str, progress: StageProgress | None =
     return Measured(result, images, tuple(skipped), runner.provider)
 
 
-def _measure(work: LayerWork, chosen: Sequence[Layer], ray: str | None, progress: Progress | None) -> Iterator[Measured]:
+def _measure(
+    work: LayerWork, chosen: Sequence[Layer], ray: str | None, threads: int, progress: Progress | None,
+) -> Iterator[Measured]:
     """Each chosen layer's measurement in order, as it ends: here, one after the other with a bar per
-    layer, or (``ray``: a cluster address, or ``local``) as one Ray task per layer, counted by layer."""
+    layer and ``threads`` onnxruntime threads, or (``ray``: a cluster address, or ``local``) as one Ray
+    task per layer, counted by layer."""
     if ray is None:
-        return (measure_layer(work, layer.tensor, phase(progress, f"Ablating {layer.alias}")) for layer in chosen)
+        return (_measure_here(work, layer, threads, progress) for layer in chosen)
     return ordered_tasks(ray, measure_layer, work, [layer.tensor for layer in chosen],
                          phase(progress, "Ablating layers on Ray"))
+
+
+def _measure_here(work: LayerWork, layer: Layer, threads: int, progress: Progress | None) -> Measured:
+    with using_threads(threads):
+        return measure_layer(work, layer.tensor, phase(progress, f"Ablating {layer.alias}"))
 
 
 def _ablate(

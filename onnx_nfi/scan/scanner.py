@@ -73,6 +73,62 @@ class ScanCheckpoint(Protocol):
         """Keep ``partial`` (ids are file positions); scanning resumes at file ``next_position``."""
 
 
+@dataclass(frozen=True)
+class ScanRequest:
+    """What to scan: the model's ``layers`` over ``files`` (the first at list position
+    ``first_position``), keeping ``top_n`` images per neuron and the scores on the probe images
+    ``probe_sha256``; ``predict_labels``: label images by the model's top-1 class (``class_names``)."""
+
+    model: LoadedModel
+    layers: Sequence[Layer]
+    pre: Preprocessing
+    files: Sequence[ImageFile]
+    first_position: int = 0
+    top_n: int = 100
+    batch_size: int = 32
+    provider: str = "auto"
+    predict_labels: bool = False
+    class_names: Sequence[str] | None = None
+    probe_sha256: Sequence[str] = ()
+
+    def run(
+        self, progress: StageProgress | None = None, resume: ScanResult | None = None,
+        checkpoint: ScanCheckpoint | None = None, *, renumber: bool = True,
+    ) -> ScanResult:
+        """Scan the files once, keeping per-neuron top-N, moments and scores on the probe images.
+
+        While scanning, an image's id is its position in the whole image list, so a resumed run
+        (``resume``: the partial result saved by ``checkpoint``) or a shard ranks images exactly as
+        one run over the list would; ``renumber`` turns the positions into ids among readable images
+        at the end (shards keep positions until they are merged). On Ctrl-C the checkpoint gets the
+        state of the last finished batch.
+        """
+        model, predict_labels = self.model, self.predict_labels
+        batch_size = model.batch(self.batch_size)
+        if predict_labels and model.input.batch == 1:
+            batch_size = 1  # the exporter fixed batch 1 in the head (e.g. Reshape([1, -1])), which predictions need
+        runner = RuleRunner(model, self.layers, self.provider, keep_model_outputs=predict_labels)
+        state = Scanning(self, runner, progress, checkpoint, resume)
+        files, pre = self.files, self.pre
+        # Inference of batch k runs (GIL released) while batch k-1's statistics are updated, so the
+        # runtime never waits on numpy; one worker keeps batches in order.
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="nfi-infer") as infer:
+                pending: tuple[Batch, Future[Ran]] | None = None
+                for batch in iter_batches(files, pre, batch_size, on_skip=state.skip):
+                    running = infer.submit(runner.run, batch.tensor)
+                    if pending is not None:
+                        state.absorb(pending[0], pending[1].result())
+                    pending = (batch, running)
+                if pending is not None:
+                    state.absorb(pending[0], pending[1].result())
+        except KeyboardInterrupt:
+            state.save()
+            raise
+        result = state.result()
+        return renumbered(result) if renumber else result
+
+
 def scan(
     model: LoadedModel,
     layers: Sequence[Layer],
@@ -86,57 +142,25 @@ def scan(
     class_names: Sequence[str] | None = None,
     probe_sha256: Sequence[str] = (),
     progress: StageProgress | None = None,
-    resume: ScanResult | None = None,
-    first_position: int = 0,
-    checkpoint: ScanCheckpoint | None = None,
-    renumber: bool = True,
 ) -> ScanResult:
-    """Scan ``files`` once, keeping per-neuron top-N, moments and scores on the probe images.
-
-    While scanning, an image's id is its position in the whole image list (``first_position`` is
-    that of ``files[0]``), so a resumed run (``resume``: the partial result saved by
-    ``checkpoint``) or a shard ranks images exactly as one run over the list would; ``renumber``
-    turns the positions into ids among readable images at the end (shards keep positions until
-    they are merged). On Ctrl-C the checkpoint gets the state of the last finished batch.
-    """
-    batch_size = model.batch(batch_size)
-    if predict_labels and model.input.batch == 1:
-        batch_size = 1  # the exporter fixed batch 1 in the head (e.g. Reshape([1, -1])), which predictions need
-    runner = RuleRunner(model, layers, provider, keep_model_outputs=predict_labels)
-    state = Scanning(
-        layers, runner, top_n, probe_sha256, files, first_position, progress, checkpoint,
-        class_names if predict_labels else None, predict_labels, resume,
-    )
-    # Inference of batch k runs (GIL released) while batch k-1's statistics are updated, so the
-    # runtime never waits on numpy; one worker keeps batches in order.
-    try:
-        with ThreadPoolExecutor(1, thread_name_prefix="nfi-infer") as infer:
-            pending: tuple[Batch, Future[Ran]] | None = None
-            for batch in iter_batches(files, pre, batch_size, on_skip=state.skip):
-                running = infer.submit(runner.run, batch.tensor)
-                if pending is not None:
-                    state.absorb(pending[0], pending[1].result())
-                pending = (batch, running)
-            if pending is not None:
-                state.absorb(pending[0], pending[1].result())
-    except KeyboardInterrupt:
-        state.save()
-        raise
-    result = state.result()
-    return renumbered(result) if renumber else result
+    """A whole scan of ``files`` in one call, ids among the readable images (``ScanRequest.run``)."""
+    request = ScanRequest(model, layers, pre, files, 0, top_n, batch_size, provider, predict_labels, class_names,
+                          probe_sha256)
+    return request.run(progress)
 
 
 class Scanning:
     """The scan's state between batches: statistics, images seen, files skipped, outputs not yet absorbed."""
 
     def __init__(
-        self, layers: Sequence[Layer], runner: RuleRunner, top_n: int, probe_sha256: Sequence[str],
-        files: Sequence[ImageFile], first_position: int, progress: StageProgress | None, checkpoint: ScanCheckpoint | None,
-        class_names: Sequence[str] | None, predict_labels: bool, resume: ScanResult | None,
+        self, request: ScanRequest, runner: RuleRunner, progress: StageProgress | None,
+        checkpoint: ScanCheckpoint | None, resume: ScanResult | None,
     ) -> None:
-        self.runner, self.outputs, self.first_position = runner, runner.outputs, first_position
+        layers, top_n, probe_sha256, files = request.layers, request.top_n, request.probe_sha256, request.files
+        self.runner, self.outputs, self.first_position = runner, runner.outputs, request.first_position
         self.progress, self.checkpoint = progress, checkpoint
-        self.predict_labels, self.class_names = predict_labels, class_names
+        self.predict_labels = request.predict_labels
+        self.class_names = request.class_names if request.predict_labels else None
         self.stats = {
             layer.tensor: LayerStats(layer, TopN.empty(layer.channels, top_n), Moments.empty(layer.channels))
             for layer in layers

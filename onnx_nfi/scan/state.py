@@ -11,7 +11,6 @@ stored: an image is its position in the run's image list, whose content hash the
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from collections.abc import Mapping
 from dataclasses import fields
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from onnx_nfi.errors import StateError
+from onnx_nfi.files import atomic_write, sweep_orphans
 from onnx_nfi.graph.layers import Layer
 from onnx_nfi.scan.scanner import LayerStats, ScannedImage, ScanResult
 from onnx_nfi.scan.topn import Moments, TopN
@@ -44,10 +44,8 @@ def _fields_from_arrays(cls: type[T], prefix: str, data: Mapping[str, np.ndarray
 
 
 def save_state(path: str | Path, header: dict[str, Any], result: ScanResult) -> None:
-    """Write ``result`` (ids are file positions) with ``header`` to ``path``: temporary file, fsync, rename.
-
-    A crash at any moment leaves either the previous state or the new one, never a torn file.
-    """
+    """Write ``result`` (ids are file positions) with ``header`` to ``path`` atomically: a crash or
+    signal at any moment leaves either the previous state or the new one, never a torn file."""
     path = Path(path)
     tensors = list(result.stats)
     files = {
@@ -65,25 +63,13 @@ def save_state(path: str | Path, header: dict[str, Any], result: ScanResult) -> 
         arrays |= _fields_to_arrays(f"L{k}.topn", st.topn) | _fields_to_arrays(f"L{k}.moments", st.moments)
         if tensor in result.probe_scores:
             arrays[f"L{k}.probe"] = result.probe_scores[tensor]
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as fh:
+        with atomic_write(path) as fh:
             np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a power cut
-        finally:
-            os.close(dir_fd)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise StateError(f"cannot save the scan state to {path} ({exc.strerror or exc}); free disk space or "
                          "pass --checkpoint FILE in a writable folder") from None
-    except BaseException:  # a signal mid-write: the previous state stays, the torn copy goes
-        tmp.unlink(missing_ok=True)
-        raise
+    sweep_orphans(path.parent, path.name)  # the temporaries of a save that was killed
 
 
 def read_header(path: str | Path) -> dict[str, Any]:

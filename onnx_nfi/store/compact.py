@@ -3,13 +3,13 @@
 DuckDB reuses freed blocks but never shrinks its file: after ``remove`` or a re-analysis the file
 keeps its largest size. ``compact`` copies every table and view into a fresh file beside it
 (``COPY FROM DATABASE``), then renames it over the original, so a failure at any point leaves the
-original intact. The FAISS folder beside the database (``<db>.faiss``) is keyed by neuron ids,
+original intact (a compact killed outright leaves its copy, which the next command that opens the
+database deletes). The FAISS folder beside the database (``<db>.faiss``) is keyed by neuron ids,
 which the copy keeps, so it stays valid.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 
 from onnx_nfi.errors import StoreError
-from onnx_nfi.files import pid_alive
+from onnx_nfi.files import fsync_folder, temporary_beside
 from onnx_nfi.store.duckdb_store import Store, quoted_path
 
 
@@ -39,8 +39,7 @@ def compact(db: str | Path) -> CompactSummary:
     db = Path(db)
     if not db.is_file():
         raise StoreError(f"database {db} does not exist; pass the --db file to compact")
-    _sweep_stale(db)
-    fresh = db.with_name(f"{db.name}.{os.getpid()}.compact")
+    fresh = temporary_beside(db)  # a killed compact's copy is swept at the next open (``Store.open``)
     before = db.stat().st_size + _wal_size(db)
     try:
         with Store.open(db) as store:
@@ -52,6 +51,7 @@ def compact(db: str | Path) -> CompactSummary:
             finally:
                 store._con.execute("DETACH nfi_compact")
         os.replace(fresh, db)
+        fsync_folder(db.parent)
     except OSError as exc:
         raise StoreError(f"cannot compact {db}: {exc.strerror or exc}; free some disk space and try again") from None
     except duckdb.Error as exc:
@@ -61,15 +61,6 @@ def compact(db: str | Path) -> CompactSummary:
         fresh.unlink(missing_ok=True)
         Path(f"{fresh}.wal").unlink(missing_ok=True)
     return CompactSummary(db, before, db.stat().st_size + _wal_size(db))
-
-
-def _sweep_stale(db: Path) -> None:
-    """Delete the copies (``DB.PID.compact`` and its ``.wal``) of compactions whose process is gone
-    (killed before it could clean up): each is as large as the database."""
-    for stale in db.parent.glob(f"{glob.escape(db.name)}.*.compact*"):
-        pid = stale.name[len(db.name) + 1 :].split(".")[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            stale.unlink(missing_ok=True)
 
 
 def _wal_size(db: Path) -> int:

@@ -18,6 +18,7 @@ import duckdb
 import numpy as np
 
 from onnx_nfi.errors import NotFoundError, StoreError
+from onnx_nfi.files import sweep_orphans
 from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.signals import current_hold, signals_wait
 from onnx_nfi.store.nf_storage import convert_float_nfs
@@ -134,6 +135,7 @@ class Store:
         path = Path(path)
         if read_only and not path.exists():
             raise StoreError(f"database {path} does not exist; run 'onnx-nfi analyze' first or pass --db")
+        sweep_orphans(path.parent, path.name)  # the copy a killed ``compact`` left (as large as the database)
         with _accesses_whole():
             con = _connect(path, read_only)
             store = cls(con, path)
