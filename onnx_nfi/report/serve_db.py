@@ -27,10 +27,11 @@ from typing import Any, TypeVar
 
 from onnx_nfi.errors import StoreError
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.sql_child import READ_ONLY_CONFIG
 
 T = TypeVar("T")
 #: DuckDB settings of the connection ``serve`` opens.
-SAFE_CONFIG = {"enable_external_access": False, "lock_configuration": True}
+SAFE_CONFIG = READ_ONLY_CONFIG
 #: Seconds without a request after which the connection is closed (so writers can take the file).
 IDLE_CLOSE = 1.0
 #: Worker threads answering requests at once.
@@ -184,12 +185,6 @@ class ServedDatabase:
             if self._users == 0 and self._con is not None:
                 self._con.close()
                 self._con = None
-
-    def interrupt(self, cursor: Any) -> None:
-        """Interrupt the query running on ``cursor`` (no effect once it is done)."""
-        with self._lock:
-            if cursor in self._cursors:
-                cursor.interrupt()
 
     def stop(self) -> None:
         """Refuse new work and interrupt every running query (the server is shutting down)."""
