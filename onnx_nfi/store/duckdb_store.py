@@ -20,6 +20,7 @@ import numpy as np
 from onnx_nfi.errors import NotFoundError, StoreError
 from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.signals import current_hold, signals_wait
+from onnx_nfi.store.full_disk import disk_full_as_error
 from onnx_nfi.store.nf_storage import convert_float_nfs
 from onnx_nfi.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, TABLES, layer_summary_sql
 
@@ -133,7 +134,7 @@ class Store:
         path = Path(path)
         if read_only and not path.exists():
             raise StoreError(f"database {path} does not exist; run 'onnx-nfi analyze' first or pass --db")
-        with _accesses_whole():
+        with _accesses_whole(), disk_full_as_error(path):
             con = _connect(path, read_only)
             store = cls(con, path)
             try:
