@@ -133,9 +133,12 @@ def chunk_responses(
     images: Mapping[int, np.ndarray],
     chunk: np.ndarray,
     config: AnalyzeConfig,
+    step_done: Callable[[], None] | None = None,
 ) -> Responses:
     """The forward passes of the configured indexes for the top entries whose image is in ``chunk``
-    (``images`` holds the chunk's display images)."""
+    (``images`` holds the chunk's display images); ``step_done`` is called after each of the
+    :func:`chunk_steps` passes (a progress bar that moves within a chunk)."""
+    step = step_done or (lambda: None)
     batch_size = sessions.model.batch(max(1, config.batch_size // 2))
     out = Responses({item.layer.tensor: {} for item in layers})
     if "color" in config.indexes and config.color_mode == "image":
@@ -143,10 +146,12 @@ def chunk_responses(
         grey = whole_image_responses(runner, pre, layers, images, chunk, to_grey, batch_size)
         for tensor, values in grey.items():
             out.by_layer[tensor]["grey"] = values
+        step()
     if "color_names" in config.indexes:
         runner = sessions.whole([item.layer.tensor for item in layers])
         for tensor, values in color_name_responses(runner, pre, layers, images, chunk, batch_size).items():
             out.by_layer[tensor]["names"] = values
+        step()
     variants = [v for _, vs in _region_kinds(config) for v in vs]
     for item in layers if variants else ():
         runner = sessions.region(item.layer.tensor)
@@ -154,7 +159,14 @@ def chunk_responses(
         out.by_layer[item.layer.tensor]["region"] = region_responses(
             runner, pre, item, images, chunk, variants, batch_size, key
         )
+        step()
     return out
+
+
+def chunk_steps(layers: Sequence[IndexLayer], config: AnalyzeConfig) -> int:
+    """How many passes :func:`chunk_responses` makes per chunk (its ``step_done`` calls)."""
+    whole = ("color" in config.indexes and config.color_mode == "image") + ("color_names" in config.indexes)
+    return whole + (len(layers) if any(vs for _, vs in _region_kinds(config)) else 0)
 
 
 def indexes_from(

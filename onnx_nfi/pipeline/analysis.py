@@ -33,12 +33,12 @@ from onnx_nfi.pipeline.checkpoint import Checkpointer, Shard, merge_command, rea
 from onnx_nfi.pipeline.features import FeatureWork, RunChunks, compute_features, local_chunks
 from onnx_nfi.pipeline.finite import check_finite
 from onnx_nfi.pipeline.models import open_model
-from onnx_nfi.progress import Progress, phase
+from onnx_nfi.progress import Progress, count_steps, phase
 from onnx_nfi.scan.scanner import ScanResult, renumbered, scan
 from onnx_nfi.scan.state import save_state
 from onnx_nfi.signals import SignalHold, signals_wait
 from onnx_nfi.store.duckdb_store import check_writable, lock_wait
-from onnx_nfi.store.results import AnalysisRecord, write_analysis
+from onnx_nfi.store.results import WRITE_STEPS, AnalysisRecord, write_analysis
 from onnx_nfi.store.vectors import ProbeSet, sync_after_commit
 
 T = TypeVar("T")
@@ -178,12 +178,9 @@ def finish(
         p.name, p.lm, p.pre, p.infos, result, [*p.imageset.rejected, *result.skipped], p.imageset.label_source,
         p.config, probe, probe_scores, features.nfs, features.indexes, started, dt.datetime.now(),
     )
-    if progress:
-        progress("write", 0, 1)
+    steps = count_steps(phase(progress, "write"), WRITE_STEPS)
     with _kept_on_failure(p, scanned, db, state, image_root), lock_wait(p.config.lock_timeout, phase(progress, "lock")):
-        run_id, dead = write_analysis(db, record)  # finished work waits for a busy database
-    if progress:
-        progress("write", 1, 1)
+        run_id, dead = write_analysis(db, record, steps)  # finished work waits for a busy database
     warnings = (
         *p.lm.notices, *p.imageset.warnings, *p.pre.warnings(),
         *probes.probe_warnings(probe, len(p.imageset.files), p.config.probe_size),
