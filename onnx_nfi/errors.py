@@ -40,6 +40,10 @@ class StoreError(NfiError):
     """The database cannot be opened or does not hold what was asked for."""
 
 
+class DiskFullError(StoreError):
+    """The disk (or the process's file-size limit) refused a write; the database is unchanged."""
+
+
 class NotFoundError(NfiError):
     """A model, layer or neuron asked for is not in the database."""
 

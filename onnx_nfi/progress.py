@@ -20,3 +20,18 @@ def phase(progress: Progress | None, name: str) -> StageProgress | None:
     if progress is None:
         return None
     return lambda done, total: progress(name, done, total)
+
+
+def count_steps(stage: StageProgress | None, total: int) -> Callable[[], None] | None:
+    """A ``step()`` that reports ``(1, total)``, ``(2, total)``, … through ``stage`` (``(0, total)`` at once)."""
+    if stage is None:
+        return None
+    stage(0, total)
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        stage(done, total)
+
+    return step

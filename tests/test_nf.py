@@ -166,7 +166,8 @@ def test_nfs_summed_over_image_chunks_equal_one_pass(photo_dir: Path) -> None:
     chunked = compute_nfs(lm, pre, result, infos, config, 7, lambda phase, d, t: steps.append((phase, d, t)))
     for info in infos:
         np.testing.assert_allclose(chunked[info.layer.tensor], whole[info.layer.tensor], atol=1e-3, err_msg=info.layer.alias)
-    assert len(steps) == -(-needed.size // 7) and steps[-1] == ("nf", needed.size, needed.size)
+    total = -(-needed.size // 7) * (1 + len(infos))  # per chunk: its decoding, then each layer
+    assert steps == [("nf", k, total) for k in range(total + 1)]
 
 
 def test_display_images_of_a_chunk_equal_a_direct_decode(photo_dir: Path, tmp_path: Path) -> None:

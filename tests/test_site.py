@@ -279,3 +279,35 @@ def test_static_neuron_pages_share_their_layer_distributions(browser, report: Pa
     boxes = page.eval_on_selector_all("#crops .window", "ws => ws.map(w => [w.offsetWidth, w.offsetHeight])")
     assert boxes and all(max(w, h) == 96 for w, h in boxes)  # the crop geometry stated once still sizes every crop
     assert page.errors == []
+
+
+def test_static_layer_page_shows_each_units_nf_from_the_layer_sprite(browser, report: Path, site_db: Path) -> None:
+    """One sprite file per layer; a tile's pixels on screen are its unit's NF (the stored one, decoded
+    here from the database), enlarged, and not a neighbour's."""
+    import cv2
+    import numpy as np
+
+    alias, tensor, channels = layer_row(site_db)
+    folder = report / "tiny" / alias
+    assert (folder / "nf.png").is_file()
+    page = open_page(browser, (folder / "index.html").as_uri())
+    page.wait_for_function("Array.from(document.querySelectorAll('#grid img')).every(i => i.complete && i.naturalWidth > 0)")
+    assert page.eval_on_selector_all("#grid a.tile img", "is => new Set(is.map(i => i.getAttribute('src'))).size") == 1
+    rows = query(site_db, "SELECT unit, nf, nf_height, nf_width FROM neurons WHERE model='tiny' AND layer=? "
+                 "AND nf IS NOT NULL ORDER BY unit", [tensor])
+    nfs = {u: np.asarray(nf, np.uint8).reshape(h, w, 3) for u, nf, h, w in rows}  # stored as uint8 RGB
+    assert len(nfs) > 2
+    units = list(nfs)[:3] + list(nfs)[-2:]
+    for unit in units:
+        shot = page.locator(f'#grid a.tile[data-unit="{unit}"] .sprite').screenshot()
+        seen = cv2.imdecode(np.frombuffer(shot, np.uint8), cv2.IMREAD_COLOR)[1:-1, 1:-1, ::-1].astype(float)  # no border
+        def distance(other: int) -> float:
+            nf = nfs[other]
+            k = seen.shape[0] / max(nf.shape[:2])
+            big = cv2.resize(nf, (round(nf.shape[1] * k), round(nf.shape[0] * k)), interpolation=cv2.INTER_NEAREST)
+            y0, x0 = (seen.shape[0] - big.shape[0]) // 2, (seen.shape[1] - big.shape[1]) // 2
+            return float(np.abs(seen[y0 : y0 + big.shape[0], x0 : x0 + big.shape[1]] - big).mean())
+        own = distance(unit)
+        others = [distance(o) for o in nfs if o != unit and not np.array_equal(nfs[o], nfs[unit])]
+        assert own < 12 and own < 0.5 * min(others), (unit, own, min(others))
+    assert not page.errors, page.errors

@@ -307,7 +307,7 @@ def _summary(
         neurons=sum(i.layer.channels for i in record.infos), dead=done.dead, provider=record.scan.provider,
         label_source=record.label_source, preprocessing=record.pre.name, scan_seconds=scan_seconds,
         nf_seconds=done.nf_seconds, index_seconds=done.index_seconds,
-        total_seconds=(record.finished - started).total_seconds(),
+        total_seconds=(dt.datetime.now() - started).total_seconds(),  # the write included
         warnings=(*notes, *done.warnings), skipped=tuple(record.skipped),
     )
 

@@ -216,9 +216,12 @@ class ProgressBars:
             transient=False,
         )
         self.tasks: dict[str, Any] = {}
+        self.first_done: dict[str, int] = {}  # a resumed scan starts past 0: its rate counts from there
 
     def __enter__(self) -> ProgressBars:
         self.progress.__enter__()
+        # a moving bar from the first moment (loading the runtime and the model, planning: seconds)
+        self.tasks["start"] = self.progress.add_task("Starting", total=None, rate="")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -235,11 +238,15 @@ class ProgressBars:
                     highlight=False,
                 )
             return
+        if "start" in self.tasks:
+            self.progress.remove_task(self.tasks.pop("start"))
         if phase not in self.tasks:
             self.tasks[phase] = self.progress.add_task(self.LABELS.get(phase, phase), total=total, rate="")
+            self.first_done[phase] = done
         task = self.tasks[phase]
-        elapsed = self.progress.tasks[task].elapsed or 0
-        rate = f"{done / elapsed:6.1f} it/s" if elapsed > 0 and done else ""
+        elapsed = next(t for t in self.progress.tasks if t.id == task).elapsed or 0
+        here = done - self.first_done[phase]  # only what this process did in ``elapsed``
+        rate = f"{here / elapsed:6.1f} it/s" if elapsed > 0 and here else ""
         if phase == "scan" and rate:
             rate = rate.replace("it/s", "img/s")
         self.progress.update(task, completed=done, total=total, rate=rate)

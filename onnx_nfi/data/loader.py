@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from onnx_nfi.data.images import ImageFile
+from onnx_nfi.data.png_chunks import imdecode
 from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.files import NotARegularFile, read_regular
 from onnx_nfi.signals import future_result
@@ -67,7 +68,7 @@ def decode_bytes(file: ImageFile, data: bytes, pre: Preprocessing, normalise: bo
     if not data:
         return Decoded(file, None, digest, "empty file")
     try:  # IMREAD_COLOR applies a JPEG's EXIF orientation: the image is seen upright
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        image = imdecode(data, cv2.IMREAD_COLOR)
     except cv2.error as exc:  # e.g. more pixels than OpenCV allows (a header the size check could not read)
         return Decoded(file, None, digest, f"cannot be decoded ({str(exc).strip().splitlines()[-1]})")
     if image is None:

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from onnx_nfi.data.limits import header_size
+from onnx_nfi.data.png_chunks import imdecode
 from onnx_nfi.errors import ImageError, ImageTooLargeError
 
 
@@ -35,7 +36,7 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
             f"{max_pixels / 1e6:.4g} MP limit); shrink it or raise --max-pixels"
         )
     try:  # IMREAD_COLOR applies a JPEG's EXIF orientation, as the analysis's decoder does
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        image = imdecode(data, cv2.IMREAD_COLOR)
     except cv2.error:
         image = None
     if image is None:

@@ -194,9 +194,13 @@ def chunk_responses(
     images: Mapping[int, np.ndarray],
     chunk: np.ndarray,
     config: AnalyzeConfig,
+    step_done: Callable[[], None] | None = None,
 ) -> Responses:
     """The forward passes of the configured indexes for the top entries whose image is in ``chunk``
-    (``images`` holds the chunk's display images), each index's responses under its name."""
+    (``images`` holds the chunk's display images), each index's responses under its name;
+    ``step_done`` is called after each of the :func:`chunk_steps` passes (a progress bar that moves
+    within a chunk)."""
+    step = step_done or (lambda: None)
     batch_size = sessions.model.batch(max(1, config.batch_size // 2))
     out = Responses({item.layer.tensor: {} for item in layers})
     measures = _measures(config)
@@ -206,6 +210,7 @@ def chunk_responses(
             runner = sessions.whole([item.layer.tensor for item in layers])
             for tensor, values in whole(runner, pre, layers, images, chunk, batch_size).items():
                 out.by_layer[tensor][name] = values
+            step()
     regions = [(name, list(vs)) for name, m in measures if (vs := m.region(config))]
     variants = [v for _, vs in regions for v in vs]
     for item in layers if variants else ():
@@ -216,7 +221,15 @@ def chunk_responses(
         for name, vs in regions:
             out.by_layer[item.layer.tensor][name] = rows[k : k + len(vs)]
             k += len(vs)
+        step()
     return out
+
+
+def chunk_steps(layers: Sequence[IndexLayer], config: AnalyzeConfig) -> int:
+    """How many passes :func:`chunk_responses` makes per chunk (its ``step_done`` calls)."""
+    measures = _measures(config)
+    whole = sum(m.whole(config) is not None for _, m in measures)
+    return whole + (len(layers) if any(m.region(config) for _, m in measures) else 0)
 
 
 def indexes_from(

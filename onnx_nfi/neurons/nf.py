@@ -148,7 +148,8 @@ def plan_features(layers: Sequence[tuple[TopN, CropGeometry]]) -> list[NfPlan]:
 
 
 def chunk_sums(
-    plans: Sequence[NfPlan], images: Mapping[int, np.ndarray], chunk: np.ndarray
+    plans: Sequence[NfPlan], images: Mapping[int, np.ndarray], chunk: np.ndarray,
+    layer_done: Callable[[], None] | None = None,
 ) -> list[np.ndarray]:
     """Per layer ``float32 [C, cy, cx, 3]``: the weighted crops of the entries whose image is in ``chunk``.
 
@@ -158,17 +159,19 @@ def chunk_sums(
     (``add_sums``), so the result is the same bit for bit wherever the chunks ran. ``images``
     holds at least the chunk's images. Within a chunk, consecutive layers whose crops come from
     images of one size share one stack, so each image is scaled once per size, not once per layer.
+    ``layer_done`` is called once per layer (a progress bar that moves within a chunk).
     """
     sums = zero_sums(plans)
     threads = compute_threads()
     with ThreadPoolExecutor(threads, thread_name_prefix="nfi-nf") if threads > 1 else _no_pool() as pool:
         for group in _same_size_runs(list(plans)):
             ids = np.intersect1d(np.concatenate([plans[k].used for k in group]), chunk)
-            if ids.size == 0:
-                continue
-            stack = _Stack(ids, images, plans[group[0]].geometry, pool)
+            stack = _Stack(ids, images, plans[group[0]].geometry, pool) if ids.size else None
             for k in group:
-                _add_layer_crops(plans[k], stack, sums[k], threads)
+                if stack is not None:
+                    _add_layer_crops(plans[k], stack, sums[k], threads)
+                if layer_done is not None:
+                    layer_done()
     return sums
 
 

@@ -37,11 +37,11 @@ from onnx_nfi.pipeline.models import open_model
 from onnx_nfi.pipeline.run_header import RunHeader, Shard, run_header
 from onnx_nfi.pipeline.shards import merge_command
 from onnx_nfi.pipeline.state_file import StateFile
-from onnx_nfi.progress import Progress, StageProgress, phase
+from onnx_nfi.progress import Progress, StageProgress, count_steps, phase
 from onnx_nfi.scan.scanner import ScanRequest, ScanResult, renumbered
 from onnx_nfi.signals import SignalHold
 from onnx_nfi.store.duckdb_store import check_writable, lock_wait
-from onnx_nfi.store.results import AnalysisRecord, write_analysis
+from onnx_nfi.store.results import WRITE_STEPS, AnalysisRecord, write_analysis
 from onnx_nfi.store.vectors import ProbeSet, sync_after_commit
 
 T = TypeVar("T")
@@ -205,12 +205,9 @@ def finish(
         p.name, p.lm, p.pre, p.infos, result, [*p.imageset.rejected, *result.skipped], p.imageset.label_source,
         p.config, probe, probe_scores, features.nfs, features.indexes, started, dt.datetime.now(),
     )
-    if progress:
-        progress("write", 0, 1)
+    steps = count_steps(phase(progress, "write"), WRITE_STEPS)
     with _kept_on_failure(p, scanned, db, state, image_root), lock_wait(p.config.lock_timeout, phase(progress, "lock")):
-        run_id, dead = write_analysis(db, record)  # finished work waits for a busy database
-    if progress:
-        progress("write", 1, 1)
+        run_id, dead = write_analysis(db, record, steps)  # finished work waits for a busy database
     warnings = (
         *p.lm.notices, *p.imageset.warnings, *p.pre.warnings(),
         *probes.probe_warnings(probe, len(p.imageset.files), p.config.probe_size),

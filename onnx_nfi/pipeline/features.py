@@ -31,11 +31,12 @@ from onnx_nfi.neurons.indexes import (
     Responses,
     Sessions,
     chunk_responses,
+    chunk_steps,
     image_passes,
     indexes_from,
 )
 from onnx_nfi.neurons.nf import NfPlan, add_sums, chunk_sums, crop_geometry, finish_features, plan_features, zero_sums
-from onnx_nfi.progress import Progress
+from onnx_nfi.progress import Progress, count_steps, phase
 from onnx_nfi.scan.topn import TopN
 
 #: Top images per chunk of the NF and index passes: 512 display images are 75 MB at 224 px, and
@@ -111,13 +112,19 @@ class ChunkWorker:
             self._plans = self.work.nf_plans()
         return self._plans
 
-    def run(self, kind: str, chunk: np.ndarray) -> ChunkOutput:
-        """``nf``: the chunk's crop sums per layer; ``index``: its index responses."""
+    def steps(self, kind: str) -> int:
+        """Progress steps of one chunk: its decoding, then each layer (``nf``) or index pass (``index``)."""
+        return 1 + (len(self.plans) if kind == "nf" else chunk_steps(self.work.index_layers(), self.work.config))
+
+    def run(self, kind: str, chunk: np.ndarray, step: Callable[[], None] | None = None) -> ChunkOutput:
+        """``nf``: the chunk's crop sums per layer; ``index``: its index responses; ``step`` after each of ``steps``."""
         w = self.work
         images = decode_display({int(i): w.paths[int(i)] for i in chunk}, w.pre, w.sha256)
+        if step is not None:
+            step()
         if kind == "nf":
-            return chunk_sums(self.plans, images, chunk)
-        return chunk_responses(self._sessions, w.pre, w.index_layers(), images, chunk, w.config)
+            return chunk_sums(self.plans, images, chunk, step)
+        return chunk_responses(self._sessions, w.pre, w.index_layers(), images, chunk, w.config, step)
 
 
 #: What a pass's chunks give: NF crop sums per layer (``nf``) or index responses (``index``).
@@ -155,14 +162,11 @@ RunChunks = Callable[[FeatureWork, str, list[np.ndarray], Progress | None], Chun
 
 
 def local_chunks(work: FeatureWork, kind: str, chunks: list[np.ndarray], progress: Progress | None) -> ChunkOutput | None:
-    """The chunks one after the other in this process."""
+    """The chunks one after the other in this process; progress per layer (or index pass) of each chunk."""
     worker, fold = chunk_worker(work), Fold(kind)
-    total, done = sum(c.size for c in chunks), 0
+    step = count_steps(phase(progress, kind), len(chunks) * worker.steps(kind)) if chunks else None
     for chunk in chunks:
-        fold.add(worker.run(kind, chunk))
-        done += chunk.size
-        if progress is not None:
-            progress(kind, done, total)
+        fold.add(worker.run(kind, chunk, step))
     return fold.result()
 
 

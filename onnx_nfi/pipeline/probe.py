@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from onnx_nfi.data.images import ImageFile, list_images
+from onnx_nfi.data.png_chunks import imdecode
 from onnx_nfi.data.preprocess import Preprocessing
 from onnx_nfi.errors import ImageError, SearchError, StateError
 from onnx_nfi.files import file_sha256
@@ -64,7 +65,7 @@ def choose_probe(files: Sequence[ImageFile], size: int, *, check_decodable: bool
         digest = _sha256(path)
         if digest is None or digest in chosen:
             continue
-        if check_decodable and cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR) is None:
+        if check_decodable and imdecode(path.read_bytes(), cv2.IMREAD_COLOR) is None:
             continue
         chosen[digest] = path
     return ProbeSet(tuple(chosen), tuple(chosen.values()), stored=False)

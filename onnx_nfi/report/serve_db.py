@@ -27,10 +27,9 @@ from typing import Any, TypeVar
 
 from onnx_nfi.errors import StoreError
 from onnx_nfi.store.duckdb_store import Store
+from onnx_nfi.store.sql_child import READ_ONLY_CONFIG
 
 T = TypeVar("T")
-#: DuckDB settings of the connection ``serve`` opens.
-SAFE_CONFIG = {"enable_external_access": False, "lock_configuration": True}
 #: Seconds without a request after which the connection is closed (so writers can take the file).
 IDLE_CLOSE = 1.0
 #: Worker threads answering requests at once.
@@ -141,7 +140,7 @@ class ServedDatabase:
         if not self.path.exists():
             raise StoreError(f"database {self.path.name} does not exist; pass --db")
         try:
-            self._con = duckdb.connect(str(self.path), read_only=True, config=SAFE_CONFIG)
+            self._con = duckdb.connect(str(self.path), read_only=True, config=READ_ONLY_CONFIG)
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
                 raise DatabaseBusy("the database is being written; retry shortly") from None
@@ -185,12 +184,6 @@ class ServedDatabase:
             if self._users == 0 and self._con is not None:
                 self._con.close()
                 self._con = None
-
-    def interrupt(self, store: Store) -> None:
-        """Interrupt the query running on ``store``'s cursor (no effect once it is done)."""
-        with self._lock:
-            if store in self._stores:
-                store.interrupt()
 
     def stop(self) -> None:
         """Refuse new work and interrupt every running query (the server is shutting down)."""

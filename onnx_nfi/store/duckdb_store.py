@@ -21,9 +21,10 @@ from onnx_nfi.errors import NotFoundError, StoreError
 from onnx_nfi.files import sweep_orphans
 from onnx_nfi.names import DEFAULT_DB
 from onnx_nfi.signals import current_hold, signals_wait
+from onnx_nfi.store.full_disk import disk_full_as_error
 from onnx_nfi.store.nf_storage import convert_float_nfs
 from onnx_nfi.store.schema import SCHEMA_VERSION, added_columns_sql, layer_summary_sql, tables_sql
-from onnx_nfi.store.user_sql import SqlResult, run_user_query, schema
+from onnx_nfi.store.user_sql import schema
 
 #: Tables whose rows belong to one model (replaced together).
 MODEL_TABLES = ("models", "images", "layers", "neurons", "top_activations", "class_frequencies")
@@ -136,7 +137,7 @@ class Store:
         if read_only and not path.exists():
             raise StoreError(f"database {path} does not exist; run 'onnx-nfi analyze' first or pass --db")
         sweep_orphans(path.parent, path.name)  # the copy a killed ``compact`` left (as large as the database)
-        with _accesses_whole():
+        with _accesses_whole(), disk_full_as_error(path):
             con = _connect(path, read_only)
             store = cls(con, path)
             try:
@@ -221,7 +222,7 @@ class Store:
                     self.insert("neuron_matches", frame)
 
     def interrupt(self) -> None:
-        """Stop the query running on this connection (``serve``'s SQL box at its time limit)."""
+        """Stop the query running on this connection (``serve`` shutting down)."""
         self._con.interrupt()
 
     # ---- reads -------------------------------------------------------------------------------
@@ -257,10 +258,6 @@ class Store:
             [model, alias],
         )
         return int(rows[0]["unit"])
-
-    def user_query(self, text: str, max_rows: int) -> SqlResult | None:
-        """The first ``max_rows`` rows of a user's SQL (``serve``'s SQL box; see ``user_sql.run_user_query``)."""
-        return run_user_query(self._con, text, max_rows)
 
     def table_columns(self) -> list[tuple[str, list[str]]]:
         """(table, column names) of every table and view, the main tables first (beside the SQL box)."""

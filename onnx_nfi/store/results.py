@@ -7,6 +7,7 @@ caller hands over one :class:`AnalysisRecord` and either all of it is committed 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,24 +50,34 @@ class AnalysisRecord:
     finished: dt.datetime
 
 
-def write_analysis(db: str | Path, record: AnalysisRecord) -> tuple[int, int]:
-    """Replace the model's rows in one transaction; returns (run id, dead neurons).
+#: Steps ``write_analysis`` reports: old rows deleted, rows inserted, indexes, vectors, commit.
+WRITE_STEPS = 5
+
+
+def write_analysis(db: str | Path, record: AnalysisRecord, step: Callable[[], None] | None = None) -> tuple[int, int]:
+    """Replace the model's rows in one transaction; returns (run id, dead neurons); ``step`` is
+    called after each of the ``WRITE_STEPS`` parts of the write (a progress bar that moves).
 
     A database this call created is deleted again when the write fails, so a failure never leaves
     an empty or half-made file behind.
     """
     created = not Path(db).exists()
     nfs = {layer: rounded(nf) for layer, nf in record.nfs.items()}  # rows and NF vectors show what is stored
+    done = step or (lambda: None)
     try:
         hold_signals()  # from here the write runs whole: a Ctrl-C waits for the commit (see SignalHold)
         with Store.open(db) as store, store.transaction():
             run_id = store.reserve_ids("runs", "run_id", 1)
             store.delete_model(record.name)
+            done()
             _insert_rows(store, record, run_id, nfs)
             write_evidence(store, record.name)
+            done()
             if record.indexes is not None:
                 write_indexes(store, record.name, record.indexes)
+            done()
             store_vectors(store, record.name, record.probe, record.probe_scores, nfs)
+            done()
             dead = int(store._con.execute(
                 "SELECT count(*) FROM neurons WHERE model = ? AND dead", [record.name]
             ).fetchone()[0])
@@ -75,6 +86,7 @@ def write_analysis(db: str | Path, record: AnalysisRecord) -> tuple[int, int]:
             Path(db).unlink(missing_ok=True)
             Path(f"{db}.wal").unlink(missing_ok=True)
         raise
+    done()
     return run_id, dead
 
 

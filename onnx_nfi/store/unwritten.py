@@ -68,12 +68,17 @@ def write_or_keep(
 ) -> None:
     """``write()``, waiting up to ``lock_timeout`` s for a database another process holds; if the
     write cannot happen, ``keep(path)`` and raise ResultsNotWritten saying where ``what`` is and
-    the ``command`` that writes it."""
+    the ``command`` that writes it (when even that fails, the write's own error)."""
     try:
         with lock_wait(lock_timeout, phase(progress, "lock")):
             write()
     except (NfiError, duckdb.Error, OSError) as exc:
-        keep(path)
+        try:
+            keep(path)
+        except StateError:
+            if isinstance(exc, NfiError):  # e.g. a full disk: its own line says what to do, and nothing was kept
+                raise exc from None
+            raise
         raise ResultsNotWritten(
             f"{what} were computed but could not be written to {db} ({str(exc).strip().splitlines()[0]}); they are "
             f"saved in {path}: write them with '{command}'",

@@ -9,6 +9,7 @@ moved, zipped or served by any web server)::
     MODEL/images/ID.jpg        each top image once, as the network saw it; crops are windows onto it
     MODEL/LAYER/index.html     the unit grid, sortable and filterable
     MODEL/LAYER/nf/UNIT.png    NF thumbnails at their stored size (shown enlarged, pixelated)
+    MODEL/LAYER/nf.png         all the layer's NFs in one picture: the layer page's tiles (one request)
     MODEL/LAYER/UNIT/index.html  one page per neuron: the stable link ``…/MODEL/LAYER/UNIT/``
 
 ``manifest.json`` records which analysis of each model its pages show; a rebuild rewrites only
@@ -36,6 +37,7 @@ from onnx_nfi.errors import NotFoundError, ReportError
 from onnx_nfi.report.queries import display_image
 from onnx_nfi.report.site import data as q
 from onnx_nfi.report.site import find, pages
+from onnx_nfi.report.site.sprites import layer_sprite
 from onnx_nfi.store import site_reads
 from onnx_nfi.store.duckdb_store import DEFAULT_DB, Store
 from onnx_nfi.store.nf_storage import decode
@@ -150,10 +152,14 @@ def _write_model(
     for row in rows:
         layer = q.layer_data(store, row)
         folder = f"{base}/{row.slug}"
-        writer.write(f"{folder}/index.html", pages.layer_page(layer, **common))
+        pngs = dict(nf_pngs(store, model, row.layer))
+        sheet = layer_sprite(pngs)  # the layer page's NFs in one file; neuron pages and links use nf/UNIT.png
+        if sheet is not None:
+            writer.write(f"{folder}/nf.png", sheet[1])
+        writer.write(f"{folder}/index.html", pages.layer_page(layer, sprite=sheet and sheet[0], **common))
         for index, h in layer.histograms.items():
             writer.write(f"{folder}/hist/{index}.svg", pages.hist_svg(h))
-        for unit, png in nf_pngs(store, model, row.layer):
+        for unit, png in pngs.items():
             writer.write(f"{folder}/nf/{unit}.png", png)
         crops = q.layer_crops(store, layer, pages.CROPS)
         classes = q.layer_classes(store, model, row.layer)

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     import jinja2
     from markupsafe import Markup
 
+    from onnx_nfi.report.site.sprites import Sprite
+
 STATIC = Path(__file__).parent / "static"
 #: Crops shown on a neuron page (the best ones; the database keeps top-N).
 CROPS = 16
@@ -88,11 +90,12 @@ def model_page(model: ModelOverview, layers: Sequence[LayerRow], **common: Any) 
     return render("model.html", depth=1, model=model, layers=layers, indexes=model_indexes(layers), **common)
 
 
-def layer_page(data: LayerData, nf_pngs: dict[int, bytes] | None = None, **common: Any) -> str:
+def layer_page(data: LayerData, nf_pngs: dict[int, bytes] | None = None, sprite: Sprite | None = None, **common: Any) -> str:
     """A layer's unit grid (sortable, filterable) and its index distributions.
 
     With ``nf_pngs`` the NFs are inlined as ``data:`` URLs (``serve``: one response instead of one
-    request per unit, which a browser sends at most six at a time); else they are ``nf/UNIT.png`` files.
+    request per unit, which a browser sends at most six at a time); with ``sprite`` (the static report)
+    cells of the layer's ``nf.png``; else they are ``nf/UNIT.png`` files.
     """
     import base64
 
@@ -101,7 +104,7 @@ def layer_page(data: LayerData, nf_pngs: dict[int, bytes] | None = None, **commo
     concepts = sorted({u.concept for u in data.units if u.concept is not None})
     colors = sorted({u.top_color for u in data.units if u.top_color is not None})
     return render("layer.html", depth=2, d=data, classes=classes, concepts=concepts, colors=colors, sources=sources,
-                  **common)
+                  sprite=sprite, **common)
 
 
 def neuron_page(
