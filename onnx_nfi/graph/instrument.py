@@ -177,23 +177,26 @@ def _global_max(layer: Layer, out: str, base: str) -> tuple[list[onnx.NodeProto]
 def _row_first_reduction(tensor: str, layer: Layer, base: str, opset: int) -> Reduction:
     """Max and first row-major argmax through the per-row maxima.
 
-    ``rows = MaxPool(A, kernel 1×W)`` runs on onnxruntime's blocked (NCHWc) layout, where the
-    convolutions leave their outputs; the max is the max of the rows, the first row holding it is
-    ``ArgMax(rows)``, and only that row (W values per channel, one ``Gather`` of contiguous rows)
-    is searched for the column. The first maximum of the first row that has one is the first
+    ``rows = ReduceMax(A, last axis)``; the max is the max of the rows, the first row holding it
+    is ``ArgMax(rows)``, and only that row (W values per channel, one ``Gather`` of contiguous
+    rows) is searched for the column. The first maximum of the first row that has one is the first
     maximum in row-major order. ``tensor`` is the layer's map or its pre-activation (same shape);
-    the maximum is returned in the model's own type. An ``ArgMax`` over each flattened map cost more than the whole
-    convolution stack of a depthwise-separable net; this reads the map once for the rows and once
-    to convert its layout for the gather.
+    the maximum is returned in the model's own type. An ``ArgMax`` over each flattened map cost
+    more than the whole convolution stack of a depthwise-separable net. The gather needs the map
+    out of onnxruntime's blocked (NCHWc) layout, so the runtime converts it once; the row maxima
+    read that converted map along its contiguous last axis (a ``MaxPool`` of kernel 1×W on the
+    blocked layout, used before, cost 1.6× as much: benchmarks/README.md, scan_ops.py).
     """
     h, w, c = layer.height, layer.width, layer.channels
 
     def name(part: str) -> str:
         return f"{base}_{part}"
 
-    nodes, inits, max_raw, _ = _reduce_max(name("rows"), name("max_raw"), [2, 3], base, opset)
+    row_nodes, inits, _, _ = _reduce_max(tensor, name("rows"), [3], name("row"), opset)
+    nodes, max_inits, max_raw, _ = _reduce_max(name("rows"), name("max_raw"), [2], base, opset)
+    inits += max_inits
     nodes = [
-        helper.make_node("MaxPool", [tensor], [name("rows")], kernel_shape=[1, w], name=name("rowmax")),
+        *row_nodes,
         *nodes,
         # y: first row holding the max, one per (image, channel), flattened to N*C
         helper.make_node("ArgMax", [name("rows")], [name("y_nc")], axis=2, keepdims=0, name=name("argmax_y")),

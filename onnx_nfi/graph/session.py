@@ -92,8 +92,15 @@ def session_options(proto: onnx.ModelProto, threads: int | None = None, *, spinn
     Without ``spinning`` the runtime's threads sleep between parallel sections instead of
     busy-waiting for the next one: for a session that runs beside other busy threads (the scan
     decodes images and keeps its statistics while it infers), whose cores the spinning took.
+
+    The memory pattern is off: with it, every run takes one block for all planned tensors
+    straight from the system allocator and returns it afterwards, so a graph that keeps many
+    maps alive (the scan's reductions, every map as an output) faults its pages in again on
+    each run (2,558 page faults and 4.6 ms of kernel time an image for instrumented Lite0, peak
+    memory 3.0 instead of 1.7 GB); without it the arena keeps and reuses its blocks.
     """
     options = ort.SessionOptions()
+    options.enable_mem_pattern = False
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -62,14 +62,14 @@ class RuleRunner:
     def run(self, tensor: np.ndarray) -> Ran:
         """One batch on the graph in use now (the inference thread calls this)."""
         runner, plain = self.current
-        return Ran(runner.run(tensor), plain)
+        return Ran(_detached(runner.run(tensor)), plain)
 
     def exact(self, tensor: np.ndarray, ran: Ran, topns: dict[str, TopN]) -> dict[str, np.ndarray]:
         """The batch's outputs as the exact graph gives them: each plain layer's key is its score,
         unless a score could change the result there; then the batch runs again on the exact graph."""
         if ran.plain and any(self._needs_pre(ran.outputs[self.outputs.max[t]], t, topns[t]) for t in ran.plain):
             self._use(frozenset())
-            return self.current[0].run(tensor)
+            return _detached(self.current[0].run(tensor))
         result = dict(ran.outputs)
         for tensor_name in ran.plain:
             result[self.outputs.key[tensor_name]] = result[self.outputs.max[tensor_name]]
@@ -107,3 +107,13 @@ class RuleRunner:
         # the old session goes once no batch runs on it, before the new one's first run fills its arena
         self.current = (Runner(proto, self.provider_choice, spinning=False), plain)
 
+
+
+def _detached(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Copies of a run's outputs, so the runtime's own buffers go back to its arena at once.
+
+    onnxruntime hands its output buffers to NumPy; kept while the next batch runs (the statistics
+    of batch k overlap the inference of batch k+1), they split the arena's free space, which then
+    grows batch after batch (+0.45 GB over Lite0's first ten batches). The copy is ~0.3 MB an image.
+    """
+    return {name: np.array(value, copy=True) for name, value in outputs.items()}
