@@ -43,7 +43,7 @@ CARD_COLUMNS = (*INDEX_COLUMNS, "top_class", "top_class_frequency", "population_
 
 
 @dataclass(frozen=True)
-class LayerRef:
+class StoredLayer:
     """A stored layer, resolved from the user's alias or tensor name."""
 
     model: str
@@ -71,7 +71,7 @@ class NeuronNF:
 class LayerNFs:
     """NFs of (some of) a layer's neurons, in the order asked for."""
 
-    ref: LayerRef
+    ref: StoredLayer
     column: str | None  # the ordering column, None when ordered by unit
     descending: bool
     neurons: tuple[NeuronNF, ...]
@@ -97,7 +97,7 @@ class CardCrop:
 class NeuronCard:
     """Everything a neuron card shows."""
 
-    ref: LayerRef
+    ref: StoredLayer
     unit: int
     nf: np.ndarray | None  # None for a dead unit
     crops: tuple[CardCrop, ...]
@@ -132,12 +132,12 @@ class SelectivityByDepth:
     missing: tuple[str, ...]
 
 
-def neuron_name(ref: LayerRef, unit: int) -> str:
+def neuron_name(ref: StoredLayer, unit: int) -> str:
     """How messages and titles name a neuron: ``MODEL:LAYER:UNIT`` (the layer by alias)."""
     return str(NeuronRef(ref.model, ref.alias, unit))
 
 
-def layer_ref(store: Store, model: str, layer: str) -> LayerRef:
+def stored_layer(store: Store, model: str, layer: str) -> StoredLayer:
     """Resolve a layer (alias or tensor name) with its receptive field and the model's input size."""
     model_row = store.model_row(model)
     row = store.resolve_layer(model, layer)
@@ -147,7 +147,7 @@ def layer_ref(store: Store, model: str, layer: str) -> LayerRef:
         offset=(row["rf_offset_y"], row["rf_offset_x"]),
         is_global=bool(row["rf_global"]),
     )
-    return LayerRef(
+    return StoredLayer(
         model,
         row["layer"],
         row["alias"],
@@ -157,10 +157,10 @@ def layer_ref(store: Store, model: str, layer: str) -> LayerRef:
     )
 
 
-def neuron_nf(store: Store, model: str, layer: str, unit: int) -> tuple[LayerRef, np.ndarray, dict[str, Any]]:
+def neuron_nf(store: Store, model: str, layer: str, unit: int) -> tuple[StoredLayer, np.ndarray, dict[str, Any]]:
     """One neuron's stored NF and its index values (as a card shows them); a dead neuron (or one
     analysed with ``--no-nf``) is an error that says so."""
-    ref = layer_ref(store, model, layer)
+    ref = stored_layer(store, model, layer)
     row = _neuron_row(store, ref, unit)
     return ref, _nf_of(row, ref, unit), _values(row)
 
@@ -184,7 +184,7 @@ def layer_nfs(
     first neurons of the ordering; ``window`` = (start, count) reads only that part of it (a page).
     An ordering by a column leaves weak units out unless ``include_weak`` (docs/method.md §14).
     """
-    ref = layer_ref(store, model, layer)
+    ref = stored_layer(store, model, layer)
     column = None if order_by == "unit" else check_column(store, order_by, "--order-by")
     if descending is None:
         descending = column is not None
@@ -209,7 +209,7 @@ def layer_nfs(
     return LayerNFs(ref, column, descending, neurons, start, total, available, left_out)
 
 
-def _refuse_empty(ref: LayerRef, column: str, weak: int) -> None:
+def _refuse_empty(ref: StoredLayer, column: str, weak: int) -> None:
     """The error of a ranking with nothing to rank: no value at all, or only weak units' values."""
     if weak:
         raise NotFoundError(
@@ -227,7 +227,7 @@ def neuron_card(
 ) -> NeuronCard:
     """A neuron's NF, its ``top`` crops (cut from its top images as the network saw them) and indexes;
     ``image_root`` is where images stored relative to their root (``analyze --image-root``) are now."""
-    ref = layer_ref(store, model, layer)
+    ref = stored_layer(store, model, layer)
     row = _neuron_row(store, ref, unit)
     dead = bool(row["dead"])
     nf = None if dead else _nf_of(row, ref, unit)  # a dead unit's stored top list is still shown
@@ -328,7 +328,7 @@ def _is_numeric(duck_type: str) -> bool:
     ) or duck_type.startswith("DECIMAL")
 
 
-def _neuron_row(store: Store, ref: LayerRef, unit: int) -> dict[str, Any]:
+def _neuron_row(store: Store, ref: StoredLayer, unit: int) -> dict[str, Any]:
     row = neuron_row(store, ref.model, ref.layer, unit)
     if row is None:
         raise missing_neuron(NeuronRef(ref.model, ref.layer, unit), {"alias": ref.alias, "channels": ref.channels})
@@ -340,7 +340,7 @@ def _values(row: dict[str, Any]) -> dict[str, Any]:
     return {c: _plain(row[c]) for c in CARD_COLUMNS if row.get(c) is not None}
 
 
-def _nf_of(row: dict[str, Any], ref: LayerRef, unit: int) -> np.ndarray:
+def _nf_of(row: dict[str, Any], ref: StoredLayer, unit: int) -> np.ndarray:
     nf = decode(row["nf"], row["nf_height"], row["nf_width"])
     if nf is not None:
         return nf

@@ -20,7 +20,7 @@ import numpy as np
 
 from onnx_nfi.errors import NotFoundError
 from onnx_nfi.neurons.nf import crop_geometry
-from onnx_nfi.report.queries import layer_ref
+from onnx_nfi.report.queries import stored_layer
 from onnx_nfi.search.describe import description_text
 from onnx_nfi.search.similar import nearest_by_model
 from onnx_nfi.store import neuron_table, site_reads
@@ -278,7 +278,7 @@ def layer_data(store: Store, row: LayerRow) -> LayerData:
         )
         for k in range(len(cols["unit"]))
     )
-    ref = layer_ref(store, row.model, row.layer)
+    ref = stored_layer(store, row.model, row.layer)
     geometry = crop_geometry(ref.rf, ref.input_size, 0)
     return LayerData(
         row=row, model_slug=slug(row.model), columns=shown, indexes=indexes, units=units,
@@ -304,7 +304,7 @@ def histogram(values: np.ndarray) -> Histogram:
 
 def layer_crops(store: Store, data: LayerData, top: int, units: Sequence[int] | None = None) -> dict[int, list[Crop]]:
     """Each unit's ``top`` best images with the window its crop is cut from (display-image pixels)."""
-    ref = layer_ref(store, data.row.model, data.row.layer)
+    ref = stored_layer(store, data.row.model, data.row.layer)
     geometry = crop_geometry(ref.rf, ref.input_size, 0)
     cols = site_reads.layer_top_images(store, data.row.model, data.row.layer, top, units)
     if not len(cols["unit"]):
