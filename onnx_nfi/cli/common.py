@@ -29,6 +29,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from onnx_nfi.config import HELP, AnalyzeConfig
 from onnx_nfi.errors import Interrupted, NfiError
 from onnx_nfi.names import DEFAULT_DB  # noqa: F401  (the commands take it from here)
+from onnx_nfi.store.user_sql import cell_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -255,28 +256,19 @@ class ProgressBars:
 # ---- tables ----------------------------------------------------------------------------------
 
 
-def cell(value: Any) -> str:
-    """One value as a table shows it: short floats, long lists summarised, NULL for None."""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list) and len(value) > 6:
-        return f"[{len(value)} values]"
-    return "NULL" if value is None else str(value)
-
-
 def print_table(columns: list[str], rows: list[tuple], stream: Console = out) -> None:
     """Rows as an aligned table; every cell is literal text (a value like ``[red]x[/red]`` is not markup)."""
     table = Table(box=None)
     for c in columns:
         table.add_column(Text(c))
     for row in rows:
-        table.add_row(*(Text(cell(v)) for v in row))
+        table.add_row(*(Text(cell_text(v)) for v in row))
     stream.print(table)
 
 
 def plain_table(columns: list[str], rows: list[tuple]) -> str:
     """Rows as tab-separated text (``sql -o FILE`` in table format)."""
-    return "\t".join(columns) + "\n" + "".join("\t".join(cell(v) for v in r) + "\n" for r in rows)
+    return "\t".join(columns) + "\n" + "".join("\t".join(cell_text(v) for v in r) + "\n" for r in rows)
 
 
 def render_rows(columns: list[str], rows: list[tuple], fmt: str) -> str:

@@ -19,9 +19,9 @@ from starlette.requests import Request
 from onnx_nfi.errors import NfiError
 from onnx_nfi.report.serve_db import DatabaseBusy, ServedDatabase
 from onnx_nfi.report.site import pages
-from onnx_nfi.store.sql_child import SQL_MEMORY_LIMIT, read_answer
 from onnx_nfi.store.example_queries import SQL_PAGE_EXAMPLE
-from onnx_nfi.store.user_sql import SqlResult
+from onnx_nfi.store.sql_child import SQL_MEMORY_LIMIT, read_answer
+from onnx_nfi.store.user_sql import SqlResult, cell_text
 
 #: Seconds a SQL box query may run before it is interrupted (``serve --sql-timeout``).
 SQL_TIMEOUT_S = 5.0
@@ -91,15 +91,8 @@ async def sql_page(request: Request, db: ServedDatabase, common: dict[str, Any])
     tables = await db.run(lambda store: db.memo.get(("schema",), store.table_columns))
     html = pages.render(
         "sql.html", depth=0, query=query, example=SQL_PAGE_EXAMPLE, tables=tables, timeout=request.app.state.sql_timeout, limit=SQL_ROWS,
-        columns=result.columns if result else (), rows=[tuple(map(_cell, r)) for r in result.rows] if result else (),
+        columns=result.columns if result else (), rows=[tuple(cell_text(v, 6) for v in r) for r in result.rows] if result else (),
         truncated=bool(result and result.truncated), answered=bool(query) and error is None and result is None,
         error=error, **common,
     )
     return html, error is None
-
-
-def _cell(value: Any) -> Any:
-    """A result value as the table shows it."""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return "NULL" if value is None else value

@@ -8,9 +8,10 @@ inside DuckDB as ``[N values]`` (a 100M-element list is never converted to Pytho
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
+if TYPE_CHECKING:
+    import duckdb
 
 #: Values of a list column shown before it is summarised as ``[N values]``.
 LIST_VALUES = 8
@@ -25,6 +26,16 @@ class SqlResult:
     columns: tuple[str, ...]
     rows: tuple[tuple[Any, ...], ...]
     truncated: bool
+
+
+def cell_text(value: Any, digits: int = 4) -> str:
+    """One result value as a table shows it (the CLI's tables, ``serve``'s SQL box): floats to
+    ``digits`` significant digits, a list longer than ``LIST_VALUES`` as ``[N values]``, NULL for None."""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    if isinstance(value, list) and len(value) > LIST_VALUES:
+        return f"[{len(value)} values]"
+    return "NULL" if value is None else str(value)
 
 
 class EmptyQuery(ValueError):
