@@ -4,7 +4,7 @@ Usage: python benchmarks/revisions.py --before REV [--rounds 2] SCRIPT [ARGS...]
 e.g.   python benchmarks/revisions.py --before 228aa01 scan.py --repeats 2
        python benchmarks/revisions.py --before 228aa01 startup.py --repeats 10
 
-REV (any git revision) is exported to a temporary folder; the working tree is "after". Each round
+REV (any git revision) and the working tree ("after") are copied to a temporary folder. Each round
 runs ``benchmarks/SCRIPT`` of each version in a fresh process (before, after, then after, before:
 a load that rises or falls over the session hits both alike), with that version's package first
 on ``PYTHONPATH``. The numeric tables of the scripts' JSON results (``images_per_s``,
@@ -42,6 +42,18 @@ def export(rev: str, into: Path) -> Path:
     return into
 
 
+def copy_working_tree(into: Path) -> Path:
+    """The working tree's files (tracked, and untracked ones git does not ignore) under ``into``: both
+    versions then import from the same filesystem, whose speed the start-up times depend on."""
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"], check=True,
+                            capture_output=True, text=True).stdout
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, into / name)
+    return into
+
+
 def run(root: Path, script: str, args: list[str], out: Path) -> dict:
     """``benchmarks/SCRIPT ARGS`` of the version at ``root``; its JSON result."""
     env = {**os.environ, "PYTHONPATH": str(root)}
@@ -73,7 +85,7 @@ def main() -> None:
     ns = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="nfi-revisions-"))
     try:
-        versions = {"before": export(ns.before, scratch / "before"), "after": ROOT}
+        versions = {"before": export(ns.before, scratch / "before"), "after": copy_working_tree(scratch / "after")}
         results: dict[str, list[dict]] = {"before": [], "after": []}
         load_start = load_average()
         for k in range(ns.rounds):

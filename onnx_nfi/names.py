@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from onnx_nfi.errors import ConfigError
-from onnx_nfi.refs import NeuronRef
 
 
 class Column(NamedTuple):
@@ -154,6 +153,8 @@ LABEL_SOURCES: dict[str, LabelSource] = {s.name: s for s in (
 def parse_neuron(text: str) -> tuple[str, str, int]:
     """``MODEL:LAYER:UNIT`` -> (model, layer, unit), the one way a neuron is named in commands,
     pages and the API. LAYER is an alias (``conv3``) or a tensor name, which may itself contain ':'."""
+    from onnx_nfi.refs import NeuronRef  # here: --help need not build it
+
     ref = NeuronRef.parse(text)
     return ref.model, ref.layer, ref.unit
 

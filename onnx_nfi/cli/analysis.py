@@ -42,7 +42,6 @@ from onnx_nfi.cli.common import (
 )
 from onnx_nfi.config import HELP, AnalyzeConfig, IndexConfig, parse_size
 from onnx_nfi.errors import Interrupted
-from onnx_nfi.store.example_queries import skipped_files_query
 
 if TYPE_CHECKING:
     from onnx_nfi.api import AnalysisSummary
@@ -178,8 +177,10 @@ def print_summary(s: AnalysisSummary) -> None:
     for path, reason in shown:
         say(f"  {path}: {reason}")
     if len(s.skipped) > len(shown):
+        from onnx_nfi.store import example_queries  # here: --help need not import it
+
         say(
-            f"  … and {len(s.skipped) - len(shown)} more ({skipped_files_query(s.run_id)})",
+            f"  … and {len(s.skipped) - len(shown)} more ({example_queries.skipped_files_query(s.run_id)})",
         )
 
 

@@ -29,7 +29,6 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from onnx_nfi.config import HELP, AnalyzeConfig
 from onnx_nfi.errors import Interrupted, NfiError
 from onnx_nfi.names import DEFAULT_DB  # noqa: F401  (the commands take it from here)
-from onnx_nfi.store.user_sql import cell_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -258,6 +257,8 @@ class ProgressBars:
 
 def print_table(columns: list[str], rows: list[tuple], stream: Console = out) -> None:
     """Rows as an aligned table; every cell is literal text (a value like ``[red]x[/red]`` is not markup)."""
+    from onnx_nfi.store.user_sql import cell_text  # here: --help need not import it
+
     table = Table(box=None)
     for c in columns:
         table.add_column(Text(c))
@@ -268,6 +269,8 @@ def print_table(columns: list[str], rows: list[tuple], stream: Console = out) ->
 
 def plain_table(columns: list[str], rows: list[tuple]) -> str:
     """Rows as tab-separated text (``sql -o FILE`` in table format)."""
+    from onnx_nfi.store.user_sql import cell_text
+
     return "\t".join(columns) + "\n" + "".join("\t".join(cell_text(v) for v in r) + "\n" for r in rows)
 
 
