@@ -44,7 +44,8 @@ def export(rev: str, into: Path) -> Path:
 
 def copy_working_tree(into: Path) -> Path:
     """The working tree's files (tracked, and untracked ones git does not ignore) under ``into``: both
-    versions then import from the same filesystem, whose speed the start-up times depend on."""
+    versions then start from equal folders (run from the checkout itself, the same files started 7 %
+    slower, bare Python included)."""
     listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"], check=True,
                             capture_output=True, text=True).stdout
     for name in filter(None, listed.split("\0")):
