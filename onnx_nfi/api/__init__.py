@@ -53,8 +53,9 @@ from onnx_nfi.store.compact import CompactSummary
 from onnx_nfi.store.compact import compact as compact_db
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.import_db import ImportSummary, import_models
-from onnx_nfi.store.vectors import RemoveSummary, sync_after_commit
-from onnx_nfi.store.vectors import remove as remove_model
+from onnx_nfi.store.model_removal import RemoveSummary
+from onnx_nfi.store.model_removal import remove as remove_model
+from onnx_nfi.store.vectors import sync_after_commit
 
 #: ``onnx-nfi query`` (an image, or a folder into a table) and ``onnx-nfi where``: a new image put to
 #: a stored model (``onnx_nfi.pipeline.query``).

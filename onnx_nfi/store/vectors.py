@@ -40,15 +40,6 @@ class ProbeSet:
         return len(self.sha256)
 
 
-@dataclass(frozen=True)
-class RemoveSummary:
-    """What ``remove`` deleted."""
-
-    model: str
-    neurons: int
-    warnings: tuple[str, ...] = ()
-
-
 def insert_vectors(store: Store, kind: str, ids: np.ndarray, vectors: np.ndarray) -> None:
     """Store the non-zero vectors of ``ids`` (a zero vector means: nothing to compare)."""
     keep = similarity.has_vector(vectors)
@@ -230,25 +221,6 @@ def sync_after_commit(
     except NfiError as exc:
         return (f"the search indexes are not in step yet ({exc}); the next search brings them in step",)
     return ()
-
-
-def remove(db: str | Path, model: str) -> RemoveSummary:
-    """Delete every row of ``model`` (neurons, vectors, matches, runs, …) in one transaction, then
-    drop its vectors from the FAISS indexes."""
-    with Store.open(db) as store:
-        store.model_row(model)
-        neurons = int(store._con.execute("SELECT count(*) FROM neurons WHERE model = ?", [model]).fetchone()[0])
-        with store.transaction():
-            for table in VECTOR_TABLES.values():
-                if store.has_table(table):
-                    store._con.execute(
-                        f"DELETE FROM {table} WHERE neuron_id IN (SELECT neuron_id FROM neurons WHERE model = ?)", [model]
-                    )
-            store._con.execute("DELETE FROM neuron_matches WHERE model_a = ? OR model_b = ?", [model, model])
-            store._con.execute("DELETE FROM skipped_images WHERE run_id IN (SELECT run_id FROM runs WHERE model = ?)", [model])
-            store._con.execute("DELETE FROM runs WHERE model = ?", [model])
-            store.delete_model(model)
-    return RemoveSummary(model, neurons, sync_after_commit(db))
 
 
 def save_probe(store: Store, probe: ProbeSet) -> None:
