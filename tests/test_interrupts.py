@@ -242,6 +242,17 @@ def test_message_after_a_signal_is_true(
     assert check_message(stop, db, images, reference, signum) in EXPECTED[phase], stop.message
 
 
+def has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` holds ``path`` open (a descriptor closed while we look is skipped)."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if Path(os.readlink(f"/proc/{pid}/fd/{fd}")) == path.resolve():
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
 def test_ctrl_c_during_a_query_is_one_line(tmp_path: Path) -> None:
     # DuckDB turns a Ctrl-C during a query into RuntimeError('Query interrupted'), or (as often, on
     # this VM) lets the query finish first, after which the Ctrl-C arrives: either way, one line
@@ -254,8 +265,7 @@ def test_ctrl_c_during_a_query_is_one_line(tmp_path: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 120
-        while not any(Path(f"/proc/{proc.pid}/fd/{fd}").resolve() == db.resolve()
-                      for fd in os.listdir(f"/proc/{proc.pid}/fd")):  # the database is open: the query runs
+        while not has_open(proc.pid, db):  # the database is open: the query runs
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.01)
         time.sleep(1.0)  # past the connection, into the query (seconds long)
