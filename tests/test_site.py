@@ -311,3 +311,56 @@ def test_static_layer_page_shows_each_units_nf_from_the_layer_sprite(browser, re
         others = [distance(o) for o in nfs if o != unit and not np.array_equal(nfs[o], nfs[unit])]
         assert own < 12 and own < 0.5 * min(others), (unit, own, min(others))
     assert not page.errors, page.errors
+
+
+#: The mean neuron page of the matched fixture report, bytes: 11,252 measured when pages were made compact
+#: (15,184 before: longer URLs and per-crop and per-link markup); the budget leaves room for a line of text,
+#: not for that markup grown back (about 6 KB on these 30 links).
+NEURON_PAGE_BUDGET = 12_400
+
+
+def test_compact_neuron_page_keeps_every_fact_without_javascript(browser, site_db: Path, tmp_path: Path) -> None:
+    """A neuron page from file:// with JavaScript off: every crop (rank, label, activation, file, both
+    views of its image), the NF, the facts, the class table and the similar and matched neurons' links,
+    leading to pages and NFs that exist; and the pages stay small."""
+    db, report = tmp_path / "matched.duckdb", tmp_path / "site"
+    shutil.copy(site_db, db)
+    assert invoke("match", "tiny", "tiny_b", "--db", db).exit_code == 0
+    assert invoke("report", "--db", db, "-o", report, "--silent").exit_code == 0
+    alias, tensor, _ = layer_row(site_db)
+    unit, top_class = query(site_db, "SELECT unit, top_class FROM neurons WHERE model='tiny' AND layer=? AND nf IS NOT NULL "
+                                     "ORDER BY class_selectivity DESC NULLS LAST, unit LIMIT 1", [tensor])[0]
+    folder = report / "tiny" / alias / str(unit)
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto((folder / "index.html").as_uri())
+    page.wait_for_load_state("load")
+    tops = query(site_db, "SELECT t.rank, i.label, t.activation, t.image_id, i.path FROM top_activations t "
+                          "JOIN images i USING (model, image_id) WHERE t.model='tiny' AND t.layer=? AND t.unit=? ORDER BY t.rank "
+                          "LIMIT 16", [tensor, unit])
+    crops = page.eval_on_selector_all("#crops figure", """fs => fs.map(f => [
+        parseInt(f.dataset.rank), f.querySelector('.label').textContent, f.querySelector('figcaption').textContent,
+        Array.from(f.querySelectorAll('img')).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])])""")
+    assert len(crops) == len(tops) > 0
+    for (rank, label, caption, images), (r, lab, activation, image_id, path) in zip(crops, tops):
+        assert (rank, label) == (r, lab or "(no label)")
+        assert f"#{r}" in caption and f"{activation:.3f}" in caption and Path(path).name in caption
+        assert [src for src, _ in images] == [f"../../images/{image_id}.jpg"] * 2 and all(ok for _, ok in images)
+    assert page.eval_on_selector("#nf", "i => i.complete && i.naturalWidth > 0")
+    assert page.inner_text("#top-class") == top_class
+    classes = query(site_db, "SELECT label, frequency FROM class_frequencies WHERE model='tiny' AND layer=? AND unit=? "
+                             "AND frequency > 0 ORDER BY frequency DESC, label LIMIT 12", [tensor, unit])
+    rows = page.eval_on_selector_all("#classes tr", "rs => rs.map(r => Array.from(r.cells).map(c => c.textContent))")
+    assert rows == [[lab, "", f"{round(f * 100, 1)} %"] for lab, f in classes]
+    for scope in ("#similar-same", "#similar-other", "#matches"):
+        links = page.eval_on_selector_all(f"{scope} a.neuron-link", """as => as.map(a => [a.getAttribute('href'),
+            a.dataset.model, a.dataset.layer, a.dataset.unit, a.textContent, a.querySelector('img')?.getAttribute('src')])""")
+        assert links, scope
+        for href, model, layer, target, text, nf in links:
+            assert (folder / href).resolve() == (report / model / layer / target / "index.html").resolve()
+            assert text.startswith(f"{model} / {layer} / {target}")
+            assert nf is not None and (folder / nf).resolve() == (report / model / layer / "nf" / f"{target}.png").resolve()
+    context.close()
+    sizes = [p.stat().st_size for p in report.glob("*/*/[0-9]*/index.html")]
+    assert len(sizes) == query(site_db, "SELECT count(*) FROM neurons")[0][0]
+    assert sum(sizes) / len(sizes) < NEURON_PAGE_BUDGET, sum(sizes) / len(sizes)

@@ -17,9 +17,10 @@ from onnx_nfi.store.duckdb_store import Store
 
 
 def neuron_names(store: Store) -> dict[str, np.ndarray]:
-    """Every neuron as ``neuron_id``, ``model``, ``layer``, ``alias`` and ``unit`` columns."""
+    """Every neuron as ``neuron_id``, ``model``, ``layer``, ``alias``, ``unit`` and ``has_nf`` (an NF is stored) columns."""
     return store.columns(
-        "SELECT n.neuron_id, n.model, n.layer, l.alias, n.unit FROM neurons n JOIN layers l USING (model, layer)"
+        "SELECT n.neuron_id, n.model, n.layer, l.alias, n.unit, n.nf IS NOT NULL AS has_nf "
+        "FROM neurons n JOIN layers l USING (model, layer)"
     )
 
 

@@ -46,7 +46,7 @@ from onnx_nfi.names import INDEX_COLUMNS
 Progress = Callable[[str, int, int], None]
 MANIFEST = "manifest.json"
 #: Bumped when the page layout changes, so an old report is rebuilt rather than mixed with new pages.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: compact neuron pages (their markup needs the style.css written with them)
 JPEG_QUALITY = 90
 
 

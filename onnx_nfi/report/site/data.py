@@ -149,6 +149,8 @@ class Link:
     model_slug: str
     layer_slug: str
     extra: str = ""
+    #: False when the neuron has no stored NF (never fired): the link shows no thumbnail rather than a broken one
+    has_nf: bool = True
 
     @property
     def page(self) -> str:
@@ -334,18 +336,19 @@ def link(model: str, alias: str, unit: int, score: float, extra: str = "") -> Li
 
 
 class NeuronNames:
-    """Every neuron id's model, layer alias and unit, read once: turns search hits into links."""
+    """Every neuron id's model, layer alias, unit and whether it has an NF, read once: turns search hits into links."""
 
     def __init__(self, store: Store) -> None:
         cols = neuron_table.neuron_names(store)
         self._by_id = {
-            int(i): (str(m), str(a), int(u)) for i, m, a, u in zip(cols["neuron_id"], cols["model"], cols["alias"], cols["unit"])
+            int(i): (str(m), str(a), int(u), bool(f))
+            for i, m, a, u, f in zip(cols["neuron_id"], cols["model"], cols["alias"], cols["unit"], cols["has_nf"])
         }
         self._slugs: dict[str, str] = {}
 
     def link(self, neuron_id: int, score: float, extra: str = "") -> Link:
-        model, alias, unit = self._by_id[neuron_id]
-        return Link(model, alias, unit, score, self._slug(model), self._slug(alias), extra)
+        model, alias, unit, has_nf = self._by_id[neuron_id]
+        return Link(model, alias, unit, score, self._slug(model), self._slug(alias), extra, has_nf)
 
     def _slug(self, name: str) -> str:
         if name not in self._slugs:

@@ -68,7 +68,7 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(fmt=_fmt, short=_short, when=_when, href=href)
+    env.filters.update(fmt=_fmt, short=_short, when=_when, href=href, rel=relative)
     env.globals.update(bars=_bars, class_evidence=class_evidence)
     return env
 
@@ -112,10 +112,25 @@ def neuron_page(
     same: Sequence[Link], other: Sequence[Link], matches: Sequence[Link], **common: Any,
 ) -> str:
     """One neuron: NF, top crops, class distribution, indexes within the layer, similar and matched neurons."""
+    here = f"{href(data.model_slug)}/{href(data.row.slug)}/{unit.unit}/"
     return render(
-        "neuron.html", depth=3, d=data, u=unit, crops=crops, crop_frame=_crop_frame(data), classes=classes, same=same,
-        other=other, matches=matches, stats=STAT_COLUMNS, **common,
+        "neuron.html", depth=3, d=data, u=unit, here=here, crops=crops, crop_frame=_crop_frame(data), classes=classes,
+        same=same, other=other, matches=matches, stats=STAT_COLUMNS, **common,
     )
+
+
+def relative(target: str, here: str) -> str:
+    """``target`` (a path from the site's root) as a link from the page in folder ``here`` (from the root,
+    ending in ``/``; ``""`` for the root): ``../31/index.html`` rather than ``../../../MODEL/LAYER/31/index.html``.
+
+    Links and crops make up most of a neuron page's bytes, and there is one page per neuron; the
+    result still resolves the same from ``file://`` and under ``serve``, where the layout is the same.
+    """
+    base, parts = here.split("/")[:-1], target.split("/")
+    k = 0
+    while k < len(base) and k < len(parts) - 1 and base[k] == parts[k]:
+        k += 1
+    return "../" * (len(base) - k) + "/".join(parts[k:])
 
 
 #: Side of a crop and of its location picture on a neuron page, CSS pixels.
