@@ -259,7 +259,7 @@ def test_top_over_weak_values_only_says_so(case: tuple[Path, np.ndarray], tmp_pa
         con.close()
     r = invoke("top", "once", "conv1", "--by", "color", "-o", tmp_path / "t.png", "--db", db)
     assert r.exit_code == 2
-    assert r.output == ("Error: every neuron of once/conv1 with a color_selectivity value is flagged weak "
+    assert r.output == ("Error: every neuron of once:conv1 with a color_selectivity value is flagged weak "
                         "(too little evidence); add --include-weak to rank them anyway\n")
     r = invoke("top", "once", "conv1", "--by", "color", "--include-weak", "-o", tmp_path / "t.png", "--db", db)
     assert r.exit_code == 0, r.output

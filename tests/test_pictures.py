@@ -261,7 +261,7 @@ def test_top_shows_the_most_selective_neurons(db: Path, tmp_path: Path) -> None:
     assert check_lattice(png, drawn.boxes) == (2, 3)  # the long title wraps instead of widening the page
     r = invoke("top", MODEL, "conv3", "--by", "shape_selectivity", "-o", out, "--db", db)
     assert r.exit_code == 2
-    assert "no neuron of tiny/conv3 has a shape_selectivity value" in r.output
+    assert "no neuron of tiny:conv3 has a shape_selectivity value" in r.output
 
 
 def test_card_shows_the_nf_and_its_top_crops(db: Path, tmp_path: Path) -> None:
@@ -378,9 +378,9 @@ def test_card_of_a_dead_unit_shows_its_stored_top_list_with_a_dead_mark(db: Path
         (["nf", MODEL, "conv1"], "give either a UNIT or --grid"),
         (["nf", MODEL, "conv1", 1, "--grid"], "give either a UNIT or --grid"),
         (["nf", MODEL, "conv1", "--grid", "--page", 2],
-         "there is no page 2: tiny/conv1 has 32 NFs to show, 1 page of 256; choose --page 1 or lower"),
+         "there is no page 2: tiny:conv1 has 32 NFs to show, 1 page of 256; choose --page 1 or lower"),
         (["nf", MODEL, "conv1", "--grid", "--per-page", 10, "--page", 5],
-         "there is no page 5: tiny/conv1 has 32 NFs to show, 4 pages of 10; choose --page 4 or lower"),
+         "there is no page 5: tiny:conv1 has 32 NFs to show, 4 pages of 10; choose --page 4 or lower"),
         (["nf", MODEL, "conv1", 1, "--page", 2], "pages are for --grid; a single NF is one picture"),
     ],
 )

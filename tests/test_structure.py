@@ -160,3 +160,24 @@ def test_the_sql_text_check_finds_sql_and_passes_prose() -> None:
         'f = "CREATE TABLE t (x INT)"\n'
     ))
     assert [line for line, _ in found] == [1, 2, 3, 6]
+
+
+#: An f-string that puts a neuron's parts together by hand, ``f"{model}:{alias}:{unit}"`` or with ``/``.
+HAND_SPELT_NEURON = re.compile(r"\{[^{}]*model\}[:/]\{[^{}]*alias\}[:/]\{[^{}]*unit\}")
+
+
+def test_neurons_are_spelt_by_neuron_ref_only() -> None:
+    """Every message, title and key names a neuron through ``NeuronRef``: one spelling, one place."""
+    hand_spelt = [
+        f"{path.relative_to(ROOT).as_posix()}:{n}: {line.strip()[:70]}"
+        for path in sorted(PACKAGE.rglob("*.py")) if path.name != "refs.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1) if HAND_SPELT_NEURON.search(line)
+    ]
+    assert not hand_spelt, "neuron spelt by hand (use str(NeuronRef(...))):\n" + "\n".join(hand_spelt)
+
+
+def test_the_spelling_check_finds_a_hand_spelt_neuron() -> None:
+    assert HAND_SPELT_NEURON.search('neuron = f"{engine.model}:{item.layer.alias}:{unit}"')
+    assert HAND_SPELT_NEURON.search('f"{self.model}/{self.alias}:{self.unit}"')
+    assert HAND_SPELT_NEURON.search('f"{r.model}/{r.alias}/{r.unit}"')
+    assert HAND_SPELT_NEURON.search('f"{model}:{layer}"') is None

@@ -21,7 +21,7 @@ from onnx_nfi.data.preprocess import from_dict
 from onnx_nfi.errors import NotFoundError, StoreError
 from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.neurons.nf import GREY, crop_geometry
-from onnx_nfi.refs import NeuronRef
+from onnx_nfi.refs import LayerRef, NeuronRef
 from onnx_nfi.search.describe import description_text
 from onnx_nfi.store.descriptions import neuron_description
 from onnx_nfi.store.duckdb_store import Store
@@ -52,6 +52,11 @@ class StoredLayer:
     channels: int
     rf: ReceptiveField
     input_size: tuple[int, int]
+
+    @property
+    def ref(self) -> LayerRef:
+        """The layer as every message names it, ``MODEL:ALIAS``."""
+        return LayerRef(self.model, self.alias)
 
 
 @dataclass(frozen=True)
@@ -213,11 +218,11 @@ def _refuse_empty(ref: StoredLayer, column: str, weak: int) -> None:
     """The error of a ranking with nothing to rank: no value at all, or only weak units' values."""
     if weak:
         raise NotFoundError(
-            f"every neuron of {ref.model}/{ref.alias} with a {column} value is flagged weak (too little evidence); "
+            f"every neuron of {ref.ref} with a {column} value is flagged weak (too little evidence); "
             "add --include-weak to rank them anyway"
         )
     raise NotFoundError(
-        f"no neuron of {ref.model}/{ref.alias} has a {column} value; "
+        f"no neuron of {ref.ref} has a {column} value; "
         f"compute it with: onnx-nfi index {ref.model} --indexes …"
     )
 

@@ -149,7 +149,7 @@ def draw_where(engine: QueryModel, seen: Seen, layer: str, unit: int, name: str)
     vmin = min(0.0, float(values.min()))
     vmax = max(float(values.max()), top1 if np.isfinite(top1) else vmin, vmin + 1e-6)
     y0, x0, y1, x1 = field_window(item.rf, int(y), int(x), engine.pre.input_size)
-    neuron = f"{engine.model}:{item.layer.alias}:{unit}"
+    neuron = str(NeuronRef(engine.model, item.layer.alias, unit))
     picture = where_picture(
         seen.display, values, vmin, vmax, (x0, y0, x1, y1), f"{neuron} on {name}",
         f"largest response {float(values.max()):.4g} at cell ({y}, {x}); stored top-1 {top1:.4g}",

@@ -89,7 +89,7 @@ def grid_png(
     pages = max(1, math.ceil(data.total / per_page))
     if page > pages:
         raise NotFoundError(
-            f"there is no page {page}: {data.ref.model}/{data.ref.alias} has {data.total:,} NFs to show, "
+            f"there is no page {page}: {data.ref.ref} has {data.total:,} NFs to show, "
             f"{pages} page{'s' if pages > 1 else ''} of {per_page}; choose --page {pages} or lower"
         )
     title = f"{data.ref.model} / {data.ref.alias} ({data.ref.layer}): NFs" + (f" by {data.column}" if data.column else "")

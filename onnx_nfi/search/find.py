@@ -52,7 +52,6 @@ class Match:
 class Hit:
     """A neuron matching every term, with its score and what each term matched."""
 
-    neuron: str  # MODEL:ALIAS:UNIT
     model: str
     layer: str
     alias: str
@@ -61,6 +60,11 @@ class Hit:
     score: float
     matches: tuple[Match, ...]
     description: str = ""
+
+    @property
+    def neuron(self) -> str:
+        """``MODEL:ALIAS:UNIT``, spelt as every message spells a neuron."""
+        return str(NeuronRef(self.model, self.alias, self.unit))
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,8 @@ def find_in(store: Store, query: str, *, models: Sequence[str] = (), layers: Seq
         if (models and row["model"] not in models) or (layers and not _in_layers(row, layers)):
             continue
         matches = tuple(m[nid] for m in per_term)
-        hits.append(Hit(str(NeuronRef(row["model"], row["alias"], int(row["unit"]))), row["model"], row["layer"], row["alias"],
-                        int(row["unit"]), int(nid), math.prod(m.evidence for m in matches), matches))
+        hits.append(Hit(row["model"], row["layer"], row["alias"], int(row["unit"]), int(nid),
+                        math.prod(m.evidence for m in matches), matches))
     hits = sorted(hits, key=lambda h: (-h.score, h.model, h.neuron_id))[:k]
     described = descriptions_of(store, [h.neuron_id for h in hits])
     return FindResult(tuple(terms), tuple(replace(h, description=description_text(described[h.neuron_id])) for h in hits))

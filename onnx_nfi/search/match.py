@@ -18,7 +18,6 @@ from onnx_nfi.store.duckdb_store import Frame, Store, lock_wait
 from onnx_nfi.store.unwritten import kept_path, write_or_keep
 from onnx_nfi.store.vectors import read_probe
 
-
 Blocks = dict[str, tuple[np.ndarray, np.ndarray]]
 
 

@@ -21,6 +21,7 @@ from onnx_nfi.graph.layers import Layer, find_conv_layers, select_layers
 from onnx_nfi.graph.receptive_field import ReceptiveField
 from onnx_nfi.graph.session import Runner
 from onnx_nfi.neurons.region import Box, box_cells, region_max, standing
+from onnx_nfi.refs import NeuronRef
 from onnx_nfi.store.duckdb_store import Store
 from onnx_nfi.store.model_file import reopen_model
 from onnx_nfi.store.neuron_scores import StoredScores, stored_scores
@@ -54,7 +55,8 @@ class Hit:
 
     @property
     def neuron(self) -> str:
-        return f"{self.model}:{self.alias}:{self.unit}"
+        """``MODEL:ALIAS:UNIT``, spelt as every message spells a neuron."""
+        return str(NeuronRef(self.model, self.alias, self.unit))
 
     def as_dict(self) -> dict[str, Any]:
         """The ``--json`` object (and a row of the batch table)."""
