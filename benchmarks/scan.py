@@ -14,24 +14,31 @@ In one run, with the same model, batch size, provider and session options, image
   (g) the scan before the saturation rule: every layer reduced on its own map, no pre-activation;
   (h) the scan with the exact rule's graph throughout (no layer moved to the plain reduction).
 ``--model vgg-m-like`` builds the ReLU-only VGG-M-like test net (tests/onnx_builders.py) at 224 px.
-Warm-up is excluded; the modes run round-robin ``--repeats`` times, so a busy machine slows all
-of them alike, and the median is reported. The goal is (c)/(a) >= 0.9.
+The modes run round-robin ``--repeats`` times, so a busy machine slows all of them alike, and the
+median is reported. Each run goes in a fresh Python process, timed after its own warm-up (its
+session's first run, or a two-batch scan), as a user runs a tool or a script: in one process the
+modes run later paid for the sessions and arenas of those before them (the scan 5 ms of CPU an
+image more); ``--one-process`` runs them all in this one, warmed up once. The goal is (c)/(a) >= 0.9.
 
 Usage: python benchmarks/scan.py [--model M.onnx] [--images DIR] [--batch-size 32] [--repeats 3]
+                                 [--modes abcdefgh] [--one-process]
 Writes benchmarks/results/scan-<hostname>.md and .json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -64,13 +71,6 @@ MODES = {
 }
 
 
-def timed(fn: Callable[[], int]) -> tuple[float, float, int]:
-    """Wall seconds, process CPU seconds and images of one call."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    images = fn()
-    return time.perf_counter() - t0, time.process_time() - c0, images
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=LITE0, help="an ONNX file, or vgg-m-like")
@@ -79,45 +79,123 @@ def main() -> None:
     parser.add_argument("--top-n", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--provider", default="cpu")
+    parser.add_argument("--modes", default="".join(MODES), help="which modes to run, e.g. acf (default: all)")
+    parser.add_argument("--warm-passes", type=int, default=0,
+                        help="untimed full passes over the images before each timed run (steady state)")
+    parser.add_argument("--one-process", action="store_true",
+                        help="run every mode in this process instead of each run in a fresh one")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one mode's timed run, as JSON on stdout
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    started, load_start = time.perf_counter(), load_average()
     if str(args.model) == "vgg-m-like":
         args.model = vgg_m_like_model()
-    lm, pre = open_model(args.model)
-    layers = [info.layer for info in model_layers(lm)]
-    files = list_images(args.images or demo_photos()).files
-    tensors = [b.tensor for b in iter_batches(files, pre, args.batch_size)]
-    n_images = sum(len(t) for t in tensors)
-    scan_loop: list[float] = []  # ScanResult.seconds: from the first batch to the last statistics update
-    runs, runners = mode_runs(args, lm, layers, pre, files, tensors, scan_loop)
-    # warm-up: sessions' first runs allocate their arenas; the scan's session is new each call
-    for runner in runners:
-        runner.run(tensors[0])
-    scan(lm, layers, pre, files[: 2 * args.batch_size], top_n=args.top_n, batch_size=args.batch_size, provider=args.provider)
-    samples: dict[str, list[tuple[float, float, int]]] = {m: [] for m in runs}
+    if args.child:
+        print(json.dumps(child_run(args, args.child)))
+        return
+    started, load_start = time.perf_counter(), load_average()
+    modes = [m for m in MODES if m in args.modes]
+    samples: dict[str, list[tuple[float, float, int]]] = {m: [] for m in modes}
     setup: list[float] = []
+    in_process = InProcess(args) if args.one_process else None
     for r in range(args.repeats):
-        for mode, fn in runs.items():
-            samples[mode].append(timed(fn))
-            if mode in "cgh":  # the scan's own rate; instrumenting the graph and creating its session are reported apart
-                wall, cpu, n = samples[mode][-1]
-                setup.append(wall - scan_loop[-1])
-                samples[mode][-1] = (scan_loop[-1], cpu, n)
-            wall, cpu, n = samples[mode][-1]
-            print(f"repeat {r + 1}/{args.repeats} ({mode}) {MODES[mode]}: {n / wall:.1f} images/s", file=sys.stderr)
+        for mode in modes:
+            run = in_process.run(mode) if in_process else fresh_process_run(args, mode)
+            samples[mode].append((run["seconds"], run["cpu"], run["images"]))
+            if "setup" in run:
+                setup.append(run["setup"])
+            print(f"repeat {r + 1}/{args.repeats} ({mode}) {MODES[mode]}: {run['images'] / run['seconds']:.1f} images/s",
+                  file=sys.stderr)
+    provider = in_process.provider if in_process else run["provider"]
+    report(args, samples, setup, provider, load_start, started)
 
-    report(args, samples, setup, n_images, layers, runners[0].provider, load_start, started)
+
+class InProcess:
+    """Every mode's sessions in this process, warmed up once (``--one-process``)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.setting = Setting.load(args)
+        self.runs, runners = mode_runs(args, self.setting)
+        for runner in runners.values():
+            runner.run(self.setting.tensors[0])
+        warm_scan(args, self.setting)
+        for _ in range(args.warm_passes):
+            for mode in args.modes:
+                self.runs[mode]()
+        self.provider = runners["a"].provider
+
+    def run(self, mode: str) -> dict[str, Any]:
+        return timed(self.runs[mode], self.setting.scan_loop)
+
+
+def fresh_process_run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    """One timed run of ``mode`` in a new Python process (after its own warm-up), as users run a tool:
+    no other mode's sessions, arenas or caches in the same process."""
+    command = [sys.executable, __file__, "--child", mode, "--model", str(args.model), "--batch-size", str(args.batch_size),
+               "--top-n", str(args.top_n), "--provider", args.provider, "--warm-passes", str(args.warm_passes)]
+    if args.images:
+        command += ["--images", str(args.images)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        sys.exit(f"mode ({mode}) failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def child_run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    """Warm up ``mode`` (its session's first run, or a two-batch scan; then ``--warm-passes`` whole
+    untimed runs), then time one run of it."""
+    setting = Setting.load(args)
+    runs, runners = mode_runs(args, setting, only=mode)
+    for runner in runners.values():
+        runner.run(setting.tensors[0])
+    if mode in SCANS:
+        warm_scan(args, setting)
+    for _ in range(args.warm_passes):
+        runs[mode]()
+    provider = next(iter(runners.values())).provider if runners else Runner(setting.lm.proto, args.provider).provider
+    return {**timed(runs[mode], setting.scan_loop), "provider": provider}
+
+
+def warm_scan(args: argparse.Namespace, setting: Setting) -> None:
+    scan(setting.lm, setting.layers, setting.pre, setting.files[: 2 * args.batch_size], top_n=args.top_n,
+         batch_size=args.batch_size, provider=args.provider)
+
+
+def timed(fn: Callable[[], int], scan_loop: list[float]) -> dict[str, Any]:
+    """Wall seconds, process CPU seconds and images of one call; a scan's wall is its own loop
+    (first batch to last statistics update), instrumenting and session creation reported apart."""
+    t0, c0, loops = time.perf_counter(), time.process_time(), len(scan_loop)
+    images = fn()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if len(scan_loop) > loops:
+        return {"seconds": scan_loop[-1], "cpu": cpu, "images": images, "setup": wall - scan_loop[-1]}
+    return {"seconds": wall, "cpu": cpu, "images": images}
+
+
+#: (numerator, denominator, bold, what the ratio says)
+RATIOS = (
+    ("c", "a", True, "(goal >= 0.9)"),
+    ("c", "b", False, ""),
+    ("d", "a", False, ": the in-graph max/argmax alone"),
+    ("e", "a", False, ": bound of any in-graph reduction that reads every layer's maps once"),
+    ("c", "f", True, ": the scan from image files against the naive peer on preprocessed tensors (goal >= 1.5)"),
+    ("c", "g", False, ": the scan against itself before the saturation rule (both from image files, first batch "
+                      "to last statistics update)"),
+    ("c", "h", False, ": the rule's reductions kept only where they can change a result, against keeping them everywhere"),
+)
 
 
 def report(
-    args: argparse.Namespace, samples: dict[str, list[tuple[float, float, int]]], setup: list[float], n_images: int,
-    layers: list[Layer], provider: str, load_start: float, started: float,
+    args: argparse.Namespace, samples: dict[str, list[tuple[float, float, int]]], setup: list[float], provider: str,
+    load_start: float, started: float,
 ) -> None:
     """Medians, ratios and the table, printed and written to the results folder."""
+    lm, _ = open_model(args.model)
+    layers = [info.layer for info in model_layers(lm)]
+    n_images = next(iter(samples.values()))[0][2]
     rate = {m: statistics.median(n / w for w, _, n in s) for m, s in samples.items()}
     cpu_ms = {m: statistics.median(1000 * c / n for _, c, n in s) for m, s in samples.items()}
+    ratios = {f"{a}_{b}": rate[a] / rate[b] for a, b, _, _ in RATIOS if a in rate and b in rate}
     data = {
         "machine": machine(),
         "model": str(args.model.name),
@@ -128,109 +206,113 @@ def report(
         "layers": len(layers),
         "neurons": sum(layer.channels for layer in layers),
         "repeats": args.repeats,
+        "processes": "one for all modes" if args.one_process else "a fresh one for each run",
+        "warm_passes": args.warm_passes,
         "intra_op_threads": os.environ.get("ONNX_NFI_THREADS", "onnxruntime default"),
         "images_per_s": rate,
         "images_per_s_all": {m: [n / w for w, _, n in s] for m, s in samples.items()},
         "cpu_ms_per_image": cpu_ms,
-        "scan_setup_seconds": statistics.median(setup),  # the three scans' together
-        "ratio_c_a": rate["c"] / rate["a"],
-        "ratio_c_b": rate["c"] / rate["b"],
-        "ratio_d_a": rate["d"] / rate["a"],
-        "ratio_e_a": rate["e"] / rate["a"],
-        "ratio_c_f": rate["c"] / rate["f"],
-        "ratio_c_g": rate["c"] / rate["g"],
-        "ratio_c_h": rate["c"] / rate["h"],
+        "cpu_ms_per_image_all": {m: [1000 * c / n for _, c, n in s] for m, s in samples.items()},
+        "scan_setup_seconds": statistics.median(setup) if setup else None,  # the scans' together
+        **{f"ratio_{k}": v for k, v in ratios.items()},
         "load_average": [load_start, load_average()],
         "seconds": time.perf_counter() - started,
     }
     table = markdown_table(
-        ["mode", "images/s (median)", "runs (images/s)", "CPU ms / image"],
+        ["mode", "images/s (median)", "runs (images/s)", "CPU ms / image (median)"],
         [[f"({m}) {MODES[m]}", f"{rate[m]:.1f}", ", ".join(f"{x:.1f}" for x in data["images_per_s_all"][m]),
           f"{cpu_ms[m]:.1f}"] for m in samples],
     )
+    lines = [
+        f"- {'**' if bold else ''}({a})/({b}) = {ratios[f'{a}_{b}']:.2f}{'**' if bold else ''}{' ' if says.startswith('(') else ''}{says}"
+        for a, b, bold, says in RATIOS if f"{a}_{b}" in ratios
+    ]
+    if setup:
+        lines.insert(2, f"- the scans' rates exclude instrumenting the model and creating its onnxruntime session, "
+                        f"{data['scan_setup_seconds']:.2f} s per analysis (median; its CPU time is in the CPU column)")
     md = (
         f"# scan.py: analyse scan vs plain inference\n\n{machine_line(data['machine'])}\n\n"
         f"`{data['model']}`, {n_images} images ({data['layers']} layers, {data['neurons']} neurons), "
         f"batch {args.batch_size}, top-N {args.top_n}, provider {data['provider']}, "
-        f"intra-op threads: {data['intra_op_threads']}; median of {args.repeats} round-robin repeats; "
-        f"1-minute load average {load_start} at start, {data['load_average'][1]} at end.\n\n{table}\n\n"
-        f"- **(c)/(a) = {data['ratio_c_a']:.2f}** (goal >= 0.9)\n"
-        f"- (c)/(b) = {data['ratio_c_b']:.2f}\n"
-        f"- (c) excludes instrumenting the model and creating its onnxruntime session, "
-        f"{data['scan_setup_seconds']:.2f} s per analysis (median; its CPU time is in the CPU column)\n"
-        f"- (d)/(a) = {data['ratio_d_a']:.2f}: the in-graph max/argmax alone\n"
-        f"- (e)/(a) = {data['ratio_e_a']:.2f}: bound of any in-graph reduction that reads every layer's maps once\n"
-        f"- **(c)/(f) = {data['ratio_c_f']:.2f}**: the scan from image files against the naive peer on "
-        f"preprocessed tensors (goal >= 1.5)\n"
-        f"- (c)/(g) = {data['ratio_c_g']:.2f}: the scan against itself before the saturation rule (both "
-        f"from image files, first batch to last statistics update)\n"
-        f"- (c)/(h) = {data['ratio_c_h']:.2f}: the rule's reductions kept only where they can change a result, "
-        f"against keeping them everywhere\n"
+        f"intra-op threads: {data['intra_op_threads']}; median of {args.repeats} round-robin repeats, "
+        f"{data['processes']}, {args.warm_passes} untimed whole passes first; 1-minute load average {load_start} at start, {data['load_average'][1]} at end."
+        f"\n\n{table}\n\n" + "\n".join(lines) + "\n"
     )
     print(md)
     print(f"written to {write_results('scan', md, data, args.out)}", file=sys.stderr)
 
 
-def mode_runs(
-    args: argparse.Namespace, lm: LoadedModel, layers: list[Layer], pre: Preprocessing, files: list[ImageFile],
-    tensors: list[np.ndarray], scan_loop: list[float],
-) -> tuple[dict[str, Callable[[], int]], list[Runner]]:
-    """Each mode as a call returning its images (scans add their seconds to ``scan_loop``), and the sessions."""
-    n_images = sum(len(t) for t in tensors)
-    plain = Runner(lm.proto, args.provider)
-    instrumented = Runner(instrument(lm, layers)[0], args.provider)
-    max_only = Runner(global_max_model(lm, layers), args.provider)
-    naive = Runner(with_outputs(lm, [layer.tensor for layer in layers]), args.provider)
+@dataclass
+class Setting:
+    """What every mode runs on: the model, its layers, the image files and their preprocessed batches."""
 
-    def run_a() -> int:
-        for t in tensors:
-            plain.run(t)
-        return n_images
+    lm: LoadedModel
+    pre: Preprocessing
+    layers: list[Layer]
+    files: list[ImageFile]
+    tensors: list[np.ndarray]
+    scan_loop: list[float] = field(default_factory=list)  # ScanResult.seconds of each scan run
+
+    @classmethod
+    def load(cls, args: argparse.Namespace) -> Setting:
+        lm, pre = open_model(args.model)
+        files = list_images(args.images or demo_photos()).files
+        tensors = [b.tensor for b in iter_batches(files, pre, args.batch_size)]
+        return cls(lm, pre, [info.layer for info in model_layers(lm)], files, tensors)
+
+
+#: The modes that run the analyse scan (a new session each, as each analysis has).
+SCANS = "cgh"
+
+
+def mode_runs(
+    args: argparse.Namespace, setting: Setting, only: str | None = None
+) -> tuple[dict[str, Callable[[], int]], dict[str, Runner]]:
+    """Each mode as a call returning its images (scans add their seconds to ``setting.scan_loop``), and
+    the sessions of the modes that run one (``only``: just that mode's)."""
+    lm, pre, layers, files, tensors = setting.lm, setting.pre, setting.layers, setting.files, setting.tensors
+    n_images = sum(len(t) for t in tensors)
+    graphs = {
+        "a": lambda: lm.proto, "b": lambda: lm.proto, "d": lambda: instrument(lm, layers)[0],
+        "e": lambda: global_max_model(lm, layers), "f": lambda: with_outputs(lm, [layer.tensor for layer in layers]),
+    }
+    runners = {m: Runner(graph(), args.provider) for m, graph in graphs.items() if only in (None, m) and m != "b"}
+    if only in (None, "b"):
+        runners["b"] = runners.get("a") or Runner(lm.proto, args.provider)
+
+    def each_batch(mode: str) -> Callable[[], int]:
+        def run() -> int:
+            for t in tensors:
+                runners[mode].run(t)
+            return n_images
+        return run
 
     def run_b() -> int:
         done = 0
         for batch in iter_batches(files, pre, args.batch_size):
-            plain.run(batch.tensor)
+            runners["b"].run(batch.tensor)
             done += len(batch.ids)
         return done
 
-    def run_c() -> int:
-        result = scan(lm, layers, pre, files, top_n=args.top_n, batch_size=args.batch_size, provider=args.provider)
-        scan_loop.append(result.seconds)
-        return len(result.images)
-
-    def run_d() -> int:
-        for t in tensors:
-            instrumented.run(t)
-        return n_images
-
-    def run_e() -> int:
-        for t in tensors:
-            max_only.run(t)
-        return n_images
-
-    def run_f() -> int:
-        return naive_peer(naive, tensors, layers, args.top_n)
-
-    before_rule = [replace(layer, pre_activation=None, score_from_pre=False) for layer in layers]
-
-    def run_g() -> int:
-        result = scan(lm, before_rule, pre, files, top_n=args.top_n, batch_size=args.batch_size, provider=args.provider)
-        scan_loop.append(result.seconds)
+    def scan_of(scanned: list[Layer]) -> int:
+        result = scan(lm, scanned, pre, files, top_n=args.top_n, batch_size=args.batch_size, provider=args.provider)
+        setting.scan_loop.append(result.seconds)
         return len(result.images)
 
     def run_h() -> int:
         consider = RuleRunner.consider
         RuleRunner.consider = lambda self, topns: None  # never leaves the exact graph
         try:
-            result = scan(lm, layers, pre, files, top_n=args.top_n, batch_size=args.batch_size, provider=args.provider)
+            return scan_of(layers)
         finally:
             RuleRunner.consider = consider
-        scan_loop.append(result.seconds)
-        return len(result.images)
 
-    runs = {"a": run_a, "b": run_b, "c": run_c, "d": run_d, "e": run_e, "f": run_f, "g": run_g, "h": run_h}
-    return runs, [plain, instrumented, max_only, naive]
+    before_rule = [replace(layer, pre_activation=None, score_from_pre=False) for layer in layers]
+    runs = {
+        "a": each_batch("a"), "b": run_b, "c": lambda: scan_of(layers), "d": each_batch("d"), "e": each_batch("e"),
+        "f": lambda: naive_peer(runners["f"], tensors, layers, args.top_n), "g": lambda: scan_of(before_rule), "h": run_h,
+    }
+    return runs, runners
 
 
 def vgg_m_like_model() -> Path:
