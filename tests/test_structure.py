@@ -78,6 +78,17 @@ def test_no_module_is_over_450_lines() -> None:
     assert not long, long
 
 
+def test_no_function_is_over_60_lines() -> None:
+    """A function that does one thing fits on a screen (signature and docstring included)."""
+    long = [
+        f"{path.relative_to(ROOT).as_posix()}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60
+    ]
+    assert not long, "functions over 60 lines:\n" + "\n".join(long)
+
+
 def test_help_imports_no_heavy_library() -> None:
     code = "import sys, onnx_nfi.cli; print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in %r)))" % (HEAVY,)
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

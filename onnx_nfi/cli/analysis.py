@@ -51,26 +51,41 @@ OnnxFile = Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX model file
 IndexLayers = layer_patterns("Layers whose indexes are recomputed")
 RecomputedIndexes = Annotated[str, typer.Option("--indexes", metavar="INDEXES", help=(
     "Indexes to recompute, comma-separated: the names analyze --indexes takes, or all."))]
+# analyze's own options
+ImageFolder = Annotated[Path, typer.Argument(metavar="IMAGES", help="Image folder (recursive; sub-folders name classes).")]
+NewModelName = Annotated[str | None, typer.Option("--name", metavar="NAME",
+                                                  help="Model name in the database (default: file stem).")]
+TopN = Annotated[int, typer.Option("--top-n", metavar="N", help=HELP["top_n"])]
+Labels = Annotated[str, typer.Option("--labels", metavar="SOURCE", help=HELP["labels"])]
+Nf = Annotated[bool, typer.Option("--nf/--no-nf", help=HELP["nf"])]
+NfMaxSize = Annotated[int, typer.Option("--nf-max-size", metavar="PIXELS", help=HELP["nf_max_size"])]
+CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", metavar="IMAGES", help=HELP["checkpoint_every"])]
+CheckpointSeconds = Annotated[float, typer.Option("--checkpoint-seconds", metavar="SECONDS",
+                                                  help=HELP["checkpoint_seconds"])]
+StateFileOption = Annotated[Path | None, typer.Option("--checkpoint", metavar="FILE",
+                                                      help="Scan state file (default: beside the database, DB.NAME.state).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its scan state file.")]
+ShardOption = Annotated[str | None, typer.Option("--shard", metavar="I/N",
+                                                 help="Scan only part i of n (i/n) into a state file for 'onnx-nfi merge'.")]
+RayAddress = Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help=(
+    "Run the scan, NFs and indexes on a Ray cluster: its address (ray://host:10001, auto) or local (a local instance)."))]
 
 
 @app.command()
 @user_errors
 def analyze(
     model: OnnxFile,
-    images: Annotated[Path, typer.Argument(metavar="IMAGES",
-        help="Image folder (recursive; sub-folders name classes).")],
+    images: ImageFolder,
     db: Db = Path(DEFAULT_DB),
-    name: Annotated[str | None, typer.Option("--name", metavar="NAME",
-        help="Model name in the database (default: file stem).")] = None,
+    name: NewModelName = None,
     layers: LayerPatterns = None,
-    top_n: Annotated[int, typer.Option("--top-n", metavar="N", help=HELP["top_n"])] = AnalyzeConfig.top_n,
+    top_n: TopN = AnalyzeConfig.top_n,
     batch_size: BatchSize = AnalyzeConfig.batch_size,
     preprocess: Preprocess = None,
-    labels: Annotated[str, typer.Option("--labels", metavar="SOURCE", help=HELP["labels"])] = AnalyzeConfig.labels,
+    labels: Labels = AnalyzeConfig.labels,
     provider: Provider = AnalyzeConfig.provider,
-    nf: Annotated[bool, typer.Option("--nf/--no-nf", help=HELP["nf"])] = AnalyzeConfig.nf,
-    nf_max_size: Annotated[int, typer.Option("--nf-max-size", metavar="PIXELS",
-        help=HELP["nf_max_size"])] = AnalyzeConfig.nf_max_size,
+    nf: Nf = AnalyzeConfig.nf,
+    nf_max_size: NfMaxSize = AnalyzeConfig.nf_max_size,
     indexes: Indexes = DEFAULT_INDEXES,
     color_mode: ColorMode = AnalyzeConfig.color_mode,
     rho: Rho = AnalyzeConfig.rho,
@@ -78,30 +93,14 @@ def analyze(
     input_size: InputSize = None,
     input_name: ImageInput = None,
     max_pixels: MaxPixels = AnalyzeConfig.max_pixels,
-    lock_timeout: Annotated[
-        float, typer.Option("--lock-timeout", metavar="SECONDS", help=HELP["lock_timeout"])
-    ] = AnalyzeConfig.lock_timeout,
-    checkpoint_every: Annotated[
-        int, typer.Option("--checkpoint-every", metavar="IMAGES", help=HELP["checkpoint_every"])
-    ] = AnalyzeConfig.checkpoint_every,
-    checkpoint_seconds: Annotated[
-        float, typer.Option("--checkpoint-seconds", metavar="SECONDS", help=HELP["checkpoint_seconds"])
-    ] = AnalyzeConfig.checkpoint_seconds,
+    lock_timeout: LockTimeout = AnalyzeConfig.lock_timeout,
+    checkpoint_every: CheckpointEvery = AnalyzeConfig.checkpoint_every,
+    checkpoint_seconds: CheckpointSeconds = AnalyzeConfig.checkpoint_seconds,
     threads: Threads = AnalyzeConfig.threads,
-    checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", metavar="FILE",
-            help="Scan state file (default: beside the database, DB.NAME.state).")
-    ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its scan state file.")] = False,
-    shard: Annotated[
-        str | None, typer.Option("--shard", metavar="I/N",
-            help="Scan only part i of n (i/n) into a state file for 'onnx-nfi merge'.")
-    ] = None,
-    ray: Annotated[
-        str | None,
-        typer.Option("--ray", metavar="ADDRESS", help="Run the scan, NFs and indexes on a Ray cluster: its address "
-                     "(ray://host:10001, auto) or local (a local instance)."),
-    ] = None,
+    checkpoint: StateFileOption = None,
+    resume: Resume = False,
+    shard: ShardOption = None,
+    ray: RayAddress = None,
     image_root: StoredImageRoot = None,
     silent: Silent = False,
 ) -> None:

@@ -79,43 +79,9 @@ def class_selectivity(
     lab = np.asarray(labels, dtype=np.int64)
     if a.ndim != 2 or a.shape != lab.shape:
         raise ValueError(f"activations {a.shape} and labels {lab.shape} must both be [U, N]")
-    if not 0.0 < rho <= 1.0:
-        raise SelectivityOptionError(f"rho must lie in (0, 1], got {rho}; use e.g. --rho 1.0")
-    if not 0.0 < population_threshold <= 1.0:
-        raise SelectivityOptionError(
-            f"population threshold must lie in (0, 1], got {population_threshold}; use e.g. 0.1"
-        )
+    _check_options(rho, population_threshold)
     n_units = a.shape[0]
-
-    # A dead neuron (max <= 0) has no a_j > 0, so the mask alone already leaves it out.
-    valid = (a > 0) & (lab >= 0)
-    unit_of, rank_of = np.nonzero(valid)  # row-major: by unit, then by rank
-    weight = a[unit_of, rank_of]
-    label_of = lab[unit_of, rank_of]
-
-    n_images = np.bincount(unit_of, minlength=n_units).astype(np.int64)
-    totals = np.bincount(unit_of, weights=weight, minlength=n_units)
-
-    # Group (unit, label) pairs; return_index gives each pair's first row, i.e. its best rank.
-    key = unit_of * (int(label_of.max(initial=0)) + 1) + label_of
-    _, first_row, pair_of_row = np.unique(key, return_index=True, return_inverse=True)
-    pair_weight = np.bincount(pair_of_row, weights=weight)
-    # Order pairs by first appearance so a column's position is its class's rank in the list.
-    order = np.argsort(first_row, kind="stable")
-    pair_unit = unit_of[first_row[order]]
-    pair_label = label_of[first_row[order]]
-    pair_freq = pair_weight[order] / totals[pair_unit]
-
-    # Pad each unit's classes into [U, K], columns in order of first appearance.
-    classes_per_unit = np.bincount(pair_unit, minlength=n_units)
-    width = max(int(classes_per_unit.max(initial=0)), 1)
-    group_start = np.concatenate(([0], np.cumsum(classes_per_unit)[:-1]))
-    column = np.arange(pair_unit.size) - group_start[pair_unit]
-    freq = np.zeros((n_units, width))
-    freq[pair_unit, column] = pair_freq
-    code = np.full((n_units, width), -1, dtype=np.int64)
-    code[pair_unit, column] = pair_label
-    present = np.arange(width)[None, :] < classes_per_unit[:, None]
+    n_images, freq, code, present = _class_table(a, lab)
 
     # Top class: among classes within TOLERANCE of the maximum, the first to appear.
     best = freq.max(axis=1, keepdims=True)
@@ -144,6 +110,51 @@ def class_selectivity(
         n_classes=n_classes,
         distribution=_distribution(freq, code, present),
     )
+
+
+def _check_options(rho: float, population_threshold: float) -> None:
+    if not 0.0 < rho <= 1.0:
+        raise SelectivityOptionError(f"rho must lie in (0, 1], got {rho}; use e.g. --rho 1.0")
+    if not 0.0 < population_threshold <= 1.0:
+        raise SelectivityOptionError(
+            f"population threshold must lie in (0, 1], got {population_threshold}; use e.g. 0.1"
+        )
+
+
+def _class_table(a: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per unit: how many top images count (active and labelled), and its classes padded into
+    ``[U, K]``: frequency ``f_c``, label code and presence, columns in order of first appearance
+    (so a column's position is its class's rank in the top list)."""
+    n_units = a.shape[0]
+    # A dead neuron (max <= 0) has no a_j > 0, so the mask alone already leaves it out.
+    valid = (a > 0) & (lab >= 0)
+    unit_of, rank_of = np.nonzero(valid)  # row-major: by unit, then by rank
+    weight = a[unit_of, rank_of]
+    label_of = lab[unit_of, rank_of]
+
+    n_images = np.bincount(unit_of, minlength=n_units).astype(np.int64)
+    totals = np.bincount(unit_of, weights=weight, minlength=n_units)
+
+    # Group (unit, label) pairs; return_index gives each pair's first row, i.e. its best rank.
+    key = unit_of * (int(label_of.max(initial=0)) + 1) + label_of
+    _, first_row, pair_of_row = np.unique(key, return_index=True, return_inverse=True)
+    pair_weight = np.bincount(pair_of_row, weights=weight)
+    # Order pairs by first appearance so a column's position is its class's rank in the list.
+    order = np.argsort(first_row, kind="stable")
+    pair_unit = unit_of[first_row[order]]
+    pair_label = label_of[first_row[order]]
+    pair_freq = pair_weight[order] / totals[pair_unit]
+
+    classes_per_unit = np.bincount(pair_unit, minlength=n_units)
+    width = max(int(classes_per_unit.max(initial=0)), 1)
+    group_start = np.concatenate(([0], np.cumsum(classes_per_unit)[:-1]))
+    column = np.arange(pair_unit.size) - group_start[pair_unit]
+    freq = np.zeros((n_units, width))
+    freq[pair_unit, column] = pair_freq
+    code = np.full((n_units, width), -1, dtype=np.int64)
+    code[pair_unit, column] = pair_label
+    present = np.arange(width)[None, :] < classes_per_unit[:, None]
+    return n_images, freq, code, present
 
 
 def _distribution(freq: np.ndarray, code: np.ndarray, present: np.ndarray) -> ClassDistribution:
