@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("ONNX_NFI_THREADS", "1")  # tests run 2 in parallel on 2 cores (before onnx_nfi reads it)
+
+# The signal tests press Ctrl-C as a terminal does. A suite started in the background by a
+# non-interactive shell inherits SIGINT ignored, as would every command it starts (exec keeps an
+# ignored signal ignored, and Python then raises no KeyboardInterrupt): give this process, and so
+# the commands it starts, the terminal's disposition.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from onnx_nfi.data.demo_images import build_demo_images, source_photos  # noqa: E402
 
