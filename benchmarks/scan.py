@@ -148,17 +148,16 @@ def child_run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     runs, runners = mode_runs(args, setting, only=mode)
     for runner in runners.values():
         runner.run(setting.tensors[0])
-    if mode in SCANS:
-        warm_scan(args, setting)
+    provider = warm_scan(args, setting) if mode in SCANS else runners[mode].provider
     for _ in range(args.warm_passes):
         runs[mode]()
-    provider = next(iter(runners.values())).provider if runners else Runner(setting.lm.proto, args.provider).provider
     return {**timed(runs[mode], setting.scan_loop), "provider": provider}
 
 
-def warm_scan(args: argparse.Namespace, setting: Setting) -> None:
-    scan(setting.lm, setting.layers, setting.pre, setting.files[: 2 * args.batch_size], top_n=args.top_n,
-         batch_size=args.batch_size, provider=args.provider)
+def warm_scan(args: argparse.Namespace, setting: Setting) -> str:
+    """A two-batch scan (the first one of a process loads and compiles more); the provider it ran on."""
+    return scan(setting.lm, setting.layers, setting.pre, setting.files[: 2 * args.batch_size], top_n=args.top_n,
+                batch_size=args.batch_size, provider=args.provider).provider
 
 
 def timed(fn: Callable[[], int], scan_loop: list[float]) -> dict[str, Any]:
