@@ -54,7 +54,7 @@ class StoredLayer:
     input_size: tuple[int, int]
 
     @property
-    def ref(self) -> LayerRef:
+    def layer_ref(self) -> LayerRef:
         """The layer as every message names it, ``MODEL:ALIAS``."""
         return LayerRef(self.model, self.alias)
 
@@ -218,11 +218,11 @@ def _refuse_empty(ref: StoredLayer, column: str, weak: int) -> None:
     """The error of a ranking with nothing to rank: no value at all, or only weak units' values."""
     if weak:
         raise NotFoundError(
-            f"every neuron of {ref.ref} with a {column} value is flagged weak (too little evidence); "
+            f"every neuron of {ref.layer_ref} with a {column} value is flagged weak (too little evidence); "
             "add --include-weak to rank them anyway"
         )
     raise NotFoundError(
-        f"no neuron of {ref.ref} has a {column} value; "
+        f"no neuron of {ref.layer_ref} has a {column} value; "
         f"compute it with: onnx-nfi index {ref.model} --indexes …"
     )
 

@@ -89,10 +89,10 @@ def grid_png(
     pages = max(1, math.ceil(data.total / per_page))
     if page > pages:
         raise NotFoundError(
-            f"there is no page {page}: {data.ref.ref} has {data.total:,} NFs to show, "
+            f"there is no page {page}: {data.ref.layer_ref} has {data.total:,} NFs to show, "
             f"{pages} page{'s' if pages > 1 else ''} of {per_page}; choose --page {pages} or lower"
         )
-    title = f"{data.ref.ref} ({data.ref.layer}): NFs" + (f" by {data.column}" if data.column else "")
+    title = f"{data.ref.layer_ref} ({data.ref.layer}): NFs" + (f" by {data.column}" if data.column else "")
     caption = (f"page {page} of {pages}: " if pages > 1 else "") + _span(data)
     return _write_grid(output, data, title, caption, page, pages)
 
@@ -109,7 +109,7 @@ def top_png(
             store, model, layer, order_by=column, descending=not lowest, limit=k, only_valued=True, include_weak=include_weak
         )
     which = "lowest" if lowest else "highest"
-    title = f"{data.ref.ref}: the {len(data.neurons)} neurons with the {which} {data.column}"
+    title = f"{data.ref.layer_ref}: the {len(data.neurons)} neurons with the {which} {data.column}"
     return _write_grid(output, data, title, _span(data))
 
 
