@@ -97,7 +97,7 @@ def main() -> None:
     modes = [m for m in MODES if m in args.modes]
     samples: dict[str, list[tuple[float, float, int]]] = {m: [] for m in modes}
     setup: list[float] = []
-    in_process = InProcess(args) if args.one_process else None
+    in_process = InProcess(args, modes) if args.one_process else None
     for r in range(args.repeats):
         for mode in modes:
             run = in_process.run(mode) if in_process else fresh_process_run(args, mode)
@@ -113,14 +113,14 @@ def main() -> None:
 class InProcess:
     """Every mode's sessions in this process, warmed up once (``--one-process``)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, modes: list[str]) -> None:
         self.setting = Setting.load(args)
         self.runs, runners = mode_runs(args, self.setting)
         for runner in runners.values():
             runner.run(self.setting.tensors[0])
         warm_scan(args, self.setting)
         for _ in range(args.warm_passes):
-            for mode in args.modes:
+            for mode in modes:
                 self.runs[mode]()
         self.provider = runners["a"].provider
 
